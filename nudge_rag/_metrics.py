@@ -1,0 +1,502 @@
+"""Retrieval metrics over ranked lists of document rows, vectorised over queries.
+
+The relevance judgements are a sparse CSR structure (:class:`Relevance`); membership of a
+retrieved row in a query's judged set is tested with ``np.searchsorted`` on sorted
+``query * n_docs + doc`` keys, so no dense ``(n_queries, n_docs)`` matrix is ever built.
+
+Definitions (as the NUDGE reference ``util/utils.py::calc_metrics_batch``):
+
+* ``recall@k`` = ``|top-k ∩ relevant| / min(#relevant, k)``.
+* ``ndcg@k``: gain = grade (linear), discount ``1 / log2(rank + 1)`` with ranks from 1; the ideal
+  DCG takes the query's ``k`` largest grades.
+* ``mrr@k`` = ``1 / rank`` of the first relevant document in the top ``k``, 0 if none.
+* ``hit@k`` = 1 if any relevant document is in the top ``k``, else 0.
+
+A query without relevant documents has no defined recall or nDCG: the per-query functions
+return NaN for it, and :func:`evaluate` leaves it out of the means with a logged warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nudge_rag._queryset import row_index
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Relevance", "recall_at_k", "ndcg_at_k", "mrr_at_k", "hit_at_k", "evaluate"]
+
+METRIC_NAMES = ("recall", "ndcg", "mrr", "hit")
+
+
+@dataclass(frozen=True, eq=False)
+class Relevance:
+    """Graded relevance judgements of ``n_queries`` queries, as CSR arrays.
+
+    Row ``i`` of the structure lists the document rows judged relevant to query ``i``:
+    ``indices[indptr[i]:indptr[i + 1]]``, with their grades at the same positions of
+    ``grades``. Entries with grade 0 (judged not relevant, as in BEIR qrels) are dropped at
+    construction; within each query the entries are sorted by document row.
+
+    Args:
+        indptr: ``(n_queries + 1,)`` int array, non-decreasing, starting at 0.
+        indices: ``(n_pairs,)`` int array of document rows (``>= 0``).
+        grades: ``(n_pairs,)`` int array of grades (``>= 0``), or ``None`` for grade 1
+            everywhere.
+
+    Raises:
+        ValueError: malformed CSR arrays, negative rows or grades, or a document listed
+            twice for one query.
+
+    Example:
+        >>> rel = Relevance.from_lists([[3, 7], [1]], grades=[[2, 1], [1]])
+        >>> rel.n_queries, rel.n_pairs
+        (2, 3)
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    grades: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        indptr = _as_int_array(self.indptr, "indptr")
+        indices = _as_int_array(self.indices, "indices")
+        if indptr.size == 0 or indptr[0] != 0:
+            msg = f"indptr must start with 0 and have length n_queries + 1, got {indptr[:3]!r}"
+            raise ValueError(msg)
+        if np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
+            msg = (
+                f"indptr must be non-decreasing and end at len(indices) = {indices.size}, "
+                f"got last value {int(indptr[-1])}"
+            )
+            raise ValueError(msg)
+        if self.grades is None:
+            grades = np.ones(indices.size, dtype=np.int64)
+        else:
+            grades = _as_int_array(self.grades, "grades")
+            if grades.size != indices.size:
+                msg = (
+                    f"grades must have one entry per index: expected {indices.size}, "
+                    f"got {grades.size}"
+                )
+                raise ValueError(msg)
+        if indices.size and indices.min() < 0:
+            pos = int(np.argmin(indices))
+            msg = (
+                f"indices must be document rows >= 0, but query "
+                f"{_query_of(indptr, pos)} lists row {int(indices[pos])}"
+            )
+            raise ValueError(msg)
+        if grades.size and grades.min() < 0:
+            pos = int(np.argmin(grades))
+            msg = (
+                f"grades must be >= 0, but query {_query_of(indptr, pos)} gives document row "
+                f"{int(indices[pos])} grade {int(grades[pos])}"
+            )
+            raise ValueError(msg)
+        n_queries = indptr.size - 1
+        query = np.repeat(np.arange(n_queries, dtype=np.int64), np.diff(indptr))
+        order = np.lexsort((indices, query))
+        query, indices, grades = query[order], indices[order], grades[order]
+        same = (query[1:] == query[:-1]) & (indices[1:] == indices[:-1])
+        if same.any():
+            pos = int(np.flatnonzero(same)[0])
+            msg = (
+                f"relevance lists document row {int(indices[pos])} more than once for query "
+                f"{int(query[pos])}; give each (query, document) pair once"
+            )
+            raise ValueError(msg)
+        keep = grades > 0
+        if not keep.all():
+            query, indices, grades = query[keep], indices[keep], grades[keep]
+            indptr = np.zeros(n_queries + 1, dtype=np.int64)
+            np.cumsum(np.bincount(query, minlength=n_queries), out=indptr[1:])
+        object.__setattr__(self, "indptr", indptr)
+        object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "grades", grades)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_lists(
+        cls,
+        answers: Sequence[Sequence[int]],
+        grades: Sequence[Sequence[int]] | None = None,
+    ) -> Relevance:
+        """Build from one list of relevant document rows per query.
+
+        Args:
+            answers: ``answers[i]`` are the document rows relevant to query ``i``.
+            grades: the matching grades (same nesting), or ``None`` for grade 1.
+
+        Raises:
+            ValueError: ``grades`` nested differently from ``answers``.
+        """
+        lengths = np.fromiter((len(a) for a in answers), dtype=np.int64, count=len(answers))
+        indptr = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        flat = np.fromiter(
+            (d for a in answers for d in a), dtype=np.int64, count=int(indptr[-1])
+        )
+        flat_grades = None
+        if grades is not None:
+            if len(grades) != len(answers):
+                msg = (
+                    f"grades must have one list per query: expected {len(answers)}, "
+                    f"got {len(grades)}"
+                )
+                raise ValueError(msg)
+            glengths = np.fromiter((len(g) for g in grades), dtype=np.int64, count=len(grades))
+            if not np.array_equal(glengths, lengths):
+                bad = int(np.flatnonzero(glengths != lengths)[0])
+                msg = (
+                    f"grades[{bad}] has {int(glengths[bad])} entries, but answers[{bad}] has "
+                    f"{int(lengths[bad])}"
+                )
+                raise ValueError(msg)
+            flat_grades = np.fromiter(
+                (g for row in grades for g in row), dtype=np.int64, count=int(indptr[-1])
+            )
+        return cls(indptr, flat, flat_grades)
+
+    @classmethod
+    def from_dict(
+        cls,
+        relevance: Mapping[Hashable, Mapping[Hashable, int] | Sequence[Hashable]],
+        *,
+        query_ids: Sequence[Hashable] | None = None,
+        doc_ids: Sequence[Hashable] | Mapping[Hashable, int] | None = None,
+    ) -> Relevance:
+        """Build from an id-keyed mapping, as in BEIR qrels or LlamaIndex ``relevant_docs``.
+
+        Args:
+            relevance: ``{query_id: {doc_id: grade}}`` or ``{query_id: [doc_id, ...]}``
+                (grade 1).
+            query_ids: the query of each row, in order; queries missing from ``relevance``
+                get no relevant documents. Default: the keys of ``relevance`` in order.
+            doc_ids: the id of each document row, or a ready ``{doc_id: row}`` map. Default:
+                the document keys already are integer rows.
+
+        Raises:
+            ValueError: a query id in ``relevance`` that is not in ``query_ids``, or a document
+                id not in ``doc_ids`` (the message names the first few).
+        """
+        if query_ids is None:
+            query_ids = list(relevance)
+        else:
+            known = set(query_ids)
+            unknown_q = [q for q in relevance if q not in known]
+            if unknown_q:
+                msg = (
+                    f"relevance names {len(unknown_q)} query id(s) that are not in query_ids, "
+                    f"e.g. {unknown_q[:3]!r}"
+                )
+                raise ValueError(msg)
+        doc_index: Mapping[Hashable, int] | None
+        if doc_ids is None or isinstance(doc_ids, Mapping):
+            doc_index = doc_ids
+        else:
+            doc_index = row_index(doc_ids)  # type: ignore[arg-type]
+        empty: tuple[()] = ()
+        entries = [relevance.get(q, empty) for q in query_ids]
+        lengths = np.fromiter((len(e) for e in entries), dtype=np.int64, count=len(entries))
+        flat_docs = [d for e in entries for d in e]
+        flat_grades = [g for e in entries for g in _grades_of(e)]
+        if doc_index is None:
+            rows = np.asarray(flat_docs, dtype=np.int64)
+        else:
+            unknown = [d for d in flat_docs if d not in doc_index]
+            if unknown:
+                msg = (
+                    f"relevance names {len(unknown)} document id(s) that are not in doc_ids, "
+                    f"e.g. {unknown[:3]!r}"
+                )
+                raise ValueError(msg)
+            rows = np.fromiter((doc_index[d] for d in flat_docs), np.int64, len(flat_docs))
+        indptr = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        return cls(indptr, rows, np.asarray(flat_grades, dtype=np.int64))
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def n_queries(self) -> int:
+        """Number of queries (rows)."""
+        return int(self.indptr.size - 1)
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of (query, relevant document) pairs with grade > 0."""
+        return int(self.indices.size)
+
+    def n_relevant(self) -> np.ndarray:
+        """``(n_queries,)`` int64: the number of relevant documents of each query."""
+        return np.diff(self.indptr)
+
+    def query_of_pair(self) -> np.ndarray:
+        """``(n_pairs,)`` int64: the query row of each (query, document) pair."""
+        return np.repeat(np.arange(self.n_queries, dtype=np.int64), self.n_relevant())
+
+    def subset(self, rows: np.ndarray) -> Relevance:
+        """The judgements of the queries at ``rows`` (``(n,)`` int array), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, lengths = self.indptr[rows], np.diff(self.indptr)[rows]
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        total = int(indptr[-1])
+        take = np.arange(total, dtype=np.int64) + np.repeat(starts - indptr[:-1], lengths)
+        return Relevance(indptr, self.indices[take], self.grades[take])
+
+    def to_lists(self) -> list[list[int]]:
+        """The relevant rows as one list per query (for display and interop, not hot paths)."""
+        return [self.indices[a:b].tolist() for a, b in zip(self.indptr[:-1], self.indptr[1:])]
+
+
+# ---------------------------------------------------------------------- per-query metrics
+def recall_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
+    """Recall at ``k`` of each query: ``|top-k ∩ relevant| / min(#relevant, k)``.
+
+    Args:
+        retrieved: ``(n_queries, k')`` int array of document rows, best first, ``k' >= k``;
+            ``-1`` marks an empty slot (no result).
+        relevance: the judgements, one row per query.
+        k: cut-off.
+
+    Returns:
+        ``(n_queries,)`` float64; NaN for queries without relevant documents.
+    """
+    gains, n_rel = _gains(retrieved, relevance, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (gains > 0).sum(axis=1) / np.minimum(n_rel, k).astype(np.float64)
+
+
+def hit_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
+    """Hit rate at ``k`` of each query: 1 if a relevant document is in the top ``k``, else 0.
+
+    Args:
+        retrieved: ``(n_queries, k')`` int array of document rows, best first (``-1``: none).
+        relevance: the judgements, one row per query.
+        k: cut-off.
+
+    Returns:
+        ``(n_queries,)`` float64; NaN for queries without relevant documents.
+    """
+    gains, n_rel = _gains(retrieved, relevance, k)
+    return np.where(n_rel > 0, (gains > 0).any(axis=1).astype(np.float64), np.nan)
+
+
+def mrr_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
+    """Reciprocal rank at ``k`` of each query: ``1 / rank`` of the first relevant hit, or 0.
+
+    Args:
+        retrieved: ``(n_queries, k')`` int array of document rows, best first (``-1``: none).
+        relevance: the judgements, one row per query.
+        k: cut-off.
+
+    Returns:
+        ``(n_queries,)`` float64; NaN for queries without relevant documents.
+    """
+    gains, n_rel = _gains(retrieved, relevance, k)
+    hit = gains > 0
+    first = np.argmax(hit, axis=1)
+    rr = np.where(hit.any(axis=1), 1.0 / (first + 1.0), 0.0)
+    return np.where(n_rel > 0, rr, np.nan)
+
+
+def ndcg_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
+    """Normalised discounted cumulative gain at ``k`` of each query, with graded gains.
+
+    ``DCG = sum_r grade(doc at rank r) / log2(r + 1)`` over ranks ``r = 1..k``; the ideal DCG
+    uses the query's ``k`` largest grades in decreasing order.
+
+    Args:
+        retrieved: ``(n_queries, k')`` int array of document rows, best first (``-1``: none).
+        relevance: the judgements (with grades), one row per query.
+        k: cut-off.
+
+    Returns:
+        ``(n_queries,)`` float64 in ``[0, 1]``; NaN for queries without relevant documents.
+    """
+    gains, n_rel = _gains(retrieved, relevance, k)
+    discount = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    dcg = gains @ discount
+    idcg = _ideal_dcg(relevance, k, discount)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_rel > 0, dcg / idcg, np.nan)
+
+
+_METRIC_FUNCTIONS = {
+    "recall": recall_at_k,
+    "ndcg": ndcg_at_k,
+    "mrr": mrr_at_k,
+    "hit": hit_at_k,
+}
+
+
+def evaluate(
+    retrieved: Any,
+    relevance: Relevance,
+    k: int | Sequence[int] = 10,
+    *,
+    metrics: Sequence[str] = METRIC_NAMES,
+    per_query: bool = False,
+) -> dict[str, Any]:
+    """Compute retrieval metrics, averaged over the queries that have relevant documents.
+
+    Queries without relevant documents are left out of the means (a warning is logged with
+    their count); if no query has one, ``ValueError`` is raised.
+
+    Args:
+        retrieved: ``(n_queries, k')`` int array of document rows, best first, with
+            ``k' >= max(k)``; ``-1`` marks an empty slot.
+        relevance: the judgements, one row per query (``relevance.n_queries == n_queries``).
+        k: one cut-off or several.
+        metrics: names among ``"recall"``, ``"ndcg"``, ``"mrr"``, ``"hit"``.
+        per_query: return the ``(n_queries,)`` float64 arrays (NaN for queries without
+            relevant documents) instead of their means.
+
+    Returns:
+        ``{"recall@10": 0.31, "ndcg@10": 0.32, ...}`` (floats, or arrays with ``per_query``).
+
+    Raises:
+        ValueError: unknown metric name, bad ``k``, shape mismatch, or no query with a
+            relevant document.
+    """
+    ks = [k] if isinstance(k, (int, np.integer)) else list(k)
+    if not ks:
+        msg = "k must be a positive integer or a non-empty list of them, got []"
+        raise ValueError(msg)
+    unknown = [m for m in metrics if m not in _METRIC_FUNCTIONS]
+    if unknown:
+        msg = f"metrics must be among {list(METRIC_NAMES)}, got unknown {unknown!r}"
+        raise ValueError(msg)
+    n_rel = relevance.n_relevant()
+    valid = n_rel > 0
+    if not per_query:
+        if not valid.any():
+            msg = (
+                f"relevance has no query with a relevant document ({relevance.n_queries} "
+                "queries); metrics are undefined"
+            )
+            raise ValueError(msg)
+        if not valid.all():
+            logger.warning(
+                "%d of %d queries have no relevant documents and are left out of the means",
+                int((~valid).sum()),
+                valid.size,
+            )
+    out: dict[str, Any] = {}
+    for cutoff in ks:
+        for name in metrics:
+            values = _METRIC_FUNCTIONS[name](retrieved, relevance, cutoff)
+            key = f"{name}@{int(cutoff)}"
+            out[key] = values if per_query else float(values[valid].mean())
+    return out
+
+
+# ---------------------------------------------------------------------- helpers
+def _gains(retrieved: Any, relevance: Relevance, k: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Grade of each retrieved slot and the number of relevant documents of each query.
+
+    Returns:
+        ``(n_queries, k)`` float64 grades (0 where not relevant or empty) and
+        ``(n_queries,)`` int64 counts.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        msg = f"k must be an integer >= 1, got {k!r}"
+        raise ValueError(msg)
+    k = int(k)
+    top = _check_retrieved(retrieved, relevance.n_queries, k)
+    n_queries = top.shape[0]
+    gains = np.zeros((n_queries, k), dtype=np.float64)
+    if relevance.n_pairs and top.size:
+        n_bound = np.int64(max(int(relevance.indices.max()), int(top.max()), 0) + 1)
+        # Relevance keeps pairs sorted by (query, doc), so the keys are sorted.
+        keys = relevance.query_of_pair() * n_bound + relevance.indices
+        probe = np.arange(n_queries, dtype=np.int64)[:, None] * n_bound + top
+        pos = np.searchsorted(keys, probe)
+        pos_clipped = np.minimum(pos, keys.size - 1)
+        found = (pos < keys.size) & (keys[pos_clipped] == probe) & (top >= 0)
+        gains[found] = relevance.grades[pos_clipped[found]]
+    return gains, relevance.n_relevant()
+
+
+def _ideal_dcg(relevance: Relevance, k: int, discount: np.ndarray) -> np.ndarray:
+    """``(n_queries,)`` float64 ideal DCG at ``k`` from each query's largest grades."""
+    query = relevance.query_of_pair()
+    order = np.lexsort((-relevance.grades, query))
+    rank = np.arange(order.size, dtype=np.int64) - relevance.indptr[query[order]]
+    top = rank < k
+    weights = relevance.grades[order][top] * discount[rank[top]]
+    return np.bincount(query[order][top], weights=weights, minlength=relevance.n_queries)
+
+
+def _check_retrieved(retrieved: Any, n_queries: int, k: int) -> np.ndarray:
+    """Return the first ``k`` columns of ``retrieved`` as int64, after checks."""
+    top = np.asarray(retrieved)
+    if top.ndim != 2:
+        msg = (
+            f"retrieved must be 2-D with shape (n_queries, k), got {top.ndim}-D array of "
+            f"shape {top.shape}"
+        )
+        raise ValueError(msg)
+    if top.size and not np.issubdtype(top.dtype, np.integer):
+        msg = f"retrieved must hold integer document rows, got dtype {top.dtype}"
+        raise TypeError(msg)
+    if top.shape[0] != n_queries:
+        msg = (
+            f"retrieved has {top.shape[0]} rows, but relevance has {n_queries} queries; "
+            "give one ranked list per query"
+        )
+        raise ValueError(msg)
+    if top.shape[1] < k:
+        msg = (
+            f"retrieved has {top.shape[1]} columns, but k = {k}; retrieve at least k "
+            "documents per query (pad with -1)"
+        )
+        raise ValueError(msg)
+    top = top[:, :k].astype(np.int64, copy=False)
+    if top.size and top.min() < -1:
+        q, col = np.unravel_index(int(np.argmin(top)), top.shape)
+        msg = (
+            f"retrieved must hold document rows >= 0 or -1 for no result, but query {int(q)} "
+            f"has {int(top[q, col])} at rank {int(col) + 1}"
+        )
+        raise ValueError(msg)
+    if k > 1:
+        ordered = np.sort(top, axis=1)
+        dup = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        if dup.any():
+            q, col = np.argwhere(dup)[0]
+            msg = (
+                f"retrieved lists document row {int(ordered[q, col])} more than once for "
+                f"query {int(q)}; each ranked list must hold distinct rows"
+            )
+            raise ValueError(msg)
+    return top
+
+
+def _as_int_array(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        msg = f"{name} must be a 1-D integer array, got shape {arr.shape}"
+        raise ValueError(msg)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+        msg = f"{name} must hold integers, got dtype {arr.dtype}"
+        raise TypeError(msg)
+    return arr.astype(np.int64, copy=False)
+
+
+def _query_of(indptr: np.ndarray, pos: int) -> int:
+    return int(np.searchsorted(indptr, pos, side="right") - 1)
+
+
+def _grades_of(entry: Mapping[Hashable, int] | Sequence[Hashable]) -> Sequence[int]:
+    if isinstance(entry, Mapping):
+        return list(entry.values())
+    return [1] * len(entry)

@@ -1,0 +1,686 @@
+"""NUDGE-N and NUDGE-M solvers (Zeighami et al., arXiv 2409.02343), in numpy.
+
+Notation (per document row ``j`` that answers training queries):
+
+* ``v_j``: the unit-normalised document embedding;
+* ``g_j``: the sum of the embeddings of the training queries it answers;
+* NUDGE-N moves ``v_j`` on the unit sphere toward ``g_j``, at most ``sqrt(gamma)`` away:
+  ``v'_j = (1 - gamma/2) v_j + sqrt(gamma (4 - gamma))/2 * unit(g_j - (g_j.v_j) v_j)``, or
+  ``unit(g_j)`` once that lies inside the ball (``v_j.unit(g_j) >= 1 - gamma/2``); rows with
+  ``g_j.v_j < 0`` do not move. This is the reference's closed form rewritten so that it does
+  not take ``sqrt(|g|^2 - (g.v)^2)`` of a float32 cancellation (which made NaN rows there).
+* NUDGE-M adds ``gamma * unit(g_j)`` (a change of norm exactly ``gamma``); its output is not
+  normalised, so it must be scored by dot product.
+
+Both score a validation query ``q`` against a moved row as ``S * alpha_j + T * beta_j`` with
+``S = q.v_j`` and ``T = q.g_j`` — two matmuls, then a per-column scaling per gamma.
+Documents that answer no training or validation query never move; they matter only through
+their best score per validation query, computed once in a streaming pass over the corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from nudge_rag._queryset import QuerySet
+from nudge_rag._validation import check_finite_rows, check_gamma, check_matrix, check_positive_int
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NudgeN", "NudgeM", "NotFittedError", "DEFAULT_GAMMAS"]
+
+#: The reference's NUDGE-N grid: 0, 0.02, ..., 0.48 (computed as in ``nudge-ft``).
+DEFAULT_GAMMAS: tuple[float, ...] = tuple(0.02 * x for x in range(25))
+
+# nudge-ft divides slopes by (g_dif + 1e-8); keeping it reproduces its gamma.
+_SLOPE_EPS = 1e-8
+
+# Elements per dense score block (float32): bounds memory at ~64 MB per block.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a fitted attribute is used before ``fit``."""
+
+
+def _as_queryset(value: Any, name: str) -> QuerySet:
+    if isinstance(value, QuerySet):
+        return value
+    if isinstance(value, dict) and "q_embs" in value and "q_ans_indx" in value:
+        return QuerySet(value["q_embs"], value["q_ans_indx"])
+    if isinstance(value, tuple) and len(value) == 2:
+        return QuerySet(value[0], value[1])
+    msg = (
+        f"{name} must be a QuerySet (or an (embeddings, answers) pair, or a "
+        f"{{'q_embs', 'q_ans_indx'}} dict), got {type(value).__name__}"
+    )
+    raise TypeError(msg)
+
+
+def _normalize_rows(block: np.ndarray, name: str, offset: int = 0) -> np.ndarray:
+    """Unit-normalise rows (in a new float32 array); zero rows raise ``ValueError``."""
+    norms = np.linalg.norm(block, axis=1)
+    zero = norms == 0
+    if zero.any():
+        row = int(np.flatnonzero(zero)[0]) + offset
+        msg = (
+            f"{name} row {row} is all zeros: cosine similarity is undefined for it; "
+            "remove it or give it a real embedding"
+        )
+        raise ValueError(msg)
+    return block / norms[:, None].astype(np.float32)
+
+
+class _Problem:
+    """Everything a solver needs, gathered once from the inputs.
+
+    Rows are split into *active* rows (answers of a training or validation query, gathered
+    into memory) and *passive* rows (the rest, only streamed once to get each validation
+    query's best passive scores).
+    """
+
+    def __init__(
+        self,
+        docs: np.ndarray,
+        train: QuerySet,
+        val: QuerySet | None,
+        k: int,
+        batch_size: int,
+        extra_passive: np.ndarray | None = None,
+    ):
+        n_docs, dim = docs.shape
+        self.n_docs, self.dim = n_docs, dim
+        answer_rows = [train.indices] + ([val.indices] if val is not None else [])
+        self.active = np.unique(np.concatenate(answer_rows))  # sorted doc rows
+        n_active = self.active.size
+        raw = np.asarray(docs[self.active], dtype=np.float32)
+        self._check_gathered(raw)
+        self.v = _normalize_rows(raw, "doc_embeddings")  # (n_active, dim), rows sorted like active
+
+        # g = sum of training queries per active row, through a sparse (n_train x n_active) map.
+        cols = np.searchsorted(self.active, train.indices)
+        qrows = train.query_of_pair()
+        assign = sp.csr_matrix(
+            (np.ones(cols.size, dtype=np.float32), (qrows, cols)), shape=(train.n_queries, n_active)
+        )
+        self.g = np.asarray(assign.T @ train.embeddings, dtype=np.float32)  # (n_active, dim)
+        self.g_norm = np.linalg.norm(self.g, axis=1)
+        self.has_train = np.diff(assign.tocsc().indptr) > 0
+
+        self.val = val
+        self.k = k
+        self.batch_size = batch_size
+        self.passive_top: np.ndarray | None = None
+        if val is not None:
+            self.val_cols = np.searchsorted(self.active, val.indices)  # active position per pair
+            self.val_qrows = val.query_of_pair()
+            self.passive_top = self._stream_passive(docs, val.embeddings, k)
+            if extra_passive is not None and extra_passive.shape[0]:
+                extra = _Problem.__new__(_Problem)
+                extra.n_docs, extra.active, extra.batch_size = extra_passive.shape[0], np.zeros(0, np.int64), batch_size
+                top = extra._stream_passive(extra_passive, val.embeddings, k)
+                merged = np.concatenate([self.passive_top, top], axis=1)
+                self.passive_top = -np.sort(-merged, axis=1)[:, :k]
+
+    def _check_gathered(self, raw: np.ndarray) -> None:
+        finite = np.isfinite(raw).all(axis=1)
+        if not finite.all():
+            row = int(self.active[np.flatnonzero(~finite)[0]])
+            msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
+            raise ValueError(msg)
+
+    def _stream_passive(self, docs: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+        """``(n_val, k)`` best cosine scores of each validation query over passive rows."""
+        n_val = queries.shape[0]
+        best = np.full((n_val, k), -np.inf, dtype=np.float32)
+        if self.active.size == self.n_docs:
+            return best
+        is_active = np.zeros(self.n_docs, dtype=bool)
+        is_active[self.active] = True
+        rows = max(1, min(self.batch_size, _BLOCK_ELEMENTS // max(n_val, 1)))
+        for start in range(0, self.n_docs, rows):
+            stop = min(start + rows, self.n_docs)
+            passive = ~is_active[start:stop]
+            if not passive.any():
+                continue
+            block = np.asarray(docs[start:stop], dtype=np.float32)
+            check_finite_rows(block, "doc_embeddings", offset=start)
+            if not passive.all():
+                block = block[passive]
+                offsets = np.flatnonzero(passive)
+            else:
+                offsets = None
+            norms = np.linalg.norm(block, axis=1)
+            if (norms == 0).any():
+                bad = int(np.flatnonzero(norms == 0)[0])
+                row = start + (int(offsets[bad]) if offsets is not None else bad)
+                msg = f"doc_embeddings row {row} is all zeros: cosine similarity is undefined for it"
+                raise ValueError(msg)
+            block /= norms[:, None]
+            scores = queries @ block.T
+            if k == 1:
+                np.maximum(best[:, 0], scores.max(axis=1), out=best[:, 0])
+            else:
+                merged = np.concatenate([best, scores], axis=1)
+                kk = min(k, merged.shape[1])
+                part = np.partition(merged, merged.shape[1] - kk, axis=1)[:, -kk:]
+                best = np.sort(part, axis=1)[:, ::-1][:, :k].astype(np.float32)
+        return best
+
+    def query_blocks(self, n_cols: int) -> list[slice]:
+        n_val = self.val.n_queries
+        rows = max(1, _BLOCK_ELEMENTS // max(n_cols, 1))
+        return [slice(s, min(s + rows, n_val)) for s in range(0, n_val, rows)]
+
+
+class _NudgeBase:
+    """Shared ``fit`` plumbing: checks, validation split, fitted attributes."""
+
+    similarity: ClassVar[str]
+    _variant: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        gamma: float | None = None,
+        val_fraction: float = 0.1,
+        random_state: int | None = 0,
+        batch_size: int = 4096,
+        show_progress: bool = False,
+    ):
+        self.gamma = gamma
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's hyperparameters (scikit-learn convention)."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        doc_embeddings: np.ndarray,
+        train: QuerySet | Any,
+        val: QuerySet | Any | None = None,
+        *,
+        _extra_passive: np.ndarray | None = None,
+    ) -> _NudgeBase:
+        """Learn new embeddings for the documents that answer training queries.
+
+        Args:
+            doc_embeddings: ``(n_docs, dim)`` float32 array (float64 is converted; an
+                ``np.memmap`` is streamed in blocks, not loaded whole). Rows need not be
+                unit-norm: they are normalised.
+            train: training queries: a :class:`QuerySet` (or ``(embeddings, answers)`` or the
+                reference's ``{"q_embs", "q_ans_indx"}`` dict); answers are document rows.
+            val: validation queries in the same form. ``None`` splits ``val_fraction`` of the
+                training queries off (seeded by ``random_state``) when gamma is searched.
+
+        Returns:
+            self, with ``gamma_``, ``val_score_``, ``changed_rows_``, ``changed_embeddings_``
+            and ``embeddings_``.
+        """
+        docs = check_matrix(doc_embeddings, "doc_embeddings", check_finite=False)
+        n_docs, dim = docs.shape
+        batch_size = check_positive_int(self.batch_size, "batch_size")
+        fixed = None if self.gamma is None else check_gamma(self.gamma, upper=self._gamma_upper())
+        train_qs = _as_queryset(train, "train").checked(n_docs, dim, "train")
+        val_qs = None if val is None else _as_queryset(val, "val").checked(n_docs, dim, "val")
+        if val_qs is None and fixed is None:
+            train_qs, val_qs = train_qs.split(self.val_fraction, random_state=self.random_state)
+            logger.info(
+                "split %d validation queries off %d training queries (val_fraction=%s)",
+                val_qs.n_queries,
+                train_qs.n_queries + val_qs.n_queries,
+                self.val_fraction,
+            )
+        extra = None
+        if _extra_passive is not None:
+            extra = check_matrix(_extra_passive, "nontrain_embeddings", dim=dim, allow_empty=True, check_finite=False)
+        problem = _Problem(docs, train_qs, val_qs, self._val_k(), batch_size, extra)
+        self._fit_problem(problem, fixed)
+        self._docs = docs
+        self.n_docs_ = n_docs
+        self.n_features_in_ = dim
+        self.n_train_queries_ = train_qs.n_queries
+        self.n_val_queries_ = 0 if val_qs is None else val_qs.n_queries
+        logger.info(
+            "%s: gamma=%s, validation score=%s, %d of %d rows moved",
+            type(self).__name__,
+            self.gamma_,
+            self.val_score_,
+            self.changed_rows_.size,
+            n_docs,
+        )
+        return self
+
+    def _val_k(self) -> int:
+        return 1
+
+    def _gamma_upper(self) -> float | None:
+        return None
+
+    # ------------------------------------------------------------------ results
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "changed_rows_"):
+            msg = f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first."
+            raise NotFittedError(msg)
+
+    @property
+    def embeddings_(self) -> np.ndarray:
+        """``(n_docs, dim)`` float32: all document embeddings after tuning.
+
+        Rows are the normalised inputs with the moved rows replaced. Built on access (one
+        copy of the corpus); at large scale use ``changed_rows_`` / ``changed_embeddings_`` or
+        :meth:`transform` with ``out=`` instead.
+        """
+        self._check_fitted()
+        cached = getattr(self, "_embeddings_cache", None)
+        if cached is None:
+            cached = self.transform(self._docs)
+            self._embeddings_cache = cached
+        return cached
+
+    def transform(self, doc_embeddings: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Apply the learned change to the corpus that was fitted.
+
+        Args:
+            doc_embeddings: the ``(n_docs, dim)`` array passed to ``fit``.
+            out: optional ``(n_docs, dim)`` float32 array (e.g. an ``np.memmap``) to write into.
+
+        Returns:
+            The tuned embeddings (``out`` when given): normalised rows, moved rows replaced.
+        """
+        self._check_fitted()
+        docs = check_matrix(doc_embeddings, "doc_embeddings", dim=self.n_features_in_, check_finite=False)
+        if docs.shape[0] != self.n_docs_:
+            msg = f"doc_embeddings has {docs.shape[0]} rows, but {type(self).__name__} was fitted on {self.n_docs_}"
+            raise ValueError(msg)
+        if out is None:
+            out = np.empty(docs.shape, dtype=np.float32)
+        elif out.shape != docs.shape or out.dtype != np.float32:
+            msg = f"out must be a float32 array of shape {docs.shape}, got {out.dtype} {out.shape}"
+            raise ValueError(msg)
+        rows = max(1, _BLOCK_ELEMENTS // max(self.n_features_in_, 1))
+        for start in range(0, self.n_docs_, rows):
+            stop = min(start + rows, self.n_docs_)
+            block = np.asarray(docs[start:stop], dtype=np.float32)
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            norms[norms == 0] = 1
+            out[start:stop] = block / norms
+        if self.changed_rows_.size:
+            out[self.changed_rows_] = self.changed_embeddings_
+        return out
+
+    def _set_result(self, gamma: float, val_score: float | None, rows: np.ndarray, vectors: np.ndarray) -> None:
+        self.gamma_ = float(gamma)
+        self.val_score_ = None if val_score is None else float(val_score)
+        self.changed_rows_ = rows.astype(np.int64)
+        self.changed_embeddings_ = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._embeddings_cache = None
+
+    def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ scoring
+    def _val_recall(self, problem: _Problem, moved: np.ndarray, coeffs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Validation recall@k (denominator ``min(#answers, k)``) for each coefficient set.
+
+        The score of validation query ``q`` for moved active row ``j`` is
+        ``alpha_j * (q.v_j) + beta_j * (q.g_j)``; other rows keep ``q.v_j``.
+
+        Args:
+            problem: the gathered problem.
+            moved: bool ``(n_active,)``: rows whose score depends on gamma.
+            coeffs: one ``(alpha, beta)`` pair of ``(n_moved,)`` arrays per candidate gamma.
+
+        Returns:
+            ``(len(coeffs),)`` float64 validation scores.
+        """
+        val, k = problem.val, problem.k
+        n_active = problem.active.size
+        moved_idx = np.flatnonzero(moved)
+        static_idx = np.flatnonzero(~moved)
+        pos_in_moved = np.full(n_active, -1, dtype=np.int64)
+        pos_in_moved[moved_idx] = np.arange(moved_idx.size)
+        pos_in_static = np.full(n_active, -1, dtype=np.int64)
+        pos_in_static[static_idx] = np.arange(static_idx.size)
+        n_ans = np.diff(val.indptr)
+        denom = np.minimum(n_ans, k).astype(np.float64)
+        totals = np.zeros(len(coeffs), dtype=np.float64)
+        v_moved, g_moved = problem.v[moved_idx], problem.g[moved_idx]
+        v_static = problem.v[static_idx]
+        pair_q, pair_col = problem.val_qrows, problem.val_cols
+
+        for blk in problem.query_blocks(n_active + k):
+            q = val.embeddings[blk]
+            b = q.shape[0]
+            lo, hi = np.searchsorted(pair_q, [blk.start, blk.stop])
+            pq = pair_q[lo:hi] - blk.start
+            pc = pair_col[lo:hi]
+            s_moved = q @ v_moved.T
+            t_moved = q @ g_moved.T
+            # Static columns: passive top-k (never answers) and active rows that do not move.
+            s_static = q @ v_static.T
+            in_static = pos_in_static[pc] >= 0
+            static_ans = np.full((b, 0), -np.inf, dtype=np.float32)
+            if k == 1:
+                sa = s_static.copy()
+                flat_ans = pq[in_static] * static_idx.size + pos_in_static[pc[in_static]]
+                ans_scores_static = sa.reshape(-1)[flat_ans]
+                sa.reshape(-1)[flat_ans] = -np.inf
+                best_non_static = np.maximum(
+                    problem.passive_top[blk, 0],
+                    sa.max(axis=1) if static_idx.size else -np.inf,
+                )
+                best_ans_static = np.full(b, -np.inf, dtype=np.float32)
+                np.maximum.at(best_ans_static, pq[in_static], ans_scores_static)
+            else:
+                static_lab = np.zeros(s_static.shape, dtype=bool)
+                static_lab[pq[in_static], pos_in_static[pc[in_static]]] = True
+                static_ans = (s_static, static_lab)
+            mov = ~in_static
+            flat_mov = pq[mov] * moved_idx.size + pos_in_moved[pc[mov]]
+            moved_lab = None
+            if k > 1:
+                moved_lab = np.zeros((b, moved_idx.size), dtype=bool)
+                moved_lab.reshape(-1)[flat_mov] = True
+            scores = np.empty_like(s_moved)
+            tmp = np.empty_like(s_moved)
+            for c, (alpha, beta) in enumerate(coeffs):
+                np.multiply(s_moved, alpha, out=scores)
+                np.multiply(t_moved, beta, out=tmp)
+                scores += tmp
+                if k == 1:
+                    ans = scores.reshape(-1)[flat_mov]
+                    scores.reshape(-1)[flat_mov] = -np.inf
+                    best_non = np.maximum(best_non_static, scores.max(axis=1) if moved_idx.size else -np.inf)
+                    best_ans = best_ans_static.copy()
+                    np.maximum.at(best_ans, pq[mov], ans)
+                    totals[c] += np.count_nonzero(best_ans > best_non)
+                else:
+                    s_static_blk, lab_static = static_ans
+                    all_scores = np.concatenate([problem.passive_top[blk], s_static_blk, scores], axis=1)
+                    all_lab = np.concatenate(
+                        [np.zeros((b, k), dtype=bool), lab_static, moved_lab], axis=1
+                    )
+                    top = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
+                    hits = np.take_along_axis(all_lab, top, axis=1).sum(axis=1)
+                    totals[c] += float((hits / denom[blk]).sum())
+        return totals / val.n_queries
+
+
+class NudgeN(_NudgeBase):
+    """NUDGE-N: tuned embeddings stay unit-norm; use with cosine stores.
+
+    Each document that answers training queries moves on the unit sphere toward the sum of
+    those queries, by at most ``sqrt(gamma)`` in Euclidean distance (``gamma <= 2``).
+
+    Args:
+        gamma: a fixed step size; ``None`` (default) picks it from ``gammas`` on validation.
+        gammas: candidate values searched when ``gamma`` is ``None``; default
+            :data:`DEFAULT_GAMMAS`, the reference's ``0, 0.02, ..., 0.48``. Ties go to the
+            smaller value.
+        val_k: validation picks the gamma with the best recall@``val_k``.
+        val_fraction: share of training queries split off for validation when ``val`` is
+            not given (seeded by ``random_state``).
+        random_state: seed for that split.
+        batch_size: documents per block in the streaming pass over the corpus.
+        show_progress: show a progress bar over the gamma candidates.
+
+    Attributes:
+        gamma_: the step size used.
+        val_score_: validation recall@``val_k`` at ``gamma_`` (``None`` without validation).
+        changed_rows_: ``(n_changed,)`` int64 rows that moved.
+        changed_embeddings_: ``(n_changed, dim)`` float32 new vectors of those rows.
+        embeddings_: ``(n_docs, dim)`` float32, all rows (built on access).
+        gamma_scores_: ``{gamma: validation score}`` for every candidate searched.
+
+    Example:
+        >>> solver = NudgeN().fit(doc_embeddings, QuerySet(train_q, train_answers))  # doctest: +SKIP
+        >>> solver.similarity
+        'cosine'
+    """
+
+    similarity: ClassVar[str] = "cosine"
+    _variant: ClassVar[str] = "n"
+
+    def __init__(
+        self,
+        *,
+        gamma: float | None = None,
+        gammas: Sequence[float] | None = None,
+        val_k: int = 1,
+        val_fraction: float = 0.1,
+        random_state: int | None = 0,
+        batch_size: int = 4096,
+        show_progress: bool = False,
+    ):
+        super().__init__(
+            gamma=gamma,
+            val_fraction=val_fraction,
+            random_state=random_state,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        self.gammas = gammas
+        self.val_k = val_k
+
+    def _val_k(self) -> int:
+        return check_positive_int(self.val_k, "val_k")
+
+    def _gamma_upper(self) -> float:
+        return 2.0
+
+    def _candidates(self) -> list[float]:
+        if self.gammas is None:
+            return list(DEFAULT_GAMMAS)
+        try:
+            values = [check_gamma(g, "gammas[i]", upper=2.0) for g in self.gammas]
+        except TypeError as err:
+            msg = f"gammas must be a sequence of numbers in [0, 2], got {self.gammas!r}"
+            raise TypeError(msg) from err
+        if not values:
+            msg = "gammas must hold at least one candidate value, got an empty sequence"
+            raise ValueError(msg)
+        return values
+
+    @staticmethod
+    def _geometry(problem: _Problem) -> tuple[np.ndarray, ...]:
+        v, g = problem.v, problem.g
+        c = np.einsum("ij,ij->i", g, v)  # g.v
+        perp = g - c[:, None] * v
+        p = np.linalg.norm(perp, axis=1)
+        moves = problem.has_train & (c >= 0) & (p > 0)
+        # Below this gamma a row takes the interior step; at or above it, unit(g) itself.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cos_vg = np.where(problem.g_norm > 0, c / problem.g_norm, -1.0)
+        gamma_full = 2.0 * (1.0 - cos_vg)
+        return c, perp, p, moves, gamma_full
+
+    @staticmethod
+    def _step(gamma: float) -> tuple[float, float]:
+        return 1.0 - gamma / 2.0, math.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
+
+    def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:
+        c, perp, p, moves, gamma_full = self._geometry(problem)
+        idx = np.flatnonzero(moves)
+        c_m, p_m, gn_m, full_m = c[idx], p[idx], problem.g_norm[idx], gamma_full[idx]
+
+        def coeffs(gamma: float) -> tuple[np.ndarray, np.ndarray]:
+            a, b = self._step(gamma)
+            alpha = (a - b * c_m / p_m).astype(np.float32)
+            beta = (b / p_m).astype(np.float32)
+            snap = gamma >= full_m  # takes unit(g): score = q.g / |g|
+            alpha[snap] = 0.0
+            beta[snap] = (1.0 / gn_m[snap]).astype(np.float32)
+            return alpha, beta
+
+        candidates = [fixed] if fixed is not None else self._candidates()
+        scores: np.ndarray | None = None
+        if problem.val is not None and (fixed is None or problem.val.n_queries):
+            cand_coeffs = [coeffs(gm) for gm in candidates]
+            scores = self._val_recall(problem, moves, cand_coeffs)
+            best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
+            self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
+        else:
+            best = 0
+            self.gamma_scores_ = {}
+        gamma = candidates[best]
+        val_score = None if scores is None else scores[best]
+        if gamma == 0 or idx.size == 0:
+            self._set_result(gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim)))
+            return
+        a, b = self._step(gamma)
+        new = a * problem.v[idx] + b * (perp[idx] / p_m[:, None])
+        snap = gamma >= full_m
+        new[snap] = problem.g[idx[snap]] / gn_m[snap, None]
+        self._set_result(gamma, val_score, problem.active[idx], new)
+
+
+class NudgeM(_NudgeBase):
+    """NUDGE-M: bounded-magnitude change; the output must be scored by dot product.
+
+    Each document that answers training queries gets ``gamma * unit(sum of its training
+    queries)`` added to its normalised embedding. ``gamma`` is chosen exactly: every
+    (validation query, answer) pair wins top-1 on an interval of gamma, and the point covered
+    by the most intervals is taken (validation hit@1), as in the paper and the reference.
+
+    Args:
+        gamma: a fixed step size; ``None`` (default) finds it by the interval sweep.
+        val_fraction: share of training queries split off for validation when ``val`` is
+            not given (seeded by ``random_state``).
+        random_state: seed for that split.
+        batch_size: documents per block in the streaming pass over the corpus.
+        show_progress: unused by the exact search (kept for a uniform signature).
+
+    Attributes:
+        gamma_: the step size used.
+        val_score_: validation hit@1 at ``gamma_`` (``None`` without validation).
+        changed_rows_: ``(n_changed,)`` int64 rows that moved.
+        changed_embeddings_: ``(n_changed, dim)`` float32 new vectors (not unit-norm).
+        embeddings_: ``(n_docs, dim)`` float32, all rows (built on access).
+    """
+
+    similarity: ClassVar[str] = "dot"
+    _variant: ClassVar[str] = "m"
+
+    def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:
+        moves = problem.has_train & (problem.g_norm > 0)
+        idx = np.flatnonzero(moves)
+        inv_norm = np.zeros(problem.active.size, dtype=np.float32)
+        inv_norm[idx] = 1.0 / problem.g_norm[idx]
+        if fixed is not None:
+            gamma = fixed
+            val_score = None
+            if problem.val is not None:
+                alpha = np.ones(idx.size, dtype=np.float32)
+                val_score = float(self._val_recall(problem, moves, [(alpha, gamma * inv_norm[idx])])[0])
+        else:
+            gamma, count = self._sweep(problem, inv_norm)
+            val_score = count / problem.val.n_queries
+        if gamma == 0 or idx.size == 0:
+            self._set_result(gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim)))
+            return
+        new = problem.v[idx] + gamma * (problem.g[idx] * inv_norm[idx, None])
+        self._set_result(gamma, val_score, problem.active[idx], new)
+
+    @staticmethod
+    def _sweep(problem: _Problem, inv_norm: np.ndarray) -> tuple[float, int]:
+        """Exact gamma: the point covered by the most (query, answer) winning intervals.
+
+        For query ``q`` a row scores ``S - gamma * G`` with ``S = q.v`` and
+        ``G = -q.unit(g)`` (0 for rows that do not move, which collapse with the passive
+        rows into their best score). Answer ``x`` wins on ``[low, high]`` where every other
+        row ``y`` has ``S_y - S_x <= gamma (G_y - G_x)``. Rows dominated by another row (no
+        larger S, no smaller G) never bind, so each query only needs its Pareto front.
+        """
+        val = problem.val
+        n_active = problem.active.size
+        lows, highs = [], []
+        pair_q, pair_col = problem.val_qrows, problem.val_cols
+        neg_u = -(problem.g * inv_norm[:, None])  # (n_active, dim): -unit(g), 0 when static
+        for blk in problem.query_blocks(n_active + 1):
+            q = val.embeddings[blk]
+            b = q.shape[0]
+            s = np.empty((b, n_active + 1), dtype=np.float32)
+            gg = np.zeros((b, n_active + 1), dtype=np.float32)
+            np.matmul(q, problem.v.T, out=s[:, :n_active])
+            np.matmul(q, neg_u.T, out=gg[:, :n_active])
+            s[:, n_active] = problem.passive_top[blk, 0]  # passive rows: best score, G = 0
+
+            # Pareto front per query: sort by S descending, keep points with G below all before.
+            order = np.argsort(-s, axis=1, kind="stable")
+            g_sorted = np.take_along_axis(gg, order, axis=1)
+            run_min = np.minimum.accumulate(g_sorted, axis=1)
+            keep = np.empty_like(g_sorted, dtype=bool)
+            keep[:, 0] = True
+            np.less(g_sorted[:, 1:], run_min[:, :-1], out=keep[:, 1:])
+            counts = keep.sum(axis=1)
+            width = int(counts.max())
+            # Pack each query's front into a (b, width) array, padded with NaN.
+            rank = np.cumsum(keep, axis=1) - 1
+            r, col_sorted = np.nonzero(keep)
+            front_s = np.full((b, width), np.nan, dtype=np.float32)
+            front_g = np.full((b, width), np.nan, dtype=np.float32)
+            cols = order[r, col_sorted]
+            front_s[r, rank[r, col_sorted]] = s[r, cols]
+            front_g[r, rank[r, col_sorted]] = gg[r, cols]
+
+            lo, hi = np.searchsorted(pair_q, [blk.start, blk.stop])
+            pq = pair_q[lo:hi] - blk.start
+            pc = pair_col[lo:hi]
+            s_x = s[pq, pc][:, None]
+            g_x = gg[pq, pc][:, None]
+            s_dif = front_s[pq] - s_x
+            g_dif = front_g[pq] - g_x
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # The reference's 1e-8 guard, kept so that gamma matches nudge-ft exactly.
+                alpha = s_dif / (g_dif + np.float32(_SLOPE_EPS))
+            pos = g_dif > 0
+            neg = g_dif < 0
+            low = np.maximum(np.where(pos, alpha, -np.inf).max(axis=1), 0.0)
+            high = np.where(neg, alpha, np.inf).min(axis=1)
+            blocked = ((g_dif == 0) & (s_dif > 0)).any(axis=1)
+            ok = ~blocked & (high >= low)
+            lows.append(low[ok])
+            highs.append(high[ok])
+        return _most_covered_point(np.concatenate(lows), np.concatenate(highs))
+
+
+def _most_covered_point(lows: np.ndarray, highs: np.ndarray) -> tuple[float, int]:
+    """The left end of the point covered by most closed intervals ``[lows[i], highs[i]]``.
+
+    Matches the reference's sweep: events sorted by value (starts before ends at equal
+    value), counts taken after each group of equal values, the first maximum wins; no
+    interval (or a best count of 0) gives 0.
+    """
+    if lows.size == 0:
+        return 0.0, 0
+    values = np.concatenate([lows, highs]).astype(np.float64)
+    signs = np.concatenate([np.ones(lows.size, np.int64), -np.ones(highs.size, np.int64)])
+    order = np.lexsort((-signs, values))
+    values, signs = values[order], signs[order]
+    running = np.cumsum(signs)
+    group_end = np.append(values[1:] != values[:-1], True)
+    ends = np.flatnonzero(group_end)
+    at_end = running[ends]
+    best = int(np.argmax(at_end))
+    if at_end[best] <= 0:
+        return 0.0, 0
+    return float(values[ends[best]]), int(at_end[best])

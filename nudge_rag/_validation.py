@@ -1,0 +1,235 @@
+"""Input checks at the public boundary, written once.
+
+Every message names the argument, what was expected and what came, in the style of
+scikit-learn (``X has 5 features, but ... is expecting 4``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "check_matrix",
+    "check_finite_rows",
+    "check_answers",
+    "check_positive_int",
+    "check_gamma",
+]
+
+
+def check_matrix(
+    value: Any,
+    name: str,
+    *,
+    dim: int | None = None,
+    allow_empty: bool = False,
+    copy_ok: bool = True,
+    check_finite: bool = True,
+) -> np.ndarray:
+    """Return ``value`` as a 2-D float32 array (a view when it already is one).
+
+    Args:
+        value: array-like of shape ``(n_rows, dim)``; ``np.memmap`` is accepted and not read
+            in full unless ``check_finite`` is set.
+        name: the argument's name, used in error messages.
+        dim: the expected number of columns, or ``None`` for any.
+        allow_empty: whether zero rows are acceptable.
+        copy_ok: whether a float64 (or other numeric) input may be converted to a float32 copy.
+        check_finite: scan for NaN / inf.
+
+    Raises:
+        TypeError: non-numeric input.
+        ValueError: wrong number of dimensions, wrong width, empty, NaN or inf.
+    """
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            msg = f"{name} must be a 2-D numeric array, got {type(value).__name__} ({err})"
+            raise TypeError(msg) from err
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        msg = f"{name} must be a numeric array (float32 or float64), got dtype {arr.dtype}"
+        raise TypeError(msg)
+    if arr.ndim != 2:
+        msg = f"{name} must be 2-D with shape (n_rows, dim), got {arr.ndim}-D array of shape {arr.shape}"
+        raise ValueError(msg)
+    if not allow_empty and arr.shape[0] == 0:
+        msg = f"{name} is empty: expected at least one row, got shape {arr.shape}"
+        raise ValueError(msg)
+    if arr.shape[1] == 0:
+        msg = f"{name} has zero columns: expected shape (n_rows, dim) with dim >= 1, got {arr.shape}"
+        raise ValueError(msg)
+    if dim is not None and arr.shape[1] != dim:
+        msg = f"{name} has {arr.shape[1]} dimensions, but the documents have {dim}"
+        raise ValueError(msg)
+    if arr.dtype != np.float32:
+        if not copy_ok:
+            msg = f"{name} must be float32, got {arr.dtype}"
+            raise TypeError(msg)
+        if arr.dtype != np.float64:
+            logger.debug("converting %s from %s to float32", name, arr.dtype)
+        arr = arr.astype(np.float32)
+    if check_finite:
+        check_finite_rows(arr, name)
+    return arr
+
+
+def check_finite_rows(block: np.ndarray, name: str, *, offset: int = 0) -> None:
+    """Raise ``ValueError`` naming the first row of ``block`` that holds NaN or inf.
+
+    Args:
+        block: ``(n_rows, dim)`` array.
+        name: the argument's name.
+        offset: the row number of ``block[0]`` in the caller's array.
+    """
+    finite = np.isfinite(block).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        msg = (
+            f"{name} must be finite, but row {int(bad[0]) + offset} holds NaN or inf "
+            f"({bad.size} such rows in rows {offset}..{offset + block.shape[0] - 1})"
+        )
+        raise ValueError(msg)
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` that is at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        msg = f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
+        raise TypeError(msg)
+    if value < minimum:
+        msg = f"{name} must be an integer >= {minimum}, got {value}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def check_gamma(value: Any, name: str = "gamma", *, upper: float | None = None) -> float:
+    """Return ``value`` as a finite float in ``[0, upper]``.
+
+    A list or array is refused with a message that points to ``gammas=`` (the reference
+    implementation typed ``gamma`` as a list but used it as a number).
+    """
+    if isinstance(value, (list, tuple, np.ndarray)):
+        msg = (
+            f"{name} must be a single number (the fixed step size), got {type(value).__name__}; "
+            "pass candidate values as gammas=[...] to search over them"
+        )
+        raise TypeError(msg)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        msg = f"{name} must be a number, got {value!r} ({type(value).__name__})"
+        raise TypeError(msg)
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (upper is not None and value > upper):
+        bound = f"[0, {upper}]" if upper is not None else ">= 0"
+        msg = f"{name} must be a finite number in {bound}, got {value}"
+        raise ValueError(msg)
+    return value
+
+
+def check_answers(
+    answers: Any,
+    name: str,
+    *,
+    n_queries: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn answers into CSR ``(indptr, indices)`` int64 arrays, one row per query.
+
+    Accepted: a sequence of sequences of ints (``[[3, 7], [1]]``), a ``scipy.sparse`` matrix of
+    shape ``(n_queries, n_docs)`` whose non-zeros mark answers, or an ``(indptr, indices)`` pair.
+    Range checks against the corpus size happen in :func:`check_answer_range`.
+    """
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        sp = None
+    if sp is not None and sp.issparse(answers):
+        csr = sp.csr_matrix(answers)
+        csr.sum_duplicates()
+        csr.eliminate_zeros()
+        if csr.shape[0] != n_queries:
+            msg = (
+                f"{name} has {csr.shape[0]} rows, but there are {n_queries} query embeddings"
+            )
+            raise ValueError(msg)
+        indptr = csr.indptr.astype(np.int64)
+        indices = csr.indices.astype(np.int64)
+        return indptr, indices
+    if (
+        isinstance(answers, tuple)
+        and len(answers) == 2
+        and all(isinstance(a, np.ndarray) for a in answers)
+    ):
+        indptr = np.asarray(answers[0], dtype=np.int64)
+        indices = np.asarray(answers[1], dtype=np.int64)
+        if indptr.ndim != 1 or indptr.size != n_queries + 1 or indptr[0] != 0:
+            msg = (
+                f"{name} as (indptr, indices) needs indptr of length n_queries + 1 = "
+                f"{n_queries + 1} starting at 0, got length {indptr.size}"
+            )
+            raise ValueError(msg)
+        if np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
+            msg = f"{name}: indptr must be non-decreasing and end at len(indices) = {indices.size}"
+            raise ValueError(msg)
+        return indptr, indices
+    if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
+        if not isinstance(answers, np.ndarray):
+            msg = (
+                f"{name} must be a list with one list of answer rows per query, a scipy.sparse "
+                f"matrix or an (indptr, indices) pair, got {type(answers).__name__}"
+            )
+            raise TypeError(msg)
+    if len(answers) != n_queries:
+        msg = f"{name} has {len(answers)} entries, but there are {n_queries} query embeddings"
+        raise ValueError(msg)
+    lengths = np.empty(n_queries, dtype=np.int64)
+    flat: list[int] = []
+    for i, row in enumerate(answers):
+        if isinstance(row, (int, np.integer)) and not isinstance(row, bool):
+            row = (row,)
+        try:
+            row_arr = np.asarray(row)
+        except (TypeError, ValueError) as err:  # ragged or odd objects
+            msg = f"{name}[{i}] must be a list of integer row indices, got {row!r}"
+            raise TypeError(msg) from err
+        if row_arr.size and not np.issubdtype(row_arr.dtype, np.integer):
+            if np.issubdtype(row_arr.dtype, np.floating) and np.all(row_arr == np.round(row_arr)):
+                row_arr = row_arr.astype(np.int64)
+            else:
+                msg = (
+                    f"{name}[{i}] must hold integer row indices, got {row!r} "
+                    f"(dtype {row_arr.dtype}); map document ids to rows first"
+                )
+                raise TypeError(msg)
+        row_arr = row_arr.reshape(-1)
+        lengths[i] = row_arr.size
+        flat.extend(row_arr.tolist())
+    indptr = np.zeros(n_queries + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    return indptr, np.asarray(flat, dtype=np.int64)
+
+
+def check_answer_range(indices: np.ndarray, indptr: np.ndarray, name: str, n_docs: int) -> None:
+    """Raise ``ValueError`` for an answer row outside ``[0, n_docs)``, naming query and value."""
+    if indices.size == 0:
+        return
+    bad = np.flatnonzero((indices < 0) | (indices >= n_docs))
+    if bad.size:
+        pos = int(bad[0])
+        query = int(np.searchsorted(indptr, pos, side="right") - 1)
+        value = int(indices[pos])
+        hint = " (negative indices are not allowed)" if value < 0 else ""
+        msg = (
+            f"{name}[{query}] names document row {value}, but the documents have rows "
+            f"0..{n_docs - 1}{hint}; {bad.size} answer(s) out of range in all"
+        )
+        raise ValueError(msg)
