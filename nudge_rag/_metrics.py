@@ -139,9 +139,7 @@ class Relevance:
         lengths = np.fromiter((len(a) for a in answers), dtype=np.int64, count=len(answers))
         indptr = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        flat = np.fromiter(
-            (d for a in answers for d in a), dtype=np.int64, count=int(indptr[-1])
-        )
+        flat = np.fromiter((d for a in answers for d in a), dtype=np.int64, count=int(indptr[-1]))
         flat_grades = None
         if grades is not None:
             if len(grades) != len(answers):
@@ -252,7 +250,10 @@ class Relevance:
 
     def to_lists(self) -> list[list[int]]:
         """The relevant rows as one list per query (for display and interop, not hot paths)."""
-        return [self.indices[a:b].tolist() for a, b in zip(self.indptr[:-1], self.indptr[1:])]
+        return [
+            self.indices[a:b].tolist()
+            for a, b in zip(self.indptr[:-1], self.indptr[1:], strict=True)
+        ]
 
 
 # ---------------------------------------------------------------------- per-query metrics

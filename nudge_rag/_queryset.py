@@ -153,7 +153,8 @@ class QuerySet:
         check_answer_range(self.indices, self.indptr, f"{name} answers", n_docs)
         qid = self.query_of_pair()
         key = qid * np.int64(n_docs) + self.indices
-        uniq = np.unique(key)  # sorted by (query, doc)
+        key = np.sort(key)  # sorted by (query, doc)
+        uniq = key[np.append(True, key[1:] != key[:-1])] if key.size else key
         n_dup = key.size - uniq.size
         if n_dup:
             logger.warning("%s: merged %d duplicate (query, answer) pair(s)", name, n_dup)

@@ -176,7 +176,9 @@ def _merge(
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
-def _check_exclude(exclude: Any, n_queries: int, n_docs: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _check_exclude(
+    exclude: Any, n_queries: int, n_docs: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Turn ``exclude`` into sorted ``(query, doc)`` pair arrays, or ``None``."""
     if exclude is None:
         return None

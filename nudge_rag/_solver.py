@@ -97,7 +97,7 @@ class _Problem:
         n_docs, dim = docs.shape
         self.n_docs, self.dim = n_docs, dim
         answer_rows = [train.indices] + ([val.indices] if val is not None else [])
-        self.active = np.unique(np.concatenate(answer_rows))  # sorted doc rows
+        self.active = _sorted_unique(np.concatenate(answer_rows))  # sorted doc rows
         n_active = self.active.size
         raw = np.asarray(docs[self.active], dtype=np.float32)
         self._check_gathered(raw)
@@ -338,7 +338,13 @@ class _NudgeBase:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ scoring
-    def _val_recall(self, problem: _Problem, moved: np.ndarray, coeffs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def _val_recall(
+        self,
+        problem: _Problem,
+        moved: np.ndarray,
+        coeffs: list[tuple[np.ndarray, np.ndarray]],
+        bounds: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Validation recall@k (denominator ``min(#answers, k)``) for each coefficient set.
 
         The score of validation query ``q`` for moved active row ``j`` is
@@ -348,6 +354,10 @@ class _NudgeBase:
             problem: the gathered problem.
             moved: bool ``(n_active,)``: rows whose score depends on gamma.
             coeffs: one ``(alpha, beta)`` pair of ``(n_moved,)`` arrays per candidate gamma.
+            bounds: for NUDGE-N, ``(alpha_max, beta_max, c_over_p, inv_p)``: the coefficients at
+                the largest gamma and the geometry that bounds each score over the gamma range.
+                With ``val_k == 1`` only (query, row) pairs whose upper bound reaches the
+                query's lower bound on its top-1 score are scored per gamma (exact pruning).
 
         Returns:
             ``(len(coeffs),)`` float64 validation scores.
@@ -400,6 +410,13 @@ class _NudgeBase:
             if k > 1:
                 moved_lab = np.zeros((b, moved_idx.size), dtype=bool)
                 moved_lab.reshape(-1)[flat_mov] = True
+            if k == 1 and bounds is not None:
+                totals += _pruned_hits(
+                    s_moved, t_moved, flat_mov, coeffs, bounds,
+                    best_non_static, best_ans_static,
+                    np.maximum(best_non_static, best_ans_static),
+                )
+                continue
             scores = np.empty_like(s_moved)
             tmp = np.empty_like(s_moved)
             for c, (alpha, beta) in enumerate(coeffs):
@@ -535,7 +552,9 @@ class NudgeN(_NudgeBase):
         scores: np.ndarray | None = None
         if problem.val is not None and (fixed is None or problem.val.n_queries):
             cand_coeffs = [coeffs(gm) for gm in candidates]
-            scores = self._val_recall(problem, moves, cand_coeffs)
+            alpha_max, beta_max = coeffs(max(candidates))
+            bounds = (alpha_max, beta_max, (c_m / p_m).astype(np.float32), (1.0 / p_m).astype(np.float32))
+            scores = self._val_recall(problem, moves, cand_coeffs, bounds)
             best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
             self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
         else:
@@ -624,23 +643,23 @@ class NudgeM(_NudgeBase):
             np.matmul(q, neg_u.T, out=gg[:, :n_active])
             s[:, n_active] = problem.passive_top[blk, 0]  # passive rows: best score, G = 0
 
-            # Pareto front per query: sort by S descending, keep points with G below all before.
-            order = np.argsort(-s, axis=1, kind="stable")
-            g_sorted = np.take_along_axis(gg, order, axis=1)
+            # Pareto front per query. Front points lie in the box between the best-S point and
+            # the lowest-G point (anything outside is dominated by one of the two), so only the
+            # box is sorted: by S descending, keeping points with G below every point before.
+            rows = np.arange(b)
+            g_hi = gg[rows, np.argmax(s, axis=1)]
+            s_lo = s[rows, np.argmin(gg, axis=1)]
+            box = (s >= s_lo[:, None]) & (gg <= g_hi[:, None])
+            box_s, box_g = _pack_rows(box, (s, -np.inf), (gg, np.inf))
+            order = np.argsort(-box_s, axis=1)
+            s_sorted = np.take_along_axis(box_s, order, axis=1)
+            g_sorted = np.take_along_axis(box_g, order, axis=1)
             run_min = np.minimum.accumulate(g_sorted, axis=1)
             keep = np.empty_like(g_sorted, dtype=bool)
             keep[:, 0] = True
             np.less(g_sorted[:, 1:], run_min[:, :-1], out=keep[:, 1:])
-            counts = keep.sum(axis=1)
-            width = int(counts.max())
-            # Pack each query's front into a (b, width) array, padded with NaN.
-            rank = np.cumsum(keep, axis=1) - 1
-            r, col_sorted = np.nonzero(keep)
-            front_s = np.full((b, width), np.nan, dtype=np.float32)
-            front_g = np.full((b, width), np.nan, dtype=np.float32)
-            cols = order[r, col_sorted]
-            front_s[r, rank[r, col_sorted]] = s[r, cols]
-            front_g[r, rank[r, col_sorted]] = gg[r, cols]
+            keep &= np.isfinite(s_sorted)
+            front_s, front_g = _pack_rows(keep, (s_sorted, np.nan), (g_sorted, np.nan))
 
             lo, hi = np.searchsorted(pair_q, [blk.start, blk.stop])
             pq = pair_q[lo:hi] - blk.start
@@ -661,6 +680,111 @@ class NudgeM(_NudgeBase):
             lows.append(low[ok])
             highs.append(high[ok])
         return _most_covered_point(np.concatenate(lows), np.concatenate(highs))
+
+
+def _pruned_hits(
+    s: np.ndarray,
+    t: np.ndarray,
+    flat_answers: np.ndarray,
+    coeffs: list[tuple[np.ndarray, np.ndarray]],
+    bounds: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    best_non_static: np.ndarray,
+    best_ans_static: np.ndarray,
+    best_static: np.ndarray,
+) -> np.ndarray:
+    """Validation hit@1 counts per gamma for one query block of NUDGE-N, scoring few pairs.
+
+    The score of row ``j`` as gamma grows is ``R cos(phi - theta)`` for an angle ``phi`` in
+    an interval (clipped where the row snaps to ``unit(g)``), with ``R = sqrt(S^2 + P^2)``,
+    ``P = q.unit(g_perp)``. So ``R`` bounds it from above, and for ``S >= 0`` its smallest
+    value on the interval is at an end: ``min(S, score at the largest gamma)``. A row whose
+    upper bound is below the best of the rows' lower bounds is never top-1 for that query.
+
+    Args:
+        s: ``(b, n_moved)`` ``q.v``; t: ``(b, n_moved)`` ``q.g``.
+        flat_answers: flat positions ``i * n_moved + j`` of (query, answer) pairs among them.
+        coeffs: per gamma, ``(alpha, beta)`` with score ``s * alpha + t * beta``.
+        bounds: ``(alpha_max, beta_max, c_over_p, inv_p)``.
+        best_non_static, best_ans_static, best_static: ``(b,)`` best scores of rows that do
+            not move (non-answers, answers, both).
+
+    Returns:
+        ``(len(coeffs),)`` hit counts.
+    """
+    alpha_max, beta_max, c_over_p, inv_p = bounds
+    b, n = s.shape
+    hits = np.zeros(len(coeffs), dtype=np.float64)
+    if n == 0:
+        hits += np.count_nonzero(best_ans_static > best_non_static)
+        return hits
+    at_max = s * alpha_max
+    at_max += t * beta_max
+    np.minimum(at_max, s, out=at_max)
+    at_max[s < 0] = -np.inf
+    lower = np.maximum(at_max.max(axis=1), best_static)
+    perp = t * inv_p
+    perp -= s * c_over_p
+    perp *= perp
+    upper_sq = s * s
+    upper_sq += perp
+    lower_sq = np.where(lower > 0, lower * lower, 0.0).astype(np.float32)
+    cand = upper_sq >= lower_sq[:, None]
+    cand[lower <= 0] = True  # a non-positive bound prunes nothing safely
+    rows, cols = np.nonzero(cand)
+    keys = rows * np.int64(n) + cols
+    answers = np.sort(flat_answers)
+    pos = np.searchsorted(answers, keys)
+    is_ans = pos < answers.size
+    is_ans[is_ans] = answers[pos[is_ans]] == keys[is_ans]
+    order = np.lexsort((rows, is_ans))
+    rows, cols, is_ans = rows[order], cols[order], is_ans[order]
+    s_c, t_c = s[rows, cols], t[rows, cols]
+    # Segments of equal (is_ans, row): reduceat over each.
+    seg_start = np.flatnonzero(
+        np.concatenate(([True], (rows[1:] != rows[:-1]) | (is_ans[1:] != is_ans[:-1])))
+    )
+    seg_rows, seg_ans = rows[seg_start], is_ans[seg_start]
+    for c, (alpha, beta) in enumerate(coeffs):
+        sc = s_c * alpha[cols]
+        sc += t_c * beta[cols]
+        seg_max = np.maximum.reduceat(sc, seg_start) if sc.size else sc
+        best_ans = best_ans_static.copy()
+        best_non = best_non_static.copy()
+        best_ans[seg_rows[seg_ans]] = np.maximum(best_ans[seg_rows[seg_ans]], seg_max[seg_ans])
+        best_non[seg_rows[~seg_ans]] = np.maximum(best_non[seg_rows[~seg_ans]], seg_max[~seg_ans])
+        hits[c] = np.count_nonzero(best_ans > best_non)
+    return hits
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` for int arrays by sorting (faster than numpy's hash-based unique)."""
+    values = np.sort(values)
+    if values.size == 0:
+        return values
+    return values[np.append(True, values[1:] != values[:-1])]
+
+
+def _pack_rows(mask: np.ndarray, *arrays_and_fill: tuple[np.ndarray, float]) -> list[np.ndarray]:
+    """Pack the masked entries of each row to the left of a ``(b, width)`` array.
+
+    Args:
+        mask: ``(b, n)`` bool.
+        arrays_and_fill: ``(array, fill)`` pairs of ``(b, n)`` arrays and the pad value.
+
+    Returns:
+        One ``(b, width)`` array per input, ``width`` the largest row count.
+    """
+    r, c = np.nonzero(mask)
+    counts = np.bincount(r, minlength=mask.shape[0])
+    width = int(counts.max()) if counts.size else 0
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    slot = np.arange(r.size) - starts[r]
+    out = []
+    for arr, fill in arrays_and_fill:
+        packed = np.full((mask.shape[0], max(width, 1)), fill, dtype=arr.dtype)
+        packed[r, slot] = arr[r, c]
+        out.append(packed)
+    return out
 
 
 def _most_covered_point(lows: np.ndarray, highs: np.ndarray) -> tuple[float, int]:
