@@ -1,0 +1,70 @@
+"""The reference-compatible layer (nudge_rag.compat) and the package surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import nudge_rag
+from nudge_rag.compat import NUDGEM, NUDGEN
+
+from test_solver import make_task
+
+
+def as_dict(qs):
+    return {"q_embs": qs.embeddings, "q_ans_indx": qs.answer_lists()}
+
+
+@pytest.mark.parametrize("cls, solver", [(NUDGEN, nudge_rag.NudgeN), (NUDGEM, nudge_rag.NudgeM)])
+def test_finetune_embeddings_matches_the_estimator(cls, solver):
+    docs, train, val = make_task()
+    out = cls().finetune_embeddings(docs, as_dict(train), as_dict(val))
+    assert_allclose(out, solver().fit(docs, train, val).embeddings_)
+
+
+def test_nontrain_embeddings_are_competitors_only():
+    docs, train, val = make_task()
+    extra = np.random.default_rng(5).standard_normal((50, docs.shape[1])).astype(np.float32)
+    out = NUDGEN().finetune_embeddings(docs, as_dict(train), as_dict(val), nontrain_embeddings=extra)
+    assert out.shape == docs.shape
+
+
+def test_gamma_list_is_searched_for_nudge_n():
+    docs, train, val = make_task()
+    model = NUDGEN()
+    model.finetune_embeddings(docs, as_dict(train), as_dict(val), gamma=[0.04, 0.2])
+    assert model.solver_.gamma_ in (0.04, 0.2)
+
+
+def test_mixed_float64_queries_and_float32_docs():
+    """The reference crashes on float32 documents with float64 queries."""
+    docs, train, val = make_task()
+    t = as_dict(train)
+    t["q_embs"] = t["q_embs"].astype(np.float64)
+    out = NUDGEN().finetune_embeddings(docs, t, as_dict(val))
+    assert out.dtype == np.float32
+
+
+def test_all_is_pinned():
+    assert sorted(nudge_rag.__all__) == sorted([
+        "ArrayStore", "DEFAULT_GAMMAS", "EmbeddingStore", "NotFittedError", "NudgeM", "NudgeN",
+        "QuerySet", "TuneResult", "WriteBack", "WriteBackError", "check_similarity",
+        "make_solver", "tune_store", "__version__",
+        "RetrievalDataset", "EmbeddedDataset", "load_beir", "load_embedded", "split_dataset",
+        "Relevance", "evaluate", "search", "make_retrieval_task",
+    ])
+    for name in nudge_rag.__all__:
+        assert hasattr(nudge_rag, name), name
+
+
+def test_import_loads_no_framework():
+    code = (
+        "import sys, nudge_rag, nudge_rag.compat, nudge_rag.cli\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'langchain_core', 'llama_index', 'tqdm')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
