@@ -41,6 +41,10 @@ DEFAULT_GAMMAS: tuple[float, ...] = tuple(0.02 * x for x in range(25))
 # nudge-ft divides slopes by (g_dif + 1e-8); keeping it reproduces its gamma.
 _SLOPE_EPS = 1e-8
 
+# Above this many passive scores (n_passive x n_val), NUDGE-M first finds the intervals
+# without the passive rows so that hopeless queries can stop the streaming pass early.
+_EARLY_STOP_SCORES = 1 << 26
+
 # Elements per dense score block (float32): bounds memory at ~64 MB per block.
 _BLOCK_ELEMENTS = 1 << 24
 
@@ -81,8 +85,8 @@ class _Problem:
     """Everything a solver needs, gathered once from the inputs.
 
     Rows are split into *active* rows (answers of a training or validation query, gathered
-    into memory) and *passive* rows (the rest, only streamed once to get each validation
-    query's best passive scores).
+    into memory) and *passive* rows (the rest, only streamed once by :meth:`stream` to get
+    each validation query's best passive scores).
     """
 
     def __init__(
@@ -96,12 +100,19 @@ class _Problem:
     ):
         n_docs, dim = docs.shape
         self.n_docs, self.dim = n_docs, dim
+        self.docs, self.extra_passive = docs, extra_passive
         answer_rows = [train.indices] + ([val.indices] if val is not None else [])
         self.active = _sorted_unique(np.concatenate(answer_rows))  # sorted doc rows
         n_active = self.active.size
         raw = np.asarray(docs[self.active], dtype=np.float32)
-        self._check_gathered(raw)
+        _release_pages(docs)
+        finite = np.isfinite(raw).all(axis=1)
+        if not finite.all():
+            row = int(self.active[np.flatnonzero(~finite)[0]])
+            msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
+            raise ValueError(msg)
         self.v = _normalize_rows(raw, "doc_embeddings")  # (n_active, dim), rows sorted like active
+        del raw
 
         # g = sum of training queries per active row, through a sparse (n_train x n_active) map.
         cols = np.searchsorted(self.active, train.indices)
@@ -120,63 +131,121 @@ class _Problem:
         if val is not None:
             self.val_cols = np.searchsorted(self.active, val.indices)  # active position per pair
             self.val_qrows = val.query_of_pair()
-            self.passive_top = self._stream_passive(docs, val.embeddings, k)
-            if extra_passive is not None and extra_passive.shape[0]:
-                extra = _Problem.__new__(_Problem)
-                extra.n_docs, extra.active, extra.batch_size = extra_passive.shape[0], np.zeros(0, np.int64), batch_size
-                top = extra._stream_passive(extra_passive, val.embeddings, k)
-                merged = np.concatenate([self.passive_top, top], axis=1)
-                self.passive_top = -np.sort(-merged, axis=1)[:, :k]
 
-    def _check_gathered(self, raw: np.ndarray) -> None:
-        finite = np.isfinite(raw).all(axis=1)
-        if not finite.all():
-            row = int(self.active[np.flatnonzero(~finite)[0]])
-            msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
-            raise ValueError(msg)
+    @property
+    def n_passive(self) -> int:
+        extra = 0 if self.extra_passive is None else self.extra_passive.shape[0]
+        return self.n_docs - self.active.size + extra
 
-    def _stream_passive(self, docs: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-        """``(n_val, k)`` best cosine scores of each validation query over passive rows."""
-        n_val = queries.shape[0]
-        best = np.full((n_val, k), -np.inf, dtype=np.float32)
-        if self.active.size == self.n_docs:
-            return best
+    def pair_dots(self, vectors: np.ndarray) -> np.ndarray:
+        """``(n_pairs,)`` dot product of each validation query with ``vectors[answer]``."""
+        out = np.empty(self.val_qrows.size, dtype=np.float32)
+        step = max(1, _BLOCK_ELEMENTS // (4 * self.dim))
+        for s in range(0, out.size, step):
+            q = self.val.embeddings[self.val_qrows[s : s + step]]
+            out[s : s + step] = np.einsum("ij,ij->i", q, vectors[self.val_cols[s : s + step]])
+        return out
+
+    def stream(self, stop_above: np.ndarray | None = None) -> None:
+        """Set ``passive_top``: ``(n_val, k)`` best cosine scores over passive rows.
+
+        Args:
+            stop_above: optional ``(n_val,)`` bounds; a query whose k-th best passive score
+                exceeds its bound is a miss at every gamma and stops being scored (its
+                ``passive_top`` is then a partial, still exceeding the bound).
+        """
+        queries = self.val.embeddings
+        best = np.full((queries.shape[0], self.k), -np.inf, dtype=np.float32)
         is_active = np.zeros(self.n_docs, dtype=bool)
         is_active[self.active] = True
-        rows = max(1, min(self.batch_size, _BLOCK_ELEMENTS // max(n_val, 1)))
-        for start in range(0, self.n_docs, rows):
-            stop = min(start + rows, self.n_docs)
-            passive = ~is_active[start:stop]
-            if not passive.any():
-                continue
-            block = np.asarray(docs[start:stop], dtype=np.float32)
-            check_finite_rows(block, "doc_embeddings", offset=start)
-            if not passive.all():
-                block = block[passive]
-                offsets = np.flatnonzero(passive)
-            else:
-                offsets = None
-            norms = np.linalg.norm(block, axis=1)
-            if (norms == 0).any():
-                bad = int(np.flatnonzero(norms == 0)[0])
-                row = start + (int(offsets[bad]) if offsets is not None else bad)
-                msg = f"doc_embeddings row {row} is all zeros: cosine similarity is undefined for it"
-                raise ValueError(msg)
-            block /= norms[:, None]
-            scores = queries @ block.T
-            if k == 1:
-                np.maximum(best[:, 0], scores.max(axis=1), out=best[:, 0])
-            else:
-                merged = np.concatenate([best, scores], axis=1)
-                kk = min(k, merged.shape[1])
-                part = np.partition(merged, merged.shape[1] - kk, axis=1)[:, -kk:]
-                best = np.sort(part, axis=1)[:, ::-1][:, :k].astype(np.float32)
-        return best
+        alive = np.arange(queries.shape[0])
+        alive = _stream_top(self.docs, is_active, queries, best, alive, stop_above, self.batch_size)
+        if self.extra_passive is not None and self.extra_passive.shape[0]:
+            none_active = np.zeros(self.extra_passive.shape[0], dtype=bool)
+            _stream_top(self.extra_passive, none_active, queries, best, alive, stop_above, self.batch_size, "nontrain_embeddings")
+        self.passive_top = best
 
     def query_blocks(self, n_cols: int) -> list[slice]:
         n_val = self.val.n_queries
         rows = max(1, _BLOCK_ELEMENTS // max(n_cols, 1))
         return [slice(s, min(s + rows, n_val)) for s in range(0, n_val, rows)]
+
+
+def _release_pages(arr: np.ndarray, start_row: int | None = None, stop_row: int | None = None) -> None:
+    """Drop the pages of a read-only ``np.memmap`` from this process's resident set.
+
+    Streaming a memory-mapped corpus would otherwise keep every page read mapped, so RSS
+    would grow to the corpus size. Best effort: a no-op for anything but a C-contiguous
+    memmap whose mapping numpy exposes.
+    """
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not isinstance(arr, np.memmap) or not arr.flags.c_contiguous:
+        return
+    try:
+        import mmap
+
+        base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+        row_bytes = arr.strides[0] if arr.ndim else arr.itemsize
+        first = arr.ctypes.data - base + (start_row or 0) * row_bytes
+        last = arr.ctypes.data - base + (arr.shape[0] if stop_row is None else stop_row) * row_bytes
+        page = mmap.PAGESIZE
+        first -= first % page
+        mm.madvise(mmap.MADV_DONTNEED, first, max(0, min(last, len(mm)) - first))
+    except (AttributeError, ValueError, OSError, BufferError, TypeError):  # pragma: no cover
+        return
+
+
+def _stream_top(
+    docs: np.ndarray,
+    is_active: np.ndarray,
+    queries: np.ndarray,
+    best: np.ndarray,
+    alive: np.ndarray,
+    stop_above: np.ndarray | None,
+    batch_size: int,
+    name: str = "doc_embeddings",
+) -> np.ndarray:
+    """Fold the passive rows of ``docs`` into ``best`` (in place); return the live queries."""
+    k = best.shape[1]
+    n_docs = docs.shape[0]
+    if is_active.all() or alive.size == 0:
+        return alive
+    rows = max(1, min(batch_size, _BLOCK_ELEMENTS // max(queries.shape[0], 1)))
+    live_q = queries[alive]
+    for start in range(0, n_docs, rows):
+        stop = min(start + rows, n_docs)
+        passive = ~is_active[start:stop]
+        if not passive.any():
+            continue
+        block = np.asarray(docs[start:stop], dtype=np.float32)
+        _release_pages(docs, start, stop)
+        check_finite_rows(block, name, offset=start)
+        offsets = None
+        if not passive.all():
+            offsets = np.flatnonzero(passive)
+            block = block[offsets]
+        norms = np.linalg.norm(block, axis=1)
+        if (norms == 0).any():
+            bad = int(np.flatnonzero(norms == 0)[0])
+            row = start + (int(offsets[bad]) if offsets is not None else bad)
+            msg = f"{name} row {row} is all zeros: cosine similarity is undefined for it"
+            raise ValueError(msg)
+        block /= norms[:, None]
+        scores = live_q @ block.T
+        if k == 1:
+            best[alive, 0] = np.maximum(best[alive, 0], scores.max(axis=1))
+        else:
+            merged = np.concatenate([best[alive], scores], axis=1)
+            part = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+            best[alive] = np.sort(part, axis=1)[:, ::-1]
+        if stop_above is not None:
+            done = best[alive, k - 1] > stop_above[alive]
+            if done.any():
+                alive = alive[~done]
+                if alive.size == 0:
+                    break
+                live_q = queries[alive]
+    return alive
 
 
 class _NudgeBase:
@@ -531,6 +600,25 @@ class NudgeN(_NudgeBase):
         return c, perp, p, moves, gamma_full
 
     @staticmethod
+    def _answer_bounds(problem: _Problem, c: np.ndarray, p: np.ndarray, moves: np.ndarray) -> np.ndarray:
+        """``(n_val,)``: the best score any answer of each query reaches at any gamma.
+
+        A moved row's score is at most ``sqrt(S^2 + P^2)`` (see :func:`_pruned_hits`); a row
+        that does not move keeps ``S``.
+        """
+        s = problem.pair_dots(problem.v)
+        t = problem.pair_dots(problem.g)
+        cols = problem.val_cols
+        moved = moves[cols]
+        bound = s.copy()
+        pm, cm = p[cols[moved]], c[cols[moved]]
+        perp = (t[moved] - cm * s[moved]) / pm
+        bound[moved] = np.sqrt(s[moved] ** 2 + perp**2)
+        out = np.full(problem.val.n_queries, -np.inf, dtype=np.float32)
+        np.maximum.at(out, problem.val_qrows, bound)
+        return out
+
+    @staticmethod
     def _step(gamma: float) -> tuple[float, float]:
         return 1.0 - gamma / 2.0, math.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
 
@@ -550,6 +638,8 @@ class NudgeN(_NudgeBase):
 
         candidates = [fixed] if fixed is not None else self._candidates()
         scores: np.ndarray | None = None
+        if problem.val is not None:
+            problem.stream(self._answer_bounds(problem, c, p, moves))
         if problem.val is not None and (fixed is None or problem.val.n_queries):
             cand_coeffs = [coeffs(gm) for gm in candidates]
             alpha_max, beta_max = coeffs(max(candidates))
@@ -608,6 +698,7 @@ class NudgeM(_NudgeBase):
             gamma = fixed
             val_score = None
             if problem.val is not None:
+                problem.stream()
                 alpha = np.ones(idx.size, dtype=np.float32)
                 val_score = float(self._val_recall(problem, moves, [(alpha, gamma * inv_norm[idx])])[0])
         else:
@@ -628,58 +719,96 @@ class NudgeM(_NudgeBase):
         rows into their best score). Answer ``x`` wins on ``[low, high]`` where every other
         row ``y`` has ``S_y - S_x <= gamma (G_y - G_x)``. Rows dominated by another row (no
         larger S, no smaller G) never bind, so each query only needs its Pareto front.
+
+        On large corpora the intervals are first found without the passive rows; a query
+        whose best passive score then beats ``S_x - gamma G_x`` of every answer on its whole
+        interval cannot win anywhere and stops being scored in the streaming pass.
         """
-        val = problem.val
-        n_active = problem.active.size
-        lows, highs = [], []
-        pair_q, pair_col = problem.val_qrows, problem.val_cols
         neg_u = -(problem.g * inv_norm[:, None])  # (n_active, dim): -unit(g), 0 when static
-        for blk in problem.query_blocks(n_active + 1):
-            q = val.embeddings[blk]
-            b = q.shape[0]
-            s = np.empty((b, n_active + 1), dtype=np.float32)
-            gg = np.zeros((b, n_active + 1), dtype=np.float32)
-            np.matmul(q, problem.v.T, out=s[:, :n_active])
-            np.matmul(q, neg_u.T, out=gg[:, :n_active])
-            s[:, n_active] = problem.passive_top[blk, 0]  # passive rows: best score, G = 0
+        n_val = problem.val.n_queries
+        low, high, ok, s_x, g_x = _pair_intervals(problem, neg_u)
+        if problem.n_passive * n_val > _EARLY_STOP_SCORES:
+            reach = np.where(g_x > 0, s_x - low * g_x, np.where(g_x < 0, s_x - high * g_x, s_x))
+            reach[~ok] = -np.inf
+            bound = np.full(n_val, -np.inf, dtype=np.float64)
+            np.maximum.at(bound, problem.val_qrows, reach)
+            problem.stream(bound.astype(np.float32))
+        else:
+            problem.stream()
+        # The passive rows act as one more row per query (score = best passive, G = 0); an
+        # interval is an intersection of constraints, so its constraint is folded in here.
+        s_dif = problem.passive_top[problem.val_qrows, 0] - s_x.astype(np.float32)
+        g_dif = -g_x.astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            alpha = s_dif / (g_dif + np.float32(_SLOPE_EPS))
+        low = np.where(g_dif > 0, np.maximum(low, alpha), low)
+        high = np.where(g_dif < 0, np.minimum(high, alpha), high)
+        ok &= ~((g_dif == 0) & (s_dif > 0)) & (high >= low)
+        return _most_covered_point(low[ok], high[ok])
 
-            # Pareto front per query. Front points lie in the box between the best-S point and
-            # the lowest-G point (anything outside is dominated by one of the two), so only the
-            # box is sorted: by S descending, keeping points with G below every point before.
-            rows = np.arange(b)
-            g_hi = gg[rows, np.argmax(s, axis=1)]
-            s_lo = s[rows, np.argmin(gg, axis=1)]
-            box = (s >= s_lo[:, None]) & (gg <= g_hi[:, None])
-            box_s, box_g = _pack_rows(box, (s, -np.inf), (gg, np.inf))
-            order = np.argsort(-box_s, axis=1)
-            s_sorted = np.take_along_axis(box_s, order, axis=1)
-            g_sorted = np.take_along_axis(box_g, order, axis=1)
-            run_min = np.minimum.accumulate(g_sorted, axis=1)
-            keep = np.empty_like(g_sorted, dtype=bool)
-            keep[:, 0] = True
-            np.less(g_sorted[:, 1:], run_min[:, :-1], out=keep[:, 1:])
-            keep &= np.isfinite(s_sorted)
-            front_s, front_g = _pack_rows(keep, (s_sorted, np.nan), (g_sorted, np.nan))
 
-            lo, hi = np.searchsorted(pair_q, [blk.start, blk.stop])
-            pq = pair_q[lo:hi] - blk.start
-            pc = pair_col[lo:hi]
-            s_x = s[pq, pc][:, None]
-            g_x = gg[pq, pc][:, None]
-            s_dif = front_s[pq] - s_x
-            g_dif = front_g[pq] - g_x
-            with np.errstate(divide="ignore", invalid="ignore"):
-                # The reference's 1e-8 guard, kept so that gamma matches nudge-ft exactly.
-                alpha = s_dif / (g_dif + np.float32(_SLOPE_EPS))
-            pos = g_dif > 0
-            neg = g_dif < 0
-            low = np.maximum(np.where(pos, alpha, -np.inf).max(axis=1), 0.0)
-            high = np.where(neg, alpha, np.inf).min(axis=1)
-            blocked = ((g_dif == 0) & (s_dif > 0)).any(axis=1)
-            ok = ~blocked & (high >= low)
-            lows.append(low[ok])
-            highs.append(high[ok])
-        return _most_covered_point(np.concatenate(lows), np.concatenate(highs))
+def _pair_intervals(problem: _Problem, neg_u: np.ndarray) -> tuple[np.ndarray, ...]:
+    """NUDGE-M winning interval ``[low, high]`` of every validation pair, over active rows.
+
+    Args:
+        problem: the gathered problem.
+        neg_u: ``(n_active, dim)`` ``-unit(g)`` of moved rows, zeros elsewhere.
+
+    Returns:
+        ``low``, ``high`` (float64), ``ok`` (non-empty), ``s_x``, ``g_x`` per pair.
+    """
+    val = problem.val
+    n_active = problem.active.size
+    n_pairs = problem.val_qrows.size
+    low_all = np.zeros(n_pairs)
+    high_all = np.full(n_pairs, np.inf)
+    ok_all = np.zeros(n_pairs, dtype=bool)
+    s_all = np.zeros(n_pairs)
+    g_all = np.zeros(n_pairs)
+    pair_q, pair_col = problem.val_qrows, problem.val_cols
+    for blk in problem.query_blocks(n_active):
+        q = val.embeddings[blk]
+        b = q.shape[0]
+        s = q @ problem.v.T
+        gg = q @ neg_u.T
+
+        # Pareto front per query. Front points lie in the box between the best-S point and
+        # the lowest-G point (anything outside is dominated by one of the two), so only the
+        # box is sorted: by S descending, keeping points with G below every point before.
+        rows = np.arange(b)
+        g_hi = gg[rows, np.argmax(s, axis=1)]
+        s_lo = s[rows, np.argmin(gg, axis=1)]
+        box = (s >= s_lo[:, None]) & (gg <= g_hi[:, None])
+        box_s, box_g = _pack_rows(box, (s, -np.inf), (gg, np.inf))
+        order = np.argsort(-box_s, axis=1)
+        s_sorted = np.take_along_axis(box_s, order, axis=1)
+        g_sorted = np.take_along_axis(box_g, order, axis=1)
+        run_min = np.minimum.accumulate(g_sorted, axis=1)
+        keep = np.empty_like(g_sorted, dtype=bool)
+        keep[:, 0] = True
+        np.less(g_sorted[:, 1:], run_min[:, :-1], out=keep[:, 1:])
+        keep &= np.isfinite(s_sorted)
+        front_s, front_g = _pack_rows(keep, (s_sorted, np.nan), (g_sorted, np.nan))
+
+        lo, hi = np.searchsorted(pair_q, [blk.start, blk.stop])
+        pq = pair_q[lo:hi] - blk.start
+        pc = pair_col[lo:hi]
+        s_x = s[pq, pc][:, None]
+        g_x = gg[pq, pc][:, None]
+        s_dif = front_s[pq] - s_x
+        g_dif = front_g[pq] - g_x
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # The reference's 1e-8 guard, kept so that gamma matches nudge-ft exactly.
+            alpha = s_dif / (g_dif + np.float32(_SLOPE_EPS))
+        pos = g_dif > 0
+        neg = g_dif < 0
+        low = np.maximum(np.where(pos, alpha, -np.inf).max(axis=1), 0.0)
+        high = np.where(neg, alpha, np.inf).min(axis=1)
+        blocked = ((g_dif == 0) & (s_dif > 0)).any(axis=1)
+        low_all[lo:hi], high_all[lo:hi] = low, high
+        ok_all[lo:hi] = ~blocked & (high >= low)
+        s_all[lo:hi], g_all[lo:hi] = s_x[:, 0], g_x[:, 0]
+    return low_all, high_all, ok_all, s_all, g_all
 
 
 def _pruned_hits(

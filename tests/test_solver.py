@@ -402,3 +402,19 @@ def test_similarity_contract():
 def test_repr_and_params():
     assert repr(NudgeN(val_k=3)).startswith("NudgeN(gamma=None")
     assert NudgeM().get_params()["gamma"] is None
+
+
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+def test_early_stop_in_streaming_pass_changes_nothing(cls, monkeypatch):
+    """Queries that cannot win stop being scored; the result must be identical."""
+    import nudge_rag._solver as solver_module
+
+    docs, train, val = make_task(seed=4, n_docs=2000)
+    monkeypatch.setattr(solver_module, "_EARLY_STOP_SCORES", 1 << 62)
+    plain = cls().fit(docs, train, val)
+    monkeypatch.setattr(solver_module, "_EARLY_STOP_SCORES", 0)
+    monkeypatch.setattr(solver_module, "_BLOCK_ELEMENTS", 60 * 64)  # many small blocks
+    early = cls().fit(docs, train, val)
+    assert early.gamma_ == plain.gamma_
+    assert early.val_score_ == plain.val_score_
+    assert_allclose(early.embeddings_, plain.embeddings_)

@@ -1,0 +1,101 @@
+"""Scale benchmark: NUDGE on a memory-mapped generated corpus (default 1M x 768).
+
+Generates (once) a unit-norm float32 corpus ``.npy`` with ``write_memmap_corpus``, then, for
+each variant, runs in a fresh child process: build the query sets (``make_scale_task``: 70k
+training queries answering 100k documents, 10k validation queries), ``fit`` on the memmap,
+and report the fit's wall time and the child's peak RSS (``ru_maxrss``, which includes the
+query sets and everything else the process held). The result stays as the moved rows and
+their new vectors (``changed_rows_`` / ``changed_embeddings_``); no second copy of the corpus
+is made.
+
+    python benchmarks/scale.py                       # 1M x 768, about 3 GB in --dir
+    python benchmarks/scale.py --docs 200000 --dim 384 --train 20000 --val 2000 --answered 30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def child(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from nudge_rag import NudgeM, NudgeN
+    from nudge_rag._synthetic import make_scale_task
+
+    t0 = time.perf_counter()
+    data = make_scale_task(
+        args.corpus, n_train=args.train, n_dev=args.val, n_test=1, n_answered_docs=args.answered
+    )
+    train, val = data.train.queryset(), data.dev.queryset()
+    t_task = time.perf_counter() - t0
+    solver = (NudgeN if args.child == "n" else NudgeM)()
+    t1 = time.perf_counter()
+    solver.fit(data.doc_embeddings, train, val)
+    t_fit = time.perf_counter() - t1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    out = {
+        "variant": f"NUDGE-{args.child.upper()}",
+        "fit_s": t_fit,
+        "task_s": t_task,
+        "peak_rss_bytes": peak,
+        "corpus_bytes": int(np.prod(data.doc_embeddings.shape)) * 4,
+        "gamma": solver.gamma_,
+        "val_score": solver.val_score_,
+        "changed_rows": int(solver.changed_rows_.size),
+        "n_train": train.n_queries,
+        "n_val": val.n_queries,
+        "active_rows": int(np.unique(np.concatenate([train.indices, val.indices])).size),
+    }
+    print(json.dumps(out))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--train", type=int, default=70_000)
+    parser.add_argument("--val", type=int, default=10_000)
+    parser.add_argument("--answered", type=int, default=100_000)
+    parser.add_argument("--dir", default="/tmp/nudge-rag-scale", help="where the corpus .npy is written")
+    parser.add_argument("--variants", default="n,m")
+    parser.add_argument("--child", choices=("n", "m"), help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+
+    from nudge_rag._synthetic import write_memmap_corpus
+
+    corpus = Path(args.dir) / f"corpus_{args.docs}x{args.dim}.npy"
+    if not corpus.exists():
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        write_memmap_corpus(corpus, args.docs, args.dim, 0)
+        print(f"generated {corpus} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    print(f"corpus {args.docs} x {args.dim} float32 ({args.docs * args.dim * 4 / 2**30:.2f} GiB), "
+          f"{args.train} train / {args.val} val queries, {args.answered} answered docs")
+    print("| variant | fit s | peak RSS GiB | RSS / corpus | gamma | val score | rows moved |")
+    print("|---|---|---|---|---|---|---|")
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--child", variant, "--corpus", str(corpus),
+               "--train", str(args.train), "--val", str(args.val), "--answered", str(args.answered)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            print(res.stderr, file=sys.stderr)
+            return res.returncode
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"| {r['variant']} | {r['fit_s']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
+              f"{r['peak_rss_bytes'] / r['corpus_bytes']:.2f} | {r['gamma']:.4g} | {r['val_score']:.3f} | {r['changed_rows']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
