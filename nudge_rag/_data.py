@@ -401,7 +401,7 @@ def load_beir(folder: str | PathLike[str], split: str = "test") -> RetrievalData
         relevant.setdefault(qid, []).append(did)
     if n_zero:
         logger.info("%s: dropped %d qrels rows with score <= 0", qrels_path, n_zero)
-    kept = {q: queries[q] for q in queries if q in relevant}
+    kept = {q: text for q, (text, _) in queries.items() if q in relevant}
     logger.info(
         "loaded BEIR %s/%s: %d documents, %d queries, %d judgements",
         folder.name,
@@ -479,6 +479,8 @@ class EmbeddedDataset:
             from the corpus file on first access.
         source_doc_ids: the original document ids when the corpus carries them (``doc_id``
             in the nfcorpus layout, e.g. ``MED-10``), else ``None``; loaded with the texts.
+        text_loader: a callable returning ``(doc_texts, source_doc_ids or None)`` in row
+            order, called once on first access; ``None`` when there are no texts.
     """
 
     doc_ids: Sequence[str]

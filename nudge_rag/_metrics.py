@@ -269,9 +269,7 @@ def recall_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray
     Returns:
         ``(n_queries,)`` float64; NaN for queries without relevant documents.
     """
-    gains, n_rel = _gains(retrieved, relevance, k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (gains > 0).sum(axis=1) / np.minimum(n_rel, k).astype(np.float64)
+    return _recall(*_gains(retrieved, relevance, k), relevance, k)
 
 
 def hit_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
@@ -285,8 +283,7 @@ def hit_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
     Returns:
         ``(n_queries,)`` float64; NaN for queries without relevant documents.
     """
-    gains, n_rel = _gains(retrieved, relevance, k)
-    return np.where(n_rel > 0, (gains > 0).any(axis=1).astype(np.float64), np.nan)
+    return _hit(*_gains(retrieved, relevance, k), relevance, k)
 
 
 def mrr_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
@@ -300,11 +297,7 @@ def mrr_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
     Returns:
         ``(n_queries,)`` float64; NaN for queries without relevant documents.
     """
-    gains, n_rel = _gains(retrieved, relevance, k)
-    hit = gains > 0
-    first = np.argmax(hit, axis=1)
-    rr = np.where(hit.any(axis=1), 1.0 / (first + 1.0), 0.0)
-    return np.where(n_rel > 0, rr, np.nan)
+    return _mrr(*_gains(retrieved, relevance, k), relevance, k)
 
 
 def ndcg_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
@@ -321,7 +314,26 @@ def ndcg_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
     Returns:
         ``(n_queries,)`` float64 in ``[0, 1]``; NaN for queries without relevant documents.
     """
-    gains, n_rel = _gains(retrieved, relevance, k)
+    return _ndcg(*_gains(retrieved, relevance, k), relevance, k)
+
+
+# Each takes the (n_queries, k) gains, the (n_queries,) relevant counts, relevance and k.
+def _recall(gains: np.ndarray, n_rel: np.ndarray, relevance: Relevance, k: int) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (gains > 0).sum(axis=1) / np.minimum(n_rel, k).astype(np.float64)
+
+
+def _hit(gains: np.ndarray, n_rel: np.ndarray, relevance: Relevance, k: int) -> np.ndarray:
+    return np.where(n_rel > 0, (gains > 0).any(axis=1).astype(np.float64), np.nan)
+
+
+def _mrr(gains: np.ndarray, n_rel: np.ndarray, relevance: Relevance, k: int) -> np.ndarray:
+    hit = gains > 0
+    rr = np.where(hit.any(axis=1), 1.0 / (np.argmax(hit, axis=1) + 1.0), 0.0)
+    return np.where(n_rel > 0, rr, np.nan)
+
+
+def _ndcg(gains: np.ndarray, n_rel: np.ndarray, relevance: Relevance, k: int) -> np.ndarray:
     discount = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
     dcg = gains @ discount
     idcg = _ideal_dcg(relevance, k, discount)
@@ -329,12 +341,7 @@ def ndcg_at_k(retrieved: Any, relevance: Relevance, k: int = 10) -> np.ndarray:
         return np.where(n_rel > 0, dcg / idcg, np.nan)
 
 
-_METRIC_FUNCTIONS = {
-    "recall": recall_at_k,
-    "ndcg": ndcg_at_k,
-    "mrr": mrr_at_k,
-    "hit": hit_at_k,
-}
+_METRIC_FUNCTIONS = {"recall": _recall, "ndcg": _ndcg, "mrr": _mrr, "hit": _hit}
 
 
 def evaluate(
@@ -391,8 +398,9 @@ def evaluate(
             )
     out: dict[str, Any] = {}
     for cutoff in ks:
+        gains, n_rel = _gains(retrieved, relevance, cutoff)
         for name in metrics:
-            values = _METRIC_FUNCTIONS[name](retrieved, relevance, cutoff)
+            values = _METRIC_FUNCTIONS[name](gains, n_rel, relevance, int(cutoff))
             key = f"{name}@{int(cutoff)}"
             out[key] = values if per_query else float(values[valid].mean())
     return out

@@ -109,8 +109,8 @@ def search(
             tile = queries[q0:q1] @ block.T
             if excl is not None:
                 _mask_excluded(tile, excl, q0, q1, d0, d1)
-            cand_scores, cand_rows = _block_top_k(tile, k)
-            cand_rows += d0
+            cand_scores, cand_cols = _block_candidates(tile, scores[q0:q1, k - 1], k)
+            cand_rows = np.where(cand_cols >= 0, cand_cols + d0, -1)
             scores[q0:q1], rows[q0:q1] = _merge(
                 scores[q0:q1], rows[q0:q1], cand_scores, cand_rows, k
             )
@@ -137,17 +137,72 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return (x / norms).astype(np.float32, copy=False)
 
 
-def _block_top_k(tile: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` columns of each row of ``tile`` (unsorted), ties to the lower column.
+def _block_candidates(
+    tile: np.ndarray, threshold: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of ``tile`` that can still enter each row's running top-k.
+
+    Blocks arrive in increasing row order, so a score must beat the running k-th best
+    (``threshold``) strictly: on a tie the earlier, lower row already holds the place. Rows
+    with at most ``k`` such columns take them directly; the others go through
+    :func:`_block_top_k`.
 
     Returns:
-        ``(n_rows, min(k, n_cols))`` float32 scores and int64 column indices.
+        ``(n_rows, k')`` float32 scores and int64 columns (``-inf`` / ``-1`` where empty),
+        with ``k' = min(k, n_cols)``.
     """
     n_rows, n_cols = tile.shape
     if n_cols <= k:
         cols = np.broadcast_to(np.arange(n_cols, dtype=np.int64), (n_rows, n_cols)).copy()
         return tile, cols
-    cols = np.argpartition(-tile, k - 1, axis=1)[:, :k].astype(np.int64)
+    if np.isneginf(threshold).all():
+        return _block_top_k(tile, k)
+    width = -(-n_cols // 8) * 8  # pad to whole 8-byte words for _nonzero_sparse
+    above = np.zeros((n_rows, width), dtype=bool)
+    np.greater(tile, threshold[:, None], out=above[:, :n_cols])
+    count = np.count_nonzero(above, axis=1)
+    big = np.flatnonzero(count > k)
+    if big.size == n_rows:
+        return _block_top_k(tile, k)
+    out_scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    out_cols = np.full((n_rows, k), -1, dtype=np.int64)
+    if big.size:
+        out_scores[big], out_cols[big] = _block_top_k(tile[big], k)
+        above[big] = False
+    r, c = _nonzero_sparse(above)  # grouped by row, columns increasing
+    if r.size:
+        pos = np.arange(r.size) - np.searchsorted(r, r)
+        out_scores[r, pos] = tile[r, c]
+        out_cols[r, pos] = c
+    return out_scores, out_cols
+
+
+def _nonzero_sparse(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a sparse 2-D bool array whose width is a multiple of 8.
+
+    Scans 8 bytes at a time (as uint64 words) and expands only the non-zero words, which is
+    several times faster than ``np.nonzero`` on the bytes when few entries are set.
+    """
+    words = mask.view(np.uint64)
+    word_rows, word_cols = np.nonzero(words)
+    if word_rows.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    cols = word_cols[:, None] * 8 + np.arange(8)
+    i, j = np.nonzero(mask[word_rows[:, None], cols])
+    return word_rows[i].astype(np.int64), cols[i, j].astype(np.int64)
+
+
+def _block_top_k(tile: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` columns of each row of ``tile`` (unsorted), ties to the lower column.
+
+    Requires ``k < n_cols``.
+
+    Returns:
+        ``(n_rows, k)`` float32 scores and int64 column indices.
+    """
+    n_cols = tile.shape[1]
+    cols = np.argpartition(tile, n_cols - k, axis=1)[:, n_cols - k :].astype(np.int64)
     picked = np.take_along_axis(tile, cols, axis=1)
     # argpartition breaks ties at the boundary arbitrarily: rows where more columns than
     # were picked tie with the k-th score are redone with a stable sort (lower column first).

@@ -97,8 +97,10 @@ class _Problem:
         k: int,
         batch_size: int,
         extra_passive: np.ndarray | None = None,
+        passive_scores: np.ndarray | None = None,
     ):
         n_docs, dim = docs.shape
+        self.passive_scores = passive_scores
         self.n_docs, self.dim = n_docs, dim
         self.docs, self.extra_passive = docs, extra_passive
         answer_rows = [train.indices] + ([val.indices] if val is not None else [])
@@ -156,6 +158,8 @@ class _Problem:
         """
         queries = self.val.embeddings
         best = np.full((queries.shape[0], self.k), -np.inf, dtype=np.float32)
+        if self.passive_scores is not None:
+            best[:] = self.passive_scores
         is_active = np.zeros(self.n_docs, dtype=bool)
         is_active[self.active] = True
         alive = np.arange(queries.shape[0])
@@ -287,6 +291,7 @@ class _NudgeBase:
         train: QuerySet | Any,
         val: QuerySet | Any | None = None,
         *,
+        passive_scores: np.ndarray | None = None,
         _extra_passive: np.ndarray | None = None,
     ) -> _NudgeBase:
         """Learn new embeddings for the documents that answer training queries.
@@ -299,6 +304,11 @@ class _NudgeBase:
                 reference's ``{"q_embs", "q_ans_indx"}`` dict); answers are document rows.
             val: validation queries in the same form. ``None`` splits ``val_fraction`` of the
                 training queries off (seeded by ``random_state``) when gamma is searched.
+            passive_scores: optional ``(n_val, val_k)`` float array: for each validation query,
+                its best scores ``q . unit(d)`` over documents that are *not* in
+                ``doc_embeddings`` (best first; ``-inf`` pads), e.g. from the vector store's own
+                kNN index. Documents that answer no query only matter through these scores, so
+                with them ``doc_embeddings`` need only hold the answer documents. Needs ``val``.
 
         Returns:
             self, with ``gamma_``, ``val_score_``, ``changed_rows_``, ``changed_embeddings_``
@@ -318,10 +328,29 @@ class _NudgeBase:
                 train_qs.n_queries + val_qs.n_queries,
                 self.val_fraction,
             )
+        if passive_scores is not None:
+            if val is None:
+                msg = "passive_scores needs an explicit val (they are scores of the validation queries)"
+                raise ValueError(msg)
+            k = self._val_k()
+            n_raw = val.n_queries if isinstance(val, QuerySet) else _as_queryset(val, "val").n_queries
+            passive_scores = np.asarray(passive_scores, dtype=np.float32)
+            if passive_scores.ndim != 2 or passive_scores.shape[0] != n_raw or passive_scores.shape[1] < k:
+                msg = (
+                    f"passive_scores must have shape (n_val, val_k) = ({n_raw}, {k}) or more columns, "
+                    f"got {passive_scores.shape}"
+                )
+                raise ValueError(msg)
+            if np.isnan(passive_scores).any() or np.isposinf(passive_scores).any():
+                msg = "passive_scores must be finite scores (or -inf for padding), got NaN or +inf"
+                raise ValueError(msg)
+            passive_scores = -np.sort(-passive_scores, axis=1)[:, :k]
+            if val_qs.n_queries != n_raw:  # queries without answers were dropped
+                passive_scores = passive_scores[_kept_queries(val, n_raw)]
         extra = None
         if _extra_passive is not None:
             extra = check_matrix(_extra_passive, "nontrain_embeddings", dim=dim, allow_empty=True, check_finite=False)
-        problem = _Problem(docs, train_qs, val_qs, self._val_k(), batch_size, extra)
+        problem = _Problem(docs, train_qs, val_qs, self._val_k(), batch_size, extra, passive_scores)
         self._fit_problem(problem, fixed)
         self._docs = docs
         self.n_docs_ = n_docs
@@ -883,6 +912,12 @@ def _pruned_hits(
         best_non[seg_rows[~seg_ans]] = np.maximum(best_non[seg_rows[~seg_ans]], seg_max[~seg_ans])
         hits[c] = np.count_nonzero(best_ans > best_non)
     return hits
+
+
+def _kept_queries(val: Any, n_raw: int) -> np.ndarray:
+    """Rows of the raw validation set that keep at least one answer (as ``checked`` does)."""
+    raw = val if isinstance(val, QuerySet) else _as_queryset(val, "val")
+    return np.flatnonzero(np.diff(raw.indptr) > 0)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from nudge_rag._validation import check_matrix
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingStore", "ArrayStore", "Distance", "check_similarity", "UNIT_NORM_TOL"]
+__all__ = ["EmbeddingStore", "SearchableEmbeddingStore", "ArrayStore", "Distance", "check_similarity", "UNIT_NORM_TOL"]
 
 Distance = Literal["cosine", "dot", "l2"]
 DISTANCES = ("cosine", "dot", "l2")
@@ -55,6 +55,31 @@ class EmbeddingStore(Protocol):
 
         Text and metadata stay as they are. Must be idempotent: writing the same batch twice
         leaves the same state.
+        """
+        ...
+
+
+@runtime_checkable
+class SearchableEmbeddingStore(EmbeddingStore, Protocol):
+    """An :class:`EmbeddingStore` that can also answer nearest-neighbour queries itself.
+
+    Lets ``tune_store(..., passive="store")`` ask the store's own (possibly distributed,
+    approximate) kNN index for each validation query's best scores instead of reading every
+    stored vector.
+    """
+
+    def nearest(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """The ``k`` stored vectors most similar to each row of ``vectors``.
+
+        Args:
+            vectors: ``(n, dim)`` float32 query vectors.
+            k: results per query.
+
+        Returns:
+            ``(ids, scores)``: per query a list of up to ``k`` ids, best first, and an
+            ``(n, k)`` float32 array of their *cosine similarity* to the query (``-inf`` where
+            fewer than ``k`` came back). Stores that score otherwise convert (e.g. cosine
+            distance ``d`` to ``1 - d``).
         """
         ...
 
@@ -107,6 +132,14 @@ class ArrayStore:
             msg = f"ids must be the same length as vectors. Got {rows.size} ids and {vectors.shape[0]} vectors."
             raise ValueError(msg)
         self.vectors[rows] = vectors
+
+    def nearest(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Exact cosine kNN over the stored vectors (see :class:`SearchableEmbeddingStore`)."""
+        from nudge_rag._search import search
+
+        scores, rows = search(vectors, self.vectors, k, similarity="cosine")
+        ids = [[self.ids[r] for r in row if r >= 0] for row in rows.tolist()]
+        return ids, scores.astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``ids``, ``vectors`` and ``distance`` to an ``.npz`` file atomically."""

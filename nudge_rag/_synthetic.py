@@ -15,6 +15,8 @@ answer that also answers training queries with the defaults), so moving a docume
 its training queries (what NUDGE does) brings it closer to the unseen paraphrases. With the
 defaults, untuned cosine retrieval reaches a test recall@10 of about 0.47 (nDCG@10 about
 0.31), and a simple move of each answered document toward its training queries about 0.8.
+The query weights are given for dimension 128 and scaled by ``sqrt(dim / 128)``, so the
+difficulty hardly depends on the dimension.
 """
 
 from __future__ import annotations
@@ -385,6 +387,10 @@ def _make_queries(
     if distractors is not None and confusion > 0:
         beta = rng.uniform(0.5, 1.5, size=(n_intents, 1)).astype(np.float32) * confusion
         mean = mean + beta * _unit(docs[distractors].sum(axis=1))
+    # A random unit vector moves the score of a document by about 1 / sqrt(dim); scaling the
+    # weights by sqrt(dim / 128) keeps the difficulty about the same in any dimension.
+    scale = np.float32(np.sqrt(dim / 128.0))
+    style_weight, intent_weight, noise = (w * scale for w in (style_weight, intent_weight, noise))
     style = _unit(rng.standard_normal((1, dim), dtype=np.float32))
     direction = _unit(rng.standard_normal((n_intents, dim), dtype=np.float32))
     n_queries = intent_of_query.size
