@@ -57,13 +57,17 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--train", type=int, default=70_000)
     parser.add_argument("--val", type=int, default=10_000)
     parser.add_argument("--answered", type=int, default=100_000)
-    parser.add_argument("--dir", default="/tmp/nudge-rag-scale", help="where the corpus .npy is written")
+    parser.add_argument(
+        "--dir", default="/tmp/nudge-rag-scale", help="where the corpus .npy is written"
+    )
     parser.add_argument("--variants", default="n,m")
     parser.add_argument("--child", choices=("n", "m"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -80,20 +84,36 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         write_memmap_corpus(corpus, args.docs, args.dim, 0)
         print(f"generated {corpus} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    print(f"corpus {args.docs} x {args.dim} float32 ({args.docs * args.dim * 4 / 2**30:.2f} GiB), "
-          f"{args.train} train / {args.val} val queries, {args.answered} answered docs")
+    print(
+        f"corpus {args.docs} x {args.dim} float32 ({args.docs * args.dim * 4 / 2**30:.2f} GiB), "
+        f"{args.train} train / {args.val} val queries, {args.answered} answered docs"
+    )
     print("| variant | fit s | peak RSS GiB | RSS / corpus | gamma | val score | rows moved |")
     print("|---|---|---|---|---|---|---|")
     for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--child", variant, "--corpus", str(corpus),
-               "--train", str(args.train), "--val", str(args.val), "--answered", str(args.answered)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--corpus",
+            str(corpus),
+            "--train",
+            str(args.train),
+            "--val",
+            str(args.val),
+            "--answered",
+            str(args.answered),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             print(res.stderr, file=sys.stderr)
             return res.returncode
         r = json.loads(res.stdout.strip().splitlines()[-1])
-        print(f"| {r['variant']} | {r['fit_s']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
-              f"{r['peak_rss_bytes'] / r['corpus_bytes']:.2f} | {r['gamma']:.4g} | {r['val_score']:.3f} | {r['changed_rows']} |")
+        print(
+            f"| {r['variant']} | {r['fit_s']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
+            f"{r['peak_rss_bytes'] / r['corpus_bytes']:.2f} | {r['gamma']:.4g} | {r['val_score']:.3f} | {r['changed_rows']} |"
+        )
     return 0
 
 

@@ -36,15 +36,13 @@ def timed(fn, repeat):
     return out, best
 
 
-def reference_gamma(variant, docs_norm, out, model):
-    if variant == "N":
-        return None  # recovered below from the changed rows' step size
-    return float(np.linalg.norm(out - docs_norm, axis=1).max())
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="nfcorpus folder (or any load_embedded layout)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", required=True, help="nfcorpus folder (or any load_embedded layout)"
+    )
     parser.add_argument("--split", default="nudge_split")
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--repeat", type=int, default=5)
@@ -61,17 +59,27 @@ def main(argv=None):
     train, val = as_reference_dict(data.train), as_reference_dict(data.dev)
     docs_norm = docs / np.linalg.norm(docs, axis=1, keepdims=True)
     cpu = torch.device("cpu")
-    print(f"{args.data} {args.split}: {len(docs)} docs, {len(train['q_embs'])} train / {len(val['q_embs'])} dev queries")
-    print("| variant | gamma (nudge-ft) | gamma (nudge-rag) | max abs diff | nudge-ft s | nudge-rag s | speed-up |")
+    print(
+        f"{args.data} {args.split}: {len(docs)} docs, {len(train['q_embs'])} train / {len(val['q_embs'])} dev queries"
+    )
+    print(
+        "| variant | gamma (nudge-ft) | gamma (nudge-rag) | max abs diff | nudge-ft s | nudge-rag s | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|")
     for variant, ref_cls, our_cls in (("N", nudge.NUDGEN, NUDGEN), ("M", nudge.NUDGEM, NUDGEM)):
-        ref_out, ref_s = timed(lambda: ref_cls(device=cpu).finetune_embeddings(docs, train, val), args.repeat)
-        ours = our_cls()
-        our_out, our_s = timed(lambda: ours.finetune_embeddings(docs, train, val), args.repeat)
+        ref_model, ours = ref_cls(device=cpu), our_cls()
+        ref_out, ref_s = timed(
+            lambda m=ref_model: m.finetune_embeddings(docs, train, val), args.repeat
+        )
+        our_out, our_s = timed(lambda m=ours: m.finetune_embeddings(docs, train, val), args.repeat)
         diff = float(np.abs(ref_out - our_out).max())
         moved = np.abs(ref_out - docs_norm).max(axis=1) > 1e-6
         if variant == "M":
-            ref_gamma = float(np.linalg.norm(ref_out - docs_norm, axis=1)[moved].max()) if moved.any() else 0.0
+            ref_gamma = (
+                float(np.linalg.norm(ref_out - docs_norm, axis=1)[moved].max())
+                if moved.any()
+                else 0.0
+            )
         else:  # NUDGE-N: interior rows move by exactly sqrt(gamma); snapped rows by less
             step = np.linalg.norm(ref_out - docs_norm, axis=1)[moved]
             ref_gamma = float(step.max() ** 2) if step.size else 0.0

@@ -116,7 +116,9 @@ class QuerySet:
         take = _ranges(starts, lengths)
         return QuerySet(self.embeddings[rows], (indptr, self.indices[take]))
 
-    def split(self, val_fraction: float = 0.1, *, random_state: int | None = 0) -> tuple[QuerySet, QuerySet]:
+    def split(
+        self, val_fraction: float = 0.1, *, random_state: int | None = 0
+    ) -> tuple[QuerySet, QuerySet]:
         """Split off a seeded random validation part.
 
         Args:
@@ -148,7 +150,9 @@ class QuerySet:
         merged and queries without answers are dropped, each with a logged warning.
         """
         if self.dim != dim:
-            msg = f"{name} query embeddings have {self.dim} dimensions, but the documents have {dim}"
+            msg = (
+                f"{name} query embeddings have {self.dim} dimensions, but the documents have {dim}"
+            )
             raise ValueError(msg)
         check_answer_range(self.indices, self.indptr, f"{name} answers", n_docs)
         qid = self.query_of_pair()

@@ -166,7 +166,16 @@ class _Problem:
         alive = _stream_top(self.docs, is_active, queries, best, alive, stop_above, self.batch_size)
         if self.extra_passive is not None and self.extra_passive.shape[0]:
             none_active = np.zeros(self.extra_passive.shape[0], dtype=bool)
-            _stream_top(self.extra_passive, none_active, queries, best, alive, stop_above, self.batch_size, "nontrain_embeddings")
+            _stream_top(
+                self.extra_passive,
+                none_active,
+                queries,
+                best,
+                alive,
+                stop_above,
+                self.batch_size,
+                "nontrain_embeddings",
+            )
         self.passive_top = best
 
     def query_blocks(self, n_cols: int) -> list[slice]:
@@ -175,7 +184,9 @@ class _Problem:
         return [slice(s, min(s + rows, n_val)) for s in range(0, n_val, rows)]
 
 
-def _release_pages(arr: np.ndarray, start_row: int | None = None, stop_row: int | None = None) -> None:
+def _release_pages(
+    arr: np.ndarray, start_row: int | None = None, stop_row: int | None = None
+) -> None:
     """Drop the pages of a read-only ``np.memmap`` from this process's resident set.
 
     Streaming a memory-mapped corpus would otherwise keep every page read mapped, so RSS
@@ -330,14 +341,21 @@ class _NudgeBase:
             )
         if passive_scores is not None:
             if val is None:
-                msg = "passive_scores needs an explicit val (they are scores of the validation queries)"
+                msg = "passive_scores needs an explicit val (they score the validation queries)"
                 raise ValueError(msg)
             k = self._val_k()
-            n_raw = val.n_queries if isinstance(val, QuerySet) else _as_queryset(val, "val").n_queries
+            n_raw = (
+                val.n_queries if isinstance(val, QuerySet) else _as_queryset(val, "val").n_queries
+            )
             passive_scores = np.asarray(passive_scores, dtype=np.float32)
-            if passive_scores.ndim != 2 or passive_scores.shape[0] != n_raw or passive_scores.shape[1] < k:
+            if (
+                passive_scores.ndim != 2
+                or passive_scores.shape[0] != n_raw
+                or passive_scores.shape[1] < k
+            ):
                 msg = (
-                    f"passive_scores must have shape (n_val, val_k) = ({n_raw}, {k}) or more columns, "
+                    f"passive_scores must have shape (n_val, val_k) = ({n_raw}, {k}) "
+                    "(or more columns), "
                     f"got {passive_scores.shape}"
                 )
                 raise ValueError(msg)
@@ -349,7 +367,9 @@ class _NudgeBase:
                 passive_scores = passive_scores[_kept_queries(val, n_raw)]
         extra = None
         if _extra_passive is not None:
-            extra = check_matrix(_extra_passive, "nontrain_embeddings", dim=dim, allow_empty=True, check_finite=False)
+            extra = check_matrix(
+                _extra_passive, "nontrain_embeddings", dim=dim, allow_empty=True, check_finite=False
+            )
         problem = _Problem(docs, train_qs, val_qs, self._val_k(), batch_size, extra, passive_scores)
         self._fit_problem(problem, fixed)
         self._docs = docs
@@ -405,9 +425,14 @@ class _NudgeBase:
             The tuned embeddings (``out`` when given): normalised rows, moved rows replaced.
         """
         self._check_fitted()
-        docs = check_matrix(doc_embeddings, "doc_embeddings", dim=self.n_features_in_, check_finite=False)
+        docs = check_matrix(
+            doc_embeddings, "doc_embeddings", dim=self.n_features_in_, check_finite=False
+        )
         if docs.shape[0] != self.n_docs_:
-            msg = f"doc_embeddings has {docs.shape[0]} rows, but {type(self).__name__} was fitted on {self.n_docs_}"
+            msg = (
+                f"doc_embeddings has {docs.shape[0]} rows, "
+                f"but {type(self).__name__} was fitted on {self.n_docs_}"
+            )
             raise ValueError(msg)
         if out is None:
             out = np.empty(docs.shape, dtype=np.float32)
@@ -425,7 +450,9 @@ class _NudgeBase:
             out[self.changed_rows_] = self.changed_embeddings_
         return out
 
-    def _set_result(self, gamma: float, val_score: float | None, rows: np.ndarray, vectors: np.ndarray) -> None:
+    def _set_result(
+        self, gamma: float, val_score: float | None, rows: np.ndarray, vectors: np.ndarray
+    ) -> None:
         self.gamma_ = float(gamma)
         self.val_score_ = None if val_score is None else float(val_score)
         self.changed_rows_ = rows.astype(np.int64)
@@ -510,8 +537,13 @@ class _NudgeBase:
                 moved_lab.reshape(-1)[flat_mov] = True
             if k == 1 and bounds is not None:
                 totals += _pruned_hits(
-                    s_moved, t_moved, flat_mov, coeffs, bounds,
-                    best_non_static, best_ans_static,
+                    s_moved,
+                    t_moved,
+                    flat_mov,
+                    coeffs,
+                    bounds,
+                    best_non_static,
+                    best_ans_static,
                     np.maximum(best_non_static, best_ans_static),
                 )
                 continue
@@ -524,13 +556,17 @@ class _NudgeBase:
                 if k == 1:
                     ans = scores.reshape(-1)[flat_mov]
                     scores.reshape(-1)[flat_mov] = -np.inf
-                    best_non = np.maximum(best_non_static, scores.max(axis=1) if moved_idx.size else -np.inf)
+                    best_non = np.maximum(
+                        best_non_static, scores.max(axis=1) if moved_idx.size else -np.inf
+                    )
                     best_ans = best_ans_static.copy()
                     np.maximum.at(best_ans, pq[mov], ans)
                     totals[c] += np.count_nonzero(best_ans > best_non)
                 else:
                     s_static_blk, lab_static = static_ans
-                    all_scores = np.concatenate([problem.passive_top[blk], s_static_blk, scores], axis=1)
+                    all_scores = np.concatenate(
+                        [problem.passive_top[blk], s_static_blk, scores], axis=1
+                    )
                     all_lab = np.concatenate(
                         [np.zeros((b, k), dtype=bool), lab_static, moved_lab], axis=1
                     )
@@ -567,7 +603,8 @@ class NudgeN(_NudgeBase):
         gamma_scores_: ``{gamma: validation score}`` for every candidate searched.
 
     Example:
-        >>> solver = NudgeN().fit(doc_embeddings, QuerySet(train_q, train_answers))  # doctest: +SKIP
+        >>> train = QuerySet(train_q, train_answers)  # doctest: +SKIP
+        >>> solver = NudgeN().fit(doc_embeddings, train)  # doctest: +SKIP
         >>> solver.similarity
         'cosine'
     """
@@ -629,7 +666,9 @@ class NudgeN(_NudgeBase):
         return c, perp, p, moves, gamma_full
 
     @staticmethod
-    def _answer_bounds(problem: _Problem, c: np.ndarray, p: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    def _answer_bounds(
+        problem: _Problem, c: np.ndarray, p: np.ndarray, moves: np.ndarray
+    ) -> np.ndarray:
         """``(n_val,)``: the best score any answer of each query reaches at any gamma.
 
         A moved row's score is at most ``sqrt(S^2 + P^2)`` (see :func:`_pruned_hits`); a row
@@ -672,7 +711,12 @@ class NudgeN(_NudgeBase):
         if problem.val is not None and (fixed is None or problem.val.n_queries):
             cand_coeffs = [coeffs(gm) for gm in candidates]
             alpha_max, beta_max = coeffs(max(candidates))
-            bounds = (alpha_max, beta_max, (c_m / p_m).astype(np.float32), (1.0 / p_m).astype(np.float32))
+            bounds = (
+                alpha_max,
+                beta_max,
+                (c_m / p_m).astype(np.float32),
+                (1.0 / p_m).astype(np.float32),
+            )
             scores = self._val_recall(problem, moves, cand_coeffs, bounds)
             best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
             self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
@@ -682,7 +726,9 @@ class NudgeN(_NudgeBase):
         gamma = candidates[best]
         val_score = None if scores is None else scores[best]
         if gamma == 0 or idx.size == 0:
-            self._set_result(gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim)))
+            self._set_result(
+                gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim))
+            )
             return
         a, b = self._step(gamma)
         new = a * problem.v[idx] + b * (perp[idx] / p_m[:, None])
@@ -729,12 +775,16 @@ class NudgeM(_NudgeBase):
             if problem.val is not None:
                 problem.stream()
                 alpha = np.ones(idx.size, dtype=np.float32)
-                val_score = float(self._val_recall(problem, moves, [(alpha, gamma * inv_norm[idx])])[0])
+                val_score = float(
+                    self._val_recall(problem, moves, [(alpha, gamma * inv_norm[idx])])[0]
+                )
         else:
             gamma, count = self._sweep(problem, inv_norm)
             val_score = count / problem.val.n_queries
         if gamma == 0 or idx.size == 0:
-            self._set_result(gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim)))
+            self._set_result(
+                gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim))
+            )
             return
         new = problem.v[idx] + gamma * (problem.g[idx] * inv_norm[idx, None])
         self._set_result(gamma, val_score, problem.active[idx], new)
@@ -859,12 +909,14 @@ def _pruned_hits(
     upper bound is below the best of the rows' lower bounds is never top-1 for that query.
 
     Args:
-        s: ``(b, n_moved)`` ``q.v``; t: ``(b, n_moved)`` ``q.g``.
+        s: ``(b, n_moved)`` ``q.v``.
+        t: ``(b, n_moved)`` ``q.g``.
         flat_answers: flat positions ``i * n_moved + j`` of (query, answer) pairs among them.
         coeffs: per gamma, ``(alpha, beta)`` with score ``s * alpha + t * beta``.
         bounds: ``(alpha_max, beta_max, c_over_p, inv_p)``.
-        best_non_static, best_ans_static, best_static: ``(b,)`` best scores of rows that do
-            not move (non-answers, answers, both).
+        best_non_static: ``(b,)`` best scores of non-answer rows that do not move.
+        best_ans_static: ``(b,)`` best scores of answer rows that do not move.
+        best_static: ``(b,)`` the larger of the two.
 
     Returns:
         ``(len(coeffs),)`` hit counts.

@@ -19,7 +19,14 @@ from nudge_rag._validation import check_matrix
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingStore", "SearchableEmbeddingStore", "ArrayStore", "Distance", "check_similarity", "UNIT_NORM_TOL"]
+__all__ = [
+    "EmbeddingStore",
+    "SearchableEmbeddingStore",
+    "ArrayStore",
+    "Distance",
+    "check_similarity",
+    "UNIT_NORM_TOL",
+]
 
 Distance = Literal["cosine", "dot", "l2"]
 DISTANCES = ("cosine", "dot", "l2")
@@ -98,7 +105,10 @@ class ArrayStore:
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, distance: Distance = "cosine"):
         vectors = check_matrix(vectors, "vectors", allow_empty=True)
         if len(ids) != vectors.shape[0]:
-            msg = f"ids must be the same length as vectors. Got {len(ids)} ids and {vectors.shape[0]} vectors."
+            msg = (
+                "ids must be the same length as vectors. "
+                f"Got {len(ids)} ids and {vectors.shape[0]} vectors."
+            )
             raise ValueError(msg)
         if distance not in DISTANCES:
             msg = f"distance must be one of {DISTANCES}, got {distance!r}"
@@ -129,7 +139,10 @@ class ArrayStore:
         vectors = check_matrix(vectors, "vectors", dim=self.vectors.shape[1], allow_empty=True)
         rows = self._rows_of(ids)
         if rows.size != vectors.shape[0]:
-            msg = f"ids must be the same length as vectors. Got {rows.size} ids and {vectors.shape[0]} vectors."
+            msg = (
+                "ids must be the same length as vectors. "
+                f"Got {rows.size} ids and {vectors.shape[0]} vectors."
+            )
             raise ValueError(msg)
         self.vectors[rows] = vectors
 

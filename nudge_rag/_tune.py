@@ -54,7 +54,10 @@ def make_solver(variant: str | NudgeN | NudgeM = "n", **params: object) -> Nudge
         return NudgeN(**params)
     if key == "m":
         return NudgeM(**params)
-    msg = f"variant must be 'n' (NUDGE-N, cosine stores) or 'm' (NUDGE-M, dot-product stores), got {variant!r}"
+    msg = (
+        "variant must be 'n' (NUDGE-N, cosine stores) or 'm' (NUDGE-M, dot-product stores), "
+        f"got {variant!r}"
+    )
     raise ValueError(msg)
 
 
@@ -119,7 +122,9 @@ def tune_store(
     if passive == "auto":
         passive = "read"
         if searchable:
-            n_stored = store.count() if callable(getattr(store, "count", None)) else len(store.list_ids())
+            n_stored = (
+                store.count() if callable(getattr(store, "count", None)) else len(store.list_ids())
+            )
             if n_stored >= store_mode_min_docs:
                 passive = "store"
     if passive == "store":

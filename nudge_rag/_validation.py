@@ -61,13 +61,18 @@ def check_matrix(
         msg = f"{name} must be a numeric array (float32 or float64), got dtype {arr.dtype}"
         raise TypeError(msg)
     if arr.ndim != 2:
-        msg = f"{name} must be 2-D with shape (n_rows, dim), got {arr.ndim}-D array of shape {arr.shape}"
+        msg = (
+            f"{name} must be 2-D with shape (n_rows, dim), "
+            f"got {arr.ndim}-D array of shape {arr.shape}"
+        )
         raise ValueError(msg)
     if not allow_empty and arr.shape[0] == 0:
         msg = f"{name} is empty: expected at least one row, got shape {arr.shape}"
         raise ValueError(msg)
     if arr.shape[1] == 0:
-        msg = f"{name} has zero columns: expected shape (n_rows, dim) with dim >= 1, got {arr.shape}"
+        msg = (
+            f"{name} has zero columns: expected shape (n_rows, dim) with dim >= 1, got {arr.shape}"
+        )
         raise ValueError(msg)
     if dim is not None and arr.shape[1] != dim:
         msg = f"{name} has {arr.shape[1]} dimensions, but the documents have {dim}"
@@ -157,9 +162,7 @@ def check_answers(
         csr.sum_duplicates()
         csr.eliminate_zeros()
         if csr.shape[0] != n_queries:
-            msg = (
-                f"{name} has {csr.shape[0]} rows, but there are {n_queries} query embeddings"
-            )
+            msg = f"{name} has {csr.shape[0]} rows, but there are {n_queries} query embeddings"
             raise ValueError(msg)
         indptr = csr.indptr.astype(np.int64)
         indices = csr.indices.astype(np.int64)

@@ -121,12 +121,15 @@ class _State:
         ids, vectors = out["ids"], out["vectors"]
         if ids.ndim != 1 or vectors.ndim != 2 or ids.shape[0] != vectors.shape[0]:
             msg = (
-                f"write-back state file {path} is inconsistent: {ids.shape[0] if ids.ndim else 0} ids "
+                f"write-back state file {path} is inconsistent: "
+                f"{ids.shape[0] if ids.ndim else 0} ids "
                 f"for vectors of shape {vectors.shape}; the store was not touched"
             )
             raise WriteBackError(msg)
         if not np.isfinite(vectors).all():
-            msg = f"write-back state file {path} holds NaN or inf vectors; the store was not touched"
+            msg = (
+                f"write-back state file {path} holds NaN or inf vectors; the store was not touched"
+            )
             raise WriteBackError(msg)
         return out
 
@@ -170,7 +173,9 @@ class _State:
             done,
         )
 
-    def save_pending(self, kind: str, ids: Sequence[str], vectors: np.ndarray, batch_size: int) -> None:
+    def save_pending(
+        self, kind: str, ids: Sequence[str], vectors: np.ndarray, batch_size: int
+    ) -> None:
         self.save_progress(0)
         self._save_npz(
             PENDING,
@@ -304,7 +309,10 @@ class WriteBack:
         ids = [str(i) for i in ids]
         vectors = check_matrix(vectors, "vectors", allow_empty=True)
         if len(ids) != vectors.shape[0]:
-            msg = f"ids must be the same length as vectors. Got {len(ids)} ids and {vectors.shape[0]} vectors."
+            msg = (
+                "ids must be the same length as vectors. "
+                f"Got {len(ids)} ids and {vectors.shape[0]} vectors."
+            )
             raise ValueError(msg)
         if len(set(ids)) != len(ids):
             msg = "ids passed to apply() must be unique"
@@ -319,7 +327,9 @@ class WriteBack:
             # Reading raises KeyError for unknown ids before anything is written.
             current = np.concatenate(
                 [
-                    np.asarray(self.store.get_vectors(new_ids[s : s + self.batch_size]), dtype=np.float32)
+                    np.asarray(
+                        self.store.get_vectors(new_ids[s : s + self.batch_size]), dtype=np.float32
+                    )
                     for s in range(0, len(new_ids), self.batch_size)
                 ]
             )
@@ -334,7 +344,10 @@ class WriteBack:
             self._state.save_originals(all_ids, all_vecs)
             logger.info("saved originals of %d new id(s) (%d in all)", len(new_ids), len(all_ids))
         elif orig_vecs is not None and vectors.shape[0] and orig_vecs.shape[1] != vectors.shape[1]:
-            msg = f"vectors have {vectors.shape[1]} dimensions, but the saved originals have {orig_vecs.shape[1]}"
+            msg = (
+                f"vectors have {vectors.shape[1]} dimensions, "
+                f"but the saved originals have {orig_vecs.shape[1]}"
+            )
             raise ValueError(msg)
 
         # Rows moved earlier but not now go back to their originals.
@@ -377,7 +390,9 @@ class WriteBack:
         present = set(self.store.list_ids())
         keep = [k for k, i in enumerate(ids) if i in present]
         if len(keep) != len(ids):
-            logger.warning("restore: %d saved id(s) are no longer in the store", len(ids) - len(keep))
+            logger.warning(
+                "restore: %d saved id(s) are no longer in the store", len(ids) - len(keep)
+            )
         ids = [ids[k] for k in keep]
         vectors = vectors[np.asarray(keep, dtype=np.int64)]
         self._state.save_pending("restore", ids, vectors, self.batch_size)
@@ -394,7 +409,9 @@ class WriteBack:
             )
             raise WriteBackError(msg)
 
-    def _run_plan(self, kind: str, ids: list[str], vectors: np.ndarray, batch_size: int, start: int) -> None:
+    def _run_plan(
+        self, kind: str, ids: list[str], vectors: np.ndarray, batch_size: int, start: int
+    ) -> None:
         n_batches = -(-len(ids) // batch_size)
         bar = None
         if self.show_progress and n_batches > start:
@@ -412,7 +429,8 @@ class WriteBack:
                 except Exception as err:
                     where = f" State is in {self.state_dir}." if self.state_dir else ""
                     msg = (
-                        f"{kind} stopped at batch {b + 1} of {n_batches} ({type(err).__name__}: {err}). "
+                        f"{kind} stopped at batch {b + 1} of {n_batches} "
+                        f"({type(err).__name__}: {err}). "
                         "Every id holds either its original or its new vector; call resume() to "
                         f"finish or restore() to put the originals back.{where}"
                     )

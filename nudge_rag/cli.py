@@ -83,7 +83,9 @@ def run_benchmark(
             start = time.perf_counter()
             solver = cls().fit(docs, train, val)
             times.append(time.perf_counter() - start)
-        measure(name, solver.embeddings_, solver.similarity, gamma=solver.gamma_, seconds=min(times))
+        measure(
+            name, solver.embeddings_, solver.similarity, gamma=solver.gamma_, seconds=min(times)
+        )
     if bar is not None:
         bar.close()
     return rows
@@ -96,7 +98,8 @@ def _format_table(rows: list[dict[str, Any]], k: int) -> str:
         gamma = "–" if r["gamma"] is None else f"{r['gamma']:.4g}"
         secs = "–" if r["seconds"] is None else f"{r['seconds']:.3f}"
         lines.append(
-            f"| {r['method']} | {100 * r[f'recall@{k}']:.1f} | {100 * r[f'ndcg@{k}']:.1f} | {gamma} | {secs} |"
+            f"| {r['method']} | {100 * r[f'recall@{k}']:.1f} | {100 * r[f'ndcg@{k}']:.1f} "
+            f"| {gamma} | {secs} |"
         )
     return "\n".join(lines)
 
@@ -117,13 +120,32 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     bench.add_argument("--data", help="dataset folder (default: a generated retrieval task)")
-    bench.add_argument("--split", default="nudge_split", help="split folder under --data (default: nudge_split)")
-    bench.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding folder under emb/ (default: all-MiniLM-L6-v2)")
-    bench.add_argument("--k", type=int, default=10, help="cut-off for recall and nDCG (default: 10)")
-    bench.add_argument("--repeat", type=int, default=3, help="fits per method, fastest reported (default: 3)")
-    bench.add_argument("--seed", type=int, default=0, help="seed of the generated task (default: 0)")
-    bench.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    bench.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar (default: on a TTY)")
+    bench.add_argument(
+        "--split", default="nudge_split", help="split folder under --data (default: nudge_split)"
+    )
+    bench.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="embedding folder under emb/ (default: all-MiniLM-L6-v2)",
+    )
+    bench.add_argument(
+        "--k", type=int, default=10, help="cut-off for recall and nDCG (default: 10)"
+    )
+    bench.add_argument(
+        "--repeat", type=int, default=3, help="fits per method, fastest reported (default: 3)"
+    )
+    bench.add_argument(
+        "--seed", type=int, default=0, help="seed of the generated task (default: 0)"
+    )
+    bench.add_argument(
+        "--json", action="store_true", help="print the rows as JSON instead of a table"
+    )
+    bench.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bar (default: on a TTY)",
+    )
     bench.add_argument("-v", "--verbose", action="store_true", help="log what the solvers do")
     return parser
 
@@ -131,7 +153,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nudge-rag`` command."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if args.data:
         try:
             data = load_embedded(args.data, args.split, args.model)

@@ -8,11 +8,10 @@ import sys
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
+from test_solver import make_task
 
 import nudge_rag
 from nudge_rag.compat import NUDGEM, NUDGEN
-
-from test_solver import make_task
 
 
 def as_dict(qs):
@@ -29,7 +28,9 @@ def test_finetune_embeddings_matches_the_estimator(cls, solver):
 def test_nontrain_embeddings_are_competitors_only():
     docs, train, val = make_task()
     extra = np.random.default_rng(5).standard_normal((50, docs.shape[1])).astype(np.float32)
-    out = NUDGEN().finetune_embeddings(docs, as_dict(train), as_dict(val), nontrain_embeddings=extra)
+    out = NUDGEN().finetune_embeddings(
+        docs, as_dict(train), as_dict(val), nontrain_embeddings=extra
+    )
     assert out.shape == docs.shape
 
 
@@ -50,13 +51,35 @@ def test_mixed_float64_queries_and_float32_docs():
 
 
 def test_all_is_pinned():
-    assert sorted(nudge_rag.__all__) == sorted([
-        "ArrayStore", "DEFAULT_GAMMAS", "EmbeddingStore", "NotFittedError", "NudgeM", "NudgeN",
-        "QuerySet", "TuneResult", "WriteBack", "WriteBackError", "check_similarity",
-        "make_solver", "tune_store", "__version__",
-        "RetrievalDataset", "EmbeddedDataset", "load_beir", "load_embedded", "split_dataset",
-        "Relevance", "evaluate", "search", "make_retrieval_task",
-    ])
+    assert sorted(nudge_rag.__all__) == sorted(
+        [
+            "ArrayStore",
+            "DEFAULT_GAMMAS",
+            "EmbeddingStore",
+            "NotFittedError",
+            "NudgeM",
+            "NudgeN",
+            "QuerySet",
+            "TuneResult",
+            "WriteBack",
+            "WriteBackError",
+            "check_similarity",
+            "make_solver",
+            "tune_store",
+            "__version__",
+            "RetrievalDataset",
+            "EmbeddedDataset",
+            "EmbeddedSplit",
+            "SearchableEmbeddingStore",
+            "load_beir",
+            "load_embedded",
+            "split_dataset",
+            "Relevance",
+            "evaluate",
+            "search",
+            "make_retrieval_task",
+        ]
+    )
     for name in nudge_rag.__all__:
         assert hasattr(nudge_rag, name), name
 

@@ -20,7 +20,10 @@ def make_task(seed=0, n_docs=300, dim=16, n_train=240, n_val=60, noise=0.9):
     shift = rng.standard_normal(dim).astype(np.float32)
 
     def queries(n):
-        answers = [rng.choice(n_docs // 2, size=rng.integers(1, 4), replace=False).tolist() for _ in range(n)]
+        answers = [
+            rng.choice(n_docs // 2, size=rng.integers(1, 4), replace=False).tolist()
+            for _ in range(n)
+        ]
         q = np.stack([docs[a].mean(axis=0) for a in answers]) + 0.6 * shift
         q += noise * rng.standard_normal(q.shape).astype(np.float32) / np.sqrt(dim)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -128,7 +131,7 @@ class SolverBehaviour:
 
     def test_unfitted_raises(self):
         with pytest.raises(NotFittedError, match="not fitted yet"):
-            self.make().embeddings_
+            _ = self.make().embeddings_
 
     def test_gamma_zero_is_identity(self):
         docs, train, val = make_task()
@@ -207,7 +210,9 @@ class SolverBehaviour:
     # ---------------------------------------------------------------- bad input
     def test_dimension_mismatch(self):
         docs, train, val = make_task()
-        with pytest.raises(ValueError, match="train query embeddings have 16 dimensions, but the documents have 15"):
+        with pytest.raises(
+            ValueError, match="train query embeddings have 16 dimensions, but the documents have 15"
+        ):
             self.make().fit(docs[:, :15], train, val)
 
     def test_nan_in_documents(self):
@@ -273,7 +278,9 @@ class SolverBehaviour:
     def test_all_validation_queries_without_answers(self):
         docs, train, val = make_task()
         with pytest.raises(ValueError, match="val has no query with an answer"):
-            self.make().fit(docs, train, QuerySet(val.embeddings, [[] for _ in range(val.n_queries)]))
+            self.make().fit(
+                docs, train, QuerySet(val.embeddings, [[] for _ in range(val.n_queries)])
+            )
 
     def test_duplicate_answers_are_merged(self, caplog):
         docs, train, val = make_task()
@@ -314,7 +321,9 @@ class TestNudgeN(SolverBehaviour):
     def test_each_moved_row_within_the_bound(self, gamma):
         docs, train, val = make_task()
         solver = NudgeN(gamma=gamma).fit(docs, train, val)
-        step = np.linalg.norm(solver.changed_embeddings_ - normalize(docs)[solver.changed_rows_], axis=1)
+        step = np.linalg.norm(
+            solver.changed_embeddings_ - normalize(docs)[solver.changed_rows_], axis=1
+        )
         assert step.size > 0
         assert (step <= np.sqrt(gamma) + 1e-5).all()
 
@@ -366,7 +375,9 @@ class TestNudgeM(SolverBehaviour):
     def test_each_moved_row_changes_by_exactly_gamma(self):
         docs, train, val = make_task()
         solver = NudgeM().fit(docs, train, val)
-        step = np.linalg.norm(solver.changed_embeddings_ - normalize(docs)[solver.changed_rows_], axis=1)
+        step = np.linalg.norm(
+            solver.changed_embeddings_ - normalize(docs)[solver.changed_rows_], axis=1
+        )
         assert_allclose(step, solver.gamma_, rtol=1e-5)
 
     @pytest.mark.parametrize("seed", [0, 1, 2, 3])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
+from test_solver import make_task
 
 from nudge_rag import ArrayStore, NudgeM, NudgeN, WriteBack, tune_store
-
-from test_solver import make_task
 
 
 def store_and_pairs(seed=0):
@@ -49,8 +48,12 @@ def test_store_side_validation_gives_the_same_result_as_reading_everything(cls):
 
 def test_store_side_splits_validation_when_none_given():
     store, tq, ta, _, _ = store_and_pairs(1)
-    full = tune_store(WriteBack(ArrayStore(store.ids, store.vectors)), NudgeN(), tq, ta, passive="read")
-    side = tune_store(WriteBack(ArrayStore(store.ids, store.vectors)), NudgeN(), tq, ta, passive="store")
+    full = tune_store(
+        WriteBack(ArrayStore(store.ids, store.vectors)), NudgeN(), tq, ta, passive="read"
+    )
+    side = tune_store(
+        WriteBack(ArrayStore(store.ids, store.vectors)), NudgeN(), tq, ta, passive="store"
+    )
     assert side.gamma == full.gamma
 
 

@@ -177,7 +177,9 @@ def test_tune_store_writes_only_changed_rows_and_is_idempotent(store):
 
 def test_tune_store_refuses_nudge_m_on_cosine_store(store):
     q, answers = make_pairs(store)
-    with pytest.raises(ValueError, match="NUDGE-M writes non-normalized vectors .* scores by cosine"):
+    with pytest.raises(
+        ValueError, match="NUDGE-M writes non-normalized vectors .* scores by cosine"
+    ):
         tune_store(WriteBack(store), NudgeM(), q, answers)
 
 
@@ -185,7 +187,9 @@ def test_tune_store_nudge_n_on_l2_store_requires_unit_norm():
     rng = np.random.default_rng(0)
     store = ArrayStore([f"d{i}" for i in range(30)], 2 * unit(rng, 30), distance="l2")
     q, answers = make_pairs(store)
-    with pytest.raises(ValueError, match="ranks like cosine only when every stored vector is unit-norm"):
+    with pytest.raises(
+        ValueError, match="ranks like cosine only when every stored vector is unit-norm"
+    ):
         tune_store(WriteBack(store), NudgeN(), q, answers)
 
 
