@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["QuerySet"]
 
+#: Larger query norms would overflow float32 in q . (sum of training queries).
+MAX_QUERY_NORM = 1e15
+
 
 @dataclass(frozen=True, eq=False)
 class QuerySet:
@@ -152,6 +155,15 @@ class QuerySet:
         if self.dim != dim:
             msg = (
                 f"{name} query embeddings have {self.dim} dimensions, but the documents have {dim}"
+            )
+            raise ValueError(msg)
+        norms = np.linalg.norm(self.embeddings.astype(np.float64), axis=1)
+        if norms.size and norms.max() > MAX_QUERY_NORM:
+            row = int(np.argmax(norms))
+            msg = (
+                f"{name} query embeddings row {row} has norm {norms[row]:.3g}: scores against "
+                f"sums of such queries overflow float32 (norms above {MAX_QUERY_NORM:g} are "
+                "refused); normalize the query embeddings"
             )
             raise ValueError(msg)
         check_answer_range(self.indices, self.indptr, f"{name} answers", n_docs)

@@ -46,7 +46,10 @@ _SLOPE_EPS = 1e-8
 _EARLY_STOP_SCORES = 1 << 26
 
 # Elements per dense score block (float32): bounds memory at ~64 MB per block.
-_BLOCK_ELEMENTS = 1 << 24
+_BLOCK_ELEMENTS = 1 << 22
+
+# Scores per block in the streaming pass over the corpus (one float32 buffer, ~64 MB).
+_STREAM_BLOCK = 1 << 24
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -67,9 +70,20 @@ def _as_queryset(value: Any, name: str) -> QuerySet:
     raise TypeError(msg)
 
 
+def _row_norms(block: np.ndarray) -> np.ndarray:
+    """Row norms in float32, recomputed in float64 where float32 over- or underflows."""
+    with np.errstate(over="ignore", under="ignore"):  # handled just below
+        norms = np.linalg.norm(block, axis=1)
+    bad = ~np.isfinite(norms) | (norms < 1e-18)
+    if bad.any():  # float64 norms: float32 would round them (denormals) or overflow
+        norms = norms.astype(np.float64)
+        norms[bad] = np.linalg.norm(block[bad].astype(np.float64), axis=1)
+    return norms
+
+
 def _normalize_rows(block: np.ndarray, name: str, offset: int = 0) -> np.ndarray:
     """Unit-normalise rows (in a new float32 array); zero rows raise ``ValueError``."""
-    norms = np.linalg.norm(block, axis=1)
+    norms = _row_norms(block)
     zero = norms == 0
     if zero.any():
         row = int(np.flatnonzero(zero)[0]) + offset
@@ -78,7 +92,7 @@ def _normalize_rows(block: np.ndarray, name: str, offset: int = 0) -> np.ndarray
             "remove it or give it a real embedding"
         )
         raise ValueError(msg)
-    return block / norms[:, None].astype(np.float32)
+    return (block / norms[:, None]).astype(np.float32)
 
 
 class _Problem:
@@ -133,6 +147,28 @@ class _Problem:
         if val is not None:
             self.val_cols = np.searchsorted(self.active, val.indices)  # active position per pair
             self.val_qrows = val.query_of_pair()
+        else:  # no streaming pass will read the passive rows: check them here
+            _check_rows(docs, self.active, batch_size)
+
+    def move_first(self, moves: np.ndarray, *per_row: np.ndarray) -> tuple[int, list[np.ndarray]]:
+        """Reorder the active rows so that the ``moves`` rows come first.
+
+        Slices ``v[:n]`` / ``g[:n]`` are then views, not copies. Returns ``n`` and the
+        ``per_row`` arrays in the new order.
+        """
+        order = np.concatenate([np.flatnonzero(moves), np.flatnonzero(~moves)])
+        self.v = self.v[order]
+        self.g = self.g[order]
+        self.g_norm, self.has_train, self.active = (
+            self.g_norm[order],
+            self.has_train[order],
+            self.active[order],
+        )
+        if self.val is not None:
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(order.size)
+            self.val_cols = inverse[self.val_cols]
+        return int(moves.sum()), [arr[order] for arr in per_row]
 
     @property
     def n_passive(self) -> int:
@@ -210,6 +246,25 @@ def _release_pages(
         return
 
 
+def _check_rows(docs: np.ndarray, active: np.ndarray, batch_size: int) -> None:
+    """Raise ``ValueError`` for a passive row that holds NaN/inf or is all zeros."""
+    is_active = np.zeros(docs.shape[0], dtype=bool)
+    is_active[active] = True
+    rows = max(1, min(batch_size, _STREAM_BLOCK // max(docs.shape[1], 1)))
+    for start in range(0, docs.shape[0], rows):
+        stop = min(start + rows, docs.shape[0])
+        if is_active[start:stop].all():
+            continue
+        block = np.array(docs[start:stop], dtype=np.float32)
+        _release_pages(docs, start, stop)
+        check_finite_rows(block, "doc_embeddings", offset=start)
+        zero = (_row_norms(block) == 0) & ~is_active[start:stop]
+        if zero.any():
+            row = start + int(np.flatnonzero(zero)[0])
+            msg = f"doc_embeddings row {row} is all zeros: cosine similarity is undefined for it"
+            raise ValueError(msg)
+
+
 def _stream_top(
     docs: np.ndarray,
     is_active: np.ndarray,
@@ -225,27 +280,27 @@ def _stream_top(
     n_docs = docs.shape[0]
     if is_active.all() or alive.size == 0:
         return alive
-    rows = max(1, min(batch_size, _BLOCK_ELEMENTS // max(queries.shape[0], 1)))
+    rows = max(1, min(batch_size, _STREAM_BLOCK // max(queries.shape[0], 1)))
     live_q = queries[alive]
     for start in range(0, n_docs, rows):
         stop = min(start + rows, n_docs)
         passive = ~is_active[start:stop]
         if not passive.any():
             continue
-        block = np.asarray(docs[start:stop], dtype=np.float32)
+        block = np.array(docs[start:stop], dtype=np.float32)  # a copy: pages are dropped next
         _release_pages(docs, start, stop)
         check_finite_rows(block, name, offset=start)
         offsets = None
         if not passive.all():
             offsets = np.flatnonzero(passive)
             block = block[offsets]
-        norms = np.linalg.norm(block, axis=1)
+        norms = _row_norms(block)
         if (norms == 0).any():
             bad = int(np.flatnonzero(norms == 0)[0])
             row = start + (int(offsets[bad]) if offsets is not None else bad)
             msg = f"{name} row {row} is all zeros: cosine similarity is undefined for it"
             raise ValueError(msg)
-        block /= norms[:, None]
+        block = (block / norms[:, None]).astype(np.float32, copy=False)
         scores = live_q @ block.T
         if k == 1:
             best[alive, 0] = np.maximum(best[alive, 0], scores.max(axis=1))
@@ -443,7 +498,7 @@ class _NudgeBase:
         for start in range(0, self.n_docs_, rows):
             stop = min(start + rows, self.n_docs_)
             block = np.asarray(docs[start:stop], dtype=np.float32)
-            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            norms = _row_norms(block)[:, None]
             norms[norms == 0] = 1
             out[start:stop] = block / norms
         if self.changed_rows_.size:
@@ -453,7 +508,7 @@ class _NudgeBase:
     def _set_result(
         self, gamma: float, val_score: float | None, rows: np.ndarray, vectors: np.ndarray
     ) -> None:
-        self.gamma_ = float(gamma)
+        self.gamma_ = float(gamma) + 0.0  # no -0.0
         self.val_score_ = None if val_score is None else float(val_score)
         self.changed_rows_ = rows.astype(np.int64)
         self.changed_embeddings_ = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -466,7 +521,7 @@ class _NudgeBase:
     def _val_recall(
         self,
         problem: _Problem,
-        moved: np.ndarray,
+        n_moved: int,
         coeffs: list[tuple[np.ndarray, np.ndarray]],
         bounds: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
@@ -477,7 +532,8 @@ class _NudgeBase:
 
         Args:
             problem: the gathered problem.
-            moved: bool ``(n_active,)``: rows whose score depends on gamma.
+            n_moved: rows ``0..n_moved-1`` of the problem are those whose score depends on
+                gamma (see :meth:`_Problem.move_first`).
             coeffs: one ``(alpha, beta)`` pair of ``(n_moved,)`` arrays per candidate gamma.
             bounds: for NUDGE-N, ``(alpha_max, beta_max, c_over_p, inv_p)``: the coefficients at
                 the largest gamma and the geometry that bounds each score over the gamma range.
@@ -489,8 +545,8 @@ class _NudgeBase:
         """
         val, k = problem.val, problem.k
         n_active = problem.active.size
-        moved_idx = np.flatnonzero(moved)
-        static_idx = np.flatnonzero(~moved)
+        moved_idx = np.arange(n_moved)
+        static_idx = np.arange(n_moved, n_active)
         pos_in_moved = np.full(n_active, -1, dtype=np.int64)
         pos_in_moved[moved_idx] = np.arange(moved_idx.size)
         pos_in_static = np.full(n_active, -1, dtype=np.int64)
@@ -498,8 +554,8 @@ class _NudgeBase:
         n_ans = np.diff(val.indptr)
         denom = np.minimum(n_ans, k).astype(np.float64)
         totals = np.zeros(len(coeffs), dtype=np.float64)
-        v_moved, g_moved = problem.v[moved_idx], problem.g[moved_idx]
-        v_static = problem.v[static_idx]
+        v_moved, g_moved = problem.v[:n_moved], problem.g[:n_moved]  # views
+        v_static = problem.v[n_moved:]
         pair_q, pair_col = problem.val_qrows, problem.val_cols
 
         for blk in problem.query_blocks(n_active + k):
@@ -656,14 +712,19 @@ class NudgeN(_NudgeBase):
     def _geometry(problem: _Problem) -> tuple[np.ndarray, ...]:
         v, g = problem.v, problem.g
         c = np.einsum("ij,ij->i", g, v)  # g.v
-        perp = g - c[:, None] * v
-        p = np.linalg.norm(perp, axis=1)
-        moves = problem.has_train & (c >= 0) & (p > 0)
+        # |g - (g.v) v| row by row, in blocks (not |g|^2 - (g.v)^2, which cancels in float32)
+        p = np.empty(c.size, dtype=np.float32)
+        step = max(1, _BLOCK_ELEMENTS // max(problem.dim, 1))
+        for s0 in range(0, c.size, step):
+            sl = slice(s0, s0 + step)
+            p[sl] = np.linalg.norm(g[sl] - c[sl, None] * v[sl], axis=1)
+        # g (numerically) parallel to v: the optimum is v itself (float32 "perp" is noise)
+        moves = problem.has_train & (c >= 0) & (p > 1e-6 * problem.g_norm)
         # Below this gamma a row takes the interior step; at or above it, unit(g) itself.
         with np.errstate(divide="ignore", invalid="ignore"):
             cos_vg = np.where(problem.g_norm > 0, c / problem.g_norm, -1.0)
         gamma_full = 2.0 * (1.0 - cos_vg)
-        return c, perp, p, moves, gamma_full
+        return c, p, moves, gamma_full
 
     @staticmethod
     def _answer_bounds(
@@ -691,8 +752,9 @@ class NudgeN(_NudgeBase):
         return 1.0 - gamma / 2.0, math.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
 
     def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:
-        c, perp, p, moves, gamma_full = self._geometry(problem)
-        idx = np.flatnonzero(moves)
+        c, p, moves, gamma_full = self._geometry(problem)
+        n_moved, (c, p, gamma_full, moves) = problem.move_first(moves, c, p, gamma_full, moves)
+        idx = np.arange(n_moved)
         c_m, p_m, gn_m, full_m = c[idx], p[idx], problem.g_norm[idx], gamma_full[idx]
 
         def coeffs(gamma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -717,7 +779,7 @@ class NudgeN(_NudgeBase):
                 (c_m / p_m).astype(np.float32),
                 (1.0 / p_m).astype(np.float32),
             )
-            scores = self._val_recall(problem, moves, cand_coeffs, bounds)
+            scores = self._val_recall(problem, n_moved, cand_coeffs, bounds)
             best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
             self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
         else:
@@ -731,9 +793,16 @@ class NudgeN(_NudgeBase):
             )
             return
         a, b = self._step(gamma)
-        new = a * problem.v[idx] + b * (perp[idx] / p_m[:, None])
-        snap = gamma >= full_m
-        new[snap] = problem.g[idx[snap]] / gn_m[snap, None]
+        new = np.empty((n_moved, problem.dim), dtype=np.float32)
+        step = max(1, _BLOCK_ELEMENTS // max(problem.dim, 1))
+        for s0 in range(0, n_moved, step):
+            sl = slice(s0, min(s0 + step, n_moved))
+            v, g = problem.v[sl], problem.g[sl]
+            perp = g - c_m[sl, None] * v
+            block = a * v + (b / p_m[sl, None]) * perp
+            snap = gamma >= full_m[sl]
+            block[snap] = g[snap] / gn_m[sl][snap, None]
+            new[sl] = block
         self._set_result(gamma, val_score, problem.active[idx], new)
 
 
@@ -764,9 +833,12 @@ class NudgeM(_NudgeBase):
     similarity: ClassVar[str] = "dot"
     _variant: ClassVar[str] = "m"
 
+    def _gamma_upper(self) -> float:
+        return 1e18  # the output has norm ~gamma: keep it far inside float32
+
     def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:
-        moves = problem.has_train & (problem.g_norm > 0)
-        idx = np.flatnonzero(moves)
+        n_moved, _ = problem.move_first(problem.has_train & (problem.g_norm > 0))
+        idx = np.arange(n_moved)
         inv_norm = np.zeros(problem.active.size, dtype=np.float32)
         inv_norm[idx] = 1.0 / problem.g_norm[idx]
         if fixed is not None:
@@ -776,18 +848,20 @@ class NudgeM(_NudgeBase):
                 problem.stream()
                 alpha = np.ones(idx.size, dtype=np.float32)
                 val_score = float(
-                    self._val_recall(problem, moves, [(alpha, gamma * inv_norm[idx])])[0]
+                    self._val_recall(problem, n_moved, [(alpha, gamma * inv_norm[idx])])[0]
                 )
         else:
             gamma, count = self._sweep(problem, inv_norm)
-            val_score = count / problem.val.n_queries
+            # Closed intervals of two answers of one query can both cover gamma (ties).
+            val_score = min(count, problem.val.n_queries) / problem.val.n_queries
         if gamma == 0 or idx.size == 0:
             self._set_result(
                 gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim))
             )
             return
-        new = problem.v[idx] + gamma * (problem.g[idx] * inv_norm[idx, None])
-        self._set_result(gamma, val_score, problem.active[idx], new)
+        new = problem.g[:n_moved] * (gamma * inv_norm[:n_moved, None])
+        new += problem.v[:n_moved]
+        self._set_result(gamma, val_score, problem.active[:n_moved], new)
 
     @staticmethod
     def _sweep(problem: _Problem, inv_norm: np.ndarray) -> tuple[float, int]:
@@ -803,9 +877,8 @@ class NudgeM(_NudgeBase):
         whose best passive score then beats ``S_x - gamma G_x`` of every answer on its whole
         interval cannot win anywhere and stops being scored in the streaming pass.
         """
-        neg_u = -(problem.g * inv_norm[:, None])  # (n_active, dim): -unit(g), 0 when static
         n_val = problem.val.n_queries
-        low, high, ok, s_x, g_x = _pair_intervals(problem, neg_u)
+        low, high, ok, s_x, g_x = _pair_intervals(problem, -inv_norm)
         if problem.n_passive * n_val > _EARLY_STOP_SCORES:
             reach = np.where(g_x > 0, s_x - low * g_x, np.where(g_x < 0, s_x - high * g_x, s_x))
             reach[~ok] = -np.inf
@@ -826,12 +899,13 @@ class NudgeM(_NudgeBase):
         return _most_covered_point(low[ok], high[ok])
 
 
-def _pair_intervals(problem: _Problem, neg_u: np.ndarray) -> tuple[np.ndarray, ...]:
+def _pair_intervals(problem: _Problem, neg_inv_norm: np.ndarray) -> tuple[np.ndarray, ...]:
     """NUDGE-M winning interval ``[low, high]`` of every validation pair, over active rows.
 
     Args:
         problem: the gathered problem.
-        neg_u: ``(n_active, dim)`` ``-unit(g)`` of moved rows, zeros elsewhere.
+        neg_inv_norm: ``(n_active,)`` ``-1/|g|`` of moved rows, 0 elsewhere, so that
+            ``G = (q.g) * neg_inv_norm = -q.unit(g)``.
 
     Returns:
         ``low``, ``high`` (float64), ``ok`` (non-empty), ``s_x``, ``g_x`` per pair.
@@ -849,7 +923,8 @@ def _pair_intervals(problem: _Problem, neg_u: np.ndarray) -> tuple[np.ndarray, .
         q = val.embeddings[blk]
         b = q.shape[0]
         s = q @ problem.v.T
-        gg = q @ neg_u.T
+        gg = q @ problem.g.T
+        gg *= neg_inv_norm
 
         # Pareto front per query. Front points lie in the box between the best-S point and
         # the lowest-G point (anything outside is dominated by one of the two), so only the
@@ -951,7 +1026,7 @@ def _pruned_hits(
     s_c, t_c = s[rows, cols], t[rows, cols]
     # Segments of equal (is_ans, row): reduceat over each.
     seg_start = np.flatnonzero(
-        np.concatenate(([True], (rows[1:] != rows[:-1]) | (is_ans[1:] != is_ans[:-1])))
+        np.concatenate(([rows.size > 0], (rows[1:] != rows[:-1]) | (is_ans[1:] != is_ans[:-1])))
     )
     seg_rows, seg_ans = rows[seg_start], is_ans[seg_start]
     for c, (alpha, beta) in enumerate(coeffs):

@@ -78,6 +78,12 @@ def check_matrix(
         msg = f"{name} has {arr.shape[1]} dimensions, but the documents have {dim}"
         raise ValueError(msg)
     if arr.dtype != np.float32:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size:
+            big = np.abs(arr) > np.finfo(np.float32).max
+            if big.any():
+                row = int(np.flatnonzero(big.any(axis=1))[0])
+                msg = f"{name} row {row} holds values beyond the float32 range (|x| > 3.4e38)"
+                raise ValueError(msg)
         if not copy_ok:
             msg = f"{name} must be float32, got {arr.dtype}"
             raise TypeError(msg)
@@ -205,7 +211,12 @@ def check_answers(
             msg = f"{name}[{i}] must be a list of integer row indices, got {row!r}"
             raise TypeError(msg) from err
         if row_arr.size and not np.issubdtype(row_arr.dtype, np.integer):
-            if np.issubdtype(row_arr.dtype, np.floating) and np.all(row_arr == np.round(row_arr)):
+            if (
+                np.issubdtype(row_arr.dtype, np.floating)
+                and np.all(np.isfinite(row_arr))
+                and np.all(np.abs(row_arr) < 2.0**62)
+                and np.all(row_arr == np.round(row_arr))
+            ):
                 row_arr = row_arr.astype(np.int64)
             else:
                 msg = (

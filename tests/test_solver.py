@@ -425,7 +425,9 @@ def test_early_stop_in_streaming_pass_changes_nothing(cls, monkeypatch):
     plain = cls().fit(docs, train, val)
     monkeypatch.setattr(solver_module, "_EARLY_STOP_SCORES", 0)
     monkeypatch.setattr(solver_module, "_BLOCK_ELEMENTS", 60 * 64)  # many small blocks
+    monkeypatch.setattr(solver_module, "_STREAM_BLOCK", 60 * 64)
     early = cls().fit(docs, train, val)
-    assert early.gamma_ == plain.gamma_
+    # other block shapes change BLAS rounding in the last float32 bits, nothing more
+    assert early.gamma_ == pytest.approx(plain.gamma_, rel=1e-5)
     assert early.val_score_ == plain.val_score_
-    assert_allclose(early.embeddings_, plain.embeddings_)
+    assert_allclose(early.embeddings_, plain.embeddings_, atol=1e-5)

@@ -1,0 +1,231 @@
+"""Training pairs for NUDGE: ``(question, doc_id)`` from lists, metadata or an LLM.
+
+Every source ends as a list of ``(question, doc_id)`` pairs; :func:`group_pairs` turns them
+into unique questions with the ids of the documents that answer each.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from langchain_nudge._compat import Document
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "generate_pairs",
+    "group_pairs",
+    "normalize_pairs",
+    "pairs_from_metadata",
+    "parse_questions",
+]
+
+DEFAULT_PROMPT = (
+    "Write {n} different questions that a user could ask and that the passage below "
+    "answers. Each question must make sense on its own, without the passage.\n"
+    "Answer with the questions only, one per line, numbered 1. to {n}.\n\n"
+    "Passage:\n{text}\n"
+)
+
+# "1.", "1)", "(1)", "Q1:", "Question 1 -", "-", "*", "•" at the start of a line.
+_ITEM = re.compile(
+    r"^\s*(?:(?:q(?:uestion)?\s*)?\(?\d{1,3}\s*[.):\-]|q(?:uestion)?\s*\d{0,3}\s*[:.\-]|[-*•])\s*",
+    re.IGNORECASE,
+)
+_EMPHASIS = re.compile(r"^(?:\*\*|__|#+)\s*")
+_WRAP = "\"'`*“”‘’ "
+
+
+def parse_questions(text: str, *, strict: bool = False) -> list[str]:
+    """Questions in an LLM answer or a metadata string, one per line.
+
+    Numbered or bulleted lines (``1.``, ``2)``, ``Q3:``, ``- ``) are taken and any other line
+    (a preamble such as "Here are 3 questions:") is dropped; without any numbered line,
+    lines ending in ``?`` are taken, else (unless ``strict``) every non-empty line. Quotes,
+    bold markers and numbering are stripped; duplicates are dropped, order kept.
+
+    Args:
+        text: the raw string.
+        strict: never fall back to every line (for LLM answers, where an unnumbered line
+            without ``?`` is a remark such as "I cannot think of any.").
+
+    Returns:
+        The questions, possibly empty.
+    """
+    lines = [_EMPHASIS.sub("", ln.strip(), count=1) for ln in str(text).splitlines()]
+    lines = [ln for ln in lines if ln]
+    items = [_ITEM.sub("", ln, count=1) for ln in lines if _ITEM.match(ln)]
+    if not items:
+        items = [ln for ln in lines if ln.rstrip(_WRAP).endswith("?")]
+        if not items and not strict:
+            items = lines
+    out: list[str] = []
+    for item in items:
+        question = item.strip(_WRAP).strip()
+        if question and question not in out:
+            out.append(question)
+    return out
+
+
+def normalize_pairs(pairs: Any, name: str = "pairs") -> list[tuple[str, str]]:
+    """Explicit training pairs as a list of ``(question, doc_id)``.
+
+    Args:
+        pairs: ``[(question, doc_id), ...]`` or ``{question: doc_id | [doc_ids]}``.
+        name: the argument name used in error messages.
+
+    Raises:
+        ValueError: empty input, or an item that is not a question with document id(s).
+    """
+    out: list[tuple[str, str]] = []
+    if isinstance(pairs, Mapping):
+        items: Iterable[Any] = pairs.items()
+        for question, ids in items:
+            ids = [ids] if isinstance(ids, str) else ids
+            if not isinstance(ids, Sequence) or not ids:
+                msg = (
+                    f"{name}[{question!r}] must be a doc id or a non-empty list of doc ids, "
+                    f"got {ids!r}"
+                )
+                raise ValueError(msg)
+            out.extend((question, doc_id) for doc_id in ids)
+    elif isinstance(pairs, Sequence) and not isinstance(pairs, str):
+        for k, item in enumerate(pairs):
+            if not (isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2):
+                msg = f"{name}[{k}] must be a (question, doc_id) pair, got {item!r}"
+                raise ValueError(msg)
+            out.append((item[0], item[1]))
+    else:
+        msg = (
+            f"{name} must be a list of (question, doc_id) pairs or a "
+            f"{{question: [doc_ids]}} dict, got {type(pairs).__name__}"
+        )
+        raise ValueError(msg)
+    for k, (question, doc_id) in enumerate(out):
+        if not isinstance(question, str) or not question.strip():
+            msg = f"{name}: question {k} must be a non-empty string, got {question!r}"
+            raise ValueError(msg)
+        if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
+            msg = f"{name}: doc id of question {question!r} must be a string, got {doc_id!r}"
+            raise ValueError(msg)
+    if not out:
+        msg = f"{name} is empty: give at least one (question, doc_id) pair"
+        raise ValueError(msg)
+    return [(q.strip(), str(d)) for q, d in out]
+
+
+def _doc_ids(documents: Sequence[Document]) -> list[str]:
+    missing = [k for k, doc in enumerate(documents) if not getattr(doc, "id", None)]
+    if missing:
+        msg = (
+            f"{len(missing)} document(s) have no id (e.g. positions {missing[:3]}); NUDGE writes "
+            "vectors by id: pass documents read from the store (they carry Document.id)"
+        )
+        raise ValueError(msg)
+    return [str(doc.id) for doc in documents]
+
+
+def pairs_from_metadata(documents: Sequence[Document], key: str) -> list[tuple[str, str]]:
+    """Pairs from a metadata field holding each document's questions.
+
+    The field may hold a list of strings or one string (e.g. a raw LLM answer with numbered
+    lines, parsed by :func:`parse_questions`). Documents without the field are skipped.
+
+    Args:
+        documents: documents with ids (``Document.id``).
+        key: the metadata key.
+
+    Raises:
+        ValueError: a document without id, a malformed field (the document is named), or no
+            document with questions.
+    """
+    ids = _doc_ids(documents)
+    pairs: list[tuple[str, str]] = []
+    for doc_id, doc in zip(ids, documents, strict=True):
+        value = (doc.metadata or {}).get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            questions = parse_questions(value)
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            questions = [v.strip() for v in value if v.strip()]
+        else:
+            msg = (
+                f"metadata[{key!r}] of document {doc_id!r} must be a list of strings or a string "
+                f"of questions, got {type(value).__name__}: {value!r:.80}"
+            )
+            raise ValueError(msg)
+        pairs.extend((q, doc_id) for q in questions)
+    if not pairs:
+        msg = f"no document has questions under metadata key {key!r} ({len(documents)} checked)"
+        raise ValueError(msg)
+    return pairs
+
+
+def _text_of(answer: Any) -> str:
+    content = getattr(answer, "content", answer)
+    if isinstance(content, list):  # content blocks
+        content = "".join(
+            part.get("text", "") if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
+
+
+def generate_pairs(
+    llm: Any,
+    documents: Sequence[Document],
+    *,
+    n_questions: int = 3,
+    prompt: str = DEFAULT_PROMPT,
+    max_concurrency: int | None = None,
+) -> list[tuple[str, str]]:
+    """Ask a LangChain chat model or LLM for ``n_questions`` questions per document.
+
+    The documents are sent with ``llm.batch`` (one prompt each); answers are parsed with
+    :func:`parse_questions` and the first ``n_questions`` kept. A document whose answer
+    holds no question is skipped with a warning.
+
+    Args:
+        llm: any LangChain ``Runnable`` taking a string (chat model or LLM).
+        documents: documents with ids.
+        n_questions: questions per document.
+        prompt: template with ``{n}`` and ``{text}`` placeholders.
+        max_concurrency: passed to ``llm.batch``.
+
+    Raises:
+        ValueError: bad ``n_questions``, documents without ids, or no question at all.
+    """
+    if not isinstance(n_questions, int) or isinstance(n_questions, bool) or n_questions < 1:
+        msg = f"n_questions must be a positive int, got {n_questions!r}"
+        raise ValueError(msg)
+    ids = _doc_ids(documents)
+    prompts = [prompt.format(n=n_questions, text=doc.page_content) for doc in documents]
+    config = {"max_concurrency": max_concurrency} if max_concurrency else None
+    answers = llm.batch(prompts, config=config)
+    pairs: list[tuple[str, str]] = []
+    empty = 0
+    for doc_id, answer in zip(ids, answers, strict=True):
+        questions = parse_questions(_text_of(answer), strict=True)[:n_questions]
+        empty += not questions
+        pairs.extend((q, doc_id) for q in questions)
+    if empty:
+        logger.warning("the LLM gave no parsable question for %d document(s)", empty)
+    if not pairs:
+        msg = f"the LLM gave no parsable question for any of {len(documents)} document(s)"
+        raise ValueError(msg)
+    logger.info("generated %d questions for %d documents", len(pairs), len(documents))
+    return pairs
+
+
+def group_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
+    """Unique questions (first-seen order) with the ids of the documents answering each."""
+    answers: dict[str, list[str]] = {}
+    for question, doc_id in pairs:
+        ids = answers.setdefault(question, [])
+        if doc_id not in ids:
+            ids.append(doc_id)
+    return list(answers), list(answers.values())

@@ -1,0 +1,365 @@
+"""``NudgeRetriever``: a LangChain retriever whose stored document vectors NUDGE fine-tunes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+
+from langchain_nudge._compat import (
+    AsyncCallbackManagerForRetrieverRun,
+    BaseRetriever,
+    CallbackManagerForRetrieverRun,
+    Document,
+    VectorStore,
+)
+from langchain_nudge.questions import (
+    DEFAULT_PROMPT,
+    generate_pairs,
+    group_pairs,
+    normalize_pairs,
+    pairs_from_metadata,
+)
+from langchain_nudge.stores import store_for
+from nudge_rag import TuneResult, WriteBack, check_similarity, make_solver, tune_store
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NudgeRetriever"]
+
+
+class NudgeRetriever(BaseRetriever):
+    """Retriever over a vector store whose document embeddings NUDGE fine-tunes in place.
+
+    NUDGE (arXiv 2409.02343) moves each stored document vector toward the training questions
+    it answers; the embedding model is never touched. :meth:`fit` writes the tuned vectors
+    into the store itself, so every other reader of the store benefits too; :meth:`restore`
+    puts the original vectors back.
+
+    Supported stores: ``InMemoryVectorStore`` (cosine), ``langchain_chroma.Chroma``
+    (embedded or HTTP), ``langchain_qdrant.QdrantVectorStore``; others through
+    :func:`langchain_nudge.register_store` or ``embedding_store=``. NUDGE-N (``variant="n"``)
+    needs a cosine store (or one whose vectors are all unit-norm); NUDGE-M (``"m"``) needs
+    a dot-product store (Chroma ``hnsw:space="ip"``, Qdrant ``Distance.DOT``); a mismatch
+    raises a ``ValueError`` naming the setting to change.
+
+    Originals are never lost: before the first write they are saved next to a persisted
+    store (Chroma persist dir: ``<dir>/nudge_state/<collection>``; Qdrant local path:
+    ``<path>/nudge_state/<collection>``), or in memory for in-memory stores, HTTP clients and
+    others, unless ``state_dir`` is given. A later :meth:`fit` starts from the originals.
+
+    Setup:
+        .. code-block:: bash
+
+            pip install 'nudge-rag[langchain]'          # + [chroma] or [qdrant] for those
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_core.vectorstores import InMemoryVectorStore
+            from langchain_nudge import NudgeRetriever
+
+            store = InMemoryVectorStore(embeddings)
+            store.add_texts(["Paris is the capital of France."], ids=["paris"])
+            retriever = NudgeRetriever(vectorstore=store, k=4)
+
+    Fine-tune:
+        .. code-block:: python
+
+            retriever.fit([("What is France's capital?", "paris")])
+            # or: retriever.fit(metadata_key="questions")  # questions stored in metadata
+            # or: retriever.fit(llm=chat_model, n_questions=3)  # generated questions
+            retriever.restore()  # original vectors back
+
+    Search:
+        .. code-block:: python
+
+            docs = retriever.invoke("capital of France", k=2)
+
+    Returned documents carry their store id in ``Document.id`` (for Qdrant it is copied from
+    ``metadata["_id"]``).
+
+    Use as retriever:
+        .. code-block:: python
+
+            chain = retriever | format_docs | prompt | llm
+
+    Attributes:
+        vectorstore: the LangChain vector store searched and tuned.
+        k: documents returned per query (``invoke(query, k=...)`` overrides it).
+        variant: ``"n"`` (NUDGE-N, default) or ``"m"`` (NUDGE-M).
+        search_kwargs: extra arguments for ``vectorstore.similarity_search`` (e.g. a filter).
+        state_dir: where originals live; ``None`` picks the store's default (above).
+        solver_params: keyword arguments for the solver (e.g. ``{"gamma": 0.3}``).
+        embedding_store: an :class:`nudge_rag.EmbeddingStore` to use instead of the adapter
+            :func:`langchain_nudge.store_for` picks.
+        batch_size: ids read or written per store call.
+        embed_batch_size: questions per ``embed_documents`` call.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    vectorstore: VectorStore
+    k: int = Field(default=4, ge=1)
+    variant: Literal["n", "m"] = "n"
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
+    state_dir: str | Path | None = None
+    solver_params: dict[str, Any] = Field(default_factory=dict)
+    embedding_store: Any = Field(default=None, exclude=True)
+    batch_size: int = Field(default=512, ge=1)
+    embed_batch_size: int = Field(default=64, ge=1)
+
+    _store: Any = PrivateAttr(default=None)
+    _writeback: WriteBack | None = PrivateAttr(default=None)
+    _result: TuneResult | None = PrivateAttr(default=None)
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _variant_key(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.lower().replace("nudge", "").strip("-_ ")
+        return value
+
+    # ------------------------------------------------------------------ store access
+    @property
+    def store(self) -> Any:
+        """The :class:`nudge_rag.EmbeddingStore` reading and writing the stored vectors."""
+        if self._store is None:
+            self._store = self.embedding_store or store_for(self.vectorstore)
+        return self._store
+
+    @property
+    def writeback(self) -> WriteBack:
+        """The :class:`nudge_rag.WriteBack` holding the originals (see ``state_dir``)."""
+        if self._writeback is None:
+            state_dir = self.state_dir
+            if state_dir is None:
+                default = getattr(self.store, "default_state_dir", None)
+                state_dir = default() if callable(default) else None
+            if state_dir is None:
+                logger.info("originals of %s are kept in memory", type(self.vectorstore).__name__)
+            else:
+                logger.info("originals are kept in %s", state_dir)
+            self._writeback = WriteBack(self.store, state_dir, batch_size=self.batch_size)
+        return self._writeback
+
+    @property
+    def tune_result(self) -> TuneResult | None:
+        """What the last :meth:`fit` did (``None`` before any)."""
+        return self._result
+
+    # ------------------------------------------------------------------ search
+    @staticmethod
+    def _with_ids(docs: list[Document]) -> list[Document]:
+        """Copy ``metadata["_id"]`` (where langchain-qdrant puts it) to ``Document.id``."""
+        for doc in docs:
+            if doc.id is None and doc.metadata.get("_id") is not None:
+                doc.id = str(doc.metadata["_id"])
+        return docs
+
+    def _search_args(self, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        k = kwargs.pop("k", self.k)
+        return k, {**self.search_kwargs, **kwargs}
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, params = self._search_args(kwargs)
+        return self._with_ids(self.vectorstore.similarity_search(query, k=k, **params))
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, params = self._search_args(kwargs)
+        return self._with_ids(await self.vectorstore.asimilarity_search(query, k=k, **params))
+
+    # ------------------------------------------------------------------ tuning
+    def stored_documents(self) -> list[Document]:
+        """Every document in the store, with its id, read in batches."""
+        ids = self.store.list_ids()
+        docs: list[Document] = []
+        for start in range(0, len(ids), self.batch_size):
+            docs.extend(self.vectorstore.get_by_ids(ids[start : start + self.batch_size]))
+        return self._with_ids(docs)
+
+    def embed_questions(self, questions: Sequence[str]) -> np.ndarray:
+        """Embed questions with the store's own embeddings, ``embed_batch_size`` at a time.
+
+        ``embed_documents`` is used because it batches; for the symmetric models most RAG
+        stores use it gives the same vectors as ``embed_query``. For a model with a
+        query-specific prefix, embed the questions yourself and call :meth:`fit_embeddings`.
+
+        Returns:
+            ``(len(questions), dim)`` float32 array.
+        """
+        embeddings = self.vectorstore.embeddings
+        if embeddings is None:
+            msg = (
+                f"{type(self.vectorstore).__name__} has no embeddings object to embed the "
+                "questions with; create it with one, or call fit_embeddings()"
+            )
+            raise ValueError(msg)
+        blocks = []
+        for start in range(0, len(questions), self.embed_batch_size):
+            batch = list(questions[start : start + self.embed_batch_size])
+            blocks.append(np.asarray(embeddings.embed_documents(batch), dtype=np.float32))
+        out = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(questions):
+            msg = f"embed_documents returned shape {out.shape} for {len(questions)} questions"
+            raise ValueError(msg)
+        return out
+
+    def fit(
+        self,
+        pairs: Any = None,
+        *,
+        val_pairs: Any = None,
+        metadata_key: str | None = None,
+        llm: Any = None,
+        documents: Sequence[Document] | None = None,
+        n_questions: int = 3,
+        prompt: str = DEFAULT_PROMPT,
+        max_concurrency: int | None = None,
+    ) -> NudgeRetriever:
+        """Fine-tune the stored document vectors on training questions and write them back.
+
+        Give exactly one source of training questions: ``pairs``, ``metadata_key`` or
+        ``llm``. Validation questions choose the step size; without ``val_pairs`` the solver
+        holds out part of the training questions.
+
+        Args:
+            pairs: ``[(question, doc_id), ...]`` or ``{question: [doc_ids]}``.
+            val_pairs: validation pairs, same forms as ``pairs``.
+            metadata_key: read each document's questions from this metadata key (a list of
+                strings or a string of numbered lines).
+            llm: a LangChain chat model or LLM generating ``n_questions`` per document.
+            documents: for ``metadata_key``/``llm``: the documents to use (with ids);
+                default: every document in the store.
+            n_questions: questions generated per document with ``llm``.
+            prompt: template for ``llm`` with ``{n}`` and ``{text}``.
+            max_concurrency: parallel ``llm`` calls (``llm.batch``'s default if ``None``).
+
+        Returns:
+            ``self``; :attr:`tune_result` says what moved.
+
+        Raises:
+            ValueError: no or several sources, malformed pairs or metadata, an empty store,
+                a dimension or metric mismatch.
+            KeyError: a document id that is not in the store.
+            TypeError: a store whose vectors cannot be read or written.
+            nudge_rag.WriteBackError: an interrupted write-back is pending.
+        """
+        given = [
+            name
+            for name, v in (("pairs", pairs), ("metadata_key", metadata_key), ("llm", llm))
+            if v is not None
+        ]
+        if len(given) != 1:
+            msg = f"give exactly one of pairs, metadata_key or llm; got {given or 'none'}"
+            raise ValueError(msg)
+        solver = make_solver(self.variant, **self.solver_params)
+        store = self.store
+        check_similarity(solver.similarity, str(store.distance), unit_norm=True)
+        if pairs is not None:
+            train = normalize_pairs(pairs)
+        else:
+            docs = self.stored_documents() if documents is None else list(documents)
+            if not docs:
+                msg = "the store is empty: add documents (with their embeddings) before tuning"
+                raise ValueError(msg)
+            if metadata_key is not None:
+                train = pairs_from_metadata(docs, metadata_key)
+            else:
+                train = generate_pairs(
+                    llm,
+                    docs,
+                    n_questions=n_questions,
+                    prompt=prompt,
+                    max_concurrency=max_concurrency,
+                )
+        val = None if val_pairs is None else normalize_pairs(val_pairs, "val_pairs")
+        train_q, train_ids = group_pairs(train)
+        val_q, val_ids = group_pairs(val) if val is not None else ([], [])
+        embedded = self.embed_questions(train_q + val_q)
+        return self.fit_embeddings(
+            embedded[: len(train_q)],
+            train_ids,
+            embedded[len(train_q) :] if val is not None else None,
+            val_ids if val is not None else None,
+        )
+
+    def fit_embeddings(
+        self,
+        train_embeddings: np.ndarray,
+        train_answer_ids: Sequence[Sequence[str]],
+        val_embeddings: np.ndarray | None = None,
+        val_answer_ids: Sequence[Sequence[str]] | None = None,
+    ) -> NudgeRetriever:
+        """Like :meth:`fit`, with questions already embedded.
+
+        Args:
+            train_embeddings: ``(n_train, dim)`` float32 array of training questions.
+            train_answer_ids: for each training question, the ids of its documents.
+            val_embeddings: optional ``(n_val, dim)`` float32 validation questions.
+            val_answer_ids: their document ids.
+
+        Returns:
+            ``self``.
+        """
+        solver = make_solver(self.variant, **self.solver_params)
+        train_embeddings = np.asarray(train_embeddings, dtype=np.float32)
+        self._check_dim(train_embeddings, "training question embeddings")
+        if val_embeddings is not None:
+            val_embeddings = np.asarray(val_embeddings, dtype=np.float32)
+            self._check_dim(val_embeddings, "validation question embeddings")
+        self._result = tune_store(
+            self.writeback,
+            solver,
+            train_embeddings,
+            [list(ids) for ids in train_answer_ids],
+            val_embeddings,
+            None if val_answer_ids is None else [list(ids) for ids in val_answer_ids],
+        )
+        logger.info(
+            "NUDGE-%s moved %d of %d stored vectors (gamma=%s)",
+            self.variant.upper(),
+            len(self._result.changed_ids),
+            self._result.n_docs,
+            self._result.gamma,
+        )
+        return self
+
+    def _check_dim(self, embeddings: np.ndarray, name: str) -> None:
+        ids = self.store.list_ids()
+        if not ids:
+            msg = "the store is empty: add documents (with their embeddings) before tuning"
+            raise ValueError(msg)
+        dim = self.store.get_vectors(ids[:1]).shape[1]
+        if embeddings.ndim != 2 or embeddings.shape[1] != dim:
+            msg = (
+                f"{name} have shape {embeddings.shape}, but the store holds {dim}-dimensional "
+                "vectors: embed the questions with the model that embedded the documents"
+            )
+            raise ValueError(msg)
+
+    def restore(self) -> int:
+        """Write the original vectors back into the store.
+
+        Returns:
+            How many vectors were restored.
+        """
+        restored = self.writeback.restore()
+        self._result = None
+        return restored
+
+    def resume(self) -> bool:
+        """Finish a write-back that was interrupted (e.g. by a crash).
+
+        Returns:
+            ``True`` if a pending write-back was completed.
+        """
+        return self.writeback.resume()

@@ -1,0 +1,37 @@
+"""LlamaIndex integration of nudge-rag: NUDGE fine-tuning of the embeddings in a vector index.
+
+``NudgeFinetuneEngine.from_index(index, ...)`` tunes the vectors a ``VectorStoreIndex``
+already stores (``SimpleVectorStore``, Chroma, Qdrant); ``Nudge`` is a drop-in for
+``llama_index.experimental.nudge.Nudge``.
+"""
+
+from llama_index_nudge.base import Nudge, NudgeFinetuneEngine
+from llama_index_nudge.questions import (
+    DEFAULT_QUESTION_PROMPT,
+    DEFAULT_QUESTIONS_KEY,
+    generate_questions,
+    parse_questions,
+    questions_from_metadata,
+)
+from llama_index_nudge.stores import (
+    ChromaAdapter,
+    QdrantAdapter,
+    SimpleVectorStoreAdapter,
+    adapter_for,
+    default_state_dir,
+)
+
+__all__ = [
+    "DEFAULT_QUESTIONS_KEY",
+    "DEFAULT_QUESTION_PROMPT",
+    "ChromaAdapter",
+    "Nudge",
+    "NudgeFinetuneEngine",
+    "QdrantAdapter",
+    "SimpleVectorStoreAdapter",
+    "adapter_for",
+    "default_state_dir",
+    "generate_questions",
+    "parse_questions",
+    "questions_from_metadata",
+]

@@ -1,0 +1,186 @@
+"""Training questions for NUDGE: parse them from node metadata, or generate them with an LLM.
+
+LlamaIndex's ``QuestionsAnsweredExtractor`` stores one raw LLM answer per node under
+``questions_this_excerpt_can_answer``: a string of numbered lines, often with a preamble
+("Here are 3 questions this context can answer:"). :func:`parse_questions` turns such a string
+(or a list of strings) into clean questions; :func:`generate_questions` asks any LlamaIndex
+``LLM`` for questions about each node and parses the answer the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+try:
+    from llama_index.core.llms import LLM
+    from llama_index.core.prompts import PromptTemplate
+    from llama_index.core.schema import BaseNode, MetadataMode
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    msg = "llama_index_nudge needs llama-index-core: pip install 'nudge-rag[llama-index]'"
+    raise ImportError(msg) from err
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_QUESTIONS_KEY",
+    "DEFAULT_QUESTION_PROMPT",
+    "generate_questions",
+    "parse_questions",
+    "questions_from_metadata",
+]
+
+DEFAULT_QUESTIONS_KEY = "questions_this_excerpt_can_answer"
+
+DEFAULT_QUESTION_PROMPT = PromptTemplate(
+    "Here is an excerpt from a document:\n"
+    "---------------------\n"
+    "{context_str}\n"
+    "---------------------\n"
+    "Write {num_questions} different questions that a user might ask and that this excerpt "
+    "answers. Write one question per line, numbered 1., 2., ... and nothing else.\n"
+)
+
+# "1." "1)" "1:" "(1)" "- " "* " "• " "Q1:" "Question 1:" at the start of a line.
+_MARKER = re.compile(
+    r"^\s*(?:\(?\d+\s*[.):\]-]|[-*\u2022]|q(?:uestion)?\s*\d+\s*[.):-]?)\s*",
+    re.IGNORECASE,
+)
+_PREAMBLE = re.compile(
+    r"^(?:here\s+(?:are|is)|sure\b|certainly\b|okay\b|ok\b|the following\b)", re.IGNORECASE
+)
+
+
+def parse_questions(raw: str | Sequence[str] | None) -> list[str]:
+    """Clean questions out of an LLM answer or a list of strings.
+
+    A string is split into lines; blank lines are dropped and numbering or bullets
+    (``1.``, ``1)``, ``- ``, ``Q1:``) are stripped. When some lines are numbered or bulleted,
+    only those are kept (so a preamble such as "Here are 3 questions:" or a closing remark is
+    skipped); otherwise every line that is not a preamble (ending with ``:`` or starting with
+    "Here are", "Sure", ...) is kept. A list holds one question per item: items are only
+    stripped (empty ones dropped).
+
+    Args:
+        raw: the metadata value or LLM answer.
+
+    Returns:
+        The questions, in order, without duplicates.
+
+    Raises:
+        TypeError: ``raw`` is neither a string nor a sequence of strings.
+    """
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        lines = raw.splitlines()
+    elif isinstance(raw, Sequence) and all(isinstance(item, str) for item in raw):
+        return list(dict.fromkeys(item.strip() for item in raw if item.strip()))
+    else:
+        msg = (
+            f"questions must be a string or a list of strings, got {type(raw).__name__}: "
+            f"{raw!r:.80}"
+        )
+        raise TypeError(msg)
+    marked: list[str] = []
+    plain: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        match = _MARKER.match(text)
+        if match and match.end() < len(text):
+            marked.append(text[match.end() :].strip())
+        elif not text.endswith(":") and not _PREAMBLE.match(text):
+            plain.append(text)
+    chosen = marked if marked else plain
+    return list(dict.fromkeys(q for q in chosen if q))
+
+
+def questions_from_metadata(
+    nodes: Iterable[BaseNode], key: str = DEFAULT_QUESTIONS_KEY
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Read ``(question, node_id)`` pairs from ``node.metadata[key]``.
+
+    Logs a warning when ``key`` is part of the embedded text (not in the node's
+    ``excluded_embed_metadata_keys``): the questions then already sit in the vector, which
+    leaks training queries into the embedding and weakens what NUDGE can learn.
+
+    Args:
+        nodes: the nodes to read.
+        key: the metadata key (default: ``QuestionsAnsweredExtractor``'s).
+
+    Returns:
+        ``(pairs, skipped)``: the pairs, and the ids of nodes whose value under ``key`` is
+        missing, empty or malformed (each logged).
+    """
+    pairs: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    leaked = 0
+    for node in nodes:
+        value = node.metadata.get(key)
+        try:
+            questions = parse_questions(value)
+        except TypeError as err:
+            logger.warning("node %s: metadata[%r] skipped: %s", node.node_id, key, err)
+            skipped.append(node.node_id)
+            continue
+        if not questions:
+            skipped.append(node.node_id)
+            continue
+        if key not in node.excluded_embed_metadata_keys:
+            leaked += 1
+        pairs.extend((q, node.node_id) for q in questions)
+    if leaked:
+        logger.warning(
+            "%d node(s) embed metadata[%r] in their text (the key is not in "
+            "excluded_embed_metadata_keys): the training questions are inside the embedded "
+            "text. Add the key to node.excluded_embed_metadata_keys before indexing.",
+            leaked,
+            key,
+        )
+    if skipped:
+        logger.info("%d node(s) have no usable questions under metadata[%r]", len(skipped), key)
+    return pairs, skipped
+
+
+def generate_questions(
+    nodes: Iterable[BaseNode],
+    llm: LLM,
+    num_questions: int = 3,
+    prompt: PromptTemplate | str | None = None,
+) -> list[tuple[str, str]]:
+    """Ask ``llm`` for ``num_questions`` questions about each node.
+
+    Args:
+        nodes: the nodes (their text, without metadata, is shown to the LLM).
+        llm: any LlamaIndex ``LLM`` (``llm.complete`` is called once per node).
+        num_questions: questions kept per node (extra lines are dropped).
+        prompt: a template with ``{context_str}`` and ``{num_questions}``; default
+            :data:`DEFAULT_QUESTION_PROMPT`.
+
+    Returns:
+        ``(question, node_id)`` pairs.
+
+    Raises:
+        ValueError: ``num_questions`` is not a positive integer.
+    """
+    if not isinstance(num_questions, int) or isinstance(num_questions, bool) or num_questions < 1:
+        msg = f"num_questions must be a positive integer, got {num_questions!r}"
+        raise ValueError(msg)
+    template: Any = DEFAULT_QUESTION_PROMPT if prompt is None else prompt
+    if isinstance(template, str):
+        template = PromptTemplate(template)
+    pairs: list[tuple[str, str]] = []
+    for node in nodes:
+        context = node.get_content(metadata_mode=MetadataMode.NONE)
+        answer = llm.complete(
+            template.format(context_str=context, num_questions=num_questions)
+        ).text
+        questions = parse_questions(answer)[:num_questions]
+        if not questions:
+            logger.warning("node %s: the LLM returned no parsable question", node.node_id)
+        pairs.extend((q, node.node_id) for q in questions)
+    return pairs

