@@ -49,8 +49,10 @@ class NudgeRetriever(BaseRetriever):
 
     Originals are never lost: before the first write they are saved next to a persisted
     store (Chroma persist dir: ``<dir>/nudge_state/<collection>``; Qdrant local path:
-    ``<path>/nudge_state/<collection>``), or in memory for in-memory stores, HTTP clients and
-    others, unless ``state_dir`` is given. A later :meth:`fit` starts from the originals.
+    ``<path>/nudge_state/<collection>``), or in memory for in-memory stores, unless
+    ``state_dir`` is given. A store on a server (Chroma HTTP, Qdrant server) needs
+    ``state_dir``: originals kept only in memory would not outlive the process. A later
+    :meth:`fit` starts from the originals.
 
     Setup:
         .. code-block:: bash
@@ -138,6 +140,12 @@ class NudgeRetriever(BaseRetriever):
         if self._writeback is None:
             state_dir = self.state_dir
             if state_dir is None:
+                if getattr(self.store, "is_remote", False):
+                    msg = (
+                        f"{type(self.vectorstore).__name__} lives on a server: pass "
+                        "state_dir=<folder> so that the original vectors outlive this process"
+                    )
+                    raise ValueError(msg)
                 default = getattr(self.store, "default_state_dir", None)
                 state_dir = default() if callable(default) else None
             if state_dir is None:

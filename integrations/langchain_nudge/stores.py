@@ -22,7 +22,6 @@ only uses the objects the vector store already holds.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from langchain_nudge._compat import Document, Embeddings, VectorStore
+from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ __all__ = [
     "store_for",
 ]
 
-STATE_FOLDER = "nudge_state"
 
 
 def _missing(ids: Sequence[str], found: set[str] | dict[str, Any]) -> KeyError:
@@ -124,20 +123,14 @@ class InMemoryStore:
         return None
 
 
-# ====================================================================== Chroma
-_CHROMA_SPACES = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
+# ====================================================================== Chroma / Qdrant
+class ChromaStore(ChromaCollectionStore):
+    """:class:`nudge_rag.EmbeddingStore` over a ``langchain_chroma.Chroma`` vector store.
 
-
-class ChromaStore:
-    """:class:`nudge_rag.EmbeddingStore` over a ``langchain_chroma.Chroma`` collection.
-
-    Works the same with an embedded (``PersistentClient`` / ephemeral) and an HTTP client.
-    Vectors are read with ``collection.get(ids=..., include=["embeddings"])`` and written
-    with ``collection.update(ids=..., embeddings=...)``, an in-place update.
-
-    ``distance`` comes from the collection's HNSW space (``configuration["hnsw"]["space"]``
-    or ``metadata["hnsw:space"]``; Chroma's default is ``"l2"``); ``"ip"`` is reported as
-    ``"dot"``.
+    The core's :class:`~nudge_rag.backends.ChromaCollectionStore` over the store's collection
+    (embedded or HTTP client): reads with ``collection.get``, writes with
+    ``collection.update`` (in place), searches with ``collection.query``. ``distance`` is the
+    collection's space (Chroma's default is ``"l2"``; ``"ip"`` is reported as ``"dot"``).
 
     Args:
         vectorstore: a ``Chroma`` vector store.
@@ -145,82 +138,18 @@ class ChromaStore:
     """
 
     def __init__(self, vectorstore: Any, *, page_size: int = 5000):
+        super().__init__(vectorstore._collection, page_size=page_size)
         self.vectorstore = vectorstore
-        self.collection = vectorstore._collection
-        self.page_size = page_size
-        self.distance = self._read_distance()
-
-    def _read_distance(self) -> str:
-        space = None
-        try:
-            config = self.collection.configuration
-        except Exception:  # noqa: BLE001 - older clients have no configuration
-            config = None
-        if isinstance(config, dict):
-            for index in ("hnsw", "spann"):
-                section = config.get(index)
-                if isinstance(section, dict) and section.get("space"):
-                    space = section["space"]
-                    break
-        if space is None:
-            space = (self.collection.metadata or {}).get("hnsw:space", "l2")
-        space = getattr(space, "value", space)
-        if space not in _CHROMA_SPACES:
-            msg = f"Chroma collection {self.collection.name!r} uses unsupported space {space!r}"
-            raise ValueError(msg)
-        return _CHROMA_SPACES[space]
-
-    def list_ids(self) -> list[str]:
-        """All ids, in Chroma's storage order."""
-        ids: list[str] = []
-        offset = 0
-        while True:
-            page = self.collection.get(include=[], limit=self.page_size, offset=offset)["ids"]
-            ids.extend(page)
-            if len(page) < self.page_size:
-                return ids
-            offset += len(page)
-
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored vectors of ``ids``, ``(len(ids), dim)`` float32, in the order asked."""
-        ids = list(ids)
-        if not ids:
-            return np.zeros((0, 0), dtype=np.float32)
-        got = self.collection.get(ids=ids, include=["embeddings"])
-        vectors = got["embeddings"] if got["embeddings"] is not None else []
-        by_id = dict(zip(got["ids"], vectors, strict=True))
-        if len(by_id) != len(set(ids)):
-            raise _missing(ids, by_id)
-        return _as_rows([by_id[i] for i in ids], len(ids), "Chroma embeddings")
-
-    def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Update the embeddings of existing ``ids`` in place; documents and metadata stay."""
-        vectors = _check_write(ids, vectors)
-        if ids:
-            self.collection.update(ids=list(ids), embeddings=vectors)
-
-    def default_state_dir(self) -> Path | None:
-        """``<persist dir>/nudge_state/<collection>`` for a persistent client, else ``None``."""
-        client = self.vectorstore._client
-        try:
-            settings = client.get_settings()
-        except Exception:  # noqa: BLE001 - clients without settings keep state in memory
-            return None
-        if getattr(settings, "is_persistent", False) and settings.persist_directory:
-            if type(client).__name__ != "HttpClient" and os.path.isdir(settings.persist_directory):
-                return Path(settings.persist_directory) / STATE_FOLDER / self.collection.name
-        return None
 
 
-# ====================================================================== Qdrant
-class QdrantStore:
+class QdrantStore(QdrantCollectionStore):
     """:class:`nudge_rag.EmbeddingStore` over a ``langchain_qdrant.QdrantVectorStore``.
 
-    Reads with ``client.retrieve(..., with_vectors=...)`` and writes with
-    ``client.update_vectors`` (in place; payloads stay). Respects ``vector_name`` (``""``
-    is the unnamed vector). ``distance`` is read from the collection's vector config:
-    ``COSINE`` -> ``"cosine"``, ``DOT`` -> ``"dot"``, ``EUCLID`` -> ``"l2"``. Under
-    ``COSINE`` Qdrant normalizes what it stores, which NUDGE-N output already is.
+    The core's :class:`~nudge_rag.backends.QdrantCollectionStore` over the store's client,
+    collection and ``vector_name`` (``""`` is the unnamed vector): reads with
+    ``client.retrieve``, writes with ``client.update_vectors`` (payloads stay). ``distance``
+    comes from the collection (``COSINE``, ``DOT``, ``EUCLID``); under ``COSINE`` Qdrant
+    normalizes what it stores, which NUDGE-N output already is.
 
     Args:
         vectorstore: a ``QdrantVectorStore`` in dense or hybrid retrieval mode.
@@ -228,11 +157,6 @@ class QdrantStore:
     """
 
     def __init__(self, vectorstore: Any, *, page_size: int = 1000):
-        self.vectorstore = vectorstore
-        self.client = vectorstore.client
-        self.collection_name = vectorstore.collection_name
-        self.vector_name = vectorstore.vector_name
-        self.page_size = page_size
         mode = getattr(getattr(vectorstore, "retrieval_mode", None), "value", "dense")
         if str(mode).lower() == "sparse":
             msg = (
@@ -240,105 +164,13 @@ class QdrantStore:
                 "Use RetrievalMode.DENSE or HYBRID."
             )
             raise ValueError(msg)
-        self.distance = self._read_distance()
-        self._point_ids: dict[str, Any] = {}
-
-    def _read_distance(self) -> str:
-        vectors = self.client.get_collection(self.collection_name).config.params.vectors
-        if isinstance(vectors, dict):
-            if self.vector_name not in vectors:
-                msg = (
-                    f"Qdrant collection {self.collection_name!r} has no dense vector named "
-                    f"{self.vector_name!r}; it has {sorted(vectors)}. Set vector_name."
-                )
-                raise ValueError(msg)
-            params = vectors[self.vector_name]
-        else:
-            if self.vector_name:
-                msg = (
-                    f"Qdrant collection {self.collection_name!r} has one unnamed vector, but "
-                    f"vector_name={self.vector_name!r}. Set vector_name=''."
-                )
-                raise ValueError(msg)
-            params = vectors
-        name = str(getattr(params.distance, "value", params.distance)).lower()
-        mapping = {"cosine": "cosine", "dot": "dot", "euclid": "l2"}
-        if name not in mapping:
-            msg = f"Qdrant distance {params.distance} is not supported; use COSINE, DOT or EUCLID"
-            raise ValueError(msg)
-        return mapping[name]
-
-    def _pid(self, doc_id: str) -> Any:
-        pid = self._point_ids.get(doc_id)
-        if pid is None:
-            pid = int(doc_id) if doc_id.isdigit() else doc_id
-        return pid
-
-    def list_ids(self) -> list[str]:
-        """All point ids as strings, in scroll order."""
-        ids: list[str] = []
-        offset = None
-        while True:
-            points, offset = self.client.scroll(
-                self.collection_name,
-                limit=self.page_size,
-                offset=offset,
-                with_payload=False,
-                with_vectors=False,
-            )
-            for point in points:
-                self._point_ids[str(point.id)] = point.id
-                ids.append(str(point.id))
-            if offset is None:
-                return ids
-
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored vectors of ``ids``, ``(len(ids), dim)`` float32, in the order asked."""
-        ids = list(ids)
-        if not ids:
-            return np.zeros((0, 0), dtype=np.float32)
-        try:
-            records = self.client.retrieve(
-                self.collection_name,
-                ids=[self._pid(i) for i in ids],
-                with_payload=False,
-                with_vectors=[self.vector_name] if self.vector_name else True,
-            )
-        except ValueError as err:  # malformed point id
-            msg = f"ids not valid in Qdrant (UUID or unsigned int expected), e.g. {ids[:3]!r}"
-            raise KeyError(msg) from err
-        by_id = {}
-        for record in records:
-            vector = record.vector
-            if isinstance(vector, dict):
-                vector = vector[self.vector_name]
-            by_id[str(record.id)] = vector
-        if len(by_id) != len(set(ids)):
-            raise _missing(ids, by_id)
-        return _as_rows([by_id[i] for i in ids], len(ids), "Qdrant vectors")
-
-    def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Replace the ``vector_name`` vector of existing points; payloads stay."""
-        from qdrant_client import models
-
-        vectors = _check_write(ids, vectors)
-        if not ids:
-            return
-        points = [
-            models.PointVectors(
-                id=self._pid(i),
-                vector={self.vector_name: v.tolist()} if self.vector_name else v.tolist(),
-            )
-            for i, v in zip(ids, vectors, strict=True)
-        ]
-        self.client.update_vectors(self.collection_name, points=points, wait=True)
-
-    def default_state_dir(self) -> Path | None:
-        """``<local path>/nudge_state/<collection>`` for local on-disk mode, else ``None``."""
-        location = getattr(getattr(self.client, "_client", None), "location", None)
-        if isinstance(location, str) and location != ":memory:" and os.path.isdir(location):
-            return Path(location) / STATE_FOLDER / self.collection_name
-        return None
+        super().__init__(
+            vectorstore.client,
+            vectorstore.collection_name,
+            vectorstore.vector_name,
+            page_size=page_size,
+        )
+        self.vectorstore = vectorstore
 
 
 # ====================================================================== fallback

@@ -18,7 +18,6 @@ restore) lives in :class:`nudge_rag.WriteBack`.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError(msg) from err
 
 from nudge_rag import EmbeddingStore
+from nudge_rag.backends import STATE_FOLDER, ChromaCollectionStore, QdrantCollectionStore
 
 logger = logging.getLogger(__name__)
 
@@ -106,195 +106,11 @@ class SimpleVectorStoreAdapter:
             store[node_id] = row
 
 
-_CHROMA_SPACES = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
+#: The core's Chroma backend (one implementation for every framework).
+ChromaAdapter = ChromaCollectionStore
 
-
-class ChromaAdapter:
-    """:class:`~nudge_rag.EmbeddingStore` over a Chroma collection.
-
-    Vectors are replaced with ``collection.update(ids=..., embeddings=...)``, which keeps the
-    documents and metadata (never delete-then-add).
-
-    Args:
-        collection: a ``chromadb`` collection (``ChromaVectorStore.client`` returns it).
-
-    Raises:
-        ValueError: the collection's space is not ``cosine``, ``ip`` or ``l2``.
-    """
-
-    def __init__(self, collection: Any):
-        self.collection = collection
-        self.distance = _CHROMA_SPACES[self._space()]
-
-    def _space(self) -> str:
-        space = None
-        config = getattr(self.collection, "configuration", None) or {}
-        for section in ("hnsw", "spann"):
-            part = config.get(section) if isinstance(config, dict) else None
-            if isinstance(part, dict) and part.get("space"):
-                space = part["space"]
-                break
-        if space is None:
-            space = (self.collection.metadata or {}).get("hnsw:space", "l2")
-        space = str(space)
-        if space not in _CHROMA_SPACES:
-            msg = (
-                f"Chroma collection {self.collection.name!r} uses space {space!r}; expected one "
-                f"of {list(_CHROMA_SPACES)}"
-            )
-            raise ValueError(msg)
-        return space
-
-    def list_ids(self) -> list[str]:
-        """All ids in the collection, page by page."""
-        ids: list[str] = []
-        offset = 0
-        while True:
-            page = self.collection.get(include=[], limit=_PAGE, offset=offset)["ids"]
-            ids.extend(page)
-            if len(page) < _PAGE:
-                return ids
-            offset += len(page)
-
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored vectors of ``ids`` (Chroma returns them in its own order; reordered here)."""
-        ids = list(ids)
-        if not ids:
-            return np.zeros((0, 0), dtype=np.float32)
-        result = self.collection.get(ids=ids, include=["embeddings"])
-        rows = {node_id: k for k, node_id in enumerate(result["ids"])}
-        unknown = [i for i in ids if i not in rows]
-        if unknown:
-            raise _unknown_ids_error(unknown, f"Chroma collection {self.collection.name!r}")
-        embeddings = result["embeddings"]
-        if embeddings is None or any(embeddings[rows[i]] is None for i in ids):
-            msg = f"Chroma collection {self.collection.name!r} returned no embeddings for some ids"
-            raise ValueError(msg)
-        stored = np.asarray(embeddings, dtype=np.float32)
-        return stored[np.fromiter((rows[i] for i in ids), dtype=np.int64, count=len(ids))]
-
-    def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """``collection.update`` of the embeddings only (Chroma silently skips unknown ids)."""
-        ids = list(ids)
-        matrix = _as_matrix(ids, vectors)
-        if ids:
-            self.collection.update(ids=ids, embeddings=matrix)
-
-
-_QDRANT_DISTANCES = {"Cosine": "cosine", "Dot": "dot", "Euclid": "l2"}
-
-
-def _qdrant_key(point_id: Any) -> str:
-    """Canonical text of a Qdrant point id (UUIDs come back lower-case and hyphenated)."""
-    text = str(point_id)
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return text
-
-
-class QdrantAdapter:
-    """:class:`~nudge_rag.EmbeddingStore` over a Qdrant collection's dense vectors.
-
-    Vectors are replaced with ``client.update_vectors``, which keeps the payload (text and
-    metadata). Under ``Distance.COSINE`` Qdrant normalizes what it stores; NUDGE-N writes
-    unit-norm vectors, so they are kept as written.
-
-    Args:
-        client: a ``qdrant_client.QdrantClient``.
-        collection_name: the collection.
-        vector_name: the dense vector's name (LlamaIndex uses ``"text-dense"``; ``""`` for an
-            unnamed vector).
-
-    Raises:
-        ValueError: the collection has no such dense vector, or a distance other than
-            cosine, dot or Euclid.
-    """
-
-    def __init__(self, client: Any, collection_name: str, vector_name: str = "text-dense"):
-        self.client = client
-        self.collection_name = collection_name
-        self.vector_name = vector_name
-        vectors = client.get_collection(collection_name).config.params.vectors
-        if isinstance(vectors, dict):
-            if vector_name not in vectors:
-                msg = (
-                    f"Qdrant collection {collection_name!r} has no dense vector {vector_name!r}; "
-                    f"it has {sorted(vectors)}"
-                )
-                raise ValueError(msg)
-            params = vectors[vector_name]
-            self._named = True
-        else:
-            params = vectors
-            self._named = False
-        distance = getattr(params.distance, "value", str(params.distance))
-        if distance not in _QDRANT_DISTANCES:
-            msg = (
-                f"Qdrant collection {collection_name!r} uses distance {distance!r}; NUDGE needs "
-                "Cosine, Dot or Euclid"
-            )
-            raise ValueError(msg)
-        self.distance = _QDRANT_DISTANCES[distance]
-
-    def list_ids(self) -> list[str]:
-        """All point ids, scrolled page by page."""
-        ids: list[str] = []
-        offset = None
-        while True:
-            points, offset = self.client.scroll(
-                self.collection_name,
-                limit=_PAGE,
-                offset=offset,
-                with_payload=False,
-                with_vectors=False,
-            )
-            ids.extend(str(p.id) for p in points)
-            if offset is None:
-                return ids
-
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored dense vectors of ``ids``, in the order asked."""
-        ids = list(ids)
-        if not ids:
-            return np.zeros((0, 0), dtype=np.float32)
-        with_vectors: Any = [self.vector_name] if self._named else True
-        points = self.client.retrieve(
-            self.collection_name, ids=ids, with_vectors=with_vectors, with_payload=False
-        )
-        found = {}
-        for point in points:
-            vector = (
-                point.vector.get(self.vector_name)
-                if isinstance(point.vector, dict)
-                else point.vector
-            )
-            found[_qdrant_key(point.id)] = vector
-        keys = [_qdrant_key(i) for i in ids]
-        unknown = [i for i, k in zip(ids, keys, strict=True) if k not in found]
-        if unknown:
-            raise _unknown_ids_error(unknown, f"Qdrant collection {self.collection_name!r}")
-        missing = [i for i, k in zip(ids, keys, strict=True) if found[k] is None]
-        if missing:
-            msg = (
-                f"{len(missing)} point(s) have no vector {self.vector_name!r}, e.g. {missing[:3]!r}"
-            )
-            raise ValueError(msg)
-        return np.asarray([found[k] for k in keys], dtype=np.float32)
-
-    def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """``client.update_vectors`` of the dense vector only (payload kept)."""
-        from qdrant_client.http import models as rest
-
-        ids = list(ids)
-        matrix = _as_matrix(ids, vectors)
-        if not ids:
-            return
-        points = [
-            rest.PointVectors(id=i, vector={self.vector_name: row} if self._named else row)
-            for i, row in zip(ids, matrix.tolist(), strict=True)
-        ]
-        self.client.update_vectors(self.collection_name, points=points, wait=True)
+#: The core's Qdrant backend; LlamaIndex names its dense vector ``"text-dense"``.
+QdrantAdapter = QdrantCollectionStore
 
 
 def adapter_for(vector_store: Any) -> EmbeddingStore:
@@ -311,11 +127,11 @@ def adapter_for(vector_store: Any) -> EmbeddingStore:
         return SimpleVectorStoreAdapter(vector_store)
     name = type(vector_store).__name__
     if name == "ChromaVectorStore":
-        return ChromaAdapter(vector_store.client)
+        return ChromaCollectionStore(vector_store.client)
     if name == "QdrantVectorStore":
         # Reading the collection's vector format sets ``dense_vector_name`` on old layouts.
         vector_name = getattr(vector_store, "dense_vector_name", "text-dense")
-        return QdrantAdapter(vector_store.client, vector_store.collection_name, vector_name)
+        return QdrantCollectionStore(vector_store.client, vector_store.collection_name, vector_name)
     if isinstance(vector_store, EmbeddingStore):
         return vector_store
     msg = (
@@ -339,30 +155,13 @@ def default_state_dir(store: EmbeddingStore, persist_dir: str | Path | None = No
         ValueError: a remote store (Chroma ``HttpClient``, a Qdrant server): pass ``state_dir``.
     """
     if persist_dir is not None:
-        return Path(persist_dir) / "nudge_state"
+        return Path(persist_dir) / STATE_FOLDER
     if isinstance(store, SimpleVectorStoreAdapter):
         return None
-    if isinstance(store, ChromaAdapter):
-        client = getattr(store.collection, "_client", None)
-        settings = (
-            client.get_settings()
-            if client is not None and hasattr(client, "get_settings")
-            else None
-        )
-        impl = str(getattr(settings, "chroma_api_impl", "")) if settings is not None else ""
-        if settings is not None and "fastapi" not in impl.lower():
-            if settings.is_persistent and settings.persist_directory:
-                return Path(settings.persist_directory) / "nudge_state" / store.collection.name
-            return None
-        where = f"Chroma collection {store.collection.name!r} on a server"
-    elif isinstance(store, QdrantAdapter):
-        inner = getattr(store.client, "_client", None)
-        if type(inner).__name__ == "QdrantLocal":
-            location = getattr(inner, "location", None)
-            if location and location != ":memory:":
-                return Path(location) / "nudge_state" / store.collection_name
-            return None
-        where = f"Qdrant collection {store.collection_name!r} on a server"
+    if isinstance(store, (ChromaCollectionStore, QdrantCollectionStore)):
+        if not store.is_remote:
+            return store.default_state_dir()
+        where = f"collection {store.name!r} on a server"
     else:
         where = f"{type(store).__name__}"
     msg = (

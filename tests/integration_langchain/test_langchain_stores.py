@@ -88,7 +88,7 @@ def _roundtrip(adapter, ids):
     adapter.set_vectors(ids[:3], new)  # idempotent
     assert_allclose(adapter.get_vectors(ids[:3]), new, atol=1e-6)
     assert_allclose(adapter.get_vectors(ids[3:]), before[3:])
-    with pytest.raises(KeyError, match="not in the store"):
+    with pytest.raises(KeyError, match="'nope'"):  # unknown, or not even a valid point id
         adapter.get_vectors([ids[0], "nope"])
 
 
@@ -142,7 +142,7 @@ def test_chroma_originals_survive_a_new_process(tmp_path):
     assert_allclose(store_for(store).get_vectors(IDS), before, atol=1e-6)
 
 
-def test_chroma_http_server(chroma_server):
+def test_chroma_http_server(chroma_server, tmp_path):
     import chromadb
 
     host, port = chroma_server.host, chroma_server.port
@@ -154,7 +154,12 @@ def test_chroma_http_server(chroma_server):
     _roundtrip(adapter, IDS)
     adapter.set_vectors(IDS[:3], np.array([_vectors()[t] for t in TEXTS[:3]]))
     before = adapter.get_vectors(IDS)
-    retriever = NudgeRetriever(vectorstore=store, k=1, solver_params={"gamma": 0.5})
+    with pytest.raises(ValueError, match="lives on a server: pass state_dir"):
+        NudgeRetriever(vectorstore=store, k=1).fit(PAIRS)
+    assert_allclose(adapter.get_vectors(IDS), before, atol=0)  # nothing written
+    retriever = NudgeRetriever(
+        vectorstore=store, k=1, solver_params={"gamma": 0.5}, state_dir=tmp_path / "state"
+    )
     assert retriever.invoke(QUESTIONS[0])[0].id in IDS
     retriever.fit(PAIRS)
     assert retriever.tune_result.changed_ids
