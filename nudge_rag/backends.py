@@ -161,7 +161,9 @@ class ChromaCollectionStore:
         out = np.full((vectors.shape[0], int(k)), -np.inf, dtype=np.float32)
         if k_eff == 0 or vectors.shape[0] == 0:
             return [[] for _ in range(vectors.shape[0])], out
-        res = self.collection.query(query_embeddings=vectors, n_results=k_eff, include=["distances"])
+        res = self.collection.query(
+            query_embeddings=vectors, n_results=k_eff, include=["distances"]
+        )
         ids = [list(row) for row in res["ids"]]
         for n, dist in enumerate(res["distances"]):
             d = np.asarray(dist, dtype=np.float32)
@@ -219,7 +221,9 @@ class QdrantCollectionStore:
         ValueError: no such dense vector, or an unsupported distance.
     """
 
-    def __init__(self, client: Any, collection_name: str, vector_name: str = "", *, page_size: int = 1000):
+    def __init__(
+        self, client: Any, collection_name: str, vector_name: str = "", *, page_size: int = 1000
+    ):
         self.client = client
         self.collection_name = collection_name
         self.vector_name = vector_name or ""
@@ -345,7 +349,9 @@ class QdrantCollectionStore:
         if vectors.shape[0] == 0:
             return [], out
         requests = [
-            models.QueryRequest(query=row, using=self.vector_name or None, limit=int(k), with_payload=False)
+            models.QueryRequest(
+                query=row, using=self.vector_name or None, limit=int(k), with_payload=False
+            )
             for row in vectors.tolist()
         ]
         responses = self.client.query_batch_points(self.collection_name, requests=requests)

@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 
-
 def _missing(ids: Sequence[str], found: set[str] | dict[str, Any]) -> KeyError:
     unknown = [i for i in ids if i not in found]
     msg = f"{len(unknown)} id(s) are not in the store, e.g. {unknown[:3]!r}"
