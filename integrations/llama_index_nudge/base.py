@@ -250,8 +250,10 @@ class NudgeFinetuneEngine:
         state_dir: where originals are kept: ``"auto"`` (see above), a folder, or ``None``
             (memory).
         persist_dir: the folder the index is persisted to, used by ``state_dir="auto"``.
-        query_embedding: ``"query"`` (``get_query_embedding`` per question, what the
-            retriever does) or ``"text"`` (batched ``get_text_embedding_batch``).
+        query_embedding: ``"text"`` (default: questions embedded in batches with
+            ``get_text_embedding_batch``, right for symmetric models such as MiniLM) or
+            ``"query"`` (``get_query_embedding`` per question, exactly what the retriever does:
+            use it for models with a query instruction, e.g. BGE/E5 with one configured).
         batch_size: vectors per read/write request.
         docstore: where node ids without a stored vector are looked up, to say so in errors.
 
@@ -274,7 +276,7 @@ class NudgeFinetuneEngine:
         solver_params: Mapping[str, Any] | None = None,
         state_dir: str | os.PathLike | None = _AUTO,
         persist_dir: str | os.PathLike | None = None,
-        query_embedding: QueryEmbedding = "query",
+        query_embedding: QueryEmbedding = "text",
         batch_size: int = 512,
         docstore: Any = None,
     ):
@@ -547,7 +549,7 @@ class Nudge:
         use_nudge_n: bool = True,
         device: str | None = None,
         *,
-        query_embedding: QueryEmbedding = "query",
+        query_embedding: QueryEmbedding = "text",
         solver_params: Mapping[str, Any] | None = None,
     ):
         if device is not None:
