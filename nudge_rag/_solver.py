@@ -159,6 +159,7 @@ class _Problem:
         order = np.concatenate([np.flatnonzero(moves), np.flatnonzero(~moves)])
         self.v = self.v[order]
         self.g = self.g[order]
+        self.__dict__.pop("_scores_cache", None)
         self.g_norm, self.has_train, self.active = (
             self.g_norm[order],
             self.has_train[order],
@@ -175,14 +176,36 @@ class _Problem:
         extra = 0 if self.extra_passive is None else self.extra_passive.shape[0]
         return self.n_docs - self.active.size + extra
 
-    def pair_dots(self, vectors: np.ndarray) -> np.ndarray:
-        """``(n_pairs,)`` dot product of each validation query with ``vectors[answer]``."""
-        out = np.empty(self.val_qrows.size, dtype=np.float32)
-        step = max(1, _BLOCK_ELEMENTS // (4 * self.dim))
-        for s in range(0, out.size, step):
-            q = self.val.embeddings[self.val_qrows[s : s + step]]
-            out[s : s + step] = np.einsum("ij,ij->i", q, vectors[self.val_cols[s : s + step]])
-        return out
+    def block_scores(self, blk: slice) -> tuple[np.ndarray, np.ndarray]:
+        """``(q.v, q.g)`` of the validation queries in ``blk`` against every active row.
+
+        Kept when the whole validation set is one block (small problems score it once for
+        the answer bounds and the gamma search). Call after :meth:`move_first`.
+        """
+        cache = self.__dict__.get("_scores_cache")
+        if cache is not None and cache[0] == (blk.start, blk.stop):
+            return cache[1], cache[2]
+        q = self.val.embeddings[blk]
+        s, t = q @ self.v.T, q @ self.g.T
+        if blk.start == 0 and blk.stop >= self.val.n_queries:
+            self._scores_cache = ((blk.start, blk.stop), s, t)
+        return s, t
+
+    def pair_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(n_pairs,)`` ``q.v`` and ``q.g`` of each validation query with its answer row."""
+        if self.val.n_queries * self.active.size <= _BLOCK_ELEMENTS:
+            s, t = self.block_scores(slice(0, self.val.n_queries))
+            return s[self.val_qrows, self.val_cols], t[self.val_qrows, self.val_cols]
+        out = []
+        for vectors in (self.v, self.g):
+            dots = np.empty(self.val_qrows.size, dtype=np.float32)
+            step = max(1, _BLOCK_ELEMENTS // (4 * self.dim))
+            for s0 in range(0, dots.size, step):
+                q = self.val.embeddings[self.val_qrows[s0 : s0 + step]]
+                rows = vectors[self.val_cols[s0 : s0 + step]]
+                dots[s0 : s0 + step] = np.einsum("ij,ij->i", q, rows)
+            out.append(dots)
+        return out[0], out[1]
 
     def stream(self, stop_above: np.ndarray | None = None) -> None:
         """Set ``passive_top``: ``(n_val, k)`` best cosine scores over passive rows.
@@ -287,13 +310,22 @@ def _stream_top(
         passive = ~is_active[start:stop]
         if not passive.any():
             continue
-        block = np.array(docs[start:stop], dtype=np.float32)  # a copy: pages are dropped next
-        _release_pages(docs, start, stop)
-        check_finite_rows(block, name, offset=start)
         offsets = None
-        if not passive.all():
+        if passive.all():
+            block = np.array(docs[start:stop], dtype=np.float32)  # a copy: pages dropped next
+        else:
             offsets = np.flatnonzero(passive)
-            block = block[offsets]
+            if offsets.size * 2 < stop - start:  # mostly active rows: gather the rest
+                block = np.asarray(docs[start + offsets], dtype=np.float32)
+            else:
+                block = np.array(docs[start:stop], dtype=np.float32)[offsets]
+        _release_pages(docs, start, stop)
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            row = start + (int(offsets[row]) if offsets is not None else row)
+            msg = f"{name} must be finite, but row {row} holds NaN or inf"
+            raise ValueError(msg)
         norms = _row_norms(block)
         if (norms == 0).any():
             bad = int(np.flatnonzero(norms == 0)[0])
@@ -554,8 +586,6 @@ class _NudgeBase:
         n_ans = np.diff(val.indptr)
         denom = np.minimum(n_ans, k).astype(np.float64)
         totals = np.zeros(len(coeffs), dtype=np.float64)
-        v_moved, g_moved = problem.v[:n_moved], problem.g[:n_moved]  # views
-        v_static = problem.v[n_moved:]
         pair_q, pair_col = problem.val_qrows, problem.val_cols
 
         for blk in problem.query_blocks(n_active + k):
@@ -564,10 +594,10 @@ class _NudgeBase:
             lo, hi = np.searchsorted(pair_q, [blk.start, blk.stop])
             pq = pair_q[lo:hi] - blk.start
             pc = pair_col[lo:hi]
-            s_moved = q @ v_moved.T
-            t_moved = q @ g_moved.T
+            s_all, t_all = problem.block_scores(blk)
+            s_moved, t_moved = s_all[:, :n_moved], t_all[:, :n_moved]
             # Static columns: passive top-k (never answers) and active rows that do not move.
-            s_static = q @ v_static.T
+            s_static = s_all[:, n_moved:]
             in_static = pos_in_static[pc] >= 0
             static_ans = np.full((b, 0), -np.inf, dtype=np.float32)
             if k == 1:
@@ -735,8 +765,7 @@ class NudgeN(_NudgeBase):
         A moved row's score is at most ``sqrt(S^2 + P^2)`` (see :func:`_pruned_hits`); a row
         that does not move keeps ``S``.
         """
-        s = problem.pair_dots(problem.v)
-        t = problem.pair_dots(problem.g)
+        s, t = problem.pair_scores()
         cols = problem.val_cols
         moved = moves[cols]
         bound = s.copy()
@@ -920,11 +949,9 @@ def _pair_intervals(problem: _Problem, neg_inv_norm: np.ndarray) -> tuple[np.nda
     g_all = np.zeros(n_pairs)
     pair_q, pair_col = problem.val_qrows, problem.val_cols
     for blk in problem.query_blocks(n_active):
-        q = val.embeddings[blk]
-        b = q.shape[0]
-        s = q @ problem.v.T
-        gg = q @ problem.g.T
-        gg *= neg_inv_norm
+        s, t = problem.block_scores(blk)
+        b = s.shape[0]
+        gg = t * neg_inv_norm
 
         # Pareto front per query. Front points lie in the box between the best-S point and
         # the lowest-G point (anything outside is dominated by one of the two), so only the
@@ -1029,15 +1056,22 @@ def _pruned_hits(
         np.concatenate(([rows.size > 0], (rows[1:] != rows[:-1]) | (is_ans[1:] != is_ans[:-1])))
     )
     seg_rows, seg_ans = rows[seg_start], is_ans[seg_start]
-    for c, (alpha, beta) in enumerate(coeffs):
-        sc = s_c * alpha[cols]
-        sc += t_c * beta[cols]
-        seg_max = np.maximum.reduceat(sc, seg_start) if sc.size else sc
-        best_ans = best_ans_static.copy()
-        best_non = best_non_static.copy()
-        best_ans[seg_rows[seg_ans]] = np.maximum(best_ans[seg_rows[seg_ans]], seg_max[seg_ans])
-        best_non[seg_rows[~seg_ans]] = np.maximum(best_non[seg_rows[~seg_ans]], seg_max[~seg_ans])
-        hits[c] = np.count_nonzero(best_ans > best_non)
+    ans_rows, non_rows = seg_rows[seg_ans], seg_rows[~seg_ans]
+    alphas = np.stack([alpha for alpha, _ in coeffs])  # (n_gamma, n_moved)
+    betas = np.stack([beta for _, beta in coeffs])
+    step = max(1, _BLOCK_ELEMENTS // max(s_c.size, 1))  # gammas scored together
+    for g0 in range(0, len(coeffs), step):
+        gs = slice(g0, g0 + step)
+        sc = alphas[gs][:, cols] * s_c
+        sc += betas[gs][:, cols] * t_c
+        n_g = sc.shape[0]
+        best_ans = np.repeat(best_ans_static[None, :], n_g, axis=0)
+        best_non = np.repeat(best_non_static[None, :], n_g, axis=0)
+        if sc.shape[1]:
+            seg_max = np.maximum.reduceat(sc, seg_start, axis=1)
+            best_ans[:, ans_rows] = np.maximum(best_ans[:, ans_rows], seg_max[:, seg_ans])
+            best_non[:, non_rows] = np.maximum(best_non[:, non_rows], seg_max[:, ~seg_ans])
+        hits[gs] = np.count_nonzero(best_ans > best_non, axis=1)
     return hits
 
 
