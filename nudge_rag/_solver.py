@@ -939,7 +939,6 @@ def _pair_intervals(problem: _Problem, neg_inv_norm: np.ndarray) -> tuple[np.nda
     Returns:
         ``low``, ``high`` (float64), ``ok`` (non-empty), ``s_x``, ``g_x`` per pair.
     """
-    val = problem.val
     n_active = problem.active.size
     n_pairs = problem.val_qrows.size
     low_all = np.zeros(n_pairs)
