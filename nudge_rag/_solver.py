@@ -758,20 +758,27 @@ class NudgeN(_NudgeBase):
 
     @staticmethod
     def _answer_bounds(
-        problem: _Problem, c: np.ndarray, p: np.ndarray, moves: np.ndarray
+        problem: _Problem, n_moved: int, coeffs: list[tuple[np.ndarray, np.ndarray]]
     ) -> np.ndarray:
-        """``(n_val,)``: the best score any answer of each query reaches at any gamma.
+        """``(n_val,)``: the best score any answer of each query reaches at a candidate gamma.
 
-        A moved row's score is at most ``sqrt(S^2 + P^2)`` (see :func:`_pruned_hits`); a row
-        that does not move keeps ``S``.
+        Exact on the candidate grid: a moved answer scores ``S alpha_j + T beta_j`` at each
+        gamma, one that does not move keeps ``S``. A query whose best passive score beats
+        this is a miss at every gamma, so the streaming pass can stop scoring it.
         """
         s, t = problem.pair_scores()
         cols = problem.val_cols
-        moved = moves[cols]
-        bound = s.copy()
-        pm, cm = p[cols[moved]], c[cols[moved]]
-        perp = (t[moved] - cm * s[moved]) / pm
-        bound[moved] = np.sqrt(s[moved] ** 2 + perp**2)
+        bound = s.astype(np.float32, copy=True)
+        moved = cols < n_moved
+        if moved.any():
+            mc = cols[moved]
+            step = max(1, _BLOCK_ELEMENTS // max(mc.size, 1))
+            for g0 in range(0, len(coeffs), step):
+                chunk = coeffs[g0 : g0 + step]
+                alphas = np.stack([alpha[mc] for alpha, _ in chunk])
+                betas = np.stack([beta[mc] for _, beta in chunk])
+                at_gamma = (alphas * s[moved] + betas * t[moved]).max(axis=0)
+                bound[moved] = np.maximum(bound[moved] if g0 else -np.inf, at_gamma)
         out = np.full(problem.val.n_queries, -np.inf, dtype=np.float32)
         np.maximum.at(out, problem.val_qrows, bound)
         return out
@@ -797,10 +804,10 @@ class NudgeN(_NudgeBase):
 
         candidates = [fixed] if fixed is not None else self._candidates()
         scores: np.ndarray | None = None
+        cand_coeffs = [coeffs(gm) for gm in candidates]
         if problem.val is not None:
-            problem.stream(self._answer_bounds(problem, c, p, moves))
+            problem.stream(self._answer_bounds(problem, n_moved, cand_coeffs))
         if problem.val is not None and (fixed is None or problem.val.n_queries):
-            cand_coeffs = [coeffs(gm) for gm in candidates]
             alpha_max, beta_max = coeffs(max(candidates))
             bounds = (
                 alpha_max,
