@@ -1,0 +1,285 @@
+"""Child process for ``test_faults.py``: tune a store and write it back, then die on cue.
+
+Run as ``python tests/fault_child.py '<json args>'``. The parent creates and fills the store;
+this script opens it from the path / port in the arguments, runs the fit through the core API
+(``WriteBack`` + ``tune_store``), LangChain's ``NudgeRetriever`` or LlamaIndex's
+``NudgeFinetuneEngine``, and SIGKILLs itself at the hook named by ``args["kill"]``:
+
+* ``{"at": "replace", "file": "originals.npz", "nth": 1, "when": "before"|"after"}``: inside
+  ``atomic_save_npz`` (any ``os.replace`` onto that state file), before or after the rename;
+  ``"progress.json"`` with ``nth = k + 1`` kills once batch ``k``'s progress is recorded.
+* ``{"at": "after_set", "batch": k}``: after the k-th ``set_vectors`` returned (progress not
+  yet recorded).
+* ``{"at": "inside_set", "batch": k, "part": m}``: the k-th ``set_vectors`` writes its first
+  ``m`` rows through the real store, then the process dies.
+* ``None``: no hook (the parent may kill it at a random time; ``slow`` sleeps per batch).
+
+The same module builds the data and opens the stores for the parent (``open_target``), so the
+parent and the child agree on ids, vectors and training queries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+for extra in (
+    REPO / "integrations",
+    TESTS / "integration_langchain",
+    TESTS / "integration_llama_index",
+):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+N_DOCS, DIM, GAMMA = 36, 8, 0.3
+COLLECTION = "faults"
+
+
+# ---------------------------------------------------------------------- data
+def make_data(seed: int = 0, n_answered: int = 15, offset: int = 0) -> dict[str, Any]:
+    """Unit-norm documents ``doc-0``.. and two training questions for each answered doc.
+
+    With a fixed gamma, NUDGE-N moves exactly the answered documents
+    (``doc-{offset}`` .. ``doc-{offset + n_answered - 1}``).
+    """
+    rng = np.random.default_rng(seed)
+    docs = rng.standard_normal((N_DOCS, DIM)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    qrng = np.random.default_rng(seed + 1000)
+    questions: dict[str, np.ndarray] = {}
+    pairs = []
+    for k in range(N_DOCS):  # every doc has questions; only the answered ones are used
+        for j in range(2):
+            q = docs[k] + 0.5 * qrng.standard_normal(DIM).astype(np.float32)
+            text = f"what does document {k} say, part {j}?"
+            questions[text] = (q / np.linalg.norm(q)).astype(np.float32)
+            if offset <= k < offset + n_answered:
+                pairs.append((text, k))
+    return {"docs": docs, "questions": questions, "pairs": pairs}
+
+
+def doc_ids(store: str) -> list[str]:
+    """Store ids: ``doc-k`` for Chroma; a UUID per doc for Qdrant (point ids)."""
+    names = [f"doc-{k}" for k in range(N_DOCS)]
+    if store == "qdrant_local":
+        return [str(uuid.uuid5(uuid.NAMESPACE_URL, n)) for n in names]
+    return names
+
+
+def train_pairs(args: dict[str, Any]) -> list[tuple[str, str]]:
+    data = make_data(**args.get("data", {}))
+    ids = doc_ids(args["store"])
+    return [(text, ids[k]) for text, k in data["pairs"]]
+
+
+# ---------------------------------------------------------------------- stores
+def chroma_client(args: dict[str, Any]):
+    import chromadb
+
+    if args["store"] == "chroma_http":
+        return chromadb.HttpClient(host=args["host"], port=args["port"])
+    return chromadb.PersistentClient(path=args["path"])
+
+
+class Target:
+    """The store opened for ``args``: ``resume()``, ``restore()``, ``fit()``, ``read()``."""
+
+    def __init__(self, args: dict[str, Any]):
+        self.args = args
+        self.framework = args.get("framework", "core")
+        self.batch_size = int(args.get("batch_size", 3))
+        self.qdrant = None
+        self.collection = None
+        if args["store"] == "qdrant_local":
+            from qdrant_client import QdrantClient
+
+            self.qdrant = QdrantClient(path=args["path"])
+        else:
+            self.chroma = chroma_client(args)
+            self.collection = self.chroma.get_collection(args["collection"])
+        self.obj = self._build()
+
+    def _backend(self):
+        from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
+
+        if self.qdrant is not None:
+            return QdrantCollectionStore(self.qdrant, self.args["collection"])
+        return ChromaCollectionStore(self.collection)
+
+    def _build(self):
+        data = make_data(**self.args.get("data", {}))
+        state_dir = self.args["state_dir"]
+        if self.framework == "core":
+            from nudge_rag import WriteBack
+
+            return WriteBack(self._backend(), state_dir, batch_size=self.batch_size)
+        if self.framework == "langchain":
+            from langchain_helpers import LookupEmbeddings
+            from langchain_nudge import NudgeRetriever
+
+            emb = LookupEmbeddings(data["questions"], default=np.ones(DIM) / DIM**0.5)
+            if self.qdrant is not None:
+                from langchain_qdrant import QdrantVectorStore
+
+                vs = QdrantVectorStore(self.qdrant, self.args["collection"], embedding=emb)
+            else:
+                from langchain_chroma import Chroma
+
+                vs = Chroma(
+                    collection_name=self.args["collection"],
+                    client=self.chroma,
+                    embedding_function=emb,
+                )
+            return NudgeRetriever(
+                vectorstore=vs,
+                k=5,
+                state_dir=state_dir,
+                solver_params={"gamma": GAMMA},
+                batch_size=self.batch_size,
+            )
+        from llama_helpers import LookupEmbedding
+        from llama_index_nudge import NudgeFinetuneEngine
+
+        if self.qdrant is not None:
+            from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+            vs = QdrantVectorStore(client=self.qdrant, collection_name=self.args["collection"])
+        else:
+            from llama_index.vector_stores.chroma import ChromaVectorStore
+
+            vs = ChromaVectorStore(chroma_collection=self.collection)
+        return NudgeFinetuneEngine(
+            vs,
+            LookupEmbedding(data["questions"]),
+            state_dir=state_dir,
+            solver_params={"gamma": GAMMA},
+            batch_size=self.batch_size,
+        )
+
+    @property
+    def writeback(self):
+        return self.obj if self.framework == "core" else self.obj.writeback
+
+    @property
+    def store(self):
+        return self.writeback.store
+
+    def fit(self, pairs: list[tuple[str, str]] | None = None):
+        pairs = train_pairs(self.args) if pairs is None else pairs
+        if self.framework == "langchain":
+            return self.obj.fit(pairs).tune_result
+        if self.framework == "llama":
+            self.obj = self._engine(pairs)  # a new engine: pairs do not accumulate
+            return self.obj.finetune()
+        from nudge_rag import NudgeN, tune_store
+
+        data = make_data(**self.args.get("data", {}))
+        texts = [t for t, _ in pairs]
+        emb = np.stack([data["questions"][t] for t in texts])
+        return tune_store(self.obj, NudgeN(gamma=GAMMA), emb, [[i] for _, i in pairs])
+
+    def _engine(self, pairs):
+        from llama_index_nudge import NudgeFinetuneEngine
+
+        old = self.obj
+        return NudgeFinetuneEngine(
+            old.store,
+            old.embed_model,
+            pairs,
+            state_dir=old.state_dir,
+            solver_params={"gamma": GAMMA},
+            batch_size=self.batch_size,
+        )
+
+    def resume(self) -> bool:
+        return self.obj.resume()
+
+    def restore(self) -> int:
+        return self.obj.restore()
+
+    def read(self) -> tuple[list[str], np.ndarray]:
+        """All ids (sorted) and their vectors."""
+        ids = sorted(self.store.list_ids())
+        return ids, self.store.get_vectors(ids)
+
+    def close(self) -> None:
+        if self.qdrant is not None:
+            self.qdrant.close()
+            self.qdrant = None
+        if self.args["store"] == "chroma_persist":
+            from chromadb.api.client import SharedSystemClient
+
+            SharedSystemClient.clear_system_cache()
+
+
+def open_target(args: dict[str, Any]) -> Target:
+    return Target(args)
+
+
+# ---------------------------------------------------------------------- hooks
+def _die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -> None:
+    import nudge_rag._writeback as wbmod
+
+    store = target.store
+    real_set = store.set_vectors
+    calls = {"set": 0}
+
+    def set_vectors(ids, vectors):
+        calls["set"] += 1
+        if slow:
+            time.sleep(slow)
+        if kill and kill["at"] == "inside_set" and calls["set"] == kill["batch"]:
+            part = int(kill["part"])
+            real_set(list(ids)[:part], np.asarray(vectors)[:part])
+            _die()
+        real_set(ids, vectors)
+        if kill and kill["at"] == "after_set" and calls["set"] == kill["batch"]:
+            _die()
+
+    store.set_vectors = set_vectors
+    if kill and kill["at"] == "replace":
+        real_replace = os.replace
+        seen = {"n": 0}
+
+        def replace(src, dst, *a, **kw):
+            if Path(dst).name == kill["file"]:
+                seen["n"] += 1
+                if seen["n"] == kill.get("nth", 1):
+                    if kill["when"] == "before":
+                        assert Path(src).exists()  # the temp file is complete
+                        _die()
+                    real_replace(src, dst, *a, **kw)
+                    _die()
+            return real_replace(src, dst, *a, **kw)
+
+        wbmod.os.replace = replace  # the os module itself: atomic_save_npz and progress
+
+
+def main(argv: list[str]) -> int:
+    args = json.loads(argv[1])
+    target = open_target(args)
+    install_hooks(target, args.get("kill"), float(args.get("slow", 0.0)))
+    print("ready", flush=True)
+    target.fit()
+    target.close()
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,489 @@
+"""Write-back survives faults (issue 5, section 1).
+
+A child process (``tests/fault_child.py``) tunes a store and writes it back; it SIGKILLs itself
+at seeded points (while saving originals, between batches, inside a batch) or the parent
+kills it after a seeded random delay. After each kill the store must hold the same ids, each
+with its original or its tuned vector; ``resume()`` then finishes to the uninterrupted result
+or ``restore()`` brings every original back. Also: a Chroma server killed mid write-back,
+concurrent readers, and idempotent re-fits.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("chromadb", reason="chromadb is needed for the fault tests")
+pytest.importorskip("qdrant_client", reason="qdrant-client is needed for the fault tests")
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+import fault_child as fc  # noqa: E402
+
+from nudge_rag import WriteBackError  # noqa: E402
+
+CHILD = str(TESTS / "fault_child.py")
+N_MOVED = 15  # make_data(): docs 0..14 have questions; with batch_size=3: 5 batches
+N_BATCHES = 5
+
+
+# ---------------------------------------------------------------------- store setup
+def _fill_chroma(client, name: str) -> None:
+    data = fc.make_data()
+    # l2 (Chroma's default; NUDGE-N ranks like cosine on unit vectors) stores vectors as
+    # given. A cosine collection re-normalizes every write, which moves some float32 rows
+    # by one ulp, so a restore there can only be exact to ~3e-8.
+    collection = client.create_collection(name, metadata={"hnsw:space": "l2"})
+    collection.add(
+        ids=fc.doc_ids("chroma_persist"),
+        embeddings=data["docs"],
+        documents=[f"document {k}" for k in range(fc.N_DOCS)],
+        metadatas=[{"i": k} for k in range(fc.N_DOCS)],
+    )
+
+
+def _fill_qdrant(path: Path) -> None:
+    from qdrant_client import QdrantClient, models
+
+    data = fc.make_data()
+    client = QdrantClient(path=str(path))
+    params = models.VectorParams(size=fc.DIM, distance=models.Distance.COSINE)
+    client.create_collection(fc.COLLECTION, vectors_config=params)
+    client.upsert(
+        fc.COLLECTION,
+        points=[
+            models.PointStruct(
+                id=pid,
+                vector=vec.tolist(),
+                payload={"page_content": f"document {k}", "metadata": {"i": k}},
+            )
+            for k, (pid, vec) in enumerate(zip(fc.doc_ids("qdrant_local"), data["docs"]))
+        ],
+        wait=True,
+    )
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    """Filled Chroma persistent and Qdrant local folders, copied for every case."""
+    import chromadb
+    from chromadb.api.client import SharedSystemClient
+
+    root = tmp_path_factory.mktemp("templates")
+    _fill_chroma(chromadb.PersistentClient(path=str(root / "chroma")), fc.COLLECTION)
+    SharedSystemClient.clear_system_cache()
+    _fill_qdrant(root / "qdrant")
+    return root
+
+
+def new_store(kind: str, framework: str, where: Path, templates: Path, server=None) -> dict:
+    """Args for a fresh, filled store of ``kind`` (its own folder or collection)."""
+    where.mkdir(parents=True, exist_ok=True)
+    args = {
+        "store": kind,
+        "framework": framework,
+        "state_dir": str(where / "state"),
+        "batch_size": 3,
+        "collection": fc.COLLECTION,
+    }
+    if kind == "chroma_persist":
+        shutil.copytree(templates / "chroma", where / "chroma")
+        args["path"] = str(where / "chroma")
+    elif kind == "qdrant_local":
+        shutil.copytree(templates / "qdrant", where / "qdrant")
+        args["path"] = str(where / "qdrant")
+    else:
+        args.update(host=server.host, port=server.port, collection=f"f-{uuid.uuid4().hex[:10]}")
+        _fill_chroma(server.client(), args["collection"])
+    return args
+
+
+def read(args: dict) -> tuple[list[str], np.ndarray]:
+    target = fc.open_target(args)
+    try:
+        return target.read()
+    finally:
+        target.close()
+
+
+_REFERENCE: dict[tuple[str, str], dict] = {}
+
+
+def reference(kind: str, framework: str, tmp_path_factory, templates, server=None) -> dict:
+    """Originals and the uninterrupted result on an identical store (cached per kind)."""
+    key = (kind, framework)
+    if key not in _REFERENCE:
+        args = new_store(kind, framework, tmp_path_factory.mktemp("ref"), templates, server)
+        ids, before = read(args)
+        target = fc.open_target(args)
+        try:
+            result = target.fit()
+        finally:
+            target.close()
+        changed = result.changed_ids
+        assert len(changed) == N_MOVED
+        ids2, after = read(args)
+        assert ids2 == ids
+        moved = ~np.all(before == after, axis=1)
+        assert sorted(np.asarray(ids)[moved].tolist()) == sorted(changed)
+        _REFERENCE[key] = {"ids": ids, "orig": before, "tuned": after}
+    return _REFERENCE[key]
+
+
+def run_child(args: dict, kill, *, delay: float | None = None, slow: float = 0.0) -> int:
+    payload = json.dumps({**args, "kill": kill, "slow": slow})
+    proc = subprocess.Popen(
+        [sys.executable, CHILD, payload], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    if delay is not None:
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        proc.send_signal(9)
+    _out, err = proc.communicate(timeout=120)
+    if proc.returncode not in (0, -9):
+        pytest.fail(f"child failed ({proc.returncode}): {err.decode()[-3000:]}")
+    return proc.returncode
+
+
+# ---------------------------------------------------------------------- checks
+def tol(kind: str) -> float:
+    return 1e-6 if kind == "qdrant_local" else 0.0
+
+
+def close(a: np.ndarray, b: np.ndarray, atol: float) -> np.ndarray:
+    return np.all(np.abs(a - b) <= atol, axis=1) if atol else np.all(a == b, axis=1)
+
+
+def check_consistent(args: dict, ref: dict) -> np.ndarray:
+    """Same ids; every row original or tuned (1e-6). Returns which rows are tuned."""
+    ids, vecs = read(args)
+    assert ids == ref["ids"] and len(ids) == fc.N_DOCS
+    assert np.isfinite(vecs).all()
+    is_orig = close(vecs, ref["orig"], 1e-6)
+    is_tuned = close(vecs, ref["tuned"], 1e-6)
+    bad = ~(is_orig | is_tuned)
+    assert not bad.any(), f"rows neither original nor tuned: {np.asarray(ids)[bad].tolist()}"
+    return is_tuned & ~is_orig
+
+
+def finish(args: dict, ref: dict, branch: str, *, plan_expected: bool | None) -> None:
+    """``resume()`` to the uninterrupted result, or ``restore()`` to the originals."""
+    target = fc.open_target(args)
+    try:
+        pending = target.writeback.has_pending
+        if plan_expected is not None:
+            assert pending == plan_expected
+        if branch == "resume" or not pending:
+            resumed = target.resume()
+            assert resumed == pending
+            assert not target.writeback.has_pending
+        else:
+            assert target.restore() == N_MOVED
+            assert not target.writeback.has_pending
+            assert target.writeback.moved_ids() == []
+    finally:
+        target.close()
+    ids, vecs = read(args)
+    assert ids == ref["ids"]
+    if branch == "restore" and pending:
+        assert close(vecs, ref["orig"], tol(args["store"])).all()
+    elif pending:
+        assert close(vecs, ref["tuned"], 1e-6).all()
+    else:  # no plan: the store is untouched or the write-back had completed
+        assert (
+            close(vecs, ref["orig"], tol(args["store"])).all()
+            or close(vecs, ref["tuned"], 1e-6).all()
+        )
+
+
+# ---------------------------------------------------------------------- kill points
+PRE_PLAN = [
+    {"at": "replace", "file": "originals.npz", "when": "before"},
+    {"at": "replace", "file": "originals.npz", "when": "after"},
+    {"at": "replace", "file": "pending.npz", "when": "before"},
+]
+IN_PLAN = [
+    {"at": "replace", "file": "pending.npz", "when": "after"},  # plan saved, nothing written
+    *({"at": "after_set", "batch": k} for k in (1, 2, 3, 4, 5)),
+    *({"at": "inside_set", "batch": k, "part": 1 + k % 2} for k in (1, 2, 3, 4, 5)),
+    # progress of batch k recorded (the first progress.json write is the plan's 0)
+    *({"at": "replace", "file": "progress.json", "nth": k + 1, "when": "after"} for k in (2, 5)),
+]
+
+
+def _kid(kill) -> str:
+    parts = [kill["at"], kill.get("file", ""), kill.get("when", "")]
+    parts += [str(kill[k]) for k in ("batch", "part", "nth") if k in kill]
+    return "-".join(p for p in parts if p).replace(".", "_")
+
+
+CORE_CASES = [("chroma_persist", k) for k in PRE_PLAN + IN_PLAN]  # 3 + 13 = 16
+CORE_CASES += [("qdrant_local", k) for k in (PRE_PLAN[1], *IN_PLAN[1:12:2])]  # 7
+CORE_CASES += [("chroma_http", k) for k in (PRE_PLAN[0], *IN_PLAN[2:12:3])]  # 5
+
+
+def _server(request, kind):
+    return request.getfixturevalue("chroma_server") if kind == "chroma_http" else None
+
+
+@pytest.mark.parametrize(
+    ("kind", "kill"), CORE_CASES, ids=[f"{s}-{_kid(k)}" for s, k in CORE_CASES]
+)
+def test_core_killed(kind, kill, request, tmp_path, tmp_path_factory, templates):
+    server = _server(request, kind)
+    ref = reference(kind, "core", tmp_path_factory, templates, server)
+    args = new_store(kind, "core", tmp_path, templates, server)
+    assert run_child(args, kill) == -9
+    tuned = check_consistent(args, ref)
+    pre_plan = kill in PRE_PLAN
+    if pre_plan:
+        assert not tuned.any()
+    branch = "resume" if CORE_CASES.index((kind, kill)) % 2 == 0 else "restore"
+    finish(args, ref, branch, plan_expected=not pre_plan)
+    if pre_plan:
+        # Nothing pending: a new fit runs to exactly the uninterrupted result.
+        target = fc.open_target(args)
+        try:
+            target.fit()
+        finally:
+            target.close()
+        assert close(read(args)[1], ref["tuned"], 1e-6).all()
+
+
+FRAMEWORK_CASES = [
+    (fw, kind, kill)
+    for fw in ("langchain", "llama")
+    for kind, kill in (
+        ("chroma_persist", PRE_PLAN[1]),
+        ("chroma_persist", {"at": "inside_set", "batch": 3, "part": 2}),
+        ("qdrant_local", {"at": "after_set", "batch": 2}),
+        ("qdrant_local", {"at": "inside_set", "batch": 4, "part": 1}),
+        ("chroma_http", {"at": "after_set", "batch": 4}),
+    )
+]
+
+
+@pytest.mark.parametrize(
+    ("framework", "kind", "kill"),
+    FRAMEWORK_CASES,
+    ids=[f"{f}-{s}-{_kid(k)}" for f, s, k in FRAMEWORK_CASES],
+)
+def test_framework_killed(framework, kind, kill, request, tmp_path, tmp_path_factory, templates):
+    server = _server(request, kind)
+    ref = reference(kind, framework, tmp_path_factory, templates, server)
+    args = new_store(kind, framework, tmp_path, templates, server)
+    assert run_child(args, kill) == -9
+    tuned = check_consistent(args, ref)
+    pre_plan = kill in PRE_PLAN
+    if pre_plan:
+        assert not tuned.any()
+    branch = "resume" if FRAMEWORK_CASES.index((framework, kind, kill)) % 2 else "restore"
+    finish(args, ref, branch, plan_expected=not pre_plan)
+
+
+TIMED = [("chroma_persist", 0), ("qdrant_local", 1), ("chroma_persist", 2), ("qdrant_local", 3)]
+
+
+@pytest.mark.parametrize(("kind", "seed"), TIMED, ids=[f"{k}-{s}" for k, s in TIMED])
+def test_timed_kill(kind, seed, tmp_path, tmp_path_factory, templates):
+    """The parent kills at a seeded random moment of a slowed write-back (unplanned points)."""
+    ref = reference(kind, "core", tmp_path_factory, templates)
+    args = new_store(kind, "core", tmp_path, templates)
+    delay = random.Random(seed).uniform(0.0, 0.1 + N_BATCHES * 0.03)
+    run_child(args, None, delay=delay, slow=0.03)
+    check_consistent(args, ref)
+    finish(args, ref, "resume" if seed % 2 else "restore", plan_expected=None)
+
+
+# ---------------------------------------------------------------------- server killed
+@pytest.fixture
+def own_server(chroma_server, tmp_path):
+    """A second Chroma server (killing it leaves the session one alone)."""
+    server = type(chroma_server)(chroma_server.exe, tmp_path)
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+def test_server_killed_mid_writeback(own_server, tmp_path, tmp_path_factory, templates):
+    ref = reference("chroma_http", "core", tmp_path_factory, templates, own_server)
+    args = new_store("chroma_http", "core", tmp_path / "case", templates, own_server)
+    target = fc.open_target(args)
+    real_set = target.store.set_vectors
+    calls = []
+
+    def set_vectors(ids, vectors):
+        calls.append(len(ids))
+        if len(calls) == 3:  # the server dies after the 2nd batch
+            own_server.stop(kill=True)
+        real_set(ids, vectors)
+
+    target.store.set_vectors = set_vectors
+    with pytest.raises(WriteBackError, match=r"batch 3 of 5.*call resume\(\).*restore\(\)"):
+        target.fit()
+    own_server.start()
+    check_consistent(args, ref)
+    finish(args, ref, "resume", plan_expected=True)
+
+
+# ---------------------------------------------------------------------- readers
+K = 5
+
+
+def _reader(query, known: set[str], stop: threading.Event, errors: list, counts: list) -> None:
+    rng = np.random.default_rng(7)
+    deadline = time.monotonic() + 10
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            q = rng.standard_normal(fc.DIM).astype(np.float32)
+            got = query(q / np.linalg.norm(q))
+            counts.append(len(got))
+            assert len(got) >= K, f"query returned {len(got)} < {K} results"
+            assert set(got) <= known, f"unknown ids {set(got) - known}"
+    except Exception as err:  # noqa: BLE001 - reported by the test thread
+        errors.append(err)
+
+
+READER_KINDS = ["chroma_persist", "chroma_http", "qdrant_local"]
+
+
+@pytest.mark.parametrize("kind", READER_KINDS)
+def test_concurrent_readers(kind, request, tmp_path, templates):
+    server = _server(request, kind)
+    args = new_store(kind, "core", tmp_path, templates, server)
+    target = fc.open_target(args)
+    known = set(fc.doc_ids(kind))
+    if target.qdrant is not None:
+        client = target.qdrant
+
+        def query(q):
+            res = client.query_points(fc.COLLECTION, query=q.tolist(), limit=K)
+            return [str(p.id) for p in res.points]
+    else:
+        collection = target.collection
+
+        def query(q):
+            return collection.query(query_embeddings=[q], n_results=K)["ids"][0]
+
+    real_set = target.store.set_vectors
+
+    def slow_set(ids, vectors):
+        time.sleep(0.05)
+        real_set(ids, vectors)
+
+    target.store.set_vectors = slow_set
+    stop, errors, counts = threading.Event(), [], []
+    thread = threading.Thread(target=_reader, args=(query, known, stop, errors, counts))
+    thread.start()
+    try:
+        target.fit()
+    finally:
+        stop.set()
+        thread.join(15)
+        target.close()
+    assert not errors, errors[0]
+    assert counts, "the reader never ran"
+
+
+READER_SCRIPT = """
+import sys, time, json, numpy as np, chromadb
+host, port, name, k = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+col = chromadb.HttpClient(host=host, port=port).get_collection(name)
+rng = np.random.default_rng(3); n = 0; bad = []
+deadline = time.monotonic() + 4
+while time.monotonic() < deadline:
+    q = rng.standard_normal(8).astype(np.float32)
+    ids = col.query(query_embeddings=[q / np.linalg.norm(q)], n_results=k)["ids"][0]
+    n += 1
+    if len(ids) < k: bad.append(len(ids))
+print(json.dumps({"n": n, "bad": bad, "ids": sorted(set(ids))}))
+"""
+
+
+def test_reader_process_and_retriever_during_fit(chroma_server, tmp_path, templates):
+    """LangChain fit on the HTTP server while another process and the retriever query."""
+    args = new_store("chroma_http", "langchain", tmp_path, templates, chroma_server)
+    target = fc.open_target(args)
+    known = set(fc.doc_ids("chroma_http"))
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            READER_SCRIPT,
+            chroma_server.host,
+            str(chroma_server.port),
+            args["collection"],
+            str(K),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    real_set = target.store.set_vectors
+    seen: list[list[str]] = []
+
+    def slow_set(ids, vectors):
+        time.sleep(0.1)
+        real_set(ids, vectors)
+        if not seen:  # the framework retriever, once, mid write-back
+            question = fc.train_pairs(args)[0][0]
+            seen.append([d.id for d in target.obj.invoke(question, k=K)])
+
+    target.store.set_vectors = slow_set
+    try:
+        time.sleep(0.5)  # let the reader start querying (it runs for 4 s)
+        target.fit()
+    finally:
+        target.close()
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err.decode()[-2000:]
+    report = json.loads(out)
+    assert report["n"] > 0 and report["bad"] == []
+    assert set(report["ids"]) <= known
+    assert len(seen[0]) == K and set(seen[0]) <= known
+
+
+# ---------------------------------------------------------------------- re-fits
+@pytest.mark.parametrize(
+    ("framework", "kind"), [("langchain", "chroma_persist"), ("llama", "qdrant_local")]
+)
+def test_refit_idempotent_and_from_originals(framework, kind, tmp_path, templates):
+    args = new_store(kind, framework, tmp_path / "a", templates)
+    fresh = new_store(kind, framework, tmp_path / "b", templates)
+    ids, orig = read(args)
+    first = fc.train_pairs(args)  # docs 0..14
+    second = fc.train_pairs({**args, "data": {"n_answered": 12, "offset": 10}})  # docs 10..21
+    target = fc.open_target(args)
+    try:
+        target.fit(first)
+        _, once = target.read()
+        target.fit(first)
+        _, twice = target.read()
+        np.testing.assert_allclose(twice, once, atol=1e-6, rtol=0)
+        target.fit(second)
+    finally:
+        target.close()
+    _, after = read(args)
+    target = fc.open_target(fresh)
+    try:
+        target.fit(second)
+    finally:
+        target.close()
+    _, expected = read(fresh)
+    index = {i: n for n, i in enumerate(ids)}
+    only_first = [index[i] for _, i in first if i not in {j for _, j in second}]
+    assert only_first
+    assert close(after[only_first], orig[only_first], tol(kind)).all()
+    np.testing.assert_allclose(after, expected, atol=1e-6, rtol=0)  # from the originals
