@@ -103,7 +103,9 @@ def main(argv=None) -> int:
         f"corpus {args.docs} x {args.dim} float32 ({args.docs * args.dim * 4 / 2**30:.2f} GiB), "
         f"{args.train} train / {args.val} val queries, {args.answered} answered docs"
     )
-    print("| variant | fit s | peak RSS in fit GiB | peak / corpus | held before fit GiB | gamma | val score | rows moved |")
+    print(
+        "| variant | fit s | peak RSS in fit GiB | peak / corpus | held before fit GiB | gamma | val score | rows moved |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for variant in args.variants.split(","):
         cmd = [
