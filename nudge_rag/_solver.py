@@ -92,7 +92,23 @@ def _normalize_rows(block: np.ndarray, name: str, offset: int = 0) -> np.ndarray
             "remove it or give it a real embedding"
         )
         raise ValueError(msg)
-    return (block / norms[:, None]).astype(np.float32)
+    return (block / norms[:, None]).astype(np.float32, copy=False)
+
+
+def _gather_rows(docs: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``docs[rows]`` as float32; for a memmap, chunk by chunk, dropping the pages read.
+
+    Reading scattered rows of a large memmap in one go would keep every touched page (and
+    the kernel's readahead around it) resident until the end.
+    """
+    if not isinstance(docs, np.memmap):
+        return np.asarray(docs[rows], dtype=np.float32)
+    out = np.empty((rows.size, docs.shape[1]), dtype=np.float32)
+    for s0 in range(0, rows.size, chunk):
+        part = rows[s0 : s0 + chunk]
+        out[s0 : s0 + part.size] = docs[part]
+        _release_pages(docs, int(part[0]), int(part[-1]) + 1)
+    return out
 
 
 class _Problem:
@@ -120,8 +136,7 @@ class _Problem:
         answer_rows = [train.indices] + ([val.indices] if val is not None else [])
         self.active = _sorted_unique(np.concatenate(answer_rows))  # sorted doc rows
         n_active = self.active.size
-        raw = np.asarray(docs[self.active], dtype=np.float32)
-        _release_pages(docs)
+        raw = _gather_rows(docs, self.active)
         finite = np.isfinite(raw).all(axis=1)
         if not finite.all():
             row = int(self.active[np.flatnonzero(~finite)[0]])
@@ -831,14 +846,17 @@ class NudgeN(_NudgeBase):
         a, b = self._step(gamma)
         new = np.empty((n_moved, problem.dim), dtype=np.float32)
         step = max(1, _BLOCK_ELEMENTS // max(problem.dim, 1))
+        # a v + b unit(g - c v) = (a - b c / p) v + (b / p) g
+        coef_v = (a - b * c_m / p_m).astype(np.float32)[:, None]
+        coef_g = (b / p_m).astype(np.float32)[:, None]
         for s0 in range(0, n_moved, step):
             sl = slice(s0, min(s0 + step, n_moved))
             v, g = problem.v[sl], problem.g[sl]
-            perp = g - c_m[sl, None] * v
-            block = a * v + (b / p_m[sl, None]) * perp
+            block = new[sl]
+            np.multiply(g, coef_g[sl], out=block)
+            block += v * coef_v[sl]
             snap = gamma >= full_m[sl]
             block[snap] = g[snap] / gn_m[sl][snap, None]
-            new[sl] = block
         self._set_result(gamma, val_score, problem.active[idx], new)
 
 
@@ -1035,15 +1053,18 @@ def _pruned_hits(
     if n == 0:
         hits += np.count_nonzero(best_ans_static > best_non_static)
         return hits
-    at_max = s * alpha_max
-    at_max += t * beta_max
+    # Entries with S < 0 give values below 0 here; they can only set a non-positive lower
+    # bound, which prunes nothing (below), so they need no masking.
+    at_max = np.multiply(s, alpha_max)
+    buf = np.multiply(t, beta_max)
+    at_max += buf
     np.minimum(at_max, s, out=at_max)
-    at_max[s < 0] = -np.inf
     lower = np.maximum(at_max.max(axis=1), best_static)
-    perp = t * inv_p
-    perp -= s * c_over_p
+    perp = np.multiply(t, inv_p, out=at_max)  # reuse: P = (T - c S) / p
+    np.multiply(s, c_over_p, out=buf)
+    perp -= buf
     perp *= perp
-    upper_sq = s * s
+    upper_sq = np.multiply(s, s, out=buf)
     upper_sq += perp
     lower_sq = np.where(lower > 0, lower * lower, 0.0).astype(np.float32)
     cand = upper_sq >= lower_sq[:, None]

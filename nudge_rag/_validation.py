@@ -200,6 +200,9 @@ def check_answers(
     if len(answers) != n_queries:
         msg = f"{name} has {len(answers)} entries, but there are {n_queries} query embeddings"
         raise ValueError(msg)
+    fast = _plain_int_lists(answers)
+    if fast is not None:
+        return fast
     lengths = np.empty(n_queries, dtype=np.int64)
     flat: list[int] = []
     for i, row in enumerate(answers):
@@ -230,6 +233,28 @@ def check_answers(
     indptr = np.zeros(n_queries + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
     return indptr, np.asarray(flat, dtype=np.int64)
+
+
+def _plain_int_lists(answers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """CSR arrays for the common case, lists of Python ints, without a loop per query.
+
+    Returns ``None`` for anything else (numpy rows, floats, bools, scalars, nested lists),
+    which the general path then checks row by row with precise messages.
+    """
+    try:
+        lengths = np.fromiter(map(len, answers), dtype=np.int64, count=len(answers))
+        flat = [x for row in answers for x in row]
+    except TypeError:  # a scalar or other non-sized entry
+        return None
+    if any(type(x) is not int for x in flat):  # noqa: E721 - exact type: no bool, float
+        return None
+    indptr = np.zeros(len(answers) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    try:
+        indices = np.asarray(flat, dtype=np.int64)
+    except OverflowError:
+        return None
+    return indptr, indices
 
 
 def check_answer_range(indices: np.ndarray, indptr: np.ndarray, name: str, n_docs: int) -> None:
