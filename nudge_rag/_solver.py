@@ -757,12 +757,16 @@ class NudgeN(_NudgeBase):
     def _geometry(problem: _Problem) -> tuple[np.ndarray, ...]:
         v, g = problem.v, problem.g
         c = np.einsum("ij,ij->i", g, v)  # g.v
-        # |g - (g.v) v| row by row, in blocks (not |g|^2 - (g.v)^2, which cancels in float32)
-        p = np.empty(c.size, dtype=np.float32)
+        # |g - (g.v) v| = sqrt(|g|^2 - (g.v)^2) (|v| = 1); where that difference cancels in
+        # float32 (g nearly parallel to v) it is recomputed from the vector itself.
+        gn = problem.g_norm.astype(np.float64)
+        p2 = gn * gn - c.astype(np.float64) ** 2
+        p = np.sqrt(np.maximum(p2, 0.0)).astype(np.float32)
+        risky = np.flatnonzero(p2 <= 1e-3 * gn * gn)
         step = max(1, _BLOCK_ELEMENTS // max(problem.dim, 1))
-        for s0 in range(0, c.size, step):
-            sl = slice(s0, s0 + step)
-            p[sl] = np.linalg.norm(g[sl] - c[sl, None] * v[sl], axis=1)
+        for s0 in range(0, risky.size, step):
+            rows = risky[s0 : s0 + step]
+            p[rows] = np.linalg.norm(g[rows] - c[rows, None] * v[rows], axis=1)
         # g (numerically) parallel to v: the optimum is v itself (float32 "perp" is noise)
         moves = problem.has_train & (c >= 0) & (p > 1e-6 * problem.g_norm)
         # Below this gamma a row takes the interior step; at or above it, unit(g) itself.
@@ -1069,8 +1073,8 @@ def _pruned_hits(
     lower_sq = np.where(lower > 0, lower * lower, 0.0).astype(np.float32)
     cand = upper_sq >= lower_sq[:, None]
     cand[lower <= 0] = True  # a non-positive bound prunes nothing safely
-    rows, cols = np.nonzero(cand)
-    keys = rows * np.int64(n) + cols
+    keys = np.flatnonzero(cand)  # = row * n + col, in row-major order
+    rows, cols = np.divmod(keys, n)
     answers = np.sort(flat_answers)
     pos = np.searchsorted(answers, keys)
     is_ans = pos < answers.size
@@ -1084,21 +1088,21 @@ def _pruned_hits(
     )
     seg_rows, seg_ans = rows[seg_start], is_ans[seg_start]
     ans_rows, non_rows = seg_rows[seg_ans], seg_rows[~seg_ans]
-    alphas = np.stack([alpha for alpha, _ in coeffs])  # (n_gamma, n_moved)
-    betas = np.stack([beta for _, beta in coeffs])
+    alphas = np.stack([alpha for alpha, _ in coeffs], axis=1)  # (n_moved, n_gamma)
+    betas = np.stack([beta for _, beta in coeffs], axis=1)
     step = max(1, _BLOCK_ELEMENTS // max(s_c.size, 1))  # gammas scored together
     for g0 in range(0, len(coeffs), step):
         gs = slice(g0, g0 + step)
-        sc = alphas[gs][:, cols] * s_c
-        sc += betas[gs][:, cols] * t_c
-        n_g = sc.shape[0]
-        best_ans = np.repeat(best_ans_static[None, :], n_g, axis=0)
-        best_non = np.repeat(best_non_static[None, :], n_g, axis=0)
-        if sc.shape[1]:
-            seg_max = np.maximum.reduceat(sc, seg_start, axis=1)
-            best_ans[:, ans_rows] = np.maximum(best_ans[:, ans_rows], seg_max[:, seg_ans])
-            best_non[:, non_rows] = np.maximum(best_non[:, non_rows], seg_max[:, ~seg_ans])
-        hits[gs] = np.count_nonzero(best_ans > best_non, axis=1)
+        sc = alphas[cols, gs] * s_c[:, None]  # (n_cand, n_g): whole rows gathered
+        sc += betas[cols, gs] * t_c[:, None]
+        n_g = sc.shape[1]
+        best_ans = np.repeat(best_ans_static[:, None], n_g, axis=1)  # (b, n_g)
+        best_non = np.repeat(best_non_static[:, None], n_g, axis=1)
+        if sc.shape[0]:
+            seg_max = np.maximum.reduceat(sc, seg_start, axis=0)  # (n_seg, n_g)
+            best_ans[ans_rows] = np.maximum(best_ans[ans_rows], seg_max[seg_ans])
+            best_non[non_rows] = np.maximum(best_non[non_rows], seg_max[~seg_ans])
+        hits[gs] = np.count_nonzero(best_ans > best_non, axis=0)
     return hits
 
 
