@@ -7,11 +7,11 @@ into unique questions with the ids of the documents that answer each.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from langchain_nudge._compat import Document
+from nudge_rag._questions import parse_questions
 
 logger = logging.getLogger(__name__)
 
@@ -30,45 +30,6 @@ DEFAULT_PROMPT = (
     "Answer with the questions only, one per line, numbered 1. to {n}.\n\n"
     "Passage:\n{text}\n"
 )
-
-# "1.", "1)", "(1)", "Q1:", "Question 1 -", "-", "*", "•" at the start of a line.
-_ITEM = re.compile(
-    r"^\s*(?:(?:q(?:uestion)?\s*)?\(?\d{1,3}\s*[.):\-]|q(?:uestion)?\s*\d{0,3}\s*[:.\-]|[-*•])\s*",
-    re.IGNORECASE,
-)
-_EMPHASIS = re.compile(r"^(?:\*\*|__|#+)\s*")
-_WRAP = "\"'`*“”‘’ "
-
-
-def parse_questions(text: str, *, strict: bool = False) -> list[str]:
-    """Questions in an LLM answer or a metadata string, one per line.
-
-    Numbered or bulleted lines (``1.``, ``2)``, ``Q3:``, ``- ``) are taken and any other line
-    (a preamble such as "Here are 3 questions:") is dropped; without any numbered line,
-    lines ending in ``?`` are taken, else (unless ``strict``) every non-empty line. Quotes,
-    bold markers and numbering are stripped; duplicates are dropped, order kept.
-
-    Args:
-        text: the raw string.
-        strict: never fall back to every line (for LLM answers, where an unnumbered line
-            without ``?`` is a remark such as "I cannot think of any.").
-
-    Returns:
-        The questions, possibly empty.
-    """
-    lines = [_EMPHASIS.sub("", ln.strip(), count=1) for ln in str(text).splitlines()]
-    lines = [ln for ln in lines if ln]
-    items = [_ITEM.sub("", ln, count=1) for ln in lines if _ITEM.match(ln)]
-    if not items:
-        items = [ln for ln in lines if ln.rstrip(_WRAP).endswith("?")]
-        if not items and not strict:
-            items = lines
-    out: list[str] = []
-    for item in items:
-        question = item.strip(_WRAP).strip()
-        if question and question not in out:
-            out.append(question)
-    return out
 
 
 def normalize_pairs(pairs: Any, name: str = "pairs") -> list[tuple[str, str]]:

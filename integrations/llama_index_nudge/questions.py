@@ -10,8 +10,7 @@ LlamaIndex's ``QuestionsAnsweredExtractor`` stores one raw LLM answer per node u
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 try:
@@ -21,6 +20,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     msg = "llama_index_nudge needs llama-index-core: pip install 'nudge-rag[llama-index]'"
     raise ImportError(msg) from err
+
+from nudge_rag._questions import parse_questions
 
 logger = logging.getLogger(__name__)
 
@@ -42,61 +43,6 @@ DEFAULT_QUESTION_PROMPT = PromptTemplate(
     "Write {num_questions} different questions that a user might ask and that this excerpt "
     "answers. Write one question per line, numbered 1., 2., ... and nothing else.\n"
 )
-
-# "1." "1)" "1:" "(1)" "- " "* " "• " "Q1:" "Question 1:" at the start of a line.
-_MARKER = re.compile(
-    r"^\s*(?:\(?\d+\s*[.):\]-]|[-*\u2022]|q(?:uestion)?\s*\d+\s*[.):-]?)\s*",
-    re.IGNORECASE,
-)
-_PREAMBLE = re.compile(
-    r"^(?:here\s+(?:are|is)|sure\b|certainly\b|okay\b|ok\b|the following\b)", re.IGNORECASE
-)
-
-
-def parse_questions(raw: str | Sequence[str] | None) -> list[str]:
-    """Clean questions out of an LLM answer or a list of strings.
-
-    A string is split into lines; blank lines are dropped and numbering or bullets
-    (``1.``, ``1)``, ``- ``, ``Q1:``) are stripped. When some lines are numbered or bulleted,
-    only those are kept (so a preamble such as "Here are 3 questions:" or a closing remark is
-    skipped); otherwise every line that is not a preamble (ending with ``:`` or starting with
-    "Here are", "Sure", ...) is kept. A list holds one question per item: items are only
-    stripped (empty ones dropped).
-
-    Args:
-        raw: the metadata value or LLM answer.
-
-    Returns:
-        The questions, in order, without duplicates.
-
-    Raises:
-        TypeError: ``raw`` is neither a string nor a sequence of strings.
-    """
-    if raw is None:
-        return []
-    if isinstance(raw, str):
-        lines = raw.splitlines()
-    elif isinstance(raw, Sequence) and all(isinstance(item, str) for item in raw):
-        return list(dict.fromkeys(item.strip() for item in raw if item.strip()))
-    else:
-        msg = (
-            f"questions must be a string or a list of strings, got {type(raw).__name__}: "
-            f"{raw!r:.80}"
-        )
-        raise TypeError(msg)
-    marked: list[str] = []
-    plain: list[str] = []
-    for line in lines:
-        text = line.strip()
-        if not text:
-            continue
-        match = _MARKER.match(text)
-        if match and match.end() < len(text):
-            marked.append(text[match.end() :].strip())
-        elif not text.endswith(":") and not _PREAMBLE.match(text):
-            plain.append(text)
-    chosen = marked if marked else plain
-    return list(dict.fromkeys(q for q in chosen if q))
 
 
 def questions_from_metadata(
