@@ -63,7 +63,13 @@ class NUDGEN:
             solver = NudgeN(gammas=list(gamma), val_k=val_k)
         else:
             solver = NudgeN(gamma=gamma, val_k=val_k)
-        solver.fit(embeddings, train_set, val_set, _extra_passive=nontrain_embeddings)
+        solver.fit(
+            embeddings,
+            train_set,
+            val_set,
+            _extra_passive=nontrain_embeddings,
+            _dense_output=True,
+        )
         self.solver_ = solver
         return solver.embeddings_
 
@@ -100,6 +106,12 @@ class NUDGEM:
         """
         del val_batch_size
         solver = NudgeM(gamma=gamma)
-        solver.fit(embeddings, train_set, val_set, _extra_passive=nontrain_embeddings)
+        solver.fit(
+            embeddings,
+            train_set,
+            val_set,
+            _extra_passive=nontrain_embeddings,
+            _dense_output=True,
+        )
         self.solver_ = solver
         return solver.embeddings_

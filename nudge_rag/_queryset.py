@@ -157,16 +157,21 @@ class QuerySet:
                 f"{name} query embeddings have {self.dim} dimensions, but the documents have {dim}"
             )
             raise ValueError(msg)
-        norms = np.linalg.norm(self.embeddings.astype(np.float64), axis=1)
-        if norms.size and norms.max() > MAX_QUERY_NORM:
-            row = int(np.argmax(norms))
+        with np.errstate(over="ignore"):
+            sq = np.einsum("ij,ij->i", self.embeddings, self.embeddings)  # inf on overflow
+        if sq.size and sq.max() > np.float32(MAX_QUERY_NORM) ** 2:
+            row = int(np.argmax(sq))
+            norm = np.linalg.norm(self.embeddings[row].astype(np.float64))
             msg = (
-                f"{name} query embeddings row {row} has norm {norms[row]:.3g}: scores against "
+                f"{name} query embeddings row {row} has norm {norm:.3g}: scores against "
                 f"sums of such queries overflow float32 (norms above {MAX_QUERY_NORM:g} are "
                 "refused); normalize the query embeddings"
             )
             raise ValueError(msg)
         check_answer_range(self.indices, self.indptr, f"{name} answers", n_docs)
+        counts = np.diff(self.indptr)
+        if counts.all() and _strictly_increasing_per_query(self.indices, self.indptr):
+            return self  # the common case: no duplicates, no query without answers
         qid = self.query_of_pair()
         key = qid * np.int64(n_docs) + self.indices
         key = np.sort(key)  # sorted by (query, doc)
@@ -214,3 +219,13 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
     return np.arange(total, dtype=np.int64) + offsets
+
+
+def _strictly_increasing_per_query(indices: np.ndarray, indptr: np.ndarray) -> bool:
+    """Whether each query's answers are strictly increasing (so none is repeated)."""
+    if indices.size < 2:
+        return True
+    ok = indices[1:] > indices[:-1]
+    starts = indptr[1:-1]  # a new query begins at these positions: no order across them
+    ok[starts[(starts > 0) & (starts < indices.size)] - 1] = True
+    return bool(ok.all())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,6 +51,14 @@ _BLOCK_ELEMENTS = 1 << 22
 # Scores per block in the streaming pass over the corpus (one float32 buffer, ~64 MB).
 _STREAM_BLOCK = 1 << 24
 
+# Pruning keeps rows whose upper bound is within this of the lower bound, so that float32
+# rounding of the per-gamma scores never drops a row that ties for top-1.
+_BOUND_SLACK = 1e-6
+
+# Elements per temporary in passes that chain several element-wise steps (512 KB of float32,
+# so that the temporaries stay in a core's cache).
+_CACHE_ELEMENTS = 1 << 17
+
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when a fitted attribute is used before ``fit``."""
@@ -70,10 +78,16 @@ def _as_queryset(value: Any, name: str) -> QuerySet:
     raise TypeError(msg)
 
 
-def _row_norms(block: np.ndarray) -> np.ndarray:
-    """Row norms in float32, recomputed in float64 where float32 over- or underflows."""
-    with np.errstate(over="ignore", under="ignore"):  # handled just below
-        norms = np.linalg.norm(block, axis=1)
+def _row_norms(block: np.ndarray, sq: np.ndarray | None = None) -> np.ndarray:
+    """Row norms in float32, recomputed in float64 where float32 over- or underflows.
+
+    Args:
+        block: ``(n, dim)`` float32 rows.
+        sq: their squared norms if already computed (see :func:`_row_sq_norms`).
+    """
+    if sq is None:
+        sq = _row_sq_norms(block)
+    norms = np.sqrt(sq)
     bad = ~np.isfinite(norms) | (norms < 1e-18)
     if bad.any():  # float64 norms: float32 would round them (denormals) or overflow
         norms = norms.astype(np.float64)
@@ -81,34 +95,10 @@ def _row_norms(block: np.ndarray) -> np.ndarray:
     return norms
 
 
-def _normalize_rows(block: np.ndarray, name: str, offset: int = 0) -> np.ndarray:
-    """Unit-normalise rows (in a new float32 array); zero rows raise ``ValueError``."""
-    norms = _row_norms(block)
-    zero = norms == 0
-    if zero.any():
-        row = int(np.flatnonzero(zero)[0]) + offset
-        msg = (
-            f"{name} row {row} is all zeros: cosine similarity is undefined for it; "
-            "remove it or give it a real embedding"
-        )
-        raise ValueError(msg)
-    return (block / norms[:, None]).astype(np.float32, copy=False)
-
-
-def _gather_rows(docs: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """``docs[rows]`` as float32; for a memmap, chunk by chunk, dropping the pages read.
-
-    Reading scattered rows of a large memmap in one go would keep every touched page (and
-    the kernel's readahead around it) resident until the end.
-    """
-    if not isinstance(docs, np.memmap):
-        return np.asarray(docs[rows], dtype=np.float32)
-    out = np.empty((rows.size, docs.shape[1]), dtype=np.float32)
-    for s0 in range(0, rows.size, chunk):
-        part = rows[s0 : s0 + chunk]
-        out[s0 : s0 + part.size] = docs[part]
-        _release_pages(docs, int(part[0]), int(part[-1]) + 1)
-    return out
+def _row_sq_norms(block: np.ndarray) -> np.ndarray:
+    """Squared row norms (one BLAS-free pass, no temporary); inf/NaN where rows are not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.einsum("ij,ij->i", block, block)
 
 
 class _Problem:
@@ -116,7 +106,9 @@ class _Problem:
 
     Rows are split into *active* rows (answers of a training or validation query, gathered
     into memory) and *passive* rows (the rest, only streamed once by :meth:`stream` to get
-    each validation query's best passive scores).
+    each validation query's best passive scores). Active rows are ordered training answers
+    first (``n_train_rows`` of them, the only rows that can move), then rows that answer
+    validation queries only; ``g`` holds the training-query sums of the first group.
     """
 
     def __init__(
@@ -133,94 +125,183 @@ class _Problem:
         self.passive_scores = passive_scores
         self.n_docs, self.dim = n_docs, dim
         self.docs, self.extra_passive = docs, extra_passive
-        answer_rows = [train.indices] + ([val.indices] if val is not None else [])
-        self.active = _sorted_unique(np.concatenate(answer_rows))  # sorted doc rows
+        marked = np.zeros(n_docs, dtype=bool)
+        marked[train.indices] = True
+        train_rows = np.flatnonzero(marked)
+        self.n_train_rows = train_rows.size
+        if val is not None:
+            marked[:] = False
+            marked[val.indices] = True
+            marked[train_rows] = False
+            self.active = np.concatenate([train_rows, np.flatnonzero(marked)])
+        else:
+            self.active = train_rows
+        del marked
         n_active = self.active.size
-        raw = _gather_rows(docs, self.active)
-        finite = np.isfinite(raw).all(axis=1)
-        if not finite.all():
-            row = int(self.active[np.flatnonzero(~finite)[0]])
-            msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
-            raise ValueError(msg)
-        self.v = _normalize_rows(raw, "doc_embeddings")  # (n_active, dim), rows sorted like active
-        del raw
+        # Position of each active row (a lookup table is much faster than searchsorted).
+        lookup = np.empty(n_docs, dtype=np.int32 if n_active < 2**31 else np.int64)
+        lookup[self.active] = np.arange(n_active, dtype=lookup.dtype)
 
-        # g = sum of training queries per active row, through a sparse (n_train x n_active) map.
-        cols = np.searchsorted(self.active, train.indices)
-        qrows = train.query_of_pair()
-        assign = sp.csr_matrix(
-            (np.ones(cols.size, dtype=np.float32), (qrows, cols)), shape=(train.n_queries, n_active)
+        self.v = self._gather_unit_rows(docs)  # (n_active, dim), unit rows
+        val_cols = None if val is None else lookup[val.indices].astype(np.int64)
+
+        # g = sum of training queries per training-answer row, through a sparse
+        # (n_train_rows x n_train) map whose columns are the training queries (so the CSC
+        # indptr is train's own).
+        assign = sp.csc_matrix(
+            (np.ones(train.indices.size, dtype=np.float32), lookup[train.indices], train.indptr),
+            shape=(self.n_train_rows, train.n_queries),
         )
-        self.g = np.asarray(assign.T @ train.embeddings, dtype=np.float32)  # (n_active, dim)
-        self.g_norm = np.linalg.norm(self.g, axis=1)
-        self.has_train = np.diff(assign.tocsc().indptr) > 0
+        del lookup
+        self.g = np.asarray(assign @ train.embeddings, dtype=np.float32)
+        del assign
+        # |g| and g.v in one pass over both.
+        self.g_norm = np.empty(self.n_train_rows, dtype=np.float32)
+        self.g_dot_v = np.empty(self.n_train_rows, dtype=np.float32)
+        step = max(1, _CACHE_ELEMENTS // max(dim, 1))
+
+        for s0 in range(0, self.n_train_rows, step):
+            sl = slice(s0, min(s0 + step, self.n_train_rows))
+            self.g_norm[sl] = np.sqrt(_row_sq_norms(self.g[sl]))
+            self.g_dot_v[sl] = np.einsum("ij,ij->i", self.g[sl], self.v[sl])
+        tiny = ~np.isfinite(self.g_norm) | (self.g_norm < 1e-18)
+        if tiny.any():  # float32 under- or overflow: exact float64 norms for those rows
+            self.g_norm = self.g_norm.astype(np.float64)
+            self.g_norm[tiny] = np.linalg.norm(self.g[tiny].astype(np.float64), axis=1)
+        # The solver's second scoring basis: one row per training-answer row (set by the solver),
+        # and optionally per-row (scale, shift) so that a score is (q.w) scale - (q.v) shift.
+        self.w: np.ndarray | None = None
+        self.w_affine: tuple[np.ndarray, np.ndarray] | None = None
+        # Optional (n_docs, dim) output that the moved rows are written into directly.
+        self.dense: np.ndarray | None = None
 
         self.val = val
         self.k = k
         self.batch_size = batch_size
         self.passive_top: np.ndarray | None = None
         if val is not None:
-            self.val_cols = np.searchsorted(self.active, val.indices)  # active position per pair
+            self.val_cols = val_cols
             self.val_qrows = val.query_of_pair()
         else:  # no streaming pass will read the passive rows: check them here
             _check_rows(docs, self.active, batch_size)
-
-    def move_first(self, moves: np.ndarray, *per_row: np.ndarray) -> tuple[int, list[np.ndarray]]:
-        """Reorder the active rows so that the ``moves`` rows come first.
-
-        Slices ``v[:n]`` / ``g[:n]`` are then views, not copies. Returns ``n`` and the
-        ``per_row`` arrays in the new order.
-        """
-        order = np.concatenate([np.flatnonzero(moves), np.flatnonzero(~moves)])
-        self.v = self.v[order]
-        self.g = self.g[order]
-        self.__dict__.pop("_scores_cache", None)
-        self.g_norm, self.has_train, self.active = (
-            self.g_norm[order],
-            self.has_train[order],
-            self.active[order],
-        )
-        if self.val is not None:
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(order.size)
-            self.val_cols = inverse[self.val_cols]
-        return int(moves.sum()), [arr[order] for arr in per_row]
 
     @property
     def n_passive(self) -> int:
         extra = 0 if self.extra_passive is None else self.extra_passive.shape[0]
         return self.n_docs - self.active.size + extra
 
+    def _gather_unit_rows(self, docs: np.ndarray) -> np.ndarray:
+        """The active rows of ``docs``, unit-normalised, as a new float32 array.
+
+        Gathered, checked and normalised a few rows at a time so that each row is read from
+        memory once and written once (a memmap's pages are dropped after reading).
+        """
+        rows = self.active
+        out = np.empty((rows.size, docs.shape[1]), dtype=np.float32)
+        step = max(1, _CACHE_ELEMENTS // max(docs.shape[1], 1))
+        is_memmap = isinstance(docs, np.memmap)
+
+        for s0 in range(0, rows.size, step):
+            part = rows[s0 : s0 + step]
+            block = out[s0 : s0 + part.size]
+            if is_memmap or docs.dtype != np.float32:
+                block[...] = docs[part]
+                if is_memmap:
+                    _release_pages(docs, int(part.min()), int(part.max()) + 1)
+            else:  # rows are in range: "clip" skips take's buffered bounds-checked copy
+                np.take(docs, part, axis=0, out=block, mode="clip")
+            sq = _row_sq_norms(block)
+            if not np.isfinite(sq).all():  # NaN/inf, or finite values whose squares overflow
+                finite = np.isfinite(block).all(axis=1)
+                if not finite.all():
+                    row = int(part[np.flatnonzero(~finite)[0]])
+                    msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
+                    raise ValueError(msg)
+            norms = _row_norms(block, sq)
+            zero = norms == 0
+            if zero.any():
+                row = int(part[np.flatnonzero(zero)[0]])
+                msg = (
+                    f"doc_embeddings row {row} is all zeros: cosine similarity is undefined "
+                    "for it; remove it or give it a real embedding"
+                )
+                raise ValueError(msg)
+            np.divide(block, norms[:, None], out=block)
+        return out
+
     def block_scores(self, blk: slice) -> tuple[np.ndarray, np.ndarray]:
-        """``(q.v, q.g)`` of the validation queries in ``blk`` against every active row.
+        """``(S, T)`` of the validation queries in ``blk``.
+
+        ``S = q.v`` for every active row and the raw ``T = q.w`` for the training-answer rows
+        (the first ``n_train_rows``, those that can move); :meth:`second` turns ``T`` into the
+        solver's second score.
 
         Kept when the whole validation set is one block (small problems score it once for
-        the answer bounds and the gamma search). Call after :meth:`move_first`.
+        the answer bounds and the gamma search).
         """
         cache = self.__dict__.get("_scores_cache")
         if cache is not None and cache[0] == (blk.start, blk.stop):
             return cache[1], cache[2]
         q = self.val.embeddings[blk]
-        s, t = q @ self.v.T, q @ self.g.T
+        s, t = q @ self.v.T, q @ self.w.T
         if blk.start == 0 and blk.stop >= self.val.n_queries:
             self._scores_cache = ((blk.start, blk.stop), s, t)
         return s, t
 
+    def second(
+        self, s: np.ndarray, t: np.ndarray, cols: np.ndarray | slice, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The second score ``T scale - S shift`` (``w_affine``; ``T`` itself without it).
+
+        Args:
+            s: ``S`` values; ``(m,)`` at columns ``cols`` (an int array), or a ``(b, m)``
+                block whose columns are ``cols`` (a slice).
+            t: ``T`` values of the same shape.
+            cols: which training-answer rows the values belong to.
+            out: optional float32 array like ``t`` to write into (may be ``t``).
+        """
+        if self.w_affine is None:
+            if out is None:
+                return t
+            out[...] = t
+            return out
+        scale, shift = self.w_affine
+        if isinstance(cols, slice):
+            scale, shift = scale[cols], shift[cols]
+            out = np.multiply(t, scale, out=out)
+            out -= s * shift
+            return out
+        out = np.multiply(t, scale[cols], out=out)
+        out -= s * shift[cols]
+        return out
+
     def pair_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(n_pairs,)`` ``q.v`` and ``q.g`` of each validation query with its answer row."""
+        """``(n_pairs,)`` ``S`` and raw ``T`` of each validation query with its answer row.
+
+        ``T`` is 0 for answers that cannot move.
+        """
+        cols = self.val_cols
+        has_w = cols < self.w.shape[0]
         if self.val.n_queries * self.active.size <= _BLOCK_ELEMENTS:
             s, t = self.block_scores(slice(0, self.val.n_queries))
-            return s[self.val_qrows, self.val_cols], t[self.val_qrows, self.val_cols]
-        out = []
-        for vectors in (self.v, self.g):
-            dots = np.empty(self.val_qrows.size, dtype=np.float32)
-            step = max(1, _BLOCK_ELEMENTS // (4 * self.dim))
-            for s0 in range(0, dots.size, step):
-                q = self.val.embeddings[self.val_qrows[s0 : s0 + step]]
-                rows = vectors[self.val_cols[s0 : s0 + step]]
-                dots[s0 : s0 + step] = np.einsum("ij,ij->i", q, rows)
-            out.append(dots)
-        return out[0], out[1]
+            s_pairs = s[self.val_qrows, cols]
+            t_pairs = np.zeros(cols.size, dtype=np.float32)
+            t_pairs[has_w] = t[self.val_qrows[has_w], cols[has_w]]
+        else:
+            out = []
+            for vectors, pairs in (
+                (self.v, np.arange(cols.size)),
+                (self.w, np.flatnonzero(has_w)),
+            ):
+                dots = np.zeros(cols.size, dtype=np.float32)
+                step = max(1, _BLOCK_ELEMENTS // (4 * self.dim))
+                for s0 in range(0, pairs.size, step):
+                    part = pairs[s0 : s0 + step]
+                    q = self.val.embeddings[self.val_qrows[part]]
+                    dots[part] = np.einsum("ij,ij->i", q, vectors[cols[part]])
+                out.append(dots)
+            s_pairs, t_pairs = out
+        return s_pairs, t_pairs
 
     def stream(self, stop_above: np.ndarray | None = None) -> None:
         """Set ``passive_top``: ``(n_val, k)`` best cosine scores over passive rows.
@@ -406,6 +487,7 @@ class _NudgeBase:
         *,
         passive_scores: np.ndarray | None = None,
         _extra_passive: np.ndarray | None = None,
+        _dense_output: bool = False,
     ) -> _NudgeBase:
         """Learn new embeddings for the documents that answer training queries.
 
@@ -473,7 +555,12 @@ class _NudgeBase:
                 _extra_passive, "nontrain_embeddings", dim=dim, allow_empty=True, check_finite=False
             )
         problem = _Problem(docs, train_qs, val_qs, self._val_k(), batch_size, extra, passive_scores)
+        if _dense_output:  # the moved rows are written straight into the whole output
+            problem.dense = np.empty((n_docs, dim), dtype=np.float32)
         self._fit_problem(problem, fixed)
+        if problem.dense is not None:
+            _normalize_into(docs, problem.dense, skip=self.changed_rows_)
+            self._embeddings_cache = problem.dense
         self._docs = docs
         self.n_docs_ = n_docs
         self.n_features_in_ = dim
@@ -541,24 +628,29 @@ class _NudgeBase:
         elif out.shape != docs.shape or out.dtype != np.float32:
             msg = f"out must be a float32 array of shape {docs.shape}, got {out.dtype} {out.shape}"
             raise ValueError(msg)
-        rows = max(1, _BLOCK_ELEMENTS // max(self.n_features_in_, 1))
-        for start in range(0, self.n_docs_, rows):
-            stop = min(start + rows, self.n_docs_)
-            block = np.asarray(docs[start:stop], dtype=np.float32)
-            norms = _row_norms(block)[:, None]
-            norms[norms == 0] = 1
-            out[start:stop] = block / norms
+        _normalize_into(docs, out, skip=self.changed_rows_)
         if self.changed_rows_.size:
             out[self.changed_rows_] = self.changed_embeddings_
         return out
 
+    @property
+    def changed_embeddings_(self) -> np.ndarray:
+        """``(n_changed, dim)`` float32: the new vectors of ``changed_rows_``."""
+        self._check_fitted()
+        if self._changed_embeddings is None:  # written straight into embeddings_ by fit
+            self._changed_embeddings = self._embeddings_cache[self.changed_rows_]
+        return self._changed_embeddings
+
     def _set_result(
-        self, gamma: float, val_score: float | None, rows: np.ndarray, vectors: np.ndarray
+        self, gamma: float, val_score: float | None, rows: np.ndarray, vectors: np.ndarray | None
     ) -> None:
+        """Record the fit; ``vectors`` is ``None`` when they went into ``problem.dense``."""
         self.gamma_ = float(gamma) + 0.0  # no -0.0
         self.val_score_ = None if val_score is None else float(val_score)
         self.changed_rows_ = rows.astype(np.int64)
-        self.changed_embeddings_ = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._changed_embeddings = (
+            None if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
+        )
         self._embeddings_cache = None
 
     def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:  # pragma: no cover
@@ -569,26 +661,28 @@ class _NudgeBase:
         self,
         problem: _Problem,
         n_moved: int,
-        coeffs: list[tuple[np.ndarray, np.ndarray]],
-        bounds: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+        coeffs: tuple[np.ndarray, np.ndarray],
+        bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Validation recall@k (denominator ``min(#answers, k)``) for each coefficient set.
 
         The score of validation query ``q`` for moved active row ``j`` is
-        ``alpha_j * (q.v_j) + beta_j * (q.g_j)``; other rows keep ``q.v_j``.
+        ``alpha_j * (q.v_j) + beta_j * (q.w_j)`` (``w``: the solver's second basis, see
+        :meth:`_Problem.block_scores`); other rows keep ``q.v_j``.
 
         Args:
             problem: the gathered problem.
             n_moved: rows ``0..n_moved-1`` of the problem are those whose score depends on
-                gamma (see :meth:`_Problem.move_first`).
-            coeffs: one ``(alpha, beta)`` pair of ``(n_moved,)`` arrays per candidate gamma.
-            bounds: for NUDGE-N, ``(alpha_max, beta_max, c_over_p, inv_p)``: the coefficients at
-                the largest gamma and the geometry that bounds each score over the gamma range.
-                With ``val_k == 1`` only (query, row) pairs whose upper bound reaches the
-                query's lower bound on its top-1 score are scored per gamma (exact pruning).
+                gamma (the training-answer rows; see :class:`_Problem`).
+            coeffs: ``(alpha, beta)``, two ``(n_moved, n_gamma)`` float32 arrays: column ``c``
+                holds the coefficients at candidate gamma ``c``.
+            bounds: for NUDGE-N, the ``(alpha, beta)`` of the largest candidate gamma and the
+                angle each row has moved by then (see :func:`_pruned_hits`). With
+                ``val_k == 1`` only (query, row) pairs whose upper bound reaches the query's
+                lower bound on its top-1 score are scored per gamma (exact pruning).
 
         Returns:
-            ``(len(coeffs),)`` float64 validation scores.
+            ``(n_gamma,)`` float64 validation scores.
         """
         val, k = problem.val, problem.k
         n_active = problem.active.size
@@ -600,7 +694,7 @@ class _NudgeBase:
         pos_in_static[static_idx] = np.arange(static_idx.size)
         n_ans = np.diff(val.indptr)
         denom = np.minimum(n_ans, k).astype(np.float64)
-        totals = np.zeros(len(coeffs), dtype=np.float64)
+        totals = np.zeros(coeffs[0].shape[1], dtype=np.float64)
         pair_q, pair_col = problem.val_qrows, problem.val_cols
 
         for blk in problem.query_blocks(n_active + k):
@@ -640,6 +734,7 @@ class _NudgeBase:
                 totals += _pruned_hits(
                     s_moved,
                     t_moved,
+                    problem.second,
                     flat_mov,
                     coeffs,
                     bounds,
@@ -650,7 +745,9 @@ class _NudgeBase:
                 continue
             scores = np.empty_like(s_moved)
             tmp = np.empty_like(s_moved)
-            for c, (alpha, beta) in enumerate(coeffs):
+            for c in range(totals.size):
+                alpha = np.ascontiguousarray(coeffs[0][:, c])
+                beta = np.ascontiguousarray(coeffs[1][:, c])
                 np.multiply(s_moved, alpha, out=scores)
                 np.multiply(t_moved, beta, out=tmp)
                 scores += tmp
@@ -754,34 +851,56 @@ class NudgeN(_NudgeBase):
         return values
 
     @staticmethod
-    def _geometry(problem: _Problem) -> tuple[np.ndarray, ...]:
-        v, g = problem.v, problem.g
-        c = np.einsum("ij,ij->i", g, v)  # g.v
-        # |g - (g.v) v| = sqrt(|g|^2 - (g.v)^2) (|v| = 1); where that difference cancels in
-        # float32 (g nearly parallel to v) it is recomputed from the vector itself.
+    def _geometry(problem: _Problem) -> dict[str, np.ndarray]:
+        """Per training-answer row: where it moves, and the circle it moves on.
+
+        With ``c = g.v``, ``p = |g - c v|`` and ``u = (g - c v) / p``, a row moves on the unit
+        circle through ``v`` and ``u``; ``phi`` is the angle from ``v`` to ``g``, so
+        ``unit(g) = cos(phi) v + sin(phi) u``, reached at ``gamma_full``. Rows that do not move
+        get ``phi = 0`` and ``gamma_full = 0``: "snapped" to ``v``.
+
+        Returns:
+            ``(n_train_rows,)`` arrays: ``moves``, ``phi``, ``gamma_full``, ``inv_p`` and
+            ``c_over_p`` (0 where the row does not move), so that
+            ``q.u = (q.g) inv_p - (q.v) c_over_p``.
+        """
+        n_tr = problem.n_train_rows
+        v, g = problem.v[:n_tr], problem.g
+        c = problem.g_dot_v
+        # |g - c v| = sqrt(|g|^2 - c^2) (|v| = 1); where that difference cancels in float32
+        # (g nearly parallel to v) it is recomputed from the vector itself.
         gn = problem.g_norm.astype(np.float64)
-        p2 = gn * gn - c.astype(np.float64) ** 2
-        p = np.sqrt(np.maximum(p2, 0.0)).astype(np.float32)
+        c64 = c.astype(np.float64)
+        p2 = gn * gn - c64 * c64
+        p = np.sqrt(np.maximum(p2, 0.0))
         risky = np.flatnonzero(p2 <= 1e-3 * gn * gn)
         step = max(1, _BLOCK_ELEMENTS // max(problem.dim, 1))
         for s0 in range(0, risky.size, step):
             rows = risky[s0 : s0 + step]
             p[rows] = np.linalg.norm(g[rows] - c[rows, None] * v[rows], axis=1)
         # g (numerically) parallel to v: the optimum is v itself (float32 "perp" is noise)
-        moves = problem.has_train & (c >= 0) & (p > 1e-6 * problem.g_norm)
-        # Below this gamma a row takes the interior step; at or above it, unit(g) itself.
+        moves = (c >= 0) & (p > 1e-6 * gn)
         with np.errstate(divide="ignore", invalid="ignore"):
-            cos_vg = np.where(problem.g_norm > 0, c / problem.g_norm, -1.0)
-        gamma_full = 2.0 * (1.0 - cos_vg)
-        return c, p, moves, gamma_full
+            cos_phi = np.where(moves, c64 / gn, 1.0)
+            sin_phi = np.where(moves, p / gn, 0.0)
+            inv_p = np.where(moves, 1.0 / p, 0.0)
+            c_over_p = np.where(moves, c64 / p, 0.0)
+        f32 = np.float32
+        return {
+            "moves": moves,
+            "phi": np.arctan2(sin_phi, cos_phi).astype(f32),
+            "gamma_full": np.where(moves, 2.0 * (1.0 - cos_phi.astype(f32)), 0.0),
+            "inv_p": inv_p.astype(f32),
+            "c_over_p": c_over_p.astype(f32),
+        }
 
     @staticmethod
     def _answer_bounds(
-        problem: _Problem, n_moved: int, coeffs: list[tuple[np.ndarray, np.ndarray]]
+        problem: _Problem, n_moved: int, coeffs: tuple[np.ndarray, np.ndarray]
     ) -> np.ndarray:
         """``(n_val,)``: the best score any answer of each query reaches at a candidate gamma.
 
-        Exact on the candidate grid: a moved answer scores ``S alpha_j + T beta_j`` at each
+        Exact on the candidate grid: a moved answer scores ``S alpha_j + P beta_j`` at each
         gamma, one that does not move keeps ``S``. A query whose best passive score beats
         this is a miss at every gamma, so the streaming pass can stop scoring it.
         """
@@ -791,13 +910,16 @@ class NudgeN(_NudgeBase):
         moved = cols < n_moved
         if moved.any():
             mc = cols[moved]
-            step = max(1, _BLOCK_ELEMENTS // max(mc.size, 1))
-            for g0 in range(0, len(coeffs), step):
-                chunk = coeffs[g0 : g0 + step]
-                alphas = np.stack([alpha[mc] for alpha, _ in chunk])
-                betas = np.stack([beta[mc] for _, beta in chunk])
-                at_gamma = (alphas * s[moved] + betas * t[moved]).max(axis=0)
-                bound[moved] = np.maximum(bound[moved] if g0 else -np.inf, at_gamma)
+            alphas, betas = coeffs
+            s_m, t_m = s[moved, None], t[moved, None]
+            step = max(1, _BLOCK_ELEMENTS // max(alphas.shape[1], 1))
+            at_gamma = np.empty(mc.size, dtype=np.float32)
+            for p0 in range(0, mc.size, step):
+                sl = slice(p0, p0 + step)
+                scores = alphas[mc[sl]] * s_m[sl]
+                scores += betas[mc[sl]] * t_m[sl]
+                at_gamma[sl] = scores.max(axis=1)
+            bound[moved] = at_gamma
         out = np.full(problem.val.n_queries, -np.inf, dtype=np.float32)
         np.maximum.at(out, problem.val_qrows, bound)
         return out
@@ -807,34 +929,39 @@ class NudgeN(_NudgeBase):
         return 1.0 - gamma / 2.0, math.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
 
     def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:
-        c, p, moves, gamma_full = self._geometry(problem)
-        n_moved, (c, p, gamma_full, moves) = problem.move_first(moves, c, p, gamma_full, moves)
-        idx = np.arange(n_moved)
-        c_m, p_m, gn_m, full_m = c[idx], p[idx], problem.g_norm[idx], gamma_full[idx]
-
-        def coeffs(gamma: float) -> tuple[np.ndarray, np.ndarray]:
-            a, b = self._step(gamma)
-            alpha = (a - b * c_m / p_m).astype(np.float32)
-            beta = (b / p_m).astype(np.float32)
-            snap = gamma >= full_m  # takes unit(g): score = q.g / |g|
-            alpha[snap] = 0.0
-            beta[snap] = (1.0 / gn_m[snap]).astype(np.float32)
-            return alpha, beta
+        # A moved row is a v + b u on the unit circle through v and unit(g), with
+        # u = (g - c v) / p: in the (v, g) basis, alpha v + beta g with alpha = a - b c / p and
+        # beta = b / p, so a validation query scores alpha S + beta T (S = q.v, T = q.g). A row
+        # that has reached unit(g) stays there (alpha = 0, beta = 1 / |g|); rows that do not
+        # move keep alpha = 1, beta = 0.
+        geo = self._geometry(problem)
+        moves, inv_p, c_over_p = geo["moves"], geo["inv_p"], geo["c_over_p"]
+        full = geo["gamma_full"]
+        problem.w, problem.w_affine = problem.g, (inv_p, c_over_p)  # second(): P = q.u
 
         candidates = [fixed] if fixed is not None else self._candidates()
+        gam = np.asarray(candidates, dtype=np.float64)
+        a, b = (np.asarray(x, dtype=np.float32) for x in zip(*map(self._step, candidates)))
+        snap = gam[None, :] >= full[:, None]  # (n_tr, n_gamma); rows that do not move: all
+        alphas = a[None, :] - b[None, :] * c_over_p[:, None]
+        betas = b[None, :] * inv_p[:, None]
+        with np.errstate(divide="ignore"):
+            inv_g = np.where(moves, 1.0 / problem.g_norm, 0.0).astype(np.float32)
+        alphas[snap] = np.where(moves, 0.0, 1.0).astype(np.float32)[np.nonzero(snap)[0]]
+        betas[snap] = inv_g[np.nonzero(snap)[0]]
+        coeffs = (alphas, betas)
         scores: np.ndarray | None = None
-        cand_coeffs = [coeffs(gm) for gm in candidates]
+        n_tr = problem.n_train_rows
         if problem.val is not None:
-            problem.stream(self._answer_bounds(problem, n_moved, cand_coeffs))
+            problem.stream(self._answer_bounds(problem, n_tr, coeffs))
         if problem.val is not None and (fixed is None or problem.val.n_queries):
-            alpha_max, beta_max = coeffs(max(candidates))
-            bounds = (
-                alpha_max,
-                beta_max,
-                (c_m / p_m).astype(np.float32),
-                (1.0 / p_m).astype(np.float32),
-            )
-            scores = self._val_recall(problem, n_moved, cand_coeffs, bounds)
+            top = int(np.argmax(gam))
+            # Angle travelled by each row up to the largest gamma (phi where it snaps to g).
+            theta_top = np.where(
+                snap[:, top], geo["phi"], np.float32(math.atan2(b[top], a[top]))
+            ).astype(np.float32)
+            bounds = (alphas[:, top].copy(), betas[:, top].copy(), theta_top)
+            scores = self._val_recall(problem, n_tr, coeffs, bounds)
             best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
             self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
         else:
@@ -842,26 +969,14 @@ class NudgeN(_NudgeBase):
             self.gamma_scores_ = {}
         gamma = candidates[best]
         val_score = None if scores is None else scores[best]
-        if gamma == 0 or idx.size == 0:
+        moved = np.flatnonzero(moves)
+        if gamma == 0 or moved.size == 0:
             self._set_result(
                 gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim))
             )
             return
-        a, b = self._step(gamma)
-        new = np.empty((n_moved, problem.dim), dtype=np.float32)
-        step = max(1, _BLOCK_ELEMENTS // max(problem.dim, 1))
-        # a v + b unit(g - c v) = (a - b c / p) v + (b / p) g
-        coef_v = (a - b * c_m / p_m).astype(np.float32)[:, None]
-        coef_g = (b / p_m).astype(np.float32)[:, None]
-        for s0 in range(0, n_moved, step):
-            sl = slice(s0, min(s0 + step, n_moved))
-            v, g = problem.v[sl], problem.g[sl]
-            block = new[sl]
-            np.multiply(g, coef_g[sl], out=block)
-            block += v * coef_v[sl]
-            snap = gamma >= full_m[sl]
-            block[snap] = g[snap] / gn_m[sl][snap, None]
-        self._set_result(gamma, val_score, problem.active[idx], new)
+        new = _combine(problem, moved, alphas[:, best], betas[:, best])
+        self._set_result(gamma, val_score, problem.active[moved], new)
 
 
 class NudgeM(_NudgeBase):
@@ -895,34 +1010,41 @@ class NudgeM(_NudgeBase):
         return 1e18  # the output has norm ~gamma: keep it far inside float32
 
     def _fit_problem(self, problem: _Problem, fixed: float | None) -> None:
-        n_moved, _ = problem.move_first(problem.has_train & (problem.g_norm > 0))
-        idx = np.arange(n_moved)
-        inv_norm = np.zeros(problem.active.size, dtype=np.float32)
-        inv_norm[idx] = 1.0 / problem.g_norm[idx]
+        n_moved = problem.n_train_rows
+        moves = problem.g_norm > 0  # a zero sum of training queries gives no direction
+        # w = -unit(g) (0 where g = 0): a row scores q.v - gamma (q.w) = q.v + gamma q.unit(g).
+        neg_norm = np.where(moves, -problem.g_norm, 1.0)  # g = 0 rows stay 0
+        w = problem.g
+
+        step = max(1, _CACHE_ELEMENTS // max(problem.dim, 1))
+        for s0 in range(0, n_moved, step):
+            sl = slice(s0, s0 + step)
+            np.divide(w[sl], neg_norm[sl, None], out=w[sl])
+        problem.w = w
         if fixed is not None:
             gamma = fixed
             val_score = None
             if problem.val is not None:
                 problem.stream()
-                alpha = np.ones(idx.size, dtype=np.float32)
-                val_score = float(
-                    self._val_recall(problem, n_moved, [(alpha, gamma * inv_norm[idx])])[0]
-                )
+                alpha = np.ones((n_moved, 1), dtype=np.float32)
+                beta = np.full((n_moved, 1), -gamma, dtype=np.float32)
+                val_score = float(self._val_recall(problem, n_moved, (alpha, beta))[0])
         else:
-            gamma, count = self._sweep(problem, inv_norm)
+            gamma, count = self._sweep(problem, n_moved)
             # Closed intervals of two answers of one query can both cover gamma (ties).
             val_score = min(count, problem.val.n_queries) / problem.val.n_queries
-        if gamma == 0 or idx.size == 0:
+        if gamma == 0 or not moves.any():
             self._set_result(
                 gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim))
             )
             return
-        new = problem.g[:n_moved] * (gamma * inv_norm[:n_moved, None])
-        new += problem.v[:n_moved]
-        self._set_result(gamma, val_score, problem.active[:n_moved], new)
+        moved = np.flatnonzero(moves)
+        ones = np.ones(n_moved, dtype=np.float32)
+        new = _combine(problem, moved, ones, np.full(n_moved, -gamma, dtype=np.float32))
+        self._set_result(gamma, val_score, problem.active[moved], new)
 
     @staticmethod
-    def _sweep(problem: _Problem, inv_norm: np.ndarray) -> tuple[float, int]:
+    def _sweep(problem: _Problem, n_moved: int) -> tuple[float, int]:
         """Exact gamma: the point covered by the most (query, answer) winning intervals.
 
         For query ``q`` a row scores ``S - gamma * G`` with ``S = q.v`` and
@@ -936,7 +1058,7 @@ class NudgeM(_NudgeBase):
         interval cannot win anywhere and stops being scored in the streaming pass.
         """
         n_val = problem.val.n_queries
-        low, high, ok, s_x, g_x = _pair_intervals(problem, -inv_norm)
+        low, high, ok, s_x, g_x = _pair_intervals(problem, n_moved)
         if problem.n_passive * n_val > _EARLY_STOP_SCORES:
             reach = np.where(g_x > 0, s_x - low * g_x, np.where(g_x < 0, s_x - high * g_x, s_x))
             reach[~ok] = -np.inf
@@ -957,13 +1079,76 @@ class NudgeM(_NudgeBase):
         return _most_covered_point(low[ok], high[ok])
 
 
-def _pair_intervals(problem: _Problem, neg_inv_norm: np.ndarray) -> tuple[np.ndarray, ...]:
+def _combine(
+    problem: _Problem, rows: np.ndarray, alpha: np.ndarray, beta: np.ndarray
+) -> np.ndarray | None:
+    """``alpha_j v_j + beta_j w_j`` for the training-answer ``rows``.
+
+    ``alpha``/``beta`` hold one value per training-answer row. Computed a few rows at a time
+    (the temporary stays in cache). Returns a new float32 array, or ``None`` after writing
+    the vectors into ``problem.dense`` (at their document rows) when that is set.
+    """
+    dense = problem.dense
+    out = None if dense is not None else np.empty((rows.size, problem.dim), dtype=np.float32)
+    whole = rows.size == problem.n_train_rows  # then rows == arange: use slices, not gathers
+    a, b = (alpha, beta) if whole else (alpha[rows], beta[rows])
+    step = max(1, _CACHE_ELEMENTS // max(problem.dim, 1))
+    buf = np.empty((min(step, rows.size), problem.dim), dtype=np.float32)
+    tmp = np.empty_like(buf)
+    for s0 in range(0, rows.size, step):
+        sl = slice(s0, min(s0 + step, rows.size))
+        src = sl if whole else rows[sl]
+        n = sl.stop - sl.start
+        block = buf[:n] if dense is not None else out[sl]
+        np.multiply(problem.w[src], b[sl, None], out=block)
+        block += np.multiply(problem.v[src], a[sl, None], out=tmp[:n])
+        if dense is not None:
+            dense[problem.active[rows[sl]]] = block
+    return out
+
+
+def _normalize_into(docs: np.ndarray, out: np.ndarray, skip: np.ndarray) -> None:
+    """Write the unit-normalised rows of ``docs`` into ``out``, except the rows in ``skip``.
+
+    All-zero rows are written as zeros. Reads the corpus in blocks (a memmap is streamed).
+    """
+    n_docs, dim = docs.shape
+    if skip.size * 2 > n_docs:  # most rows are skipped: gather the others
+        keep = np.ones(n_docs, dtype=bool)
+        keep[skip] = False
+        rest = np.flatnonzero(keep)
+        step = max(1, _CACHE_ELEMENTS // max(dim, 1))
+        for s0 in range(0, rest.size, step):
+            part = rest[s0 : s0 + step]
+            block = np.asarray(docs[part], dtype=np.float32)
+            norms = _row_norms(block)
+            norms[norms == 0] = 1
+            out[part] = block / norms[:, None]
+        return
+    keep = None
+    if skip.size:
+        keep = np.ones(n_docs, dtype=bool)
+        keep[skip] = False
+    rows = max(1, _BLOCK_ELEMENTS // max(dim, 1))
+    for start in range(0, n_docs, rows):
+        stop = min(start + rows, n_docs)
+        block = np.asarray(docs[start:stop], dtype=np.float32)
+        norms = _row_norms(block)
+        norms[norms == 0] = 1
+        if keep is None:
+            np.divide(block, norms[:, None], out=out[start:stop])
+        else:
+            mine = keep[start:stop]
+            out[start:stop][mine] = block[mine] / norms[mine, None]
+
+
+def _pair_intervals(problem: _Problem, n_moved: int) -> tuple[np.ndarray, ...]:
     """NUDGE-M winning interval ``[low, high]`` of every validation pair, over active rows.
 
     Args:
         problem: the gathered problem.
-        neg_inv_norm: ``(n_active,)`` ``-1/|g|`` of moved rows, 0 elsewhere, so that
-            ``G = (q.g) * neg_inv_norm = -q.unit(g)``.
+        n_moved: the first ``n_moved`` active rows move; ``problem.w`` holds their
+            ``-unit(g)``, so ``G = q.w`` (0 for the other rows).
 
     Returns:
         ``low``, ``high`` (float64), ``ok`` (non-empty), ``s_x``, ``g_x`` per pair.
@@ -979,7 +1164,8 @@ def _pair_intervals(problem: _Problem, neg_inv_norm: np.ndarray) -> tuple[np.nda
     for blk in problem.query_blocks(n_active):
         s, t = problem.block_scores(blk)
         b = s.shape[0]
-        gg = t * neg_inv_norm
+        gg = np.zeros(s.shape, dtype=np.float32)
+        gg[:, :n_moved] = t
 
         # Pareto front per query. Front points lie in the box between the best-S point and
         # the lowest-G point (anything outside is dominated by one of the two), so only the
@@ -1023,75 +1209,103 @@ def _pair_intervals(problem: _Problem, neg_inv_norm: np.ndarray) -> tuple[np.nda
 def _pruned_hits(
     s: np.ndarray,
     t: np.ndarray,
+    second: Callable[..., np.ndarray],
     flat_answers: np.ndarray,
-    coeffs: list[tuple[np.ndarray, np.ndarray]],
-    bounds: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    coeffs: tuple[np.ndarray, np.ndarray],
+    bounds: tuple[np.ndarray, np.ndarray, np.ndarray],
     best_non_static: np.ndarray,
     best_ans_static: np.ndarray,
     best_static: np.ndarray,
 ) -> np.ndarray:
     """Validation hit@1 counts per gamma for one query block of NUDGE-N, scoring few pairs.
 
-    The score of row ``j`` as gamma grows is ``R cos(phi - theta)`` for an angle ``phi`` in
-    an interval (clipped where the row snaps to ``unit(g)``), with ``R = sqrt(S^2 + P^2)``,
-    ``P = q.unit(g_perp)``. So ``R`` bounds it from above, and for ``S >= 0`` its smallest
-    value on the interval is at an end: ``min(S, score at the largest gamma)``. A row whose
-    upper bound is below the best of the rows' lower bounds is never top-1 for that query.
+    Row ``j`` scores ``S cos(theta) + P sin(theta) = R cos(theta - psi)`` with
+    ``S = q.v``, ``P = q.u``, ``R = sqrt(S^2 + P^2)`` and ``theta`` growing with gamma from
+    0 to ``theta_top`` (clipped where the row snaps to ``unit(g)``). So ``R`` bounds it from
+    above (exactly: ``R`` if ``psi`` lies in the range, else the better end), and for
+    ``S >= 0`` its smallest value is at an end of the range: ``min(S, score at the largest
+    gamma)``. A row whose upper bound is below the best of the rows' lower bounds is never
+    top-1 for that query. Scores themselves are computed in the ``(S, T)`` basis, exactly as
+    for an unpruned search.
 
     Args:
         s: ``(b, n_moved)`` ``q.v``.
-        t: ``(b, n_moved)`` ``q.g``.
+        t: ``(b, n_moved)`` ``T = q.g``.
+        second: :meth:`_Problem.second`, which turns ``(S, T)`` into ``P``.
         flat_answers: flat positions ``i * n_moved + j`` of (query, answer) pairs among them.
-        coeffs: per gamma, ``(alpha, beta)`` with score ``s * alpha + t * beta``.
-        bounds: ``(alpha_max, beta_max, c_over_p, inv_p)``.
+        coeffs: ``(alpha, beta)``, ``(n_moved, n_gamma)`` each: at gamma ``c`` row ``j``
+            scores ``s[:, j] * alpha[j, c] + t[:, j] * beta[j, c]``.
+        bounds: ``(alpha, beta)`` at the largest gamma and ``theta_top`` per row.
         best_non_static: ``(b,)`` best scores of non-answer rows that do not move.
         best_ans_static: ``(b,)`` best scores of answer rows that do not move.
         best_static: ``(b,)`` the larger of the two.
 
     Returns:
-        ``(len(coeffs),)`` hit counts.
+        ``(n_gamma,)`` hit counts.
     """
-    alpha_max, beta_max, c_over_p, inv_p = bounds
+    alpha_max, beta_max, theta_top = bounds
     b, n = s.shape
-    hits = np.zeros(len(coeffs), dtype=np.float64)
+    alphas, betas = coeffs
+    hits = np.zeros(alphas.shape[1], dtype=np.float64)
     if n == 0:
         hits += np.count_nonzero(best_ans_static > best_non_static)
         return hits
-    # Entries with S < 0 give values below 0 here; they can only set a non-positive lower
-    # bound, which prunes nothing (below), so they need no masking.
-    at_max = np.multiply(s, alpha_max)
-    buf = np.multiply(t, beta_max)
-    at_max += buf
-    np.minimum(at_max, s, out=at_max)
-    lower = np.maximum(at_max.max(axis=1), best_static)
-    perp = np.multiply(t, inv_p, out=at_max)  # reuse: P = (T - c S) / p
-    np.multiply(s, c_over_p, out=buf)
-    perp -= buf
-    perp *= perp
-    upper_sq = np.multiply(s, s, out=buf)
-    upper_sq += perp
-    lower_sq = np.where(lower > 0, lower * lower, 0.0).astype(np.float32)
-    cand = upper_sq >= lower_sq[:, None]
-    cand[lower <= 0] = True  # a non-positive bound prunes nothing safely
+
+    def floor(r: np.ndarray, c: np.ndarray) -> np.ndarray:  # min(S, score at the largest gamma)
+        s_rc = s[r, c]
+        return np.minimum(s_rc, alpha_max[c] * s_rc + beta_max[c] * t[r, c])
+
+    # Lower bound of each query's top-1 score at every gamma: the best floor. Start from the
+    # row with the best S; only rows with a larger S can raise it. Floors of rows with S < 0
+    # are below 0: they can only give a non-positive bound, which prunes nothing (below).
+    lower = np.maximum(best_static, floor(np.arange(b), s.argmax(axis=1)))
+    cand = np.greater(s, lower[:, None])
+    r, c = np.divmod(np.flatnonzero(cand), n)  # (2-D np.nonzero is several times slower)
+    if r.size:
+        np.maximum.at(lower, r, floor(r, c))
+    # Upper bound R^2 = S^2 + P^2 against the lower bound squared, a few queries at a time so
+    # that the temporaries stay in cache.
+    lower_sq = np.where(lower > _BOUND_SLACK, (lower - _BOUND_SLACK) ** 2, -1.0).astype(
+        np.float32
+    )  # a non-positive bound prunes nothing
+    chunk = max(1, _CACHE_ELEMENTS // n)
+    buf_p = np.empty((min(chunk, b), n), dtype=np.float32)
+    buf_s = np.empty_like(buf_p)
+    every = slice(0, n)
+    for r0 in range(0, b, chunk):
+        r1 = min(r0 + chunk, b)
+        sc = s[r0:r1]
+        upper_sq = second(sc, t[r0:r1], every, out=buf_p[: r1 - r0])
+        np.multiply(upper_sq, upper_sq, out=upper_sq)
+        upper_sq += np.multiply(sc, sc, out=buf_s[: r1 - r0])
+        np.greater_equal(upper_sq, lower_sq[r0:r1, None], out=cand[r0:r1])
     keys = np.flatnonzero(cand)  # = row * n + col, in row-major order
     rows, cols = np.divmod(keys, n)
+    # The exact bound on the survivors: R where the angle psi of (S, P) lies in the row's
+    # range [0, theta_max], else the better end of the range.
+    s_c, t_c = s[rows, cols], t[rows, cols]
+    p_c = second(s_c, t_c, cols)
+    psi = np.arctan2(p_c, s_c)
+    end = alpha_max[cols] * s_c + beta_max[cols] * t_c
+    inside = (psi >= 0) & (psi <= theta_top[cols])
+    upper = np.where(inside, np.hypot(s_c, p_c), np.maximum(s_c, end))
+    keep = np.flatnonzero(upper >= lower[rows] - _BOUND_SLACK)
+    keys, rows, cols, s_c, t_c = keys[keep], rows[keep], cols[keep], s_c[keep], t_c[keep]
     answers = np.sort(flat_answers)
     pos = np.searchsorted(answers, keys)
     is_ans = pos < answers.size
     is_ans[is_ans] = answers[pos[is_ans]] == keys[is_ans]
     order = np.lexsort((rows, is_ans))
     rows, cols, is_ans = rows[order], cols[order], is_ans[order]
-    s_c, t_c = s[rows, cols], t[rows, cols]
+    s_c, t_c = s_c[order], t_c[order]
     # Segments of equal (is_ans, row): reduceat over each.
     seg_start = np.flatnonzero(
         np.concatenate(([rows.size > 0], (rows[1:] != rows[:-1]) | (is_ans[1:] != is_ans[:-1])))
     )
     seg_rows, seg_ans = rows[seg_start], is_ans[seg_start]
     ans_rows, non_rows = seg_rows[seg_ans], seg_rows[~seg_ans]
-    alphas = np.stack([alpha for alpha, _ in coeffs], axis=1)  # (n_moved, n_gamma)
-    betas = np.stack([beta for _, beta in coeffs], axis=1)
     step = max(1, _BLOCK_ELEMENTS // max(s_c.size, 1))  # gammas scored together
-    for g0 in range(0, len(coeffs), step):
+    for g0 in range(0, hits.size, step):
         gs = slice(g0, g0 + step)
         sc = alphas[cols, gs] * s_c[:, None]  # (n_cand, n_g): whole rows gathered
         sc += betas[cols, gs] * t_c[:, None]

@@ -6,6 +6,7 @@ scikit-learn (``X has 5 features, but ... is expecting 4``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -103,6 +104,15 @@ def check_finite_rows(block: np.ndarray, name: str, *, offset: int = 0) -> None:
         name: the argument's name.
         offset: the row number of ``block[0]`` in the caller's array.
     """
+    if block.dtype.kind == "f" and block.size:
+        # One pass without a temporary: a NaN or inf anywhere in a row makes its sum of
+        # squares non-finite (so does a finite row whose squares overflow: checked below).
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq = np.einsum("ij,ij->i", block, block)
+        if np.isfinite(sq).all():
+            return
+    elif block.dtype.kind in "iub":
+        return
     finite = np.isfinite(block).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
@@ -243,15 +253,15 @@ def _plain_int_lists(answers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | 
     """
     try:
         lengths = np.fromiter(map(len, answers), dtype=np.int64, count=len(answers))
-        flat = [x for row in answers for x in row]
+        flat = list(itertools.chain.from_iterable(answers))
     except TypeError:  # a scalar or other non-sized entry
         return None
-    if any(type(x) is not int for x in flat):  # noqa: E721 - exact type: no bool, float
+    if flat and set(map(type, flat)) != {int}:  # exact type: no bool, float or numpy scalar
         return None
     indptr = np.zeros(len(answers) + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
     try:
-        indices = np.asarray(flat, dtype=np.int64)
+        indices = np.fromiter(flat, dtype=np.int64, count=len(flat))
     except OverflowError:
         return None
     return indptr, indices
