@@ -55,6 +55,9 @@ _STREAM_BLOCK = 1 << 24
 # rounding of the per-gamma scores never drops a row that ties for top-1.
 _BOUND_SLACK = 1e-6
 
+# NUDGE-N pruning takes its lower bounds from the rows within this of a query's best S.
+_NEAR_BEST = 0.05
+
 # Elements per temporary in passes that chain several element-wise steps (512 KB of float32,
 # so that the temporaries stay in a core's cache).
 _CACHE_ELEMENTS = 1 << 17
@@ -142,32 +145,34 @@ class _Problem:
         lookup = np.empty(n_docs, dtype=np.int32 if n_active < 2**31 else np.int64)
         lookup[self.active] = np.arange(n_active, dtype=lookup.dtype)
 
-        self.v = self._gather_unit_rows(docs)  # (n_active, dim), unit rows
         val_cols = None if val is None else lookup[val.indices].astype(np.int64)
 
         # g = sum of training queries per training-answer row, through a sparse
         # (n_train_rows x n_train) map whose columns are the training queries (so the CSC
-        # indptr is train's own).
+        # indptr is train's own); as CSR, each row's sum is accumulated in place, faster than
+        # CSC's scattered updates.
         assign = sp.csc_matrix(
             (np.ones(train.indices.size, dtype=np.float32), lookup[train.indices], train.indptr),
             shape=(self.n_train_rows, train.n_queries),
         )
         del lookup
-        self.g = np.asarray(assign @ train.embeddings, dtype=np.float32)
+        self.g = np.asarray(assign.tocsr() @ train.embeddings, dtype=np.float32)
         del assign
-        # |g| and g.v in one pass over both.
+        # v = unit active rows, with |g| and g.v computed while each block is in cache.
         self.g_norm = np.empty(self.n_train_rows, dtype=np.float32)
         self.g_dot_v = np.empty(self.n_train_rows, dtype=np.float32)
-        step = max(1, _CACHE_ELEMENTS // max(dim, 1))
-
-        for s0 in range(0, self.n_train_rows, step):
-            sl = slice(s0, min(s0 + step, self.n_train_rows))
-            self.g_norm[sl] = np.sqrt(_row_sq_norms(self.g[sl]))
-            self.g_dot_v[sl] = np.einsum("ij,ij->i", self.g[sl], self.v[sl])
-        tiny = ~np.isfinite(self.g_norm) | (self.g_norm < 1e-18)
-        if tiny.any():  # float32 under- or overflow: exact float64 norms for those rows
-            self.g_norm = self.g_norm.astype(np.float64)
-            self.g_norm[tiny] = np.linalg.norm(self.g[tiny].astype(np.float64), axis=1)
+        self.v = self._gather_unit_rows(docs)
+        tiny = np.flatnonzero(~np.isfinite(self.g_norm) | (self.g_norm < 1e-18))
+        if tiny.size:
+            # Sums so small that float32 loses them (their squares underflow; 1 / |g| may
+            # overflow): only their direction matters, so those rows are rescaled to unit norm.
+            g64 = self.g[tiny].astype(np.float64)
+            norms = np.linalg.norm(g64, axis=1)
+            nonzero = norms > 0
+            g64[nonzero] /= norms[nonzero, None]
+            self.g[tiny] = g64.astype(np.float32)
+            self.g_norm[tiny] = np.where(nonzero, 1.0, 0.0)
+            self.g_dot_v[tiny] = np.einsum("ij,ij->i", self.g[tiny], self.v[tiny])
         # The solver's second scoring basis: one row per training-answer row (set by the solver),
         # and optionally per-row (scale, shift) so that a score is (q.w) scale - (q.v) shift.
         self.w: np.ndarray | None = None
@@ -194,7 +199,8 @@ class _Problem:
         """The active rows of ``docs``, unit-normalised, as a new float32 array.
 
         Gathered, checked and normalised a few rows at a time so that each row is read from
-        memory once and written once (a memmap's pages are dropped after reading).
+        memory once and written once (a memmap's pages are dropped after reading); ``g_norm``
+        and ``g_dot_v`` are filled from the same blocks.
         """
         rows = self.active
         out = np.empty((rows.size, docs.shape[1]), dtype=np.float32)
@@ -227,6 +233,11 @@ class _Problem:
                 )
                 raise ValueError(msg)
             np.divide(block, norms[:, None], out=block)
+            if s0 < self.n_train_rows:  # training answers come first
+                sl = slice(s0, min(s0 + part.size, self.n_train_rows))
+                g = self.g[sl]
+                self.g_norm[sl] = np.sqrt(_row_sq_norms(g))
+                self.g_dot_v[sl] = np.einsum("ij,ij->i", g, block[: sl.stop - s0])
         return out
 
     def block_scores(self, blk: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +260,12 @@ class _Problem:
         return s, t
 
     def second(
-        self, s: np.ndarray, t: np.ndarray, cols: np.ndarray | slice, out: np.ndarray | None = None
+        self,
+        s: np.ndarray,
+        t: np.ndarray,
+        cols: np.ndarray | slice,
+        out: np.ndarray | None = None,
+        tmp: np.ndarray | None = None,
     ) -> np.ndarray:
         """The second score ``T scale - S shift`` (``w_affine``; ``T`` itself without it).
 
@@ -259,6 +275,7 @@ class _Problem:
             t: ``T`` values of the same shape.
             cols: which training-answer rows the values belong to.
             out: optional float32 array like ``t`` to write into (may be ``t``).
+            tmp: optional float32 scratch array like ``t``.
         """
         if self.w_affine is None:
             if out is None:
@@ -269,7 +286,7 @@ class _Problem:
         if isinstance(cols, slice):
             scale, shift = scale[cols], shift[cols]
             out = np.multiply(t, scale, out=out)
-            out -= s * shift
+            out -= np.multiply(s, shift, out=tmp)
             return out
         out = np.multiply(t, scale[cols], out=out)
         out -= s * shift[cols]
@@ -896,30 +913,33 @@ class NudgeN(_NudgeBase):
 
     @staticmethod
     def _answer_bounds(
-        problem: _Problem, n_moved: int, coeffs: tuple[np.ndarray, np.ndarray]
+        problem: _Problem, n_moved: int, top: tuple[np.ndarray, np.ndarray, np.ndarray]
     ) -> np.ndarray:
-        """``(n_val,)``: the best score any answer of each query reaches at a candidate gamma.
+        """``(n_val,)``: a bound on the best score any answer of each query reaches.
 
-        Exact on the candidate grid: a moved answer scores ``S alpha_j + P beta_j`` at each
-        gamma, one that does not move keeps ``S``. A query whose best passive score beats
-        this is a miss at every gamma, so the streaming pass can stop scoring it.
+        A moved answer travels on its circle up to angle ``theta_top``: its score is at most
+        ``R`` when the query's angle lies in that range, else the better end (see
+        :func:`_pruned_hits`); one that does not move keeps ``S``. A query whose best passive
+        score beats this is a miss at every gamma, so the streaming pass can stop scoring it.
+
+        Args:
+            problem: the gathered problem.
+            n_moved: the first ``n_moved`` active rows can move.
+            top: ``(alpha, beta, theta_top)`` at the largest candidate gamma.
         """
         s, t = problem.pair_scores()
         cols = problem.val_cols
         bound = s.astype(np.float32, copy=True)
         moved = cols < n_moved
         if moved.any():
-            mc = cols[moved]
-            alphas, betas = coeffs
-            s_m, t_m = s[moved, None], t[moved, None]
-            step = max(1, _BLOCK_ELEMENTS // max(alphas.shape[1], 1))
-            at_gamma = np.empty(mc.size, dtype=np.float32)
-            for p0 in range(0, mc.size, step):
-                sl = slice(p0, p0 + step)
-                scores = alphas[mc[sl]] * s_m[sl]
-                scores += betas[mc[sl]] * t_m[sl]
-                at_gamma[sl] = scores.max(axis=1)
-            bound[moved] = at_gamma
+            alpha_top, beta_top, theta_top = top
+            mc, s_m, t_m = cols[moved], s[moved], t[moved]
+            p_m = problem.second(s_m, t_m, mc)
+            psi = np.arctan2(p_m, s_m)
+            inside = (psi >= 0) & (psi <= theta_top[mc])
+            end = alpha_top[mc] * s_m + beta_top[mc] * t_m
+            reach = np.where(inside, np.hypot(s_m, p_m), np.maximum(s_m, end))
+            bound[moved] = reach + np.float32(_BOUND_SLACK)
         out = np.full(problem.val.n_queries, -np.inf, dtype=np.float32)
         np.maximum.at(out, problem.val_qrows, bound)
         return out
@@ -952,15 +972,16 @@ class NudgeN(_NudgeBase):
         coeffs = (alphas, betas)
         scores: np.ndarray | None = None
         n_tr = problem.n_train_rows
+        # Coefficients at the largest gamma, and the angle each row has travelled by then
+        # (phi where it snaps to g): they bound every row's score over the whole grid.
+        top = int(np.argmax(gam))
+        theta_top = np.where(
+            snap[:, top], geo["phi"], np.float32(math.atan2(b[top], a[top]))
+        ).astype(np.float32)
+        bounds = (alphas[:, top].copy(), betas[:, top].copy(), theta_top)
         if problem.val is not None:
-            problem.stream(self._answer_bounds(problem, n_tr, coeffs))
+            problem.stream(self._answer_bounds(problem, n_tr, bounds))
         if problem.val is not None and (fixed is None or problem.val.n_queries):
-            top = int(np.argmax(gam))
-            # Angle travelled by each row up to the largest gamma (phi where it snaps to g).
-            theta_top = np.where(
-                snap[:, top], geo["phi"], np.float32(math.atan2(b[top], a[top]))
-            ).astype(np.float32)
-            bounds = (alphas[:, top].copy(), betas[:, top].copy(), theta_top)
             scores = self._val_recall(problem, n_tr, coeffs, bounds)
             best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
             self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
@@ -1255,30 +1276,30 @@ def _pruned_hits(
         s_rc = s[r, c]
         return np.minimum(s_rc, alpha_max[c] * s_rc + beta_max[c] * t[r, c])
 
-    # Lower bound of each query's top-1 score at every gamma: the best floor. Start from the
-    # row with the best S; only rows with a larger S can raise it. Floors of rows with S < 0
-    # are below 0: they can only give a non-positive bound, which prunes nothing (below).
-    lower = np.maximum(best_static, floor(np.arange(b), s.argmax(axis=1)))
-    cand = np.greater(s, lower[:, None])
-    r, c = np.divmod(np.flatnonzero(cand), n)  # (2-D np.nonzero is several times slower)
-    if r.size:
-        np.maximum.at(lower, r, floor(r, c))
-    # Upper bound R^2 = S^2 + P^2 against the lower bound squared, a few queries at a time so
-    # that the temporaries stay in cache.
-    lower_sq = np.where(lower > _BOUND_SLACK, (lower - _BOUND_SLACK) ** 2, -1.0).astype(
-        np.float32
-    )  # a non-positive bound prunes nothing
+    # A few queries at a time (so that their S and T stay in cache for every pass):
+    # 1. a lower bound of each query's top-1 score at every gamma: the best floor among the
+    #    rows whose S is near the query's best S (any set of rows gives a valid bound; these
+    #    almost always hold the best floor). Floors of rows with S < 0 are below 0: they can
+    #    only give a non-positive bound, which prunes nothing.
+    # 2. the rows whose upper bound R (R^2 = S^2 + P^2) reaches it.
+    lower = best_static.astype(np.float32, copy=True)
+    cand = np.empty((b, n), dtype=bool)
     chunk = max(1, _CACHE_ELEMENTS // n)
     buf_p = np.empty((min(chunk, b), n), dtype=np.float32)
     buf_s = np.empty_like(buf_p)
     every = slice(0, n)
     for r0 in range(0, b, chunk):
         r1 = min(r0 + chunk, b)
-        sc = s[r0:r1]
-        upper_sq = second(sc, t[r0:r1], every, out=buf_p[: r1 - r0])
+        sc, low, mask = s[r0:r1], lower[r0:r1], cand[r0:r1]
+        near = sc.max(axis=1) - np.float32(_NEAR_BEST)
+        np.greater_equal(sc, near[:, None], out=mask)
+        r, c = np.divmod(np.flatnonzero(mask), n)  # (2-D np.nonzero is several times slower)
+        np.maximum.at(low, r, floor(r + r0, c))
+        low_sq = np.where(low > _BOUND_SLACK, (low - _BOUND_SLACK) ** 2, -1.0).astype(np.float32)
+        upper_sq = second(sc, t[r0:r1], every, out=buf_p[: r1 - r0], tmp=buf_s[: r1 - r0])
         np.multiply(upper_sq, upper_sq, out=upper_sq)
         upper_sq += np.multiply(sc, sc, out=buf_s[: r1 - r0])
-        np.greater_equal(upper_sq, lower_sq[r0:r1, None], out=cand[r0:r1])
+        np.greater_equal(upper_sq, low_sq[:, None], out=mask)
     keys = np.flatnonzero(cand)  # = row * n + col, in row-major order
     rows, cols = np.divmod(keys, n)
     # The exact bound on the survivors: R where the angle psi of (S, P) lies in the row's
