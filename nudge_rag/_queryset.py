@@ -9,7 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag._validation import check_answer_range, check_answers, check_matrix
+from nudge_rag._validation import (
+    check_answer_range,
+    check_answers,
+    check_finite_rows,
+    check_matrix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,20 @@ class QuerySet:
     indices: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        emb = check_matrix(self.embeddings, "query embeddings")
+        emb = check_matrix(self.embeddings, "query embeddings", check_finite=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN rows are reported below
+            sq = np.einsum("ij,ij->i", emb, emb)
+        if not np.isfinite(sq).all():
+            check_finite_rows(emb, "query embeddings")  # names the row with NaN or inf
+        if sq.size and not sq.max() <= np.float32(MAX_QUERY_NORM) ** 2:
+            row = int(np.flatnonzero(~(sq <= np.float32(MAX_QUERY_NORM) ** 2))[0])
+            norm = np.linalg.norm(emb[row].astype(np.float64))
+            msg = (
+                f"query embeddings row {row} has norm {norm:.3g}: scores against sums of such "
+                f"queries overflow float32 (norms above {MAX_QUERY_NORM:g} are refused); "
+                "normalize the query embeddings"
+            )
+            raise ValueError(msg)
         indptr, indices = check_answers(self.answers, "answers", n_queries=emb.shape[0])
         object.__setattr__(self, "embeddings", emb)
         object.__setattr__(self, "indptr", indptr)
@@ -155,17 +173,6 @@ class QuerySet:
         if self.dim != dim:
             msg = (
                 f"{name} query embeddings have {self.dim} dimensions, but the documents have {dim}"
-            )
-            raise ValueError(msg)
-        with np.errstate(over="ignore"):
-            sq = np.einsum("ij,ij->i", self.embeddings, self.embeddings)  # inf on overflow
-        if sq.size and sq.max() > np.float32(MAX_QUERY_NORM) ** 2:
-            row = int(np.argmax(sq))
-            norm = np.linalg.norm(self.embeddings[row].astype(np.float64))
-            msg = (
-                f"{name} query embeddings row {row} has norm {norm:.3g}: scores against "
-                f"sums of such queries overflow float32 (norms above {MAX_QUERY_NORM:g} are "
-                "refused); normalize the query embeddings"
             )
             raise ValueError(msg)
         check_answer_range(self.indices, self.indptr, f"{name} answers", n_docs)

@@ -13,9 +13,16 @@ Notation (per document row ``j`` that answers training queries):
   normalised, so it must be scored by dot product.
 
 Both score a validation query ``q`` against a moved row as ``S * alpha_j + T * beta_j`` with
-``S = q.v_j`` and ``T = q.g_j`` — two matmuls, then a per-column scaling per gamma.
-Documents that answer no training or validation query never move; they matter only through
-their best score per validation query, computed once in a streaming pass over the corpus.
+``S = q.v_j`` and ``T = q.w_j`` (``w = g`` for NUDGE-N, ``-unit(g)`` for NUDGE-M) — two
+matmuls, then per-row coefficients per gamma. NUDGE-N only scores, per gamma, the (query, row)
+pairs that can be top-1 somewhere on the grid: a row moves on the unit circle through ``v``
+and ``u = unit(g - (g.v) v)``, so ``R = |(q.v, q.u)|`` bounds its score from above, and its
+score at either end of the grid bounds it from below. Documents that answer no training or
+validation query never move; they matter only through their best score per validation query,
+computed once in a streaming pass over the corpus.
+
+Large arrays are touched in cache-sized blocks and as few times as possible: on a 2-core
+machine most of a small fit is memory traffic, not arithmetic.
 """
 
 from __future__ import annotations
@@ -963,12 +970,11 @@ class NudgeN(_NudgeBase):
         gam = np.asarray(candidates, dtype=np.float64)
         a, b = (np.asarray(x, dtype=np.float32) for x in zip(*map(self._step, candidates)))
         snap = gam[None, :] >= full[:, None]  # (n_tr, n_gamma); rows that do not move: all
-        alphas = a[None, :] - b[None, :] * c_over_p[:, None]
-        betas = b[None, :] * inv_p[:, None]
         with np.errstate(divide="ignore"):
             inv_g = np.where(moves, 1.0 / problem.g_norm, 0.0).astype(np.float32)
-        alphas[snap] = np.where(moves, 0.0, 1.0).astype(np.float32)[np.nonzero(snap)[0]]
-        betas[snap] = inv_g[np.nonzero(snap)[0]]
+        stay = (~moves).astype(np.float32)  # alpha once snapped: 0 (at g), 1 (never moved)
+        alphas = np.where(snap, stay[:, None], a[None, :] - b[None, :] * c_over_p[:, None])
+        betas = np.where(snap, inv_g[:, None], b[None, :] * inv_p[:, None])
         coeffs = (alphas, betas)
         scores: np.ndarray | None = None
         n_tr = problem.n_train_rows

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 from test_solver import make_task
 
 import nudge_rag
@@ -21,8 +21,28 @@ def as_dict(qs):
 @pytest.mark.parametrize("cls, solver", [(NUDGEN, nudge_rag.NudgeN), (NUDGEM, nudge_rag.NudgeM)])
 def test_finetune_embeddings_matches_the_estimator(cls, solver):
     docs, train, val = make_task()
-    out = cls().finetune_embeddings(docs, as_dict(train), as_dict(val))
-    assert_allclose(out, solver().fit(docs, train, val).embeddings_)
+    model = cls()
+    out = model.finetune_embeddings(docs, as_dict(train), as_dict(val))
+    fitted = solver().fit(docs, train, val)
+    assert_allclose(out, fitted.embeddings_)
+    # The compat call writes moved rows straight into its output; the estimator's changed
+    # rows and vectors are still there, the same as a plain fit's.
+    assert model.solver_.changed_rows_.size > 0
+    assert_array_equal(model.solver_.changed_rows_, fitted.changed_rows_)
+    assert_allclose(model.solver_.changed_embeddings_, fitted.changed_embeddings_)
+    assert_allclose(out[fitted.changed_rows_], fitted.changed_embeddings_)
+    assert model.solver_.embeddings_ is out
+
+
+def test_finetune_embeddings_leaves_rows_without_queries_normalised():
+    docs, train, val = make_task()
+    docs = docs * np.float32(3.0)
+    model = NUDGEN()
+    out = model.finetune_embeddings(docs, as_dict(train), as_dict(val))
+    still = np.setdiff1d(np.arange(docs.shape[0]), model.solver_.changed_rows_)
+    assert still.size > 0
+    unit = docs[still] / np.linalg.norm(docs[still], axis=1, keepdims=True)
+    assert_allclose(out[still], unit, rtol=1e-6, atol=1e-7)
 
 
 def test_nontrain_embeddings_are_competitors_only():
