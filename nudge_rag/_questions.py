@@ -60,9 +60,7 @@ def parse_questions(raw: str | Sequence[str] | Any, *, strict: bool = False) -> 
         lines = [_EMPHASIS.sub("", ln.strip(), count=1) for ln in raw.splitlines()]
         lines = [ln for ln in lines if ln]
         items = [  # "**1.** Q" -> "Q": the marker, then any emphasis closing after it
-            _BOLD.sub("", _ITEM.sub("", ln, count=1), count=1)
-            for ln in lines
-            if _ITEM.match(ln)
+            _BOLD.sub("", _ITEM.sub("", ln, count=1), count=1) for ln in lines if _ITEM.match(ln)
         ]
         if not items and strict:
             items = [ln for ln in lines if _unwrap(ln).endswith("?")]

@@ -65,9 +65,9 @@ _BOUND_SLACK = 1e-6
 # NUDGE-N pruning takes its lower bounds from the rows within this of a query's best S.
 _NEAR_BEST = 0.05
 
-# Elements per temporary in passes that chain several element-wise steps (512 KB of float32,
+# Elements per temporary in passes that chain several element-wise steps (256 KB of float32,
 # so that the temporaries stay in a core's cache).
-_CACHE_ELEMENTS = 1 << 17
+_CACHE_ELEMENTS = 1 << 16
 
 
 class NotFittedError(ValueError, AttributeError):

@@ -54,7 +54,16 @@ class ChromaServer:
 
         log = open(self.path / "server.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [self.exe, "run", "--path", str(self.path / "db"), "--host", self.host, "--port", str(self.port)],
+            [
+                self.exe,
+                "run",
+                "--path",
+                str(self.path / "db"),
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

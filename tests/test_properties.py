@@ -602,7 +602,9 @@ def test_non_representable_float_answer(value):
 def test_float64_documents_beyond_float32_range():
     """Bug 6: float64 documents beyond the float32 range warned on the cast."""
     docs = np.eye(3) * 1e39
-    with pytest.raises(ValueError, match="doc_embeddings row 0 holds values beyond the float32 range"):
+    with pytest.raises(
+        ValueError, match="doc_embeddings row 0 holds values beyond the float32 range"
+    ):
         _strict_fit(NudgeN(gamma=0.1), docs, (np.ones((1, 3), np.float32), [[0]]), None)
 
 
