@@ -210,41 +210,50 @@ class _Problem:
         and ``g_dot_v`` are filled from the same blocks.
         """
         rows = self.active
+        n_tr = self.n_train_rows
         out = np.empty((rows.size, docs.shape[1]), dtype=np.float32)
+        sq = np.empty(rows.size, dtype=np.float32)
         step = max(1, _CACHE_ELEMENTS // max(docs.shape[1], 1))
         is_memmap = isinstance(docs, np.memmap)
-
-        for s0 in range(0, rows.size, step):
-            part = rows[s0 : s0 + step]
-            block = out[s0 : s0 + part.size]
-            if is_memmap or docs.dtype != np.float32:
-                block[...] = docs[part]
-                if is_memmap:
-                    _release_pages(docs, int(part.min()), int(part.max()) + 1)
-            else:  # rows are in range: "clip" skips take's buffered bounds-checked copy
-                np.take(docs, part, axis=0, out=block, mode="clip")
-            sq = _row_sq_norms(block)
-            if not np.isfinite(sq).all():  # NaN/inf, or finite values whose squares overflow
-                finite = np.isfinite(block).all(axis=1)
-                if not finite.all():
-                    row = int(part[np.flatnonzero(~finite)[0]])
-                    msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
-                    raise ValueError(msg)
-            norms = _row_norms(block, sq)
-            zero = norms == 0
-            if zero.any():
-                row = int(part[np.flatnonzero(zero)[0]])
+        with np.errstate(all="ignore"):  # rows that are not finite or not normal: see below
+            for s0 in range(0, rows.size, step):
+                part = rows[s0 : s0 + step]
+                sl = slice(s0, s0 + part.size)
+                block = out[sl]
+                if is_memmap or docs.dtype != np.float32:
+                    block[...] = docs[part]
+                    if is_memmap:
+                        _release_pages(docs, int(part.min()), int(part.max()) + 1)
+                else:  # rows are in range: "clip" skips take's buffered bounds-checked copy
+                    np.take(docs, part, axis=0, out=block, mode="clip")
+                np.einsum("ij,ij->i", block, block, out=sq[sl])
+                np.divide(block, np.sqrt(sq[sl])[:, None], out=block)
+                if s0 < n_tr:  # training answers come first
+                    gl = slice(s0, min(sl.stop, n_tr))
+                    g = self.g[gl]
+                    np.sqrt(np.einsum("ij,ij->i", g, g), out=self.g_norm[gl])
+                    np.einsum("ij,ij->i", g, block[: gl.stop - s0], out=self.g_dot_v[gl])
+        # Rows whose squared norm is not a normal finite float32 (NaN/inf, all zeros, or tiny
+        # or huge values): checked, and normalised again in float64.
+        bad = np.flatnonzero(~(np.isfinite(sq) & (sq >= 1e-36)))
+        if bad.size:
+            raw = np.asarray(docs[rows[bad]], dtype=np.float32)
+            finite = np.isfinite(raw).all(axis=1)
+            if not finite.all():
+                row = int(rows[bad[np.flatnonzero(~finite)[0]]])
+                msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
+                raise ValueError(msg)
+            norms = np.linalg.norm(raw.astype(np.float64), axis=1)
+            if (norms == 0).any():
+                row = int(rows[bad[np.flatnonzero(norms == 0)[0]]])
                 msg = (
                     f"doc_embeddings row {row} is all zeros: cosine similarity is undefined "
                     "for it; remove it or give it a real embedding"
                 )
                 raise ValueError(msg)
-            np.divide(block, norms[:, None], out=block)
-            if s0 < self.n_train_rows:  # training answers come first
-                sl = slice(s0, min(s0 + part.size, self.n_train_rows))
-                g = self.g[sl]
-                self.g_norm[sl] = np.sqrt(_row_sq_norms(g))
-                self.g_dot_v[sl] = np.einsum("ij,ij->i", g, block[: sl.stop - s0])
+            out[bad] = (raw / norms[:, None]).astype(np.float32)
+            in_train = bad[bad < n_tr]
+            self.g_dot_v[in_train] = np.einsum("ij,ij->i", self.g[in_train], out[in_train])
         return out
 
     def block_scores(self, blk: slice) -> tuple[np.ndarray, np.ndarray]:
