@@ -1362,14 +1362,6 @@ def _kept_queries(val: Any, n_raw: int) -> np.ndarray:
     return np.flatnonzero(np.diff(raw.indptr) > 0)
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """``np.unique`` for int arrays by sorting (faster than numpy's hash-based unique)."""
-    values = np.sort(values)
-    if values.size == 0:
-        return values
-    return values[np.append(True, values[1:] != values[:-1])]
-
-
 def _pack_rows(mask: np.ndarray, *arrays_and_fill: tuple[np.ndarray, float]) -> list[np.ndarray]:
     """Pack the masked entries of each row to the left of a ``(b, width)`` array.
 
