@@ -63,15 +63,9 @@ class NUDGEN:
             solver = NudgeN(gammas=list(gamma), val_k=val_k)
         else:
             solver = NudgeN(gamma=gamma, val_k=val_k)
-        solver.fit(
-            embeddings,
-            train_set,
-            val_set,
-            _extra_passive=nontrain_embeddings,
-            _dense_output=True,
-        )
+        out = _fit_whole(solver, embeddings, train_set, val_set, nontrain_embeddings)
         self.solver_ = solver
-        return solver.embeddings_
+        return out
 
 
 class NUDGEM:
@@ -106,12 +100,24 @@ class NUDGEM:
         """
         del val_batch_size
         solver = NudgeM(gamma=gamma)
-        solver.fit(
-            embeddings,
-            train_set,
-            val_set,
-            _extra_passive=nontrain_embeddings,
-            _dense_output=True,
-        )
+        out = _fit_whole(solver, embeddings, train_set, val_set, nontrain_embeddings)
         self.solver_ = solver
-        return solver.embeddings_
+        return out
+
+
+def _fit_whole(
+    solver: NudgeN | NudgeM,
+    embeddings: np.ndarray,
+    train_set: QueriesAnswersDict,
+    val_set: QueriesAnswersDict,
+    nontrain_embeddings: np.ndarray | None,
+) -> np.ndarray:
+    """Fit as the reference does and return the whole tuned matrix.
+
+    The moved rows are written straight into that matrix (no separate copy of them), which
+    is all the reference's ``finetune_embeddings`` returns.
+    """
+    solver.fit(
+        embeddings, train_set, val_set, _extra_passive=nontrain_embeddings, _dense_output=True
+    )
+    return solver.embeddings_

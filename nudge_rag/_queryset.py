@@ -14,6 +14,7 @@ from nudge_rag._validation import (
     check_answers,
     check_finite_rows,
     check_matrix,
+    row_sq_norms,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,12 @@ class QuerySet:
 
     def __post_init__(self) -> None:
         emb = check_matrix(self.embeddings, "query embeddings", check_finite=False)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN rows are reported below
-            sq = np.einsum("ij,ij->i", emb, emb)
+        sq = row_sq_norms(emb)
         if not np.isfinite(sq).all():
             check_finite_rows(emb, "query embeddings")  # names the row with NaN or inf
-        if sq.size and not sq.max() <= np.float32(MAX_QUERY_NORM) ** 2:
-            row = int(np.flatnonzero(~(sq <= np.float32(MAX_QUERY_NORM) ** 2))[0])
+        too_long = ~(sq <= np.float32(MAX_QUERY_NORM) ** 2)  # (a finite row can overflow: inf)
+        if too_long.any():
+            row = int(np.argmax(too_long))
             norm = np.linalg.norm(emb[row].astype(np.float64))
             msg = (
                 f"query embeddings row {row} has norm {norm:.3g}: scores against sums of such "

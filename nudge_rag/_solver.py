@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
 from nudge_rag._queryset import QuerySet
-from nudge_rag._validation import check_finite_rows, check_gamma, check_matrix, check_positive_int
+from nudge_rag._validation import check_gamma, check_matrix, check_positive_int, row_sq_norms
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +93,10 @@ def _row_norms(block: np.ndarray, sq: np.ndarray | None = None) -> np.ndarray:
 
     Args:
         block: ``(n, dim)`` float32 rows.
-        sq: their squared norms if already computed (see :func:`_row_sq_norms`).
+        sq: their squared norms if already computed (see :func:`row_sq_norms`).
     """
     if sq is None:
-        sq = _row_sq_norms(block)
+        sq = row_sq_norms(block)
     norms = np.sqrt(sq)
     bad = ~np.isfinite(norms) | (norms < 1e-18)
     if bad.any():  # float64 norms: float32 would round them (denormals) or overflow
@@ -105,10 +105,31 @@ def _row_norms(block: np.ndarray, sq: np.ndarray | None = None) -> np.ndarray:
     return norms
 
 
-def _row_sq_norms(block: np.ndarray) -> np.ndarray:
-    """Squared row norms (one BLAS-free pass, no temporary); inf/NaN where rows are not finite."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.einsum("ij,ij->i", block, block)
+def _refuse_bad_rows(block: np.ndarray, rows: np.ndarray, name: str) -> np.ndarray:
+    """Row norms of ``block``, after refusing rows that cannot be normalised.
+
+    ``ValueError`` names the first row that holds NaN or inf, then the first that is all
+    zeros (cosine is undefined for it).
+
+    Args:
+        block: ``(n, dim)`` float32 rows.
+        rows: the row number of each in the caller's argument.
+        name: the argument's name.
+    """
+    norms = _row_norms(block)  # float64 where float32 overflows: non-finite only for NaN/inf
+    bad = ~np.isfinite(norms)
+    if bad.any():
+        row = int(rows[np.argmax(bad)])
+        msg = f"{name} must be finite, but row {row} holds NaN or inf"
+        raise ValueError(msg)
+    if not norms.all():
+        row = int(rows[np.argmin(norms != 0)])
+        msg = (
+            f"{name} row {row} is all zeros: cosine similarity is undefined for it; "
+            "remove it or give it a real embedding"
+        )
+        raise ValueError(msg)
+    return norms
 
 
 class _Problem:
@@ -180,10 +201,8 @@ class _Problem:
             self.g[tiny] = g64.astype(np.float32)
             self.g_norm[tiny] = np.where(nonzero, 1.0, 0.0)
             self.g_dot_v[tiny] = np.einsum("ij,ij->i", self.g[tiny], self.v[tiny])
-        # The solver's second scoring basis: one row per training-answer row (set by the solver),
-        # and optionally per-row (scale, shift) so that a score is (q.w) scale - (q.v) shift.
+        # The solver's second scoring basis, one row per training-answer row (set by the solver).
         self.w: np.ndarray | None = None
-        self.w_affine: tuple[np.ndarray, np.ndarray] | None = None
         # Optional (n_docs, dim) output that the moved rows are written into directly.
         self.dense: np.ndarray | None = None
 
@@ -238,19 +257,7 @@ class _Problem:
         bad = np.flatnonzero(~(np.isfinite(sq) & (sq >= 1e-36)))
         if bad.size:
             raw = np.asarray(docs[rows[bad]], dtype=np.float32)
-            finite = np.isfinite(raw).all(axis=1)
-            if not finite.all():
-                row = int(rows[bad[np.flatnonzero(~finite)[0]]])
-                msg = f"doc_embeddings must be finite, but row {row} holds NaN or inf"
-                raise ValueError(msg)
-            norms = np.linalg.norm(raw.astype(np.float64), axis=1)
-            if (norms == 0).any():
-                row = int(rows[bad[np.flatnonzero(norms == 0)[0]]])
-                msg = (
-                    f"doc_embeddings row {row} is all zeros: cosine similarity is undefined "
-                    "for it; remove it or give it a real embedding"
-                )
-                raise ValueError(msg)
+            norms = _refuse_bad_rows(raw, rows[bad], "doc_embeddings")
             out[bad] = (raw / norms[:, None]).astype(np.float32)
             in_train = bad[bad < n_tr]
             self.g_dot_v[in_train] = np.einsum("ij,ij->i", self.g[in_train], out[in_train])
@@ -259,9 +266,8 @@ class _Problem:
     def block_scores(self, blk: slice) -> tuple[np.ndarray, np.ndarray]:
         """``(S, T)`` of the validation queries in ``blk``.
 
-        ``S = q.v`` for every active row and the raw ``T = q.w`` for the training-answer rows
-        (the first ``n_train_rows``, those that can move); :meth:`second` turns ``T`` into the
-        solver's second score.
+        ``S = q.v`` for every active row and ``T = q.w`` for the training-answer rows (the
+        first ``n_train_rows``, those that can move).
 
         Kept when the whole validation set is one block (small problems score it once for
         the answer bounds and the gamma search).
@@ -275,41 +281,8 @@ class _Problem:
             self._scores_cache = ((blk.start, blk.stop), s, t)
         return s, t
 
-    def second(
-        self,
-        s: np.ndarray,
-        t: np.ndarray,
-        cols: np.ndarray | slice,
-        out: np.ndarray | None = None,
-        tmp: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """The second score ``T scale - S shift`` (``w_affine``; ``T`` itself without it).
-
-        Args:
-            s: ``S`` values; ``(m,)`` at columns ``cols`` (an int array), or a ``(b, m)``
-                block whose columns are ``cols`` (a slice).
-            t: ``T`` values of the same shape.
-            cols: which training-answer rows the values belong to.
-            out: optional float32 array like ``t`` to write into (may be ``t``).
-            tmp: optional float32 scratch array like ``t``.
-        """
-        if self.w_affine is None:
-            if out is None:
-                return t
-            out[...] = t
-            return out
-        scale, shift = self.w_affine
-        if isinstance(cols, slice):
-            scale, shift = scale[cols], shift[cols]
-            out = np.multiply(t, scale, out=out)
-            out -= np.multiply(s, shift, out=tmp)
-            return out
-        out = np.multiply(t, scale[cols], out=out)
-        out -= s * shift[cols]
-        return out
-
     def pair_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(n_pairs,)`` ``S`` and raw ``T`` of each validation query with its answer row.
+        """``(n_pairs,)`` ``S`` and ``T`` of each validation query with its answer row.
 
         ``T`` is 0 for answers that cannot move.
         """
@@ -407,14 +380,10 @@ def _check_rows(docs: np.ndarray, active: np.ndarray, batch_size: int) -> None:
         stop = min(start + rows, docs.shape[0])
         if is_active[start:stop].all():
             continue
-        block = np.array(docs[start:stop], dtype=np.float32)
+        passive = np.flatnonzero(~is_active[start:stop])
+        block = np.asarray(docs[start + passive], dtype=np.float32)
         _release_pages(docs, start, stop)
-        check_finite_rows(block, "doc_embeddings", offset=start)
-        zero = (_row_norms(block) == 0) & ~is_active[start:stop]
-        if zero.any():
-            row = start + int(np.flatnonzero(zero)[0])
-            msg = f"doc_embeddings row {row} is all zeros: cosine similarity is undefined for it"
-            raise ValueError(msg)
+        _refuse_bad_rows(block, start + passive, "doc_embeddings")
 
 
 def _stream_top(
@@ -449,18 +418,8 @@ def _stream_top(
             else:
                 block = np.array(docs[start:stop], dtype=np.float32)[offsets]
         _release_pages(docs, start, stop)
-        bad = ~np.isfinite(block).all(axis=1)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            row = start + (int(offsets[row]) if offsets is not None else row)
-            msg = f"{name} must be finite, but row {row} holds NaN or inf"
-            raise ValueError(msg)
-        norms = _row_norms(block)
-        if (norms == 0).any():
-            bad = int(np.flatnonzero(norms == 0)[0])
-            row = start + (int(offsets[bad]) if offsets is not None else bad)
-            msg = f"{name} row {row} is all zeros: cosine similarity is undefined for it"
-            raise ValueError(msg)
+        ids = start + (offsets if offsets is not None else np.arange(block.shape[0]))
+        norms = _refuse_bad_rows(block, ids, name)
         block = (block / norms[:, None]).astype(np.float32, copy=False)
         scores = live_q @ block.T
         if k == 1:
@@ -695,7 +654,7 @@ class _NudgeBase:
         problem: _Problem,
         n_moved: int,
         coeffs: tuple[np.ndarray, np.ndarray],
-        bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        bounds: _Arc | None = None,
     ) -> np.ndarray:
         """Validation recall@k (denominator ``min(#answers, k)``) for each coefficient set.
 
@@ -709,8 +668,7 @@ class _NudgeBase:
                 gamma (the training-answer rows; see :class:`_Problem`).
             coeffs: ``(alpha, beta)``, two ``(n_moved, n_gamma)`` float32 arrays: column ``c``
                 holds the coefficients at candidate gamma ``c``.
-            bounds: for NUDGE-N, the ``(alpha, beta)`` of the largest candidate gamma and the
-                angle each row has moved by then (see :func:`_pruned_hits`). With
+            bounds: for NUDGE-N, the rows' arcs (:class:`_Arc`). With
                 ``val_k == 1`` only (query, row) pairs whose upper bound reaches the query's
                 lower bound on its top-1 score are scored per gamma (exact pruning).
 
@@ -767,7 +725,6 @@ class _NudgeBase:
                 totals += _pruned_hits(
                     s_moved,
                     t_moved,
-                    problem.second,
                     flat_mov,
                     coeffs,
                     bounds,
@@ -928,33 +885,24 @@ class NudgeN(_NudgeBase):
         }
 
     @staticmethod
-    def _answer_bounds(
-        problem: _Problem, n_moved: int, top: tuple[np.ndarray, np.ndarray, np.ndarray]
-    ) -> np.ndarray:
+    def _answer_bounds(problem: _Problem, n_moved: int, arc: _Arc) -> np.ndarray:
         """``(n_val,)``: a bound on the best score any answer of each query reaches.
 
-        A moved answer travels on its circle up to angle ``theta_top``: its score is at most
-        ``R`` when the query's angle lies in that range, else the better end (see
-        :func:`_pruned_hits`); one that does not move keeps ``S``. A query whose best passive
-        score beats this is a miss at every gamma, so the streaming pass can stop scoring it.
+        A moved answer scores at most its :func:`_arc_reach`; one that does not move keeps
+        ``S``. A query whose best passive score beats this is a miss at every gamma, so the
+        streaming pass can stop scoring it.
 
         Args:
             problem: the gathered problem.
             n_moved: the first ``n_moved`` active rows can move.
-            top: ``(alpha, beta, theta_top)`` at the largest candidate gamma.
+            arc: the rows' arcs.
         """
         s, t = problem.pair_scores()
         cols = problem.val_cols
         bound = s.astype(np.float32, copy=True)
         moved = cols < n_moved
         if moved.any():
-            alpha_top, beta_top, theta_top = top
-            mc, s_m, t_m = cols[moved], s[moved], t[moved]
-            p_m = problem.second(s_m, t_m, mc)
-            psi = np.arctan2(p_m, s_m)
-            inside = (psi >= 0) & (psi <= theta_top[mc])
-            end = alpha_top[mc] * s_m + beta_top[mc] * t_m
-            reach = np.where(inside, np.hypot(s_m, p_m), np.maximum(s_m, end))
+            reach = _arc_reach(arc, s[moved], t[moved], cols[moved])
             bound[moved] = reach + np.float32(_BOUND_SLACK)
         out = np.full(problem.val.n_queries, -np.inf, dtype=np.float32)
         np.maximum.at(out, problem.val_qrows, bound)
@@ -973,7 +921,7 @@ class NudgeN(_NudgeBase):
         geo = self._geometry(problem)
         moves, inv_p, c_over_p = geo["moves"], geo["inv_p"], geo["c_over_p"]
         full = geo["gamma_full"]
-        problem.w, problem.w_affine = problem.g, (inv_p, c_over_p)  # second(): P = q.u
+        problem.w = problem.g
 
         candidates = [fixed] if fixed is not None else self._candidates()
         gam = np.asarray(candidates, dtype=np.float64)
@@ -993,7 +941,7 @@ class NudgeN(_NudgeBase):
         theta_top = np.where(
             snap[:, top], geo["phi"], np.float32(math.atan2(b[top], a[top]))
         ).astype(np.float32)
-        bounds = (alphas[:, top].copy(), betas[:, top].copy(), theta_top)
+        bounds = _Arc(alphas[:, top].copy(), betas[:, top].copy(), theta_top, inv_p, c_over_p)
         if problem.val is not None:
             problem.stream(self._answer_bounds(problem, n_tr, bounds))
         if problem.val is not None and (fixed is None or problem.val.n_queries):
@@ -1149,33 +1097,29 @@ def _normalize_into(docs: np.ndarray, out: np.ndarray, skip: np.ndarray) -> None
     All-zero rows are written as zeros. Reads the corpus in blocks (a memmap is streamed).
     """
     n_docs, dim = docs.shape
+
+    def unit(block: np.ndarray) -> np.ndarray:
+        norms = _row_norms(block)
+        norms[norms == 0] = 1
+        return (block / norms[:, None]).astype(np.float32, copy=False)
+
+    keep = np.ones(n_docs, dtype=bool)
+    keep[skip] = False
     if skip.size * 2 > n_docs:  # most rows are skipped: gather the others
-        keep = np.ones(n_docs, dtype=bool)
-        keep[skip] = False
         rest = np.flatnonzero(keep)
         step = max(1, _CACHE_ELEMENTS // max(dim, 1))
         for s0 in range(0, rest.size, step):
             part = rest[s0 : s0 + step]
-            block = np.asarray(docs[part], dtype=np.float32)
-            norms = _row_norms(block)
-            norms[norms == 0] = 1
-            out[part] = block / norms[:, None]
+            out[part] = unit(np.asarray(docs[part], dtype=np.float32))
         return
-    keep = None
-    if skip.size:
-        keep = np.ones(n_docs, dtype=bool)
-        keep[skip] = False
-    rows = max(1, _BLOCK_ELEMENTS // max(dim, 1))
+    rows = max(1, _BLOCK_ELEMENTS // max(dim, 1))  # contiguous blocks (a memmap streams)
     for start in range(0, n_docs, rows):
-        stop = min(start + rows, n_docs)
-        block = np.asarray(docs[start:stop], dtype=np.float32)
-        norms = _row_norms(block)
-        norms[norms == 0] = 1
-        if keep is None:
-            np.divide(block, norms[:, None], out=out[start:stop])
+        mine = keep[start : start + rows]
+        block = np.asarray(docs[start : start + rows], dtype=np.float32)
+        if mine.all():
+            out[start : start + rows] = unit(block)
         else:
-            mine = keep[start:stop]
-            out[start:stop][mine] = block[mine] / norms[mine, None]
+            out[start : start + rows][mine] = unit(block[mine])
 
 
 def _pair_intervals(problem: _Problem, n_moved: int) -> tuple[np.ndarray, ...]:
@@ -1200,8 +1144,10 @@ def _pair_intervals(problem: _Problem, n_moved: int) -> tuple[np.ndarray, ...]:
     for blk in problem.query_blocks(n_active):
         s, t = problem.block_scores(blk)
         b = s.shape[0]
-        gg = np.zeros(s.shape, dtype=np.float32)
-        gg[:, :n_moved] = t
+        gg = t
+        if n_moved < n_active:  # rows that cannot move: G = 0
+            gg = np.zeros(s.shape, dtype=np.float32)
+            gg[:, :n_moved] = t
 
         # Pareto front per query. Front points lie in the box between the best-S point and
         # the lowest-G point (anything outside is dominated by one of the two), so only the
@@ -1242,13 +1188,60 @@ def _pair_intervals(problem: _Problem, n_moved: int) -> tuple[np.ndarray, ...]:
     return low_all, high_all, ok_all, s_all, g_all
 
 
+class _Arc(NamedTuple):
+    """Where each NUDGE-N row can go on the grid, per training-answer row.
+
+    A row moves on the unit circle through ``v`` and ``u = unit(g - (g.v) v)``: a query
+    scores it ``S cos(theta) + P sin(theta)`` with ``S = q.v``, ``P = q.u =
+    T inv_p - S c_over_p`` (``T = q.g``), ``theta`` growing with gamma from 0 to ``theta``
+    here, where its coefficients are ``alpha``, ``beta`` (score ``alpha S + beta T``).
+    """
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    theta: np.ndarray
+    inv_p: np.ndarray
+    c_over_p: np.ndarray
+
+
+def _perp(
+    arc: _Arc,
+    s: np.ndarray,
+    t: np.ndarray,
+    cols: np.ndarray | slice,
+    out: np.ndarray | None = None,
+    tmp: np.ndarray | None = None,
+) -> np.ndarray:
+    """``P = q.u`` from ``S`` and ``T``.
+
+    The values are ``(m,)`` at rows ``cols`` (an int array), or a ``(b, m)`` block whose
+    columns are the rows ``cols`` (a slice); ``out``/``tmp`` are optional float32 arrays
+    like ``t``.
+    """
+    out = np.multiply(t, arc.inv_p[cols], out=out)
+    out -= np.multiply(s, arc.c_over_p[cols], out=tmp)
+    return out
+
+
+def _arc_reach(arc: _Arc, s: np.ndarray, t: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The best score each (query, row) pair reaches anywhere on the row's arc.
+
+    ``R cos(theta - psi)`` over ``theta`` in ``[0, theta_top]`` (``R = |(S, P)|``, ``psi``
+    its angle) peaks at ``R`` when ``psi`` lies in that range, else at the nearer end.
+    """
+    p = _perp(arc, s, t, cols)
+    psi = np.arctan2(p, s)
+    end = arc.alpha[cols] * s + arc.beta[cols] * t
+    inside = (psi >= 0) & (psi <= arc.theta[cols])
+    return np.where(inside, np.hypot(s, p), np.maximum(s, end))
+
+
 def _pruned_hits(
     s: np.ndarray,
     t: np.ndarray,
-    second: Callable[..., np.ndarray],
     flat_answers: np.ndarray,
     coeffs: tuple[np.ndarray, np.ndarray],
-    bounds: tuple[np.ndarray, np.ndarray, np.ndarray],
+    arc: _Arc,
     best_non_static: np.ndarray,
     best_ans_static: np.ndarray,
     best_static: np.ndarray,
@@ -1267,11 +1260,10 @@ def _pruned_hits(
     Args:
         s: ``(b, n_moved)`` ``q.v``.
         t: ``(b, n_moved)`` ``T = q.g``.
-        second: :meth:`_Problem.second`, which turns ``(S, T)`` into ``P``.
         flat_answers: flat positions ``i * n_moved + j`` of (query, answer) pairs among them.
         coeffs: ``(alpha, beta)``, ``(n_moved, n_gamma)`` each: at gamma ``c`` row ``j``
             scores ``s[:, j] * alpha[j, c] + t[:, j] * beta[j, c]``.
-        bounds: ``(alpha, beta)`` at the largest gamma and ``theta_top`` per row.
+        arc: the rows' arcs.
         best_non_static: ``(b,)`` best scores of non-answer rows that do not move.
         best_ans_static: ``(b,)`` best scores of answer rows that do not move.
         best_static: ``(b,)`` the larger of the two.
@@ -1279,7 +1271,7 @@ def _pruned_hits(
     Returns:
         ``(n_gamma,)`` hit counts.
     """
-    alpha_max, beta_max, theta_top = bounds
+    alpha_max, beta_max = arc.alpha, arc.beta
     b, n = s.shape
     alphas, betas = coeffs
     hits = np.zeros(alphas.shape[1], dtype=np.float64)
@@ -1311,20 +1303,15 @@ def _pruned_hits(
         r, c = np.divmod(np.flatnonzero(mask), n)  # (2-D np.nonzero is several times slower)
         np.maximum.at(low, r, floor(r + r0, c))
         low_sq = np.where(low > _BOUND_SLACK, (low - _BOUND_SLACK) ** 2, -1.0).astype(np.float32)
-        upper_sq = second(sc, t[r0:r1], every, out=buf_p[: r1 - r0], tmp=buf_s[: r1 - r0])
+        upper_sq = _perp(arc, sc, t[r0:r1], every, out=buf_p[: r1 - r0], tmp=buf_s[: r1 - r0])
         np.multiply(upper_sq, upper_sq, out=upper_sq)
         upper_sq += np.multiply(sc, sc, out=buf_s[: r1 - r0])
         np.greater_equal(upper_sq, low_sq[:, None], out=mask)
     keys = np.flatnonzero(cand)  # = row * n + col, in row-major order
     rows, cols = np.divmod(keys, n)
-    # The exact bound on the survivors: R where the angle psi of (S, P) lies in the row's
-    # range [0, theta_max], else the better end of the range.
+    # The exact bound on the survivors.
     s_c, t_c = s[rows, cols], t[rows, cols]
-    p_c = second(s_c, t_c, cols)
-    psi = np.arctan2(p_c, s_c)
-    end = alpha_max[cols] * s_c + beta_max[cols] * t_c
-    inside = (psi >= 0) & (psi <= theta_top[cols])
-    upper = np.where(inside, np.hypot(s_c, p_c), np.maximum(s_c, end))
+    upper = _arc_reach(arc, s_c, t_c, cols)
     keep = np.flatnonzero(upper >= lower[rows] - _BOUND_SLACK)
     keys, rows, cols, s_c, t_c = keys[keep], rows[keep], cols[keep], s_c[keep], t_c[keep]
     answers = np.sort(flat_answers)

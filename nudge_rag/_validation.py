@@ -21,6 +21,7 @@ __all__ = [
     "check_answers",
     "check_positive_int",
     "check_gamma",
+    "row_sq_norms",
 ]
 
 
@@ -96,6 +97,15 @@ def check_matrix(
     return arr
 
 
+def row_sq_norms(block: np.ndarray) -> np.ndarray:
+    """Squared row norms, in one pass with no temporary.
+
+    inf/NaN where a row is not finite (or where its squares overflow).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.einsum("ij,ij->i", block, block)
+
+
 def check_finite_rows(block: np.ndarray, name: str, *, offset: int = 0) -> None:
     """Raise ``ValueError`` naming the first row of ``block`` that holds NaN or inf.
 
@@ -107,9 +117,7 @@ def check_finite_rows(block: np.ndarray, name: str, *, offset: int = 0) -> None:
     if block.dtype.kind == "f" and block.size:
         # One pass without a temporary: a NaN or inf anywhere in a row makes its sum of
         # squares non-finite (so does a finite row whose squares overflow: checked below).
-        with np.errstate(over="ignore", invalid="ignore"):
-            sq = np.einsum("ij,ij->i", block, block)
-        if np.isfinite(sq).all():
+        if np.isfinite(row_sq_norms(block)).all():
             return
     elif block.dtype.kind in "iub":
         return
