@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from nudge_rag._data import load_embedded
+from nudge_rag import load_embedded
 from nudge_rag.compat import NUDGEM, NUDGEN
 
 

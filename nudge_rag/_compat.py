@@ -14,7 +14,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from nudge_rag._solver import NudgeM, NudgeN
+from nudge_rag._solver import NudgeM, NudgeN, fit_solver
 
 __all__ = ["NUDGEN", "NUDGEM", "QueriesAnswersDict"]
 
@@ -117,7 +117,12 @@ def _fit_whole(
     The moved rows are written straight into that matrix (no separate copy of them), which
     is all the reference's ``finetune_embeddings`` returns.
     """
-    solver.fit(
-        embeddings, train_set, val_set, _extra_passive=nontrain_embeddings, _dense_output=True
+    fit_solver(
+        solver,
+        embeddings,
+        train_set,
+        val_set,
+        nontrain_embeddings=nontrain_embeddings,
+        dense_output=True,
     )
     return solver.embeddings_

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
 from nudge_rag import DEFAULT_GAMMAS, NotFittedError, NudgeM, NudgeN, QuerySet
+from nudge_rag._solver import _limits, fit_solver
 
 
 # --------------------------------------------------------------------------- data
@@ -163,7 +165,9 @@ class SolverBehaviour:
         remap[answered] = np.arange(answered.size)
         sub_train = QuerySet(train.embeddings, (train.indptr, remap[train.indices]))
         sub_val = QuerySet(val.embeddings, (val.indptr, remap[val.indices]))
-        split = self.make().fit(docs[answered], sub_train, sub_val, _extra_passive=docs[rest])
+        split = fit_solver(
+            self.make(), docs[answered], sub_train, sub_val, nontrain_embeddings=docs[rest]
+        )
         assert split.gamma_ == pytest.approx(full.gamma_, rel=1e-6)
         assert_allclose(split.embeddings_, full.embeddings_[answered], atol=1e-5)
 
@@ -418,16 +422,35 @@ def test_repr_and_params():
 @pytest.mark.parametrize("cls", [NudgeN, NudgeM])
 def test_early_stop_in_streaming_pass_changes_nothing(cls, monkeypatch):
     """Queries that cannot win stop being scored; the result must be identical."""
-    import nudge_rag._solver as solver_module
-
     docs, train, val = make_task(seed=4, n_docs=2000)
-    monkeypatch.setattr(solver_module, "_EARLY_STOP_SCORES", 1 << 62)
+    monkeypatch.setattr(_limits, "EARLY_STOP_SCORES", 1 << 62)
     plain = cls().fit(docs, train, val)
-    monkeypatch.setattr(solver_module, "_EARLY_STOP_SCORES", 0)
-    monkeypatch.setattr(solver_module, "_BLOCK_ELEMENTS", 60 * 64)  # many small blocks
-    monkeypatch.setattr(solver_module, "_STREAM_BLOCK", 60 * 64)
+    monkeypatch.setattr(_limits, "EARLY_STOP_SCORES", 0)
+    monkeypatch.setattr(_limits, "BLOCK_ELEMENTS", 60 * 64)  # many small blocks
+    monkeypatch.setattr(_limits, "STREAM_BLOCK", 60 * 64)
     early = cls().fit(docs, train, val)
     # other block shapes change BLAS rounding in the last float32 bits, nothing more
     assert early.gamma_ == pytest.approx(plain.gamma_, rel=1e-5)
     assert early.val_score_ == plain.val_score_
     assert_allclose(early.embeddings_, plain.embeddings_, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+def test_show_progress_draws_a_bar_over_the_passive_documents(cls, capsys):
+    pytest.importorskip("tqdm")
+    docs, train, val = make_task()
+    quiet = cls().fit(docs, train, val)
+    assert "passive documents" not in capsys.readouterr().err
+    loud = cls(show_progress=True).fit(docs, train, val)
+    assert "nudge-rag: passive documents" in capsys.readouterr().err
+    assert loud.gamma_ == quiet.gamma_
+
+
+def test_show_progress_without_tqdm_logs_a_hint(monkeypatch, caplog):
+    docs, train, val = make_task()
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with caplog.at_level(logging.WARNING):
+        solver = NudgeN(show_progress=True).fit(docs, train, val)
+    assert "pip install tqdm" in caplog.text
+    assert solver.gamma_ == NudgeN().fit(docs, train, val).gamma_
