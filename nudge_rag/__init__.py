@@ -14,23 +14,41 @@ from nudge_rag._data import (
     load_embedded,
     split_dataset,
 )
+from nudge_rag._errors import (
+    DimensionMismatchError,
+    MetricMismatchError,
+    StateDirError,
+    UnknownIdError,
+    UnsupportedStoreError,
+)
 from nudge_rag._metrics import Relevance, evaluate
+from nudge_rag._pairs import group_pairs, normalize_pairs
 from nudge_rag._queryset import QuerySet
+from nudge_rag._questions import parse_questions
 from nudge_rag._search import search
 from nudge_rag._solver import DEFAULT_GAMMAS, NotFittedError, NudgeM, NudgeN
-from nudge_rag._store import ArrayStore, EmbeddingStore, SearchableEmbeddingStore, check_similarity
+from nudge_rag._store import (
+    BaseEmbeddingStore,
+    EmbeddingStore,
+    SearchableEmbeddingStore,
+    check_similarity,
+)
 from nudge_rag._synthetic import make_retrieval_task
-from nudge_rag._tune import TuneResult, make_solver, tune_store
+from nudge_rag._tune import StoreTuner, TuneResult, make_solver, resolve_state_dir, tune_store
 from nudge_rag._writeback import WriteBack, WriteBackError
+from nudge_rag.backends import ArrayStore, backend_for
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArrayStore",
+    "BaseEmbeddingStore",
     "DEFAULT_GAMMAS",
+    "DimensionMismatchError",
     "EmbeddedDataset",
     "EmbeddedSplit",
     "EmbeddingStore",
+    "MetricMismatchError",
     "NotFittedError",
     "NudgeM",
     "NudgeN",
@@ -38,15 +56,24 @@ __all__ = [
     "Relevance",
     "RetrievalDataset",
     "SearchableEmbeddingStore",
+    "StateDirError",
+    "StoreTuner",
     "TuneResult",
+    "UnknownIdError",
+    "UnsupportedStoreError",
     "WriteBack",
     "WriteBackError",
+    "backend_for",
     "check_similarity",
     "evaluate",
+    "group_pairs",
     "load_beir",
     "load_embedded",
     "make_retrieval_task",
     "make_solver",
+    "normalize_pairs",
+    "parse_questions",
+    "resolve_state_dir",
     "search",
     "split_dataset",
     "tune_store",

@@ -1,31 +1,33 @@
-"""The store-access protocol: anything that holds vectors by id.
+"""The store protocol: what every backend offers, and the similarity contract.
 
-Both integrations implement :class:`EmbeddingStore` once per vector store (a few dozen lines
-each); everything that must be safe — saving originals, batching, resume, restore — lives in
-:class:`nudge_rag.WriteBack` and is written once.
+A backend reads and writes the vectors a vector store already holds, by id; it never embeds
+text. Everything that must be safe (saving originals, batching, resume, restore) lives in
+:class:`nudge_rag.WriteBack`, written once for every backend. :class:`BaseEmbeddingStore`
+gives the optional members sensible defaults, so a new backend implements five methods.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from nudge_rag._queryset import row_index
-from nudge_rag._validation import check_matrix
+from nudge_rag._errors import MetricMismatchError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BaseEmbeddingStore",
+    "DISTANCES",
+    "Distance",
     "EmbeddingStore",
     "SearchableEmbeddingStore",
-    "ArrayStore",
-    "Distance",
-    "check_similarity",
     "UNIT_NORM_TOL",
+    "check_similarity",
+    "rows_unit_norm",
 ]
 
 Distance = Literal["cosine", "dot", "l2"]
@@ -35,15 +37,30 @@ UNIT_NORM_TOL = 1e-3
 
 @runtime_checkable
 class EmbeddingStore(Protocol):
-    """What the write-back needs from a vector store.
-
-    Implementations read and write *stored* vectors by id; they never embed text.
+    """Everything nudge-rag needs from a vector store.
 
     Attributes:
         distance: how the store scores: ``"cosine"``, ``"dot"`` (inner product) or ``"l2"``.
+        name: a short name for messages (the collection or table).
+        is_remote: whether the data lives on a server (then originals cannot default to a
+            folder next to the store, and the caller must give ``state_dir``).
     """
 
     distance: str
+
+    @property
+    def name(self) -> str:
+        """A short name for messages: the collection, table or class."""
+        ...
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the vectors live on a server rather than in this process or a local file."""
+        ...
+
+    def count(self) -> int:
+        """Number of stored vectors."""
+        ...
 
     def list_ids(self) -> list[str]:
         """All ids in the store, in a stable order."""
@@ -62,6 +79,13 @@ class EmbeddingStore(Protocol):
 
         Text and metadata stay as they are. Must be idempotent: writing the same batch twice
         leaves the same state.
+        """
+        ...
+
+    def default_state_dir(self) -> Path | None:
+        """Where originals live when the caller does not say: next to the store's own files.
+
+        ``None`` for a store without local files (in memory, or on a server).
         """
         ...
 
@@ -91,85 +115,37 @@ class SearchableEmbeddingStore(EmbeddingStore, Protocol):
         ...
 
 
-class ArrayStore:
-    """An in-memory :class:`EmbeddingStore` over a numpy matrix, optionally saved as ``.npz``.
+class BaseEmbeddingStore:
+    """Defaults for the optional members of :class:`EmbeddingStore`.
 
-    Used by the CLI and the tests, and handy for a corpus kept as arrays.
-
-    Args:
-        ids: the id of each row.
-        vectors: ``(n_docs, dim)`` float array (copied to float32).
-        distance: ``"cosine"``, ``"dot"`` or ``"l2"``.
+    Subclass it and implement ``distance``, ``list_ids``, ``get_vectors`` and ``set_vectors``
+    (and ``nearest`` if the store can search): ``count`` lists the ids, ``name`` is the class
+    name, the store is local and has no default state folder.
     """
 
-    def __init__(self, ids: Sequence[str], vectors: np.ndarray, distance: Distance = "cosine"):
-        vectors = check_matrix(vectors, "vectors", allow_empty=True)
-        if len(ids) != vectors.shape[0]:
-            msg = (
-                "ids must be the same length as vectors. "
-                f"Got {len(ids)} ids and {vectors.shape[0]} vectors."
-            )
-            raise ValueError(msg)
-        if distance not in DISTANCES:
-            msg = f"distance must be one of {DISTANCES}, got {distance!r}"
-            raise ValueError(msg)
-        self.ids = [str(i) for i in ids]
-        self.vectors = np.array(vectors, dtype=np.float32, copy=True)
-        self.distance = distance
-        self._rows = row_index(self.ids)
+    distance: str = "cosine"
 
-    def list_ids(self) -> list[str]:
-        """All ids, in row order."""
-        return list(self.ids)
+    @property
+    def name(self) -> str:
+        """The class name."""
+        return type(self).__name__
 
-    def _rows_of(self, ids: Sequence[str]) -> np.ndarray:
-        try:
-            return np.fromiter((self._rows[i] for i in ids), dtype=np.int64, count=len(ids))
-        except KeyError as err:
-            unknown = [i for i in ids if i not in self._rows]
-            msg = f"{len(unknown)} id(s) are not in the store, e.g. {unknown[:3]!r}"
-            raise KeyError(msg) from err
+    @property
+    def is_remote(self) -> bool:
+        """``False``."""
+        return False
 
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored vectors of ``ids``, ``(len(ids), dim)`` float32."""
-        return self.vectors[self._rows_of(ids)]
+    def count(self) -> int:
+        """``len(list_ids())``."""
+        return len(self.list_ids())
 
-    def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Overwrite the rows of ``ids``."""
-        vectors = check_matrix(vectors, "vectors", dim=self.vectors.shape[1], allow_empty=True)
-        rows = self._rows_of(ids)
-        if rows.size != vectors.shape[0]:
-            msg = (
-                "ids must be the same length as vectors. "
-                f"Got {rows.size} ids and {vectors.shape[0]} vectors."
-            )
-            raise ValueError(msg)
-        self.vectors[rows] = vectors
+    def list_ids(self) -> list[str]:  # pragma: no cover - abstract
+        """All ids, in a stable order."""
+        raise NotImplementedError
 
-    def nearest(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
-        """Exact cosine kNN over the stored vectors (see :class:`SearchableEmbeddingStore`)."""
-        from nudge_rag._search import search
-
-        scores, rows = search(vectors, self.vectors, k, similarity="cosine")
-        ids = [[self.ids[r] for r in row if r >= 0] for row in rows.tolist()]
-        return ids, scores.astype(np.float32)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``ids``, ``vectors`` and ``distance`` to an ``.npz`` file atomically."""
-        from nudge_rag._writeback import atomic_save_npz
-
-        atomic_save_npz(
-            path,
-            ids=np.asarray(self.ids, dtype=str),
-            vectors=self.vectors,
-            distance=np.asarray(self.distance),
-        )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ArrayStore:
-        """Read a store written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            return cls(data["ids"].tolist(), data["vectors"], str(data["distance"]))
+    def default_state_dir(self) -> Path | None:
+        """``None``: keep originals where the caller says."""
+        return None
 
 
 def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None:
@@ -186,11 +162,11 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
         unit_norm: whether every stored vector is unit-norm.
 
     Raises:
-        ValueError: with the variant or store setting to use instead.
+        MetricMismatchError: (a ``ValueError``) with the variant or store setting to use instead.
     """
     if distance not in DISTANCES:
         msg = f"store distance must be one of {DISTANCES}, got {distance!r}"
-        raise ValueError(msg)
+        raise MetricMismatchError(msg)
     if similarity == "dot":
         if distance != "dot":
             msg = (
@@ -199,7 +175,7 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
                 "the collection with inner product (Chroma: metadata={'hnsw:space': 'ip'} or "
                 "configuration={'hnsw': {'space': 'ip'}}; Qdrant: Distance.DOT)."
             )
-            raise ValueError(msg)
+            raise MetricMismatchError(msg)
         return
     if similarity != "cosine":
         msg = f"similarity must be 'cosine' or 'dot', got {similarity!r}"
@@ -211,7 +187,7 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
             "that are not. Normalize the stored vectors, or use a cosine collection "
             "(Chroma: 'hnsw:space': 'cosine'; Qdrant: Distance.COSINE)."
         )
-        raise ValueError(msg)
+        raise MetricMismatchError(msg)
 
 
 def rows_unit_norm(vectors: np.ndarray, tol: float = UNIT_NORM_TOL) -> bool:

@@ -1,25 +1,49 @@
-"""``tune_store``: read a store's vectors, fit a solver, write the moved rows back safely.
+"""The one tuning flow: pairs in, checks, embeddings, solver, safe write-back.
 
-Both framework integrations call this; they only supply an :class:`EmbeddingStore` and the
-embedded training queries with the ids of the documents that answer them.
+:class:`StoreTuner` is what both framework integrations and the command line call: it takes
+training pairs (text or already embedded), groups and deduplicates them, checks ids, metric
+and dimensions before any embedding call is paid for, embeds the questions in batches, runs
+the solver through :func:`tune_store`, and writes the moved rows back with
+:class:`~nudge_rag.WriteBack`. :func:`tune_store` is the lower-level step for callers that
+hold embedded queries and a ``WriteBack`` already.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+from typing import Any
 
 import numpy as np
 
+from nudge_rag._errors import DimensionMismatchError, StateDirError, UnknownIdError
+from nudge_rag._pairs import Pairs, group_pairs, normalize_pairs
 from nudge_rag._queryset import QuerySet, row_index
 from nudge_rag._solver import NudgeM, NudgeN
-from nudge_rag._store import check_similarity, rows_unit_norm
+from nudge_rag._store import EmbeddingStore, check_similarity, rows_unit_norm
+from nudge_rag._validation import check_positive_int
 from nudge_rag._writeback import WriteBack, WriteBackError
+from nudge_rag.backends import STATE_FOLDER, backend_for
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["tune_store", "TuneResult", "make_solver", "STORE_MODE_MIN_DOCS"]
+__all__ = [
+    "STORE_MODE_MIN_DOCS",
+    "StoreTuner",
+    "TuneResult",
+    "make_solver",
+    "resolve_state_dir",
+    "tune_store",
+]
+
+#: ``state_dir`` value that keeps originals in memory on purpose (no warning).
+MEMORY = "memory"
+AUTO = "auto"
+_N_SHOWN = 3
 
 #: ``tune_store(passive="auto")`` asks the store's index instead of reading every vector from
 #: this many stored documents on (reading 200k x 768 float32 is ~600 MB).
@@ -36,6 +60,13 @@ class TuneResult:
         gamma: the step size used.
         val_score: validation score at ``gamma`` (``None`` without validation).
         n_docs: documents read from the store.
+        method: how gamma was chosen: ``"cv"`` (cross-validated on the training pairs),
+            ``"val"`` (on validation pairs), ``"split"`` (on a held-out share) or ``"fixed"``.
+        n_folds: folds of the cross-validation (0 when not cross-validated).
+        n_train_queries: distinct training questions.
+        n_val_queries: distinct validation questions (0 when none were given).
+        timings: seconds per stage (``"embed"``, ``"read"``, ``"solve"``, ``"write"``).
+        state_dir: where the originals are kept (``None``: in memory).
     """
 
     solver: NudgeN | NudgeM
@@ -43,6 +74,17 @@ class TuneResult:
     gamma: float = 0.0
     val_score: float | None = None
     n_docs: int = 0
+    method: str = ""
+    n_folds: int = 0
+    n_train_queries: int = 0
+    n_val_queries: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    state_dir: Path | None = None
+
+    @property
+    def variant(self) -> str:
+        """``"n"`` or ``"m"``."""
+        return "m" if isinstance(self.solver, NudgeM) else "n"
 
 
 def make_solver(variant: str | NudgeN | NudgeM = "n", **params: object) -> NudgeN | NudgeM:
@@ -115,39 +157,44 @@ def tune_store(
         msg = f"passive must be 'auto', 'read' or 'store', got {passive!r}"
         raise ValueError(msg)
     store = writeback.store
-    searchable = callable(getattr(store, "nearest", None))
+    searchable = callable(getattr(store, "nearest", None))  # the protocol's optional member
     if passive == "store" and not searchable:
         msg = f"passive='store' needs a store with nearest(); {type(store).__name__} has none"
         raise TypeError(msg)
     if passive == "auto":
         passive = "read"
-        if searchable:
-            n_stored = (
-                store.count() if callable(getattr(store, "count", None)) else len(store.list_ids())
-            )
-            if n_stored >= store_mode_min_docs:
-                passive = "store"
+        if searchable and store.count() >= store_mode_min_docs:
+            passive = "store"
     if passive == "store":
         return _tune_store_side(
             writeback, solver, train_embeddings, train_answer_ids, val_embeddings, val_answer_ids
         )
+    timings: dict[str, float] = {}
+    start = perf_counter()
     ids, corpus = writeback.read_corpus()
+    timings["read"] = perf_counter() - start
     if not ids:
         msg = "the store is empty: add documents (with their embeddings) before tuning"
         raise ValueError(msg)
     check_similarity(solver.similarity, str(store.distance), unit_norm=rows_unit_norm(corpus))
+    start = perf_counter()
     rows = row_index(ids)
     train = QuerySet.from_ids(train_embeddings, train_answer_ids, rows, name="train answer ids")
     val = None
     if val_embeddings is not None:
         val = QuerySet.from_ids(val_embeddings, val_answer_ids, rows, name="val answer ids")
     solver.fit(corpus, train, val)
-    return _write(writeback, solver, ids)
+    timings["solve"] = perf_counter() - start
+    return _write(writeback, solver, ids, timings)
 
 
-def _write(writeback: WriteBack, solver: NudgeN | NudgeM, ids: Sequence[str]) -> TuneResult:
+def _write(
+    writeback: WriteBack, solver: NudgeN | NudgeM, ids: Sequence[str], timings: dict[str, float]
+) -> TuneResult:
+    start = perf_counter()
     changed = [ids[r] for r in solver.changed_rows_.tolist()]
     writeback.apply(changed, solver.changed_embeddings_)
+    timings["write"] = perf_counter() - start
     logger.info("tuned %d of %d read vectors (gamma=%s)", len(changed), len(ids), solver.gamma_)
     return TuneResult(
         solver=solver,
@@ -155,6 +202,12 @@ def _write(writeback: WriteBack, solver: NudgeN | NudgeM, ids: Sequence[str]) ->
         gamma=solver.gamma_,
         val_score=solver.val_score_,
         n_docs=len(ids),
+        method=str(getattr(solver, "method_", "")),
+        n_folds=int(getattr(solver, "n_folds_", 0)),
+        n_train_queries=int(solver.n_train_queries_),
+        n_val_queries=int(solver.n_val_queries_),
+        timings=timings,
+        state_dir=writeback.state_dir,
     )
 
 
@@ -187,6 +240,8 @@ def _tune_store_side(
     if not active_ids:
         msg = "no answer ids: every training query needs at least one answer document"
         raise ValueError(msg)
+    timings: dict[str, float] = {}
+    start = perf_counter()
     ids, corpus = writeback.read_corpus(active_ids)  # KeyError names unknown ids
     check_similarity(solver.similarity, str(store.distance), unit_norm=rows_unit_norm(corpus))
     rows = row_index(ids)
@@ -194,8 +249,11 @@ def _tune_store_side(
     val = QuerySet.from_ids(val_embeddings, val_answer_ids, rows, name="val answer ids")
     k = int(getattr(solver, "val_k", 1))
     passive = _passive_scores_from_store(store, val_embeddings, k, set(ids))
+    timings["read"] = perf_counter() - start
+    start = perf_counter()
     solver.fit(corpus, train, val, passive_scores=passive)
-    return _write(writeback, solver, ids)
+    timings["solve"] = perf_counter() - start
+    return _write(writeback, solver, ids, timings)
 
 
 def _passive_scores_from_store(
@@ -224,3 +282,372 @@ def _passive_scores_from_store(
     scaled = out * norms[:, None].astype(np.float32)
     scaled[np.isneginf(out)] = -np.inf  # keep padding as -inf even for a zero query
     return scaled
+
+
+# ---------------------------------------------------------------------- the one flow
+def resolve_state_dir(
+    store: EmbeddingStore,
+    state_dir: str | os.PathLike | None = AUTO,
+    persist_dir: str | os.PathLike | None = None,
+) -> Path | None:
+    """Where the originals of ``store`` are kept: one rule for every entry point.
+
+    * a folder: that folder (created now; a path that is a file or cannot be written to is
+      refused before any work is done);
+    * ``"auto"`` (or ``None``): ``<persist_dir>/nudge_state`` when the folder the store or
+      index is persisted to is known; else next to the store's own files
+      (:meth:`~nudge_rag.EmbeddingStore.default_state_dir`: the Chroma or Qdrant folder, ...);
+      else, for a store that lives only in this process, memory, with a WARNING: originals
+      kept in memory do not outlive the process, so a persisted copy of the store could not
+      be restored;
+    * ``"memory"``: memory on purpose (no warning). The memory belongs to the store object,
+      so every tuner over it shares it.
+
+    Returns:
+        The folder, or ``None`` for memory.
+
+    Raises:
+        StateDirError: a store on a server with no folder given (originals must outlive this
+            process), or a folder that cannot be used.
+    """
+    if isinstance(state_dir, str) and state_dir == MEMORY:
+        return None
+    if state_dir is None or (isinstance(state_dir, str) and state_dir == AUTO):
+        if persist_dir is not None:
+            return _usable_folder(Path(persist_dir) / STATE_FOLDER, "persist_dir")
+        folder = store.default_state_dir()
+        if folder is not None:
+            return Path(folder)
+        if store.is_remote:
+            msg = (
+                f"{store.name} lives on a server: pass state_dir=<folder> so that the original "
+                "vectors outlive this process (or state_dir='memory' to keep them in memory)"
+            )
+            raise StateDirError(msg)
+        logger.warning(
+            "the original vectors of %s are kept in memory only: a restore() from another "
+            "process cannot find them, and they are lost when this one ends. If you persist "
+            "this store (index.storage_context.persist(dir), InMemoryVectorStore.dump(path)), "
+            "pass persist_dir=dir or state_dir=<folder>; state_dir='memory' silences this.",
+            store.name,
+        )
+        return None
+    return _usable_folder(Path(state_dir), "state_dir")
+
+
+def _usable_folder(folder: Path, name: str) -> Path:
+    if folder.exists() and not folder.is_dir():
+        msg = f"{name}: {folder} exists and is not a folder; originals need a folder"
+        raise StateDirError(msg)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        msg = f"{name}: cannot create the state folder {folder}: {err.strerror or err}"
+        raise StateDirError(msg) from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        msg = f"{name}: the state folder {folder} is not writable"
+        raise StateDirError(msg)
+    return folder
+
+
+Embed = Callable[[list[str]], Any]
+"""Embeds a batch of question texts: ``list[str] -> (len, dim)`` array-like of numbers."""
+
+
+class StoreTuner:
+    """Tune the vectors a store holds from training pairs: the flow every entry point shares.
+
+    Each :meth:`tune` call starts from the original vectors (saved ones overlay tuned ones),
+    and rows an earlier call moved that do not move now get their originals back, so the
+    store always holds *originals + this fit's changes*.
+
+    Args:
+        store: an :class:`~nudge_rag.EmbeddingStore`, or a framework vector store that
+            :func:`nudge_rag.backends.backend_for` knows.
+        state_dir: where originals are kept (see :func:`resolve_state_dir`): ``"auto"``
+            (default), a folder, or ``"memory"``.
+        persist_dir: the folder the store or index is persisted to, used by ``"auto"``.
+        variant: ``"n"`` (NUDGE-N) or ``"m"`` (NUDGE-M), or a solver instance.
+        solver_params: keyword arguments of :class:`~nudge_rag.NudgeN` /
+            :class:`~nudge_rag.NudgeM` (e.g. ``{"gamma": 0.1}``).
+        batch_size: vectors per store read/write request.
+        embed_batch_size: questions per ``embed`` call.
+        passive: ``tune_store``'s ``passive`` (``"auto"``, ``"read"`` or ``"store"``).
+        show_progress: tqdm bars while embedding and writing.
+        explain_unknown: optional ``ids -> message`` hook for ids that are not in the store
+            (LlamaIndex uses it to say a node is in the docstore but has no vector).
+        framework: ``"langchain"`` / ``"llama-index"``, for the unsupported-store message.
+
+    Raises:
+        UnsupportedStoreError: a store no backend can read and write.
+        StateDirError: no usable place for the originals (checked here, before any work).
+        ValueError: a bad variant or solver parameter.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        state_dir: str | os.PathLike | None = AUTO,
+        persist_dir: str | os.PathLike | None = None,
+        variant: str | NudgeN | NudgeM = "n",
+        solver_params: Mapping[str, Any] | None = None,
+        batch_size: int = 512,
+        embed_batch_size: int = 64,
+        passive: str = "auto",
+        show_progress: bool = False,
+        explain_unknown: Callable[[list[str]], str | None] | None = None,
+        framework: str | None = None,
+    ):
+        self.store: EmbeddingStore = backend_for(store, framework)
+        self.variant = variant
+        self.solver_params = dict(solver_params or {})
+        make_solver(variant, **self.solver_params)  # fail now on a bad variant or parameter
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.embed_batch_size = check_positive_int(embed_batch_size, "embed_batch_size")
+        if passive not in ("auto", "read", "store"):
+            msg = f"passive must be 'auto', 'read' or 'store', got {passive!r}"
+            raise ValueError(msg)
+        self.passive = passive
+        self.show_progress = show_progress
+        self.explain_unknown = explain_unknown
+        self.state_dir = resolve_state_dir(self.store, state_dir, persist_dir)
+        self.writeback = WriteBack(
+            self.store, self.state_dir, batch_size=self.batch_size, show_progress=show_progress
+        )
+        self._cache: dict[str, np.ndarray] = {}
+        self.result_: TuneResult | None = None
+
+    # ------------------------------------------------------------------ checks
+    def new_solver(self) -> NudgeN | NudgeM:
+        """A fresh solver with this tuner's variant and parameters."""
+        if isinstance(self.variant, (NudgeN, NudgeM)):
+            return type(self.variant)(**self.variant.get_params())
+        return make_solver(self.variant, **self.solver_params)
+
+    def preflight(self, solver: NudgeN | NudgeM | None = None) -> tuple[list[str], int]:
+        """Every check that needs no embedding: pending write-back, metric, a non-empty store.
+
+        Call it before paying for questions (an LLM, an embedding API).
+
+        Returns:
+            ``(ids, dim)``: the store's ids and the dimension of its vectors.
+        """
+        solver = self.new_solver() if solver is None else solver
+        if self.writeback.has_pending:
+            msg = (
+                "an interrupted write-back is pending for this store: call resume() to finish "
+                "it or restore() to undo it before tuning again"
+            )
+            raise WriteBackError(msg)
+        # The metric that depends only on settings; tune_store checks unit norms on the vectors.
+        check_similarity(solver.similarity, str(self.store.distance), unit_norm=True)
+        ids = self.store.list_ids()
+        if not ids:
+            msg = "the store is empty: add documents (with their embeddings) before tuning"
+            raise ValueError(msg)
+        dim = int(np.asarray(self.store.get_vectors(ids[:1])).shape[1])
+        return ids, dim
+
+    def _check_known(self, answers: Sequence[Sequence[str]], known: set[str], name: str) -> None:
+        unknown = list(dict.fromkeys(d for ids in answers for d in ids if d not in known))
+        if not unknown:
+            return
+        hint = self.explain_unknown(unknown) if self.explain_unknown is not None else None
+        msg = hint or (
+            f"{name} name {len(unknown)} document id(s) that are not in the store "
+            f"{self.store.name!r}, e.g. {unknown[:_N_SHOWN]!r}"
+        )
+        raise UnknownIdError(msg, unknown)
+
+    @staticmethod
+    def _check_dim(embeddings: np.ndarray, dim: int, what: str) -> None:
+        if embeddings.shape[0] and embeddings.shape[1] != dim:
+            msg = (
+                f"{what} have {embeddings.shape[1]} dimensions (shape {embeddings.shape}), but "
+                f"the store holds {dim}-dimensional vectors: embed the questions with the model "
+                "that embedded the documents"
+            )
+            raise DimensionMismatchError(msg)
+
+    # ------------------------------------------------------------------ embedding
+    def embed_questions(
+        self, texts: Sequence[str], embed: Embed, dim: int | None = None
+    ) -> np.ndarray:
+        """Embed ``texts`` in batches of ``embed_batch_size`` (each text once, cached).
+
+        The first batch is checked against ``dim`` before the others are paid for.
+
+        Returns:
+            ``(len(texts), dim)`` float32 array.
+
+        Raises:
+            DimensionMismatchError: the model's dimension differs from ``dim``.
+            ValueError: ``embed`` returned something other than one finite vector per text.
+        """
+        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        bar = _progress_bar(len(new), "embedding questions", self.show_progress)
+        try:
+            for start in range(0, len(new), self.embed_batch_size):
+                batch = new[start : start + self.embed_batch_size]
+                matrix = _embedding_matrix(embed(batch), len(batch))
+                if dim is not None:
+                    self._check_dim(matrix, dim, "the question embeddings")
+                dim = matrix.shape[1]
+                self._cache.update(zip(batch, matrix, strict=True))
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        if not texts:
+            return np.zeros((0, dim or 0), dtype=np.float32)
+        return np.stack([self._cache[t] for t in texts])
+
+    # ------------------------------------------------------------------ tuning
+    def tune(self, train_pairs: Pairs, val_pairs: Pairs = None, *, embed: Embed) -> TuneResult:
+        """Embed the questions of ``train_pairs`` (and ``val_pairs``), tune, write back.
+
+        Everything that can be checked without embedding is checked first: a pending
+        write-back, the metric, an empty store, unknown document ids.
+
+        Args:
+            train_pairs: training pairs in any form :func:`nudge_rag.normalize_pairs` accepts.
+            val_pairs: optional validation pairs; without them gamma is cross-validated on
+                the training pairs (see the solver).
+            embed: embeds a batch of questions (``list[str] -> (n, dim)``), with the model
+                that embedded the documents.
+
+        Returns:
+            The :class:`TuneResult` (also kept as ``result_``).
+
+        Raises:
+            UnknownIdError, DimensionMismatchError, MetricMismatchError: (all are
+                ``ValueError``) nothing was written.
+            WriteBackError: an interrupted write-back is pending, or a write failed
+                (resumable).
+        """
+        train = normalize_pairs(train_pairs, "train_pairs")
+        val = None if val_pairs is None else normalize_pairs(val_pairs, "val_pairs")
+        solver = self.new_solver()
+        ids, dim = self.preflight(solver)
+        texts, answers = group_pairs(train, "train_pairs")
+        val_texts, val_answers = group_pairs(val, "val_pairs") if val else ([], [])
+        known = set(ids)
+        self._check_known(answers, known, "train_pairs")
+        self._check_known(val_answers, known, "val_pairs")
+        start = perf_counter()
+        embedded = self.embed_questions(texts + val_texts, embed, dim)
+        embed_s = perf_counter() - start
+        result = self._run(
+            solver,
+            embedded[: len(texts)],
+            answers,
+            embedded[len(texts) :] if val else None,
+            val_answers if val else None,
+        )
+        result.timings = {"embed": embed_s, **result.timings}
+        return result
+
+    def tune_embedded(
+        self,
+        train_embeddings: np.ndarray,
+        train_answer_ids: Sequence[Sequence[str]],
+        val_embeddings: np.ndarray | None = None,
+        val_answer_ids: Sequence[Sequence[str]] | None = None,
+    ) -> TuneResult:
+        """:meth:`tune` with the questions already embedded.
+
+        Args:
+            train_embeddings: ``(n_train, dim)`` float array of training questions.
+            train_answer_ids: for each, the ids of the documents that answer it.
+            val_embeddings: optional ``(n_val, dim)`` validation questions.
+            val_answer_ids: their document ids.
+        """
+        if (val_embeddings is None) != (val_answer_ids is None):
+            msg = "val_embeddings and val_answer_ids must be given together"
+            raise ValueError(msg)
+        solver = self.new_solver()
+        ids, dim = self.preflight(solver)
+        train_embeddings = _embedding_matrix(train_embeddings, len(train_answer_ids))
+        self._check_dim(train_embeddings, dim, "train_embeddings")
+        answers = [[str(d) for d in a] for a in train_answer_ids]
+        known = set(ids)
+        self._check_known(answers, known, "train_answer_ids")
+        val_answers = None
+        if val_embeddings is not None:
+            val_embeddings = _embedding_matrix(val_embeddings, len(val_answer_ids))
+            self._check_dim(val_embeddings, dim, "val_embeddings")
+            val_answers = [[str(d) for d in a] for a in val_answer_ids]
+            self._check_known(val_answers, known, "val_answer_ids")
+        return self._run(solver, train_embeddings, answers, val_embeddings, val_answers)
+
+    def _run(
+        self,
+        solver: NudgeN | NudgeM,
+        train_embeddings: np.ndarray,
+        answers: list[list[str]],
+        val_embeddings: np.ndarray | None,
+        val_answers: list[list[str]] | None,
+    ) -> TuneResult:
+        result = tune_store(
+            self.writeback,
+            solver,
+            train_embeddings,
+            answers,
+            val_embeddings,
+            val_answers,
+            passive=self.passive,
+        )
+        logger.info(
+            "NUDGE-%s: %d of %d stored vectors moved (gamma=%s, chosen by %s) from %d "
+            "training questions",
+            result.variant.upper(),
+            len(result.changed_ids),
+            result.n_docs,
+            result.gamma,
+            result.method or "validation",
+            result.n_train_queries,
+        )
+        self.result_ = result
+        return result
+
+    def restore(self) -> int:
+        """Write every original back and forget them; returns how many were restored."""
+        self.result_ = None
+        return self.writeback.restore()
+
+    def resume(self) -> bool:
+        """Finish a write-back interrupted by a crash or a failed request."""
+        return self.writeback.resume()
+
+
+def _embedding_matrix(vectors: Any, n: int) -> np.ndarray:
+    """What an embed call returned, as an ``(n, dim)`` finite float32 matrix."""
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (ValueError, TypeError) as err:
+        lengths = sorted({len(v) for v in vectors}) if isinstance(vectors, Sequence) else "?"
+        msg = (
+            f"the embedding model returned vectors of different lengths ({lengths}) or "
+            f"non-numbers for {n} questions; expected {n} vectors of one dimension"
+        )
+        raise ValueError(msg) from err
+    if matrix.ndim != 2 or matrix.shape[0] != n:
+        msg = f"the embedding model returned shape {matrix.shape} for {n} questions"
+        raise ValueError(msg)
+    if not np.isfinite(matrix).all():
+        msg = "the embedding model returned NaN or inf question embeddings"
+        raise ValueError(msg)
+    return matrix
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled or total <= 0:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        logger.warning("show_progress needs tqdm: pip install 'nudge-rag[progress]'")
+        return None
+    return tqdm(total=total, desc=desc, unit="question")

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import threading
+import weakref
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._files import atomic_save_npz, atomic_write_json, fsync_dir
 from nudge_rag._queryset import row_index
 from nudge_rag._store import EmbeddingStore
 from nudge_rag._validation import check_matrix, check_positive_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WriteBack", "WriteBackError", "atomic_save_npz"]
+__all__ = ["WriteBack", "WriteBackError"]
 
 ORIGINALS = "originals.npz"
 PENDING = "pending.npz"
@@ -52,55 +54,35 @@ class WriteBackError(RuntimeError):
     """
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+_MEMORY_LOCK = threading.Lock()
+_MEMORY_STATES: dict[int, tuple[Any, dict[str, Any]]] = {}
 
 
-def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Write an ``.npz`` so that ``path`` holds either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+def _memory_of(owner: object) -> dict[str, Any]:
+    """The in-memory write-back state of ``owner`` (a store object), shared by every user of it.
 
-
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    Kept while ``owner`` lives (a weak reference where the object allows one, else a strong one).
+    """
+    key = id(owner)
+    with _MEMORY_LOCK:
+        got = _MEMORY_STATES.get(key)
+        if got is not None and got[0]() is owner:
+            return got[1]
+        try:
+            ref: Any = weakref.ref(owner, lambda _ref, key=key: _MEMORY_STATES.pop(key, None))
+        except TypeError:  # no weak references: hold it (the state is small next to the store)
+            ref = lambda owner=owner: owner  # noqa: E731
+        memory: dict[str, Any] = {}
+        _MEMORY_STATES[key] = (ref, memory)
+        return memory
 
 
 class _State:
     """Originals, pending plan and progress, on disk (``root``) or in memory."""
 
-    def __init__(self, root: str | os.PathLike | None):
+    def __init__(self, root: str | os.PathLike | None, owner: object):
         self.root = Path(root) if root is not None else None
-        self._mem: dict[str, Any] = {}
+        self._mem: dict[str, Any] = _memory_of(owner) if root is None else {}
 
     def _load_npz(self, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
         if self.root is None:
@@ -144,7 +126,7 @@ class _State:
             self._mem.pop(name, None)
         else:
             (self.root / name).unlink(missing_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     # originals ---------------------------------------------------------------
     def load_originals(self) -> tuple[list[str], np.ndarray] | None:
@@ -202,7 +184,7 @@ class _State:
             self._mem[PROGRESS] = batches_done
         else:
             self.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write_json(self.root / PROGRESS, {"batches_done": batches_done})
+            atomic_write_json(self.root / PROGRESS, {"batches_done": batches_done})
 
     def clear_pending(self) -> None:
         self._delete(PENDING)
@@ -215,7 +197,9 @@ class WriteBack:
     Args:
         store: any :class:`~nudge_rag.EmbeddingStore`.
         state_dir: folder for ``originals.npz``, ``pending.npz`` and ``progress.json``
-            (created on first write). ``None`` keeps that state in memory only.
+            (created on first write). ``None`` keeps that state in memory, shared by every
+            ``WriteBack`` over the same store object (``store.state_owner`` where the backend
+            has one): fine for in-memory stores, which are lost with the process anyway.
         batch_size: ids written per ``set_vectors`` call.
         show_progress: show a tqdm bar while writing.
 
@@ -234,18 +218,15 @@ class WriteBack:
         batch_size: int = 512,
         show_progress: bool = False,
     ):
-        for attr in ("list_ids", "get_vectors", "set_vectors", "distance"):
-            if not hasattr(store, attr):
-                msg = (
-                    f"store must implement the EmbeddingStore protocol (list_ids, get_vectors, "
-                    f"set_vectors, distance); {type(store).__name__} has no {attr!r}"
-                )
-                raise TypeError(msg)
+        if not isinstance(store, EmbeddingStore):
+            from nudge_rag.backends import backend_for
+
+            store = backend_for(store)  # a framework store, or defaults for missing members
         self.store = store
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.show_progress = show_progress
-        self._state = _State(self.state_dir)
+        self._state = _State(self.state_dir, getattr(store, "state_owner", self))
 
     # ------------------------------------------------------------------ reading
     @property

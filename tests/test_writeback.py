@@ -147,7 +147,7 @@ def test_corrupted_originals_file_is_a_clear_error_and_store_untouched(store, tm
 
 
 def test_not_a_store():
-    with pytest.raises(TypeError, match="EmbeddingStore protocol"):
+    with pytest.raises(TypeError, match="implement nudge_rag.EmbeddingStore"):
         WriteBack(object())
 
 

@@ -1,17 +1,17 @@
 """Training pairs for NUDGE: ``(question, doc_id)`` from lists, metadata or an LLM.
 
-Every source ends as a list of ``(question, doc_id)`` pairs; :func:`group_pairs` turns them
-into unique questions with the ids of the documents that answer each.
+Every source ends as a list of ``(question, doc_id)`` pairs. :func:`normalize_pairs` and
+:func:`group_pairs` are the core's (:mod:`nudge_rag`), shared with the LlamaIndex integration.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_nudge._compat import Document
-from nudge_rag._questions import parse_questions
+from nudge_rag import group_pairs, normalize_pairs, parse_questions
 
 logger = logging.getLogger(__name__)
 
@@ -30,53 +30,6 @@ DEFAULT_PROMPT = (
     "Answer with the questions only, one per line, numbered 1. to {n}.\n\n"
     "Passage:\n{text}\n"
 )
-
-
-def normalize_pairs(pairs: Any, name: str = "pairs") -> list[tuple[str, str]]:
-    """Explicit training pairs as a list of ``(question, doc_id)``.
-
-    Args:
-        pairs: ``[(question, doc_id), ...]`` or ``{question: doc_id | [doc_ids]}``.
-        name: the argument name used in error messages.
-
-    Raises:
-        ValueError: empty input, or an item that is not a question with document id(s).
-    """
-    out: list[tuple[str, str]] = []
-    if isinstance(pairs, Mapping):
-        items: Iterable[Any] = pairs.items()
-        for question, ids in items:
-            ids = [ids] if isinstance(ids, str) else ids
-            if not isinstance(ids, Sequence) or not ids:
-                msg = (
-                    f"{name}[{question!r}] must be a doc id or a non-empty list of doc ids, "
-                    f"got {ids!r}"
-                )
-                raise ValueError(msg)
-            out.extend((question, doc_id) for doc_id in ids)
-    elif isinstance(pairs, Sequence) and not isinstance(pairs, str):
-        for k, item in enumerate(pairs):
-            if not (isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2):
-                msg = f"{name}[{k}] must be a (question, doc_id) pair, got {item!r}"
-                raise ValueError(msg)
-            out.append((item[0], item[1]))
-    else:
-        msg = (
-            f"{name} must be a list of (question, doc_id) pairs or a "
-            f"{{question: [doc_ids]}} dict, got {type(pairs).__name__}"
-        )
-        raise ValueError(msg)
-    for k, (question, doc_id) in enumerate(out):
-        if not isinstance(question, str) or not question.strip():
-            msg = f"{name}: question {k} must be a non-empty string, got {question!r}"
-            raise ValueError(msg)
-        if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
-            msg = f"{name}: doc id of question {question!r} must be a string, got {doc_id!r}"
-            raise ValueError(msg)
-    if not out:
-        msg = f"{name} is empty: give at least one (question, doc_id) pair"
-        raise ValueError(msg)
-    return [(q.strip(), str(d)) for q, d in out]
 
 
 def _doc_ids(documents: Sequence[Document]) -> list[str]:
@@ -180,13 +133,3 @@ def generate_pairs(
         raise ValueError(msg)
     logger.info("generated %d questions for %d documents", len(pairs), len(documents))
     return pairs
-
-
-def group_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
-    """Unique questions (first-seen order) with the ids of the documents answering each."""
-    answers: dict[str, list[str]] = {}
-    for question, doc_id in pairs:
-        ids = answers.setdefault(question, [])
-        if doc_id not in ids:
-            ids.append(doc_id)
-    return list(answers), list(answers.values())

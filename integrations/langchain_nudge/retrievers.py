@@ -17,15 +17,8 @@ from langchain_nudge._compat import (
     Document,
     VectorStore,
 )
-from langchain_nudge.questions import (
-    DEFAULT_PROMPT,
-    generate_pairs,
-    group_pairs,
-    normalize_pairs,
-    pairs_from_metadata,
-)
-from langchain_nudge.stores import store_for
-from nudge_rag import TuneResult, WriteBack, check_similarity, make_solver, tune_store
+from langchain_nudge.questions import DEFAULT_PROMPT, generate_pairs, pairs_from_metadata
+from nudge_rag import StoreTuner, TuneResult, WriteBack
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +42,13 @@ class NudgeRetriever(BaseRetriever):
 
     Originals are never lost: before the first write they are saved next to a persisted
     store (Chroma persist dir: ``<dir>/nudge_state/<collection>``; Qdrant local path:
-    ``<path>/nudge_state/<collection>``), or in memory for in-memory stores, unless
-    ``state_dir`` is given. A store on a server (Chroma HTTP, Qdrant server) needs
-    ``state_dir``: originals kept only in memory would not outlive the process. A later
-    :meth:`fit` starts from the originals.
+    ``<path>/nudge_state/<collection>``), unless ``state_dir`` names a folder. An in-memory
+    store keeps them in memory, shared by every retriever over the same store object, with a
+    warning (pass ``state_dir`` if you ``dump()`` the store; ``state_dir="memory"`` silences
+    it). A store on a server (Chroma HTTP, Qdrant server) needs ``state_dir``: originals kept
+    only in memory would not outlive the process. A later :meth:`fit` starts from the
+    originals. The rule is the same in the LlamaIndex integration
+    (:func:`nudge_rag.resolve_state_dir`).
 
     Setup:
         .. code-block:: bash
@@ -95,29 +91,37 @@ class NudgeRetriever(BaseRetriever):
         k: documents returned per query (``invoke(query, k=...)`` overrides it).
         variant: ``"n"`` (NUDGE-N, default) or ``"m"`` (NUDGE-M).
         search_kwargs: extra arguments for ``vectorstore.similarity_search`` (e.g. a filter).
-        state_dir: where originals live; ``None`` picks the store's default (above).
+        state_dir: where originals live: ``"auto"`` (default, above; ``None`` means the
+            same), a folder, or ``"memory"``.
         solver_params: keyword arguments for the solver (e.g. ``{"gamma": 0.3}``).
         embedding_store: an :class:`nudge_rag.EmbeddingStore` to use instead of the adapter
             :func:`langchain_nudge.store_for` picks.
         batch_size: ids read or written per store call.
         embed_batch_size: questions per ``embed_documents`` call.
+        query_embedding: ``"documents"`` (default: questions embedded in batches with
+            ``embed_documents``, right for symmetric models such as MiniLM) or ``"query"``
+            (``embed_query`` per question, exactly what a search does: use it for models with
+            a query instruction, e.g. BGE/E5).
+        show_progress: tqdm bars while embedding questions and writing vectors.
+
+    Unknown keyword arguments are refused (a typo would otherwise be ignored silently).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     vectorstore: VectorStore
     k: int = Field(default=4, ge=1)
     variant: Literal["n", "m"] = "n"
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
-    state_dir: str | Path | None = None
+    state_dir: str | Path | None = "auto"
     solver_params: dict[str, Any] = Field(default_factory=dict)
     embedding_store: Any = Field(default=None, exclude=True)
     batch_size: int = Field(default=512, ge=1)
     embed_batch_size: int = Field(default=64, ge=1)
+    query_embedding: Literal["documents", "query"] = "documents"
+    show_progress: bool = False
 
-    _store: Any = PrivateAttr(default=None)
-    _writeback: WriteBack | None = PrivateAttr(default=None)
-    _result: TuneResult | None = PrivateAttr(default=None)
+    _tuner: StoreTuner | None = PrivateAttr(default=None)
 
     @field_validator("variant", mode="before")
     @classmethod
@@ -128,37 +132,35 @@ class NudgeRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ store access
     @property
+    def tuner(self) -> StoreTuner:
+        """The core's :class:`nudge_rag.StoreTuner` over this store (built on first use)."""
+        if self._tuner is None:
+            self._tuner = StoreTuner(
+                self.embedding_store if self.embedding_store is not None else self.vectorstore,
+                state_dir=self.state_dir,
+                variant=self.variant,
+                solver_params=self.solver_params,
+                batch_size=self.batch_size,
+                embed_batch_size=self.embed_batch_size,
+                show_progress=self.show_progress,
+                framework="langchain",
+            )
+        return self._tuner
+
+    @property
     def store(self) -> Any:
         """The :class:`nudge_rag.EmbeddingStore` reading and writing the stored vectors."""
-        if self._store is None:
-            self._store = self.embedding_store or store_for(self.vectorstore)
-        return self._store
+        return self.tuner.store
 
     @property
     def writeback(self) -> WriteBack:
         """The :class:`nudge_rag.WriteBack` holding the originals (see ``state_dir``)."""
-        if self._writeback is None:
-            state_dir = self.state_dir
-            if state_dir is None:
-                if getattr(self.store, "is_remote", False):
-                    msg = (
-                        f"{type(self.vectorstore).__name__} lives on a server: pass "
-                        "state_dir=<folder> so that the original vectors outlive this process"
-                    )
-                    raise ValueError(msg)
-                default = getattr(self.store, "default_state_dir", None)
-                state_dir = default() if callable(default) else None
-            if state_dir is None:
-                logger.info("originals of %s are kept in memory", type(self.vectorstore).__name__)
-            else:
-                logger.info("originals are kept in %s", state_dir)
-            self._writeback = WriteBack(self.store, state_dir, batch_size=self.batch_size)
-        return self._writeback
+        return self.tuner.writeback
 
     @property
     def tune_result(self) -> TuneResult | None:
         """What the last :meth:`fit` did (``None`` before any)."""
-        return self._result
+        return self.tuner.result_ if self._tuner is not None else None
 
     # ------------------------------------------------------------------ search
     @staticmethod
@@ -171,7 +173,10 @@ class NudgeRetriever(BaseRetriever):
 
     def _search_args(self, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         k = kwargs.pop("k", self.k)
-        return k, {**self.search_kwargs, **kwargs}
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            msg = f"k must be a positive integer, got {k!r}"
+            raise ValueError(msg)
+        return int(k), {**self.search_kwargs, **kwargs}
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
@@ -194,16 +199,8 @@ class NudgeRetriever(BaseRetriever):
             docs.extend(self.vectorstore.get_by_ids(ids[start : start + self.batch_size]))
         return self._with_ids(docs)
 
-    def embed_questions(self, questions: Sequence[str]) -> np.ndarray:
-        """Embed questions with the store's own embeddings, ``embed_batch_size`` at a time.
-
-        ``embed_documents`` is used because it batches; for the symmetric models most RAG
-        stores use it gives the same vectors as ``embed_query``. For a model with a
-        query-specific prefix, embed the questions yourself and call :meth:`fit_embeddings`.
-
-        Returns:
-            ``(len(questions), dim)`` float32 array.
-        """
+    def _embed(self, questions: list[str]) -> Any:
+        """One batch of questions through the store's own embeddings object."""
         embeddings = self.vectorstore.embeddings
         if embeddings is None:
             msg = (
@@ -211,15 +208,20 @@ class NudgeRetriever(BaseRetriever):
                 "questions with; create it with one, or call fit_embeddings()"
             )
             raise ValueError(msg)
-        blocks = []
-        for start in range(0, len(questions), self.embed_batch_size):
-            batch = list(questions[start : start + self.embed_batch_size])
-            blocks.append(np.asarray(embeddings.embed_documents(batch), dtype=np.float32))
-        out = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != len(questions):
-            msg = f"embed_documents returned shape {out.shape} for {len(questions)} questions"
-            raise ValueError(msg)
-        return out
+        if self.query_embedding == "query":
+            return [embeddings.embed_query(q) for q in questions]
+        return embeddings.embed_documents(questions)
+
+    def embed_questions(self, questions: Sequence[str]) -> np.ndarray:
+        """Embed questions with the store's own embeddings, ``embed_batch_size`` at a time.
+
+        ``embed_documents`` by default (it batches); ``query_embedding="query"`` uses
+        ``embed_query``, as a search does.
+
+        Returns:
+            ``(len(questions), dim)`` float32 array.
+        """
+        return self.tuner.embed_questions(list(questions), self._embed)
 
     def fit(
         self,
@@ -236,8 +238,8 @@ class NudgeRetriever(BaseRetriever):
         """Fine-tune the stored document vectors on training questions and write them back.
 
         Give exactly one source of training questions: ``pairs``, ``metadata_key`` or
-        ``llm``. Validation questions choose the step size; without ``val_pairs`` the solver
-        holds out part of the training questions.
+        ``llm``. Validation questions choose the step size; without ``val_pairs`` it is
+        cross-validated on the training questions, then every pair is used for the fit.
 
         Args:
             pairs: ``[(question, doc_id), ...]`` or ``{question: [doc_ids]}``.
@@ -255,10 +257,13 @@ class NudgeRetriever(BaseRetriever):
             ``self``; :attr:`tune_result` says what moved.
 
         Raises:
-            ValueError: no or several sources, malformed pairs or metadata, an empty store,
-                a dimension or metric mismatch.
-            KeyError: a document id that is not in the store.
-            TypeError: a store whose vectors cannot be read or written.
+            ValueError: no or several sources, malformed pairs or metadata, an empty store.
+            nudge_rag.UnknownIdError: (a ``ValueError`` and ``KeyError``) a document id that
+                is not in the store.
+            nudge_rag.DimensionMismatchError, nudge_rag.MetricMismatchError: (``ValueError``)
+                the questions' model or the store's metric does not fit; nothing written.
+            nudge_rag.UnsupportedStoreError: (a ``TypeError``) a store whose vectors cannot be
+                read or written.
             nudge_rag.WriteBackError: an interrupted write-back is pending.
         """
         given = [
@@ -269,36 +274,24 @@ class NudgeRetriever(BaseRetriever):
         if len(given) != 1:
             msg = f"give exactly one of pairs, metadata_key or llm; got {given or 'none'}"
             raise ValueError(msg)
-        solver = make_solver(self.variant, **self.solver_params)
-        store = self.store
-        check_similarity(solver.similarity, str(store.distance), unit_norm=True)
-        if pairs is not None:
-            train = normalize_pairs(pairs)
-        else:
+        if pairs is None:
             docs = self.stored_documents() if documents is None else list(documents)
             if not docs:
                 msg = "the store is empty: add documents (with their embeddings) before tuning"
                 raise ValueError(msg)
             if metadata_key is not None:
-                train = pairs_from_metadata(docs, metadata_key)
+                pairs = pairs_from_metadata(docs, metadata_key)
             else:
-                train = generate_pairs(
+                self.tuner.preflight()  # before paying for the LLM
+                pairs = generate_pairs(
                     llm,
                     docs,
                     n_questions=n_questions,
                     prompt=prompt,
                     max_concurrency=max_concurrency,
                 )
-        val = None if val_pairs is None else normalize_pairs(val_pairs, "val_pairs")
-        train_q, train_ids = group_pairs(train)
-        val_q, val_ids = group_pairs(val) if val is not None else ([], [])
-        embedded = self.embed_questions(train_q + val_q)
-        return self.fit_embeddings(
-            embedded[: len(train_q)],
-            train_ids,
-            embedded[len(train_q) :] if val is not None else None,
-            val_ids if val is not None else None,
-        )
+        self.tuner.tune(pairs, val_pairs, embed=self._embed)
+        return self
 
     def fit_embeddings(
         self,
@@ -318,41 +311,10 @@ class NudgeRetriever(BaseRetriever):
         Returns:
             ``self``.
         """
-        solver = make_solver(self.variant, **self.solver_params)
-        train_embeddings = np.asarray(train_embeddings, dtype=np.float32)
-        self._check_dim(train_embeddings, "training question embeddings")
-        if val_embeddings is not None:
-            val_embeddings = np.asarray(val_embeddings, dtype=np.float32)
-            self._check_dim(val_embeddings, "validation question embeddings")
-        self._result = tune_store(
-            self.writeback,
-            solver,
-            train_embeddings,
-            [list(ids) for ids in train_answer_ids],
-            val_embeddings,
-            None if val_answer_ids is None else [list(ids) for ids in val_answer_ids],
-        )
-        logger.info(
-            "NUDGE-%s moved %d of %d stored vectors (gamma=%s)",
-            self.variant.upper(),
-            len(self._result.changed_ids),
-            self._result.n_docs,
-            self._result.gamma,
+        self.tuner.tune_embedded(
+            train_embeddings, train_answer_ids, val_embeddings, val_answer_ids
         )
         return self
-
-    def _check_dim(self, embeddings: np.ndarray, name: str) -> None:
-        ids = self.store.list_ids()
-        if not ids:
-            msg = "the store is empty: add documents (with their embeddings) before tuning"
-            raise ValueError(msg)
-        dim = self.store.get_vectors(ids[:1]).shape[1]
-        if embeddings.ndim != 2 or embeddings.shape[1] != dim:
-            msg = (
-                f"{name} have shape {embeddings.shape}, but the store holds {dim}-dimensional "
-                "vectors: embed the questions with the model that embedded the documents"
-            )
-            raise ValueError(msg)
 
     def restore(self) -> int:
         """Write the original vectors back into the store.
@@ -360,9 +322,7 @@ class NudgeRetriever(BaseRetriever):
         Returns:
             How many vectors were restored.
         """
-        restored = self.writeback.restore()
-        self._result = None
-        return restored
+        return self.tuner.restore()
 
     def resume(self) -> bool:
         """Finish a write-back that was interrupted (e.g. by a crash).
@@ -370,4 +330,4 @@ class NudgeRetriever(BaseRetriever):
         Returns:
             ``True`` if a pending write-back was completed.
         """
-        return self.writeback.resume()
+        return self.tuner.resume()

@@ -1,22 +1,13 @@
 """Read and write the *stored* vectors of LangChain vector stores by id.
 
-LangChain has no standard call to write precomputed vectors (langchain#5945), so each
-supported store gets one small :class:`nudge_rag.EmbeddingStore` class here:
+The backends live in the core (:mod:`nudge_rag.backends`), one module per store, shared with
+the LlamaIndex integration; :func:`store_for` finds the one for a LangChain vector store
+through the core's single registry, and :func:`register_store` adds one for another store
+class. The names below are the backends under the names earlier releases used.
 
-* :class:`InMemoryStore` for ``langchain_core.vectorstores.InMemoryVectorStore`` (cosine);
-* :class:`ChromaStore` for ``langchain_chroma.Chroma`` (embedded or HTTP client);
-* :class:`QdrantStore` for ``langchain_qdrant.QdrantVectorStore`` (any client, named or
-  unnamed dense vector).
-
-Each reads the vectors the store holds (documents are never re-embedded), reports the
-store's ``distance``, and writes moved rows through the store's own in-place update path, so a
-concurrent reader never sees a document missing. :func:`store_for` picks the class for a
-vector store; :func:`register_store` adds one for another store type. :class:`ReAddStore` is
-the fallback for a store we cannot update in place: it re-adds documents by id with their
-tuned vectors, which some stores implement as delete-then-add.
-
-The partner packages are never imported here: dispatch is by class path, and each adapter
-only uses the objects the vector store already holds.
+:class:`ReAddStore` is the fallback for a store that cannot be updated in place: it re-adds
+documents by id with their tuned vectors, which some stores implement as delete-then-add.
+Use it only where the wrapper really upserts (PGVector's legacy class, Redis).
 """
 
 from __future__ import annotations
@@ -24,13 +15,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from langchain_nudge._compat import Document, Embeddings, VectorStore
-from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
+from langchain_nudge._compat import Document, Embeddings
+from nudge_rag import BaseEmbeddingStore, EmbeddingStore
+from nudge_rag.backends import (
+    ChromaBackend,
+    InMemoryVectorStoreBackend,
+    QdrantBackend,
+    as_rows,
+    backend_for,
+    register_backend,
+    unknown_ids,
+)
+from nudge_rag.backends import qdrant as _qdrant
 
 logger = logging.getLogger(__name__)
 
@@ -43,93 +43,12 @@ __all__ = [
     "store_for",
 ]
 
-
-def _missing(ids: Sequence[str], found: set[str] | dict[str, Any]) -> KeyError:
-    unknown = [i for i in ids if i not in found]
-    msg = f"{len(unknown)} id(s) are not in the store, e.g. {unknown[:3]!r}"
-    return KeyError(msg)
+#: ``InMemoryVectorStore``'s backend (``InMemoryStore(vectorstore)``).
+InMemoryStore = InMemoryVectorStoreBackend
 
 
-def _as_rows(vectors: Any, n: int, what: str) -> np.ndarray:
-    """``vectors`` as a ``(n, dim)`` float32 array (checked)."""
-    arr = np.asarray(vectors, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] != n:
-        msg = f"{what}: expected {n} vectors as a (n, dim) array, got shape {arr.shape}"
-        raise ValueError(msg)
-    return arr
-
-
-def _check_write(ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
-        msg = (
-            f"ids must be the same length as vectors. Got {len(ids)} ids and vectors of "
-            f"shape {vectors.shape}."
-        )
-        raise ValueError(msg)
-    return vectors
-
-
-# ====================================================================== InMemoryVectorStore
-class InMemoryStore:
-    """:class:`nudge_rag.EmbeddingStore` over ``langchain_core``'s ``InMemoryVectorStore``.
-
-    The store keeps ``{id: {"id", "vector", "text", "metadata"}}`` in its ``store`` dict and
-    scores by cosine. A write replaces each entry with a copy holding the new vector (one
-    dict assignment per id), so a reader sees the old or the new entry, never none. The new
-    vector has the type the entry held (a list of floats, or a numpy array).
-
-    Args:
-        vectorstore: an ``InMemoryVectorStore``.
-    """
-
-    distance = "cosine"
-
-    def __init__(self, vectorstore: Any):
-        self.vectorstore = vectorstore
-
-    def list_ids(self) -> list[str]:
-        """All ids, in insertion order."""
-        return [str(i) for i in self.vectorstore.store]
-
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored vectors of ``ids``, ``(len(ids), dim)`` float32."""
-        entries = self.vectorstore.store
-        try:
-            rows = [entries[i]["vector"] for i in ids]
-        except KeyError:
-            raise _missing(ids, entries) from None
-        if not rows:
-            return np.zeros((0, 0), dtype=np.float32)
-        return _as_rows(rows, len(ids), "InMemoryVectorStore vectors")
-
-    def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Replace the vectors of existing ``ids``; text and metadata stay."""
-        vectors = _check_write(ids, vectors)
-        entries = self.vectorstore.store
-        if any(i not in entries for i in ids):
-            raise _missing(ids, entries)
-        for doc_id, vector in zip(ids, vectors, strict=True):
-            entry = entries[doc_id]
-            if isinstance(entry.get("vector"), np.ndarray):  # keep the type the store holds
-                value: Any = vector.astype(entry["vector"].dtype)
-            else:
-                value = vector.astype(float).tolist()
-            entries[doc_id] = {**entry, "vector": value}
-
-    def default_state_dir(self) -> Path | None:
-        """``None``: an in-memory store keeps its originals in memory."""
-        return None
-
-
-# ====================================================================== Chroma / Qdrant
-class ChromaStore(ChromaCollectionStore):
-    """:class:`nudge_rag.EmbeddingStore` over a ``langchain_chroma.Chroma`` vector store.
-
-    The core's :class:`~nudge_rag.backends.ChromaCollectionStore` over the store's collection
-    (embedded or HTTP client): reads with ``collection.get``, writes with
-    ``collection.update`` (in place), searches with ``collection.query``. ``distance`` is the
-    collection's space (Chroma's default is ``"l2"``; ``"ip"`` is reported as ``"dot"``).
+class ChromaStore(ChromaBackend):
+    """The core's Chroma backend over a ``langchain_chroma.Chroma`` store's collection.
 
     Args:
         vectorstore: a ``Chroma`` vector store.
@@ -141,14 +60,8 @@ class ChromaStore(ChromaCollectionStore):
         self.vectorstore = vectorstore
 
 
-class QdrantStore(QdrantCollectionStore):
-    """:class:`nudge_rag.EmbeddingStore` over a ``langchain_qdrant.QdrantVectorStore``.
-
-    The core's :class:`~nudge_rag.backends.QdrantCollectionStore` over the store's client,
-    collection and ``vector_name`` (``""`` is the unnamed vector): reads with
-    ``client.retrieve``, writes with ``client.update_vectors`` (payloads stay). ``distance``
-    comes from the collection (``COSINE``, ``DOT``, ``EUCLID``); under ``COSINE`` Qdrant
-    normalizes what it stores, which NUDGE-N output already is.
+class QdrantStore(QdrantBackend):
+    """The core's Qdrant backend over a ``langchain_qdrant.QdrantVectorStore``.
 
     Args:
         vectorstore: a ``QdrantVectorStore`` in dense or hybrid retrieval mode.
@@ -156,18 +69,9 @@ class QdrantStore(QdrantCollectionStore):
     """
 
     def __init__(self, vectorstore: Any, *, page_size: int = 1000):
-        mode = getattr(getattr(vectorstore, "retrieval_mode", None), "value", "dense")
-        if str(mode).lower() == "sparse":
-            msg = (
-                "QdrantVectorStore uses retrieval_mode=SPARSE; NUDGE tunes dense vectors. "
-                "Use RetrievalMode.DENSE or HYBRID."
-            )
-            raise ValueError(msg)
+        made = _qdrant.from_langchain(vectorstore)  # refuses SPARSE mode
         super().__init__(
-            vectorstore.client,
-            vectorstore.collection_name,
-            vectorstore.vector_name,
-            page_size=page_size,
+            made.client, made.collection_name, made.vector_name, page_size=page_size
         )
         self.vectorstore = vectorstore
 
@@ -195,7 +99,7 @@ class _ReplayEmbeddings(Embeddings):
         raise RuntimeError(msg)
 
 
-class ReAddStore:
+class ReAddStore(BaseEmbeddingStore):
     """Fallback :class:`nudge_rag.EmbeddingStore`: re-add documents by id with tuned vectors.
 
     For a vector store with no adapter here. Reading needs ``get_vectors``, a callable that
@@ -247,22 +151,29 @@ class ReAddStore:
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Vectors from the ``get_vectors`` callable, checked."""
-        return _as_rows(self._get_vectors(list(ids)), len(ids), "get_vectors()")
+        vectors = np.asarray(self._get_vectors(list(ids)), dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+            msg = (
+                f"get_vectors(): expected {len(ids)} vectors as a (n, dim) array, "
+                f"got shape {vectors.shape}"
+            )
+            raise ValueError(msg)
+        return vectors
 
     def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Re-add the documents of ``ids`` with ``vectors`` (may be delete-then-add)."""
-        vectors = _check_write(ids, vectors)
+        vectors = as_rows(ids, vectors)
         if not ids:
             return
         docs = self.vectorstore.get_by_ids(list(ids))
         by_id = {d.id: d for d in docs}
         if len(by_id) != len(set(ids)):
-            raise _missing(ids, by_id)
+            raise unknown_ids(ids, by_id, type(self.vectorstore).__name__)
         ordered = [by_id[i] for i in ids]
         logger.warning(
-            "re-adding %d document(s) to %s through add_documents(ids=...): stores that "
-            "implement this as delete-then-add leave a short window in which a concurrent "
-            "reader may miss those documents",
+            "re-adding %d document(s) to %s through add_documents(ids=...): where the store "
+            "implements this as delete-then-add, a reader searching during the write may get "
+            "fewer results (those documents are missing for that moment)",
             len(ordered),
             type(self.vectorstore).__name__,
         )
@@ -278,59 +189,28 @@ class ReAddStore:
             finally:
                 setattr(self.vectorstore, self._attr, original)
 
-    def default_state_dir(self) -> Path | None:
-        """``None``: pass ``state_dir`` to keep originals on disk."""
-        return None
+
 
 
 # ====================================================================== registry
-_REGISTRY: dict[str, Callable[[Any], Any]] = {
-    "langchain_core.vectorstores.in_memory.InMemoryVectorStore": InMemoryStore,
-    "langchain_chroma.vectorstores.Chroma": ChromaStore,
-    "langchain_qdrant.qdrant.QdrantVectorStore": QdrantStore,
-}
-
-
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def register_store(vectorstore_class: type | str, factory: Callable[[Any], Any]) -> None:
-    """Use ``factory(vectorstore)`` to build the :class:`nudge_rag.EmbeddingStore` of a class.
+    """Use ``factory(vectorstore)`` as the backend of a LangChain vector-store class.
+
+    The core's registry (:func:`nudge_rag.backends.register_backend`) holds it, so subclasses
+    use it too.
 
     Args:
         vectorstore_class: the vector store class, or its ``"module.QualName"`` path.
-        factory: called with the vector store; returns an ``EmbeddingStore``.
+        factory: called with the vector store; returns an :class:`nudge_rag.EmbeddingStore`.
     """
-    key = (
-        vectorstore_class if isinstance(vectorstore_class, str) else _class_path(vectorstore_class)
-    )
-    _REGISTRY[key] = factory
+    register_backend(vectorstore_class, factory, framework="langchain")
 
 
-def store_for(vectorstore: Any) -> Any:
-    """The :class:`nudge_rag.EmbeddingStore` for a LangChain vector store.
-
-    Subclasses of a supported class use its adapter.
-
-    Args:
-        vectorstore: an ``InMemoryVectorStore``, ``Chroma``, ``QdrantVectorStore``, or an
-            instance of a class given to :func:`register_store`.
+def store_for(vectorstore: Any) -> EmbeddingStore:
+    """The :class:`nudge_rag.EmbeddingStore` backend for a LangChain vector store.
 
     Raises:
-        TypeError: no adapter can read stored vectors from this type (the message lists
-            the supported types and what to do).
+        nudge_rag.UnsupportedStoreError: (a ``TypeError``) no backend for this class; the
+            message lists the supported stores and the extra that installs each.
     """
-    for cls in type(vectorstore).__mro__:
-        factory = _REGISTRY.get(_class_path(cls))
-        if factory is not None:
-            return factory(vectorstore)
-    supported = ", ".join(sorted(k.rsplit(".", 1)[-1] for k in _REGISTRY))
-    kind = "vector store" if isinstance(vectorstore, VectorStore) else "object"
-    msg = (
-        f"cannot read stored vectors from {type(vectorstore).__name__} (a {kind} with no "
-        f"nudge adapter); supported: {supported}. Register an EmbeddingStore with "
-        "langchain_nudge.register_store(), or pass embedding_store=ReAddStore(vectorstore, "
-        "get_vectors=..., ids=..., distance=...)."
-    )
-    raise TypeError(msg)
+    return backend_for(vectorstore, "langchain")

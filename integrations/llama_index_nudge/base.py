@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -34,18 +33,13 @@ from llama_index_nudge.questions import (
     generate_questions,
     questions_from_metadata,
 )
-from llama_index_nudge.stores import adapter_for, default_state_dir
 from nudge_rag import (
     ArrayStore,
-    NudgeM,
-    NudgeN,
+    RetrievalDataset,
+    StoreTuner,
     TuneResult,
-    WriteBack,
-    check_similarity,
-    make_solver,
-    tune_store,
+    normalize_pairs,
 )
-from nudge_rag._data import RetrievalDataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,113 +51,28 @@ PairSource = Any
 and ``.relevant_docs`` (LlamaIndex's ``EmbeddingQAFinetuneDataset``, our ``RetrievalDataset``),
 or the path of such a dataset saved as JSON."""
 
-_AUTO = "auto"
 _N_SHOWN = 3
 
 
 # ---------------------------------------------------------------------- helpers
-def _pairs_from(source: PairSource, name: str) -> list[tuple[str, str]]:
-    """Flatten any accepted pair source into ``(query_text, node_id)`` pairs."""
-    if source is None:
-        return []
-    if isinstance(source, (str, os.PathLike)):
-        source = RetrievalDataset.from_json(source)
-    if isinstance(source, Mapping) or hasattr(source, "relevant_docs"):
-        dataset = RetrievalDataset.from_any(source)
-        pairs = []
-        for query_id, doc_ids in dataset.relevant_docs.items():
-            text = dataset.queries[query_id]
-            pairs.extend((str(text), str(doc_id)) for doc_id in doc_ids)
-        return pairs
-    if not isinstance(source, Iterable):
-        msg = (
-            f"{name} must be a list of (query_text, node_id) pairs, a dataset or a JSON path, got "
-            f"{type(source).__name__}"
-        )
-        raise TypeError(msg)
-    pairs = []
-    for k, item in enumerate(source):
-        ok = isinstance(item, (tuple, list)) and len(item) == 2
-        if (
-            not ok
-            or not isinstance(item[0], str)
-            or not isinstance(item[1], Hashable)
-            or not item[0].strip()
-        ):
-            msg = (
-                f"{name}[{k}] must be a (query_text, node_id) pair with a non-empty query, got "
-                f"{item!r:.80}"
-            )
-            raise ValueError(msg)
-        pairs.append((item[0], str(item[1])))
-    return pairs
-
-
-def _dedupe(pairs: Iterable[tuple[str, str]], name: str) -> list[tuple[str, str]]:
-    unique = list(dict.fromkeys(pairs))
-    n_pairs = len(pairs) if isinstance(pairs, Sequence) else None
-    if n_pairs is not None and len(unique) < n_pairs:
-        logger.warning(
-            "%s: skipped %d duplicate (query, node_id) pair(s)", name, n_pairs - len(unique)
-        )
-    return unique
-
-
-def _group(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
-    """One query per distinct text, answered by every node it was paired with."""
-    answers: dict[str, list[str]] = {}
-    for text, node_id in pairs:
-        answers.setdefault(text, []).append(node_id)
-    return list(answers), list(answers.values())
-
-
-class _QueryEmbedder:
-    """Embeds query texts once (cached by text) with the index's embed model.
+def _embedder(embed_model: BaseEmbedding, mode: QueryEmbedding) -> Any:
+    """A batch embed function for :class:`nudge_rag.StoreTuner`.
 
     ``mode="query"`` calls ``embed_model.get_query_embedding`` per text: exactly what the
     retriever does at search time (query instructions of models such as BGE/E5 included).
     ``mode="text"`` embeds in batches with ``get_text_embedding_batch``, like LlamaIndex's own
     fine-tuning; faster, and the same vectors for symmetric models (MiniLM).
     """
-
-    def __init__(self, embed_model: BaseEmbedding, mode: QueryEmbedding):
-        if mode not in ("query", "text"):
-            msg = f"query_embedding must be 'query' or 'text', got {mode!r}"
-            raise ValueError(msg)
-        self.embed_model = embed_model
-        self.mode = mode
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if new:
-            if self.mode == "text":
-                vectors = self.embed_model.get_text_embedding_batch(new)
-            else:
-                vectors = [self.embed_model.get_query_embedding(t) for t in new]
-            matrix = np.asarray(vectors, dtype=np.float32)
-            if matrix.ndim != 2 or matrix.shape[0] != len(new):
-                msg = (
-                    f"embed_model returned embeddings of shape {matrix.shape} for {len(new)} "
-                    "queries"
-                )
-                raise ValueError(msg)
-            if not np.isfinite(matrix).all():
-                msg = "embed_model returned NaN or inf query embeddings"
-                raise ValueError(msg)
-            self._cache.update(zip(new, matrix, strict=True))
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self._cache[t] for t in texts])
-
-
-def _check_dim(queries: np.ndarray, stored_dim: int, what: str) -> None:
-    if queries.shape[0] and queries.shape[1] != stored_dim:
-        msg = (
-            f"embed_model returns {queries.shape[1]}-dimensional {what} embeddings, but the store "
-            f"holds {stored_dim}-dimensional vectors: use the embed model the index was built with"
-        )
+    if mode not in ("query", "text"):
+        msg = f"query_embedding must be 'query' or 'text', got {mode!r}"
         raise ValueError(msg)
+    if mode == "text":
+        return embed_model.get_text_embedding_batch
+    return lambda texts: [embed_model.get_query_embedding(t) for t in texts]
+
+
+def _add(old: list[tuple[str, str]], source: PairSource, name: str) -> list[tuple[str, str]]:
+    return old if source is None else old + normalize_pairs(source, name)
 
 
 # ---------------------------------------------------------------------- index mode
@@ -274,38 +183,53 @@ class NudgeFinetuneEngine:
         val_pairs: PairSource = None,
         variant: str = "n",
         solver_params: Mapping[str, Any] | None = None,
-        state_dir: str | os.PathLike | None = _AUTO,
+        state_dir: str | os.PathLike | None = "auto",
         persist_dir: str | os.PathLike | None = None,
         query_embedding: QueryEmbedding = "text",
         batch_size: int = 512,
+        embed_batch_size: int = 64,
         docstore: Any = None,
+        show_progress: bool = False,
     ):
         if not isinstance(embed_model, BaseEmbedding):
             msg = (
                 f"embed_model must be a LlamaIndex BaseEmbedding, got {type(embed_model).__name__}"
             )
             raise TypeError(msg)
-        self.store = adapter_for(vector_store)
         self.embed_model = embed_model
         self.variant = variant
         self.solver_params = dict(solver_params or {})
-        make_solver(variant, **self.solver_params)  # fail now on a bad variant or parameter
-        if isinstance(state_dir, str) and state_dir == _AUTO:
-            state_dir = default_state_dir(self.store, persist_dir)
-        self.state_dir = None if state_dir is None else Path(state_dir)
-        self.writeback = WriteBack(self.store, self.state_dir, batch_size=batch_size)
-        self._embedder = _QueryEmbedder(embed_model, query_embedding)
+        self._embed = _embedder(embed_model, query_embedding)
         self._docstore = docstore
+        self.tuner = StoreTuner(
+            vector_store,
+            state_dir=state_dir,
+            persist_dir=persist_dir,
+            variant=variant,
+            solver_params=self.solver_params,
+            batch_size=batch_size,
+            embed_batch_size=embed_batch_size,
+            show_progress=show_progress,
+            explain_unknown=self._explain_unknown,
+            framework="llama-index",
+        )
+        self.store = self.tuner.store
+        self.state_dir = self.tuner.state_dir
+        self.writeback = self.tuner.writeback
         self._train: list[tuple[str, str]] = []
         self._val: list[tuple[str, str]] = []
         self.add_pairs(train_pairs, val_pairs)
-        self.result_: TuneResult | None = None
         logger.info(
             "NUDGE engine on %s (distance=%s), originals in %s",
-            type(self.store).__name__,
+            self.store.name,
             self.store.distance,
             self.state_dir or "memory",
         )
+
+    @property
+    def result_(self) -> TuneResult | None:
+        """What the last :meth:`finetune` did (``None`` before any, or after ``restore()``)."""
+        return self.tuner.result_
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -360,6 +284,7 @@ class NudgeFinetuneEngine:
             return engine
         nodes = engine._stored_nodes(index)
         if llm is not None:
+            engine.tuner.preflight()  # metric, pending write-back: before paying for the LLM
             pairs = generate_questions(nodes, llm, num_questions, question_prompt)
             where = f"the LLM ({type(llm).__name__})"
         else:
@@ -402,41 +327,34 @@ class NudgeFinetuneEngine:
 
     # ------------------------------------------------------------------ pairs
     def add_pairs(self, train_pairs: PairSource = None, val_pairs: PairSource = None) -> None:
-        """Add training (and validation) pairs; duplicates are skipped with a warning.
+        """Add training (and validation) pairs; duplicates count once when tuning.
 
         Raises:
-            ValueError / TypeError: a malformed pair or source.
+            ValueError / TypeError: a malformed pair or source (the message names it).
         """
-        self._train = _dedupe(self._train + _pairs_from(train_pairs, "train_pairs"), "train_pairs")
-        self._val = _dedupe(self._val + _pairs_from(val_pairs, "val_pairs"), "val_pairs")
+        self._train = _add(self._train, train_pairs, "train_pairs")
+        self._val = _add(self._val, val_pairs, "val_pairs")
 
     @property
     def train_pairs(self) -> list[tuple[str, str]]:
         """The ``(query_text, node_id)`` training pairs."""
-        return list(self._train)
+        return list(dict.fromkeys(self._train))
 
     @property
     def val_pairs(self) -> list[tuple[str, str]]:
         """The ``(query_text, node_id)`` validation pairs."""
-        return list(self._val)
+        return list(dict.fromkeys(self._val))
 
-    def _check_known(self, pairs: Sequence[tuple[str, str]], known: set[str], name: str) -> None:
-        unknown = list(dict.fromkeys(node_id for _, node_id in pairs if node_id not in known))
-        if not unknown:
-            return
+    def _explain_unknown(self, unknown: list[str]) -> str | None:
+        """Say so when unknown ids are nodes of the docstore that have no stored vector."""
         docstore = self._docstore
         in_docstore = [i for i in unknown if docstore is not None and docstore.document_exists(i)]
-        if in_docstore:
-            msg = (
-                f"{name} name {len(in_docstore)} node(s) that have no stored embedding, e.g. "
-                f"{in_docstore[:_N_SHOWN]!r}: insert them into the index (with embeddings) first"
-            )
-            raise ValueError(msg)
-        msg = (
-            f"{name} name {len(unknown)} node id(s) that are not in the vector store, e.g. "
-            f"{unknown[:_N_SHOWN]!r}"
+        if not in_docstore:
+            return None
+        return (
+            f"the pairs name {len(in_docstore)} node(s) that have no stored embedding, e.g. "
+            f"{in_docstore[:_N_SHOWN]!r}: insert them into the index (with embeddings) first"
         )
-        raise ValueError(msg)
 
     # ------------------------------------------------------------------ tuning
     def finetune(self, train_pairs: PairSource = None, val_pairs: PairSource = None) -> TuneResult:
@@ -444,7 +362,8 @@ class NudgeFinetuneEngine:
 
         Every call starts from the original vectors (saved ones overlay tuned ones), and rows
         moved by an earlier call that do not move now get their originals back; nodes inserted
-        since keep their model embeddings unless the pairs name them.
+        since keep their model embeddings unless the pairs name them. Without validation
+        pairs, gamma is cross-validated on the training pairs, then every pair is used.
 
         Args:
             train_pairs: more training pairs to add before tuning.
@@ -454,45 +373,19 @@ class NudgeFinetuneEngine:
             The :class:`nudge_rag.TuneResult` (also kept as ``result_``).
 
         Raises:
-            ValueError: empty store, no pairs, unknown node ids, dimension or metric mismatch.
+            ValueError: empty store, no pairs.
+            nudge_rag.UnknownIdError: (a ``ValueError``) node ids not in the vector store.
+            nudge_rag.DimensionMismatchError, nudge_rag.MetricMismatchError: (``ValueError``)
+                the embed model or the store's metric does not fit; nothing written.
             nudge_rag.WriteBackError: an interrupted write-back is pending (``resume()`` or
                 ``restore()`` first).
         """
         self.add_pairs(train_pairs, val_pairs)
-        ids = self.store.list_ids()
-        if not ids:
-            msg = "the vector store is empty: insert nodes (with embeddings) before fine-tuning"
-            raise ValueError(msg)
         if not self._train:
+            self.tuner.preflight()  # an empty store says so first
             msg = "no training pairs: pass train_pairs=[(query_text, node_id), ...] or a dataset"
             raise ValueError(msg)
-        known = set(ids)
-        self._check_known(self._train, known, "train_pairs")
-        self._check_known(self._val, known, "val_pairs")
-        solver: NudgeN | NudgeM = make_solver(self.variant, **self.solver_params)
-        # The metric that depends only on settings is checked before anything is embedded;
-        # tune_store checks the unit-norm case on the vectors themselves.
-        check_similarity(solver.similarity, str(self.store.distance), unit_norm=True)
-        stored_dim = int(self.store.get_vectors(ids[:1]).shape[1])
-        train_texts, train_answers = _group(self._train)
-        train_emb = self._embedder(train_texts)
-        _check_dim(train_emb, stored_dim, "query")
-        val_emb = val_answers = None
-        if self._val:
-            val_texts, val_answers = _group(self._val)
-            val_emb = self._embedder(val_texts)
-            _check_dim(val_emb, stored_dim, "query")
-        result = tune_store(self.writeback, solver, train_emb, train_answers, val_emb, val_answers)
-        logger.info(
-            "NUDGE-%s: %d of %d stored vectors moved (gamma=%s) from %d training queries",
-            self.variant.upper(),
-            len(result.changed_ids),
-            result.n_docs,
-            result.gamma,
-            len(train_texts),
-        )
-        self.result_ = result
-        return result
+        return self.tuner.tune(self._train, self._val or None, embed=self._embed)
 
     def restore(self) -> int:
         """Write the original embeddings back and forget them.
@@ -500,7 +393,7 @@ class NudgeFinetuneEngine:
         Returns:
             How many vectors were restored.
         """
-        return self.writeback.restore()
+        return self.tuner.restore()
 
     def resume(self) -> bool:
         """Finish a write-back interrupted by a crash or a failed request.
@@ -508,7 +401,7 @@ class NudgeFinetuneEngine:
         Returns:
             ``True`` if one was pending.
         """
-        return self.writeback.resume()
+        return self.tuner.resume()
 
 
 # ---------------------------------------------------------------------- dataset mode
@@ -516,23 +409,25 @@ class Nudge:
     """Drop-in for ``llama_index.experimental.nudge.Nudge``, on nudge-rag's numpy solvers.
 
     Embeds the training dataset's corpus once (``embed_model.get_text_embedding_batch``),
-    then tunes the corpus embeddings with NUDGE-N or NUDGE-M. Differences from the original,
-    all compatible: ``val_dataset`` is optional (gamma is then chosen on a held-out share of
-    the training queries); ``device`` is accepted and ignored (no torch); each
-    ``finetune()`` / ``insert_data_and_finetune()`` starts from the original embeddings with
-    every query seen so far, so repeated calls never compound changes; only the rows that
-    move are rewritten.
+    then tunes the corpus embeddings with NUDGE-N or NUDGE-M. Queries are embedded with
+    ``get_query_embedding``, as the original does (it matters for models with a query
+    instruction, such as BGE). Differences from the original, all compatible:
+    ``val_dataset`` is optional (gamma is then cross-validated on the training queries);
+    ``device`` is accepted and ignored (no torch); each ``finetune()`` /
+    ``insert_data_and_finetune()`` starts from the original embeddings with every query seen
+    so far, so repeated calls never compound changes; only the rows that move are rewritten.
 
     Args:
         embed_model: a LlamaIndex ``BaseEmbedding``.
         train_dataset: LlamaIndex's ``EmbeddingQAFinetuneDataset``, any object or mapping with
-            ``queries``, ``corpus``, ``relevant_docs``, a :class:`nudge_rag._data.RetrievalDataset`,
+            ``queries``, ``corpus``, ``relevant_docs``, a :class:`nudge_rag.RetrievalDataset`,
             or a JSON path written by ``save_json``.
         val_dataset: optional validation dataset (same forms); its relevant docs must be in
             the training corpus.
         use_nudge_n: NUDGE-N (unit-norm output, score by cosine) or NUDGE-M (score by dot).
         device: ignored.
-        query_embedding: ``"query"`` or ``"text"``, see :class:`NudgeFinetuneEngine`.
+        query_embedding: ``"query"`` (default, as the original) or ``"text"`` (batched
+            ``get_text_embedding_batch``; the same vectors for symmetric models, faster).
         solver_params: keyword arguments of the solver (e.g. ``{"gamma": 0.1}``).
 
     Example:
@@ -549,7 +444,7 @@ class Nudge:
         use_nudge_n: bool = True,
         device: str | None = None,
         *,
-        query_embedding: QueryEmbedding = "text",
+        query_embedding: QueryEmbedding = "query",
         solver_params: Mapping[str, Any] | None = None,
     ):
         if device is not None:
@@ -557,15 +452,20 @@ class Nudge:
         self.embed_model = embed_model
         self.use_nudge_n = use_nudge_n
         self.solver_params = dict(solver_params or {})
-        self._embedder = _QueryEmbedder(embed_model, query_embedding)
+        self._embed = _embedder(embed_model, query_embedding)
         train = self._dataset(train_dataset, "train_dataset")
-        self.corpus: dict[str, str] = {}
         if not train.corpus:
             msg = "train_dataset has an empty corpus: nothing to fine-tune"
             raise ValueError(msg)
+        self.corpus: dict[str, str] = {}
         self._store: ArrayStore | None = None
-        self._writeback: WriteBack | None = None
         self._add_corpus(train.corpus)
+        self._tuner = StoreTuner(
+            self._store,
+            state_dir="memory",
+            variant="n" if use_nudge_n else "m",
+            solver_params=self.solver_params,
+        )
         self._train: list[tuple[str, str]] = []
         self._val: list[tuple[str, str]] = []
         self._add_queries(train, val_dataset)
@@ -604,28 +504,16 @@ class Nudge:
                 "documents"
             )
             raise ValueError(msg)
-        old = self._store
-        if old is None:
+        if self._store is None:
             self._store = ArrayStore(list(corpus), vectors, self._distance)
-            self._writeback = WriteBack(self._store)
-        else:
-            if old.vectors.shape[1] != vectors.shape[1]:
-                msg = (
-                    f"new documents embed to {vectors.shape[1]} dimensions, the corpus has "
-                    f"{old.vectors.shape[1]}"
-                )
-                raise ValueError(msg)
-            stacked = np.concatenate([old.vectors, vectors])
-            self._store = ArrayStore(old.ids + list(corpus), stacked, self._distance)
-            # Saved originals stay valid: existing ids keep their rows' meaning.
-            self._writeback.store = self._store
+        else:  # the same store object grows, so its saved originals stay with it
+            self._store.add(list(corpus), vectors)
         self.corpus.update(corpus)
 
     def _add_queries(self, train: RetrievalDataset, val: PairSource) -> None:
-        self._train = _dedupe(self._train + _pairs_from(train, "train_dataset"), "train_dataset")
+        self._train = _add(self._train, train, "train_dataset")
         if val is not None:
-            val_pairs = _pairs_from(self._dataset(val, "val_dataset"), "val_dataset")
-            self._val = _dedupe(self._val + val_pairs, "val_dataset")
+            self._val = _add(self._val, self._dataset(val, "val_dataset"), "val_dataset")
 
     @property
     def corpus_embeddings(self) -> np.ndarray:
@@ -638,24 +526,7 @@ class Nudge:
         Returns:
             The :class:`nudge_rag.TuneResult`.
         """
-        solver = make_solver("n" if self.use_nudge_n else "m", **self.solver_params)
-        known = set(self._store.ids)
-        for pairs, name in ((self._train, "train_dataset"), (self._val, "val_dataset")):
-            unknown = sorted({d for _, d in pairs if d not in known})
-            if unknown:
-                msg = (
-                    f"{name} names {len(unknown)} document id(s) not in the corpus, e.g. "
-                    f"{unknown[:_N_SHOWN]!r}"
-                )
-                raise ValueError(msg)
-        texts, answers = _group(self._train)
-        train_emb = self._embedder(texts)
-        _check_dim(train_emb, self._store.vectors.shape[1], "query")
-        val_emb = val_answers = None
-        if self._val:
-            val_texts, val_answers = _group(self._val)
-            val_emb = self._embedder(val_texts)
-        return tune_store(self._writeback, solver, train_emb, answers, val_emb, val_answers)
+        return self._tuner.tune(self._train, self._val or None, embed=self._embed)
 
     def insert_data_and_finetune(
         self, new_train_dataset_batch: PairSource, new_val_dataset_batch: PairSource = None

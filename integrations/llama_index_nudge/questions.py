@@ -21,7 +21,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     msg = "llama_index_nudge needs llama-index-core: pip install 'nudge-rag[llama-index]'"
     raise ImportError(msg) from err
 
-from nudge_rag._questions import parse_questions
+from nudge_rag import parse_questions
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,14 @@ def questions_from_metadata(
     """
     pairs: list[tuple[str, str]] = []
     skipped: list[str] = []
+    malformed: list[tuple[str, str]] = []
     leaked = 0
     for node in nodes:
         value = node.metadata.get(key)
         try:
             questions = parse_questions(value)
         except TypeError as err:
-            logger.warning("node %s: metadata[%r] skipped: %s", node.node_id, key, err)
+            malformed.append((node.node_id, str(err)))
             skipped.append(node.node_id)
             continue
         if not questions:
@@ -86,6 +87,14 @@ def questions_from_metadata(
             "text. Add the key to node.excluded_embed_metadata_keys before indexing.",
             leaked,
             key,
+        )
+    if malformed:  # one summary, not one line per node
+        logger.warning(
+            "%d node(s) skipped: metadata[%r] is not a string or list of strings, e.g. node "
+            "%s: %s",
+            len(malformed),
+            key,
+            *malformed[0],
         )
     if skipped:
         logger.info("%d node(s) have no usable questions under metadata[%r]", len(skipped), key)
@@ -120,13 +129,19 @@ def generate_questions(
     if isinstance(template, str):
         template = PromptTemplate(template)
     pairs: list[tuple[str, str]] = []
+    empty: list[str] = []
     for node in nodes:
         context = node.get_content(metadata_mode=MetadataMode.NONE)
         answer = llm.complete(
             template.format(context_str=context, num_questions=num_questions)
         ).text
-        questions = parse_questions(answer)[:num_questions]
+        # strict: a refusal ("I cannot help with that.") is no question (as in LangChain)
+        questions = parse_questions(answer, strict=True)[:num_questions]
         if not questions:
-            logger.warning("node %s: the LLM returned no parsable question", node.node_id)
+            empty.append(node.node_id)
         pairs.extend((q, node.node_id) for q in questions)
+    if empty:
+        logger.warning(
+            "the LLM gave no parsable question for %d node(s), e.g. %s", len(empty), empty[:3]
+        )
     return pairs

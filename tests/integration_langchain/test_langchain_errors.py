@@ -128,7 +128,7 @@ class _NoVectorsStore(VectorStore):
 def test_store_we_cannot_read():
     retriever = NudgeRetriever(vectorstore=_NoVectorsStore())
     assert retriever.invoke("q") == []  # searching still works
-    with pytest.raises(TypeError, match="cannot read stored vectors from _NoVectorsStore"):
+    with pytest.raises(TypeError, match="cannot read and write the stored vectors of _NoVectorsStore. Supported: Chroma"):
         retriever.fit(PAIRS)
 
 

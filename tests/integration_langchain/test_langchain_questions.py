@@ -53,7 +53,7 @@ def test_normalize_pairs_forms():
         ([], "empty"),
         ([("only a question",)], r"pairs\[0\] must be a \(question, doc_id\) pair"),
         ([("", "a")], "non-empty string"),
-        ([("q", None)], "doc id of question 'q'"),
+        ([("q", None)], "the doc id of pair 0 must be a non-empty string"),
         ({"q": []}, "non-empty list of doc ids"),
         ("q", "must be a list"),
     ],

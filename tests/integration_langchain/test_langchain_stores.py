@@ -19,6 +19,7 @@ from langchain_nudge import (
     store_for,
 )
 from numpy.testing import assert_allclose
+from nudge_rag.backends import ChromaBackend, QdrantBackend
 
 TEXTS = [f"passage {i}" for i in range(10)]
 IDS = [f"doc-{i}" for i in range(10)]
@@ -115,7 +116,7 @@ def test_in_memory_adapter():
 )
 def test_chroma_distance(kwargs, distance):
     adapter = store_for(_chroma(name=f"c-{uuid.uuid4().hex[:8]}", **kwargs))
-    assert isinstance(adapter, ChromaStore)
+    assert isinstance(adapter, ChromaBackend)
     assert adapter.distance == distance
 
 
@@ -171,7 +172,7 @@ def test_chroma_http_server(chroma_server, tmp_path):
 def test_qdrant_adapter_unnamed_and_named():
     store, ids = _qdrant()
     adapter = store_for(store)
-    assert isinstance(adapter, QdrantStore) and adapter.distance == "cosine"
+    assert isinstance(adapter, QdrantBackend) and adapter.distance == "cosine"
     assert sorted(adapter.list_ids()) == sorted(ids)
     _roundtrip(adapter, ids)
     named, named_ids = _qdrant(distance="DOT", vector_name="dense")

@@ -23,13 +23,13 @@ def test_unknown_node_ids(toy, toy_index):
     engine = NudgeFinetuneEngine.from_index(index, train_pairs=pairs)
     with pytest.raises(
         ValueError,
-        match=r"train_pairs name 1 node id\(s\) that are not in the vector store, e.g. \['ghost'\]",
+        match=r"train_pairs name 1 document id\(s\) that are not in the store 'SimpleVectorStore', e.g. \['ghost'\]",
     ):
         engine.finetune()
     engine = NudgeFinetuneEngine.from_index(
         index, train_pairs=toy_pairs(questions), val_pairs=[("x", "ghost")]
     )
-    with pytest.raises(ValueError, match="val_pairs name 1 node id"):
+    with pytest.raises(ValueError, match="val_pairs name 1 document id"):
         engine.finetune()
     assert stored(index) == before
 
@@ -55,7 +55,7 @@ def test_nodes_without_stored_embeddings(toy, caplog):
 def test_empty_store(toy):
     _, questions = toy
     index = VectorStoreIndex([], embed_model=LookupEmbedding(questions))
-    with pytest.raises(ValueError, match="the vector store is empty"):
+    with pytest.raises(ValueError, match="the store is empty"):
         NudgeFinetuneEngine.from_index(index, train_pairs=toy_pairs(questions)).finetune()
     with pytest.raises(ValueError, match="no training questions found"):
         NudgeFinetuneEngine.from_index(index)
@@ -63,7 +63,9 @@ def test_empty_store(toy):
 
 def test_no_pairs(toy_index):
     index, _ = toy_index
-    engine = NudgeFinetuneEngine.from_index(index, train_pairs=[])
+    with pytest.raises(ValueError, match="train_pairs is empty"):
+        NudgeFinetuneEngine.from_index(index, train_pairs=[])
+    engine = NudgeFinetuneEngine(index.vector_store, index._embed_model, state_dir="memory")
     with pytest.raises(ValueError, match="no training pairs"):
         engine.finetune()
 
@@ -77,7 +79,7 @@ def test_dimension_mismatch(toy, toy_index):
         index, train_pairs=toy_pairs(questions), embed_model=wide
     )
     with pytest.raises(
-        ValueError, match="16-dimensional query embeddings, but the store holds 8-dimensional"
+        ValueError, match="have 16 dimensions .* but the store holds 8-dimensional vectors"
     ):
         engine.finetune()
     assert stored(index) == before
@@ -137,7 +139,7 @@ def test_metadata_key_missing_or_malformed(toy, caplog):
         NudgeFinetuneEngine.from_index(index, metadata_key="missing")
     with caplog.at_level(logging.WARNING, logger="llama_index_nudge"):
         engine = NudgeFinetuneEngine.from_index(index, metadata_key="qs")
-    assert "node d0: metadata['qs'] skipped" in caplog.text
+    assert "6 node(s) skipped: metadata['qs'] is not a string or list of strings, e.g. node d0" in caplog.text
     assert {node_id for _, node_id in engine.train_pairs} == {f"d{k}" for k in range(6, 12)}
 
 
@@ -145,10 +147,13 @@ def test_duplicate_pairs_are_skipped(toy, toy_index, caplog):
     _, questions = toy
     index, _ = toy_index
     pairs = toy_pairs(questions)
-    with caplog.at_level(logging.WARNING, logger="llama_index_nudge"):
-        engine = NudgeFinetuneEngine.from_index(index, train_pairs=pairs + pairs[:3])
-    assert "skipped 3 duplicate (query, node_id) pair(s)" in caplog.text
+    engine = NudgeFinetuneEngine.from_index(
+        index, train_pairs=pairs + pairs[:3], solver_params=GAMMA
+    )
     assert engine.train_pairs == pairs
+    with caplog.at_level(logging.WARNING, logger="nudge_rag"):
+        engine.finetune()
+    assert "train_pairs: skipped 3 duplicate (question, doc_id) pair(s)" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -158,14 +163,15 @@ def test_duplicate_pairs_are_skipped(toy, toy_index, caplog):
 def test_malformed_pairs(toy_index, bad):
     index, _ = toy_index
     with pytest.raises(
-        ValueError, match=r"train_pairs\[0\] must be a \(query_text, node_id\) pair"
+        ValueError,
+        match=r"train_pairs(\[0\] must be a \(question, doc_id\) pair|: question 0 must be a non-empty)",
     ):
         NudgeFinetuneEngine.from_index(index, train_pairs=bad)
 
 
 def test_unsupported_vector_store_and_embed_model(toy_index):
     index, embed = toy_index
-    with pytest.raises(TypeError, match="unsupported vector store dict"):
+    with pytest.raises(TypeError, match="cannot read and write the stored vectors of dict"):
         NudgeFinetuneEngine({}, embed)
     with pytest.raises(TypeError, match="embed_model must be a LlamaIndex BaseEmbedding"):
         NudgeFinetuneEngine(index.vector_store, object())

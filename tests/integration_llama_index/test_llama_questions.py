@@ -70,7 +70,7 @@ def test_questions_from_metadata_skips_missing_and_malformed(caplog):
         pairs, skipped = questions_from_metadata(nodes)
     assert pairs == [("What is A?", "a")]
     assert skipped == ["b", "c"]
-    assert "node c: metadata['questions_this_excerpt_can_answer'] skipped" in caplog.text
+    assert "1 node(s) skipped: metadata['questions_this_excerpt_can_answer'] is not a string or list of strings, e.g. node c" in caplog.text
 
 
 def test_questions_in_embedded_text_are_warned_about(caplog):
