@@ -31,6 +31,10 @@ class _Entry:
 _MEMORY = "nudge_rag.backends.memory"
 _CHROMA = "nudge_rag.backends.chroma"
 _QDRANT = "nudge_rag.backends.qdrant"
+_FAISS = "nudge_rag.backends.faiss"
+_PGVECTOR = "nudge_rag.backends.pgvector"
+_MILVUS = "nudge_rag.backends.milvus"
+_LANCEDB = "nudge_rag.backends.lancedb"
 
 # class path -> entry. Adding a store: one line per framework wrapper, plus its module.
 _REGISTRY: dict[str, _Entry] = {
@@ -51,6 +55,33 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "llama_index.vector_stores.qdrant.base.QdrantVectorStore": _Entry(
         "llama-index", "QdrantVectorStore", f"{_QDRANT}:from_llama_index", "qdrant"
+    ),
+    "langchain_community.vectorstores.faiss.FAISS": _Entry(
+        "langchain", "FAISS", f"{_FAISS}:from_langchain", "faiss"
+    ),
+    "llama_index.vector_stores.faiss.base.FaissVectorStore": _Entry(
+        "llama-index", "FaissVectorStore", f"{_FAISS}:from_llama_index", "faiss"
+    ),
+    "llama_index.vector_stores.faiss.map_store.FaissMapVectorStore": _Entry(
+        "llama-index", "FaissMapVectorStore", f"{_FAISS}:from_llama_index_map", "faiss"
+    ),
+    "langchain_postgres.vectorstores.PGVector": _Entry(
+        "langchain", "PGVector", f"{_PGVECTOR}:from_langchain", "postgres"
+    ),
+    "llama_index.vector_stores.postgres.base.PGVectorStore": _Entry(
+        "llama-index", "PGVectorStore", f"{_PGVECTOR}:from_llama_index", "postgres"
+    ),
+    "langchain_milvus.vectorstores.milvus.Milvus": _Entry(
+        "langchain", "Milvus", f"{_MILVUS}:from_langchain", "milvus"
+    ),
+    "llama_index.vector_stores.milvus.base.MilvusVectorStore": _Entry(
+        "llama-index", "MilvusVectorStore", f"{_MILVUS}:from_llama_index", "milvus"
+    ),
+    "langchain_community.vectorstores.lancedb.LanceDB": _Entry(
+        "langchain", "LanceDB", f"{_LANCEDB}:from_langchain", "lancedb"
+    ),
+    "llama_index.vector_stores.lancedb.base.LanceDBVectorStore": _Entry(
+        "llama-index", "LanceDBVectorStore", f"{_LANCEDB}:from_llama_index", "lancedb"
     ),
 }
 
