@@ -43,15 +43,15 @@ from store_modes import (  # noqa: E402
 def child(args) -> None:
     import numpy as np
 
-    from nudge_rag._writeback import WriteBack
-    from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
+    from nudge_rag import WriteBack
+    from nudge_rag.backends import ChromaBackend, QdrantBackend
 
     emb = np.load(args.corpus, mmap_mode="r")
     n = emb.shape[0]
     if args.backend == "chroma":
-        store = ChromaCollectionStore(chroma_collection(Path(args.chroma_path), create=False))
+        store = ChromaBackend(chroma_collection(Path(args.chroma_path), create=False))
     else:
-        store = QdrantCollectionStore(qdrant_filled(emb, n), "docs")
+        store = QdrantBackend(qdrant_filled(emb, n), "docs")
     held = reset_peak()
     t = time.perf_counter()
     if args.op == "scan":
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from nudge_rag._synthetic import write_memmap_corpus
+    from nudge_rag import write_memmap_corpus
 
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)

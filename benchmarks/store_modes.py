@@ -125,9 +125,7 @@ def answer_ids(split, backend: str) -> list[list[str]]:
 
 
 def run_tune(store, train_emb, train_ids, val_emb, val_ids, mode: str) -> dict:
-    from nudge_rag import NudgeN
-    from nudge_rag._tune import tune_store
-    from nudge_rag._writeback import WriteBack
+    from nudge_rag import NudgeN, WriteBack, tune_store
 
     wb = WriteBack(store, batch_size=512)
     store.vectors_read = 0
@@ -150,8 +148,8 @@ def run_tune(store, train_emb, train_ids, val_emb, val_ids, mode: str) -> dict:
 def part_nfcorpus(args) -> None:
     import numpy as np
 
-    from nudge_rag._data import load_embedded
-    from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
+    from nudge_rag import load_embedded
+    from nudge_rag.backends import ChromaBackend, QdrantBackend
 
     d = load_embedded(DATA / "nfcorpus")
     emb = np.asarray(d.doc_embeddings, dtype=np.float32)
@@ -170,10 +168,10 @@ def part_nfcorpus(args) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
                 col = chroma_collection(tmp, "nfcorpus", create=True)
                 fill_chroma(col, emb, n)
-                store = counting(ChromaCollectionStore)(col)
+                store = counting(ChromaBackend)(col)
                 label = "Chroma embedded (cosine, ef_search 400)"
             else:
-                store = counting(QdrantCollectionStore)(qdrant_filled(emb, n), "docs")
+                store = counting(QdrantBackend)(qdrant_filled(emb, n), "docs")
                 label = "Qdrant local :memory: (COSINE)"
             r = run_tune(store, d.train.query_embeddings, tr, d.dev.query_embeddings, dv, mode)
             print(
@@ -194,8 +192,8 @@ def scaled_counts(n_docs: int) -> tuple[int, int, int]:
 def child_scale(args) -> None:
     import numpy as np
 
-    from nudge_rag._synthetic import make_scale_task
-    from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
+    from nudge_rag import make_scale_task
+    from nudge_rag.backends import ChromaBackend, QdrantBackend
 
     n_train, n_val, n_answered = scaled_counts(args.docs)
     data = make_scale_task(
@@ -203,13 +201,9 @@ def child_scale(args) -> None:
     )
     t0 = time.perf_counter()
     if args.backend == "chroma":
-        store = counting(ChromaCollectionStore)(
-            chroma_collection(Path(args.chroma_path), create=False)
-        )
+        store = counting(ChromaBackend)(chroma_collection(Path(args.chroma_path), create=False))
     else:
-        store = counting(QdrantCollectionStore)(
-            qdrant_filled(data.doc_embeddings, args.docs), "docs"
-        )
+        store = counting(QdrantBackend)(qdrant_filled(data.doc_embeddings, args.docs), "docs")
     t_open = time.perf_counter() - t0
     tr, dv = answer_ids(data.train, args.backend), answer_ids(data.dev, args.backend)
     train_emb = np.asarray(data.train.query_embeddings)
@@ -227,7 +221,7 @@ def child_scale(args) -> None:
 def part_scale(args) -> int:
     import numpy as np
 
-    from nudge_rag._synthetic import write_memmap_corpus
+    from nudge_rag import write_memmap_corpus
 
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)

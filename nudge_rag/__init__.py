@@ -33,7 +33,7 @@ from nudge_rag._store import (
     SearchableEmbeddingStore,
     check_similarity,
 )
-from nudge_rag._synthetic import make_retrieval_task
+from nudge_rag._synthetic import make_retrieval_task, make_scale_task, write_memmap_corpus
 from nudge_rag._tune import StoreTuner, TuneResult, make_solver, resolve_state_dir, tune_store
 from nudge_rag._writeback import WriteBack, WriteBackError
 from nudge_rag.backends import ArrayStore, backend_for
@@ -70,6 +70,7 @@ __all__ = [
     "load_beir",
     "load_embedded",
     "make_retrieval_task",
+    "make_scale_task",
     "make_solver",
     "normalize_pairs",
     "parse_questions",
@@ -77,5 +78,6 @@ __all__ = [
     "search",
     "split_dataset",
     "tune_store",
+    "write_memmap_corpus",
     "__version__",
 ]

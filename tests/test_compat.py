@@ -70,40 +70,6 @@ def test_mixed_float64_queries_and_float32_docs():
     assert out.dtype == np.float32
 
 
-def test_all_is_pinned():
-    assert sorted(nudge_rag.__all__) == sorted(
-        [
-            "ArrayStore",
-            "DEFAULT_GAMMAS",
-            "EmbeddingStore",
-            "NotFittedError",
-            "NudgeM",
-            "NudgeN",
-            "QuerySet",
-            "TuneResult",
-            "WriteBack",
-            "WriteBackError",
-            "check_similarity",
-            "make_solver",
-            "tune_store",
-            "__version__",
-            "RetrievalDataset",
-            "EmbeddedDataset",
-            "EmbeddedSplit",
-            "SearchableEmbeddingStore",
-            "load_beir",
-            "load_embedded",
-            "split_dataset",
-            "Relevance",
-            "evaluate",
-            "search",
-            "make_retrieval_task",
-        ]
-    )
-    for name in nudge_rag.__all__:
-        assert hasattr(nudge_rag, name), name
-
-
 def test_import_loads_no_framework():
     code = (
         "import sys, nudge_rag, nudge_rag.compat, nudge_rag.cli\n"

@@ -164,3 +164,26 @@ def test_interrupted_write_resumes_and_restores(tmp_path):
     assert not np.array_equal(_snapshot(store), before)
     retriever.restore()
     assert_array_equal(_snapshot(store), before)
+
+
+def test_unknown_keyword_is_refused(store):
+    with pytest.raises(ValueError, match="typo"):
+        NudgeRetriever(vectorstore=store, k=2, typo=1)
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True, "3"])
+def test_invoke_k_must_be_a_positive_integer(store, k):
+    retriever = NudgeRetriever(vectorstore=store, k=2)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        retriever.invoke("passage 1", k=k)
+    assert len(retriever.invoke("passage 1", k=3)) == 3
+
+
+def test_unknown_doc_id_is_one_error_class_for_both_frameworks(store):
+    from nudge_rag import UnknownIdError
+
+    retriever = NudgeRetriever(vectorstore=store, state_dir="memory")
+    with pytest.raises(UnknownIdError) as info:
+        retriever.fit([(QUESTIONS[0], "nope")])
+    assert info.value.ids == ["nope"]
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)

@@ -94,3 +94,27 @@ def test_insert_data_and_finetune(toy, qa):
     np.testing.assert_allclose(
         nudge.get_finetuned_corpus_embeddings(), whole.get_finetuned_corpus_embeddings(), atol=1e-6
     )
+
+
+def test_nudge_embeds_queries_as_queries_like_the_original(toy):
+    """``llama_index.experimental.nudge.Nudge`` embeds queries with get_query_embedding."""
+    from llama_index_nudge import Nudge
+
+    docs, questions = toy
+    calls = {"query": 0, "text": 0}
+
+    class Counting(LookupEmbedding):
+        def _get_query_embedding(self, query):
+            calls["query"] += 1
+            return super()._get_query_embedding(query)
+
+    corpus = {f"d{k}": f"document {k}" for k in range(len(docs))}
+    table = {**questions, **{f"document {k}": docs[k] for k in range(len(docs))}}
+    dataset = {
+        "queries": {f"q{j}": text for j, text in enumerate(questions)},
+        "corpus": corpus,
+        "relevant_docs": {f"q{j}": [f"d{j // 2}"] for j in range(len(questions))},
+    }
+    nudge = Nudge(Counting(table), dataset, solver_params={"gamma": 0.3})
+    nudge.finetune()
+    assert calls["query"] == len(questions)

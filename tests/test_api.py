@@ -1,0 +1,59 @@
+"""The public API: ``nudge_rag.__all__`` is pinned (LangChain's ``test_all_imports``)."""
+
+from __future__ import annotations
+
+import nudge_rag
+import nudge_rag.backends
+
+EXPECTED = [
+        "ArrayStore",
+        "BaseEmbeddingStore",
+        "DEFAULT_GAMMAS",
+        "DimensionMismatchError",
+        "EmbeddedDataset",
+        "EmbeddedSplit",
+        "EmbeddingStore",
+        "MetricMismatchError",
+        "NotFittedError",
+        "NudgeM",
+        "NudgeN",
+        "QuerySet",
+        "Relevance",
+        "RetrievalDataset",
+        "SearchableEmbeddingStore",
+        "StateDirError",
+        "StoreTuner",
+        "TuneResult",
+        "UnknownIdError",
+        "UnsupportedStoreError",
+        "WriteBack",
+        "WriteBackError",
+        "__version__",
+        "backend_for",
+        "check_similarity",
+        "evaluate",
+        "group_pairs",
+        "load_beir",
+        "load_embedded",
+        "make_retrieval_task",
+        "make_scale_task",
+        "make_solver",
+        "normalize_pairs",
+        "parse_questions",
+        "resolve_state_dir",
+        "search",
+        "split_dataset",
+        "tune_store",
+        "write_memmap_corpus",
+]
+
+
+def test_all_is_pinned():
+    assert sorted(nudge_rag.__all__) == sorted(EXPECTED)
+    for name in nudge_rag.__all__:
+        assert hasattr(nudge_rag, name), name
+
+
+def test_backends_all_resolves():
+    for name in nudge_rag.backends.__all__:
+        assert hasattr(nudge_rag.backends, name), name
