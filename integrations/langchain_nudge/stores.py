@@ -151,14 +151,7 @@ class ReAddStore(BaseEmbeddingStore):
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Vectors from the ``get_vectors`` callable, checked."""
-        vectors = np.asarray(self._get_vectors(list(ids)), dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(ids):
-            msg = (
-                f"get_vectors(): expected {len(ids)} vectors as a (n, dim) array, "
-                f"got shape {vectors.shape}"
-            )
-            raise ValueError(msg)
-        return vectors
+        return as_rows(ids, self._get_vectors(list(ids)))
 
     def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Re-add the documents of ``ids`` with ``vectors`` (may be delete-then-add)."""
