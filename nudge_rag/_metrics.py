@@ -1,6 +1,7 @@
 """Retrieval metrics over ranked lists of document rows, vectorised over queries.
 
-The relevance judgements are a sparse CSR structure (:class:`Relevance`); membership of a
+The relevance judgements are the package's one sparse CSR structure
+(:class:`~nudge_rag._queryset.Relevance`, re-exported here); membership of a
 retrieved row in a query's judged set is tested with ``np.searchsorted`` on sorted
 ``query * n_docs + doc`` keys, so no dense ``(n_queries, n_docs)`` matrix is ever built.
 
@@ -19,241 +20,18 @@ return NaN for it, and :func:`evaluate` leaves it out of the means with a logged
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from nudge_rag._queryset import row_index
+from nudge_rag._queryset import Relevance
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Relevance", "recall_at_k", "ndcg_at_k", "mrr_at_k", "hit_at_k", "evaluate"]
 
 METRIC_NAMES = ("recall", "ndcg", "mrr", "hit")
-
-
-@dataclass(frozen=True, eq=False)
-class Relevance:
-    """Graded relevance judgements of ``n_queries`` queries, as CSR arrays.
-
-    Row ``i`` of the structure lists the document rows judged relevant to query ``i``:
-    ``indices[indptr[i]:indptr[i + 1]]``, with their grades at the same positions of
-    ``grades``. Entries with grade 0 (judged not relevant, as in BEIR qrels) are dropped at
-    construction; within each query the entries are sorted by document row.
-
-    Args:
-        indptr: ``(n_queries + 1,)`` int array, non-decreasing, starting at 0.
-        indices: ``(n_pairs,)`` int array of document rows (``>= 0``).
-        grades: ``(n_pairs,)`` int array of grades (``>= 0``), or ``None`` for grade 1
-            everywhere.
-
-    Raises:
-        ValueError: malformed CSR arrays, negative rows or grades, or a document listed
-            twice for one query.
-
-    Example:
-        >>> rel = Relevance.from_lists([[3, 7], [1]], grades=[[2, 1], [1]])
-        >>> rel.n_queries, rel.n_pairs
-        (2, 3)
-    """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    grades: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        indptr = _as_int_array(self.indptr, "indptr")
-        indices = _as_int_array(self.indices, "indices")
-        if indptr.size == 0 or indptr[0] != 0:
-            msg = f"indptr must start with 0 and have length n_queries + 1, got {indptr[:3]!r}"
-            raise ValueError(msg)
-        if np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
-            msg = (
-                f"indptr must be non-decreasing and end at len(indices) = {indices.size}, "
-                f"got last value {int(indptr[-1])}"
-            )
-            raise ValueError(msg)
-        if self.grades is None:
-            grades = np.ones(indices.size, dtype=np.int64)
-        else:
-            grades = _as_int_array(self.grades, "grades")
-            if grades.size != indices.size:
-                msg = (
-                    f"grades must have one entry per index: expected {indices.size}, "
-                    f"got {grades.size}"
-                )
-                raise ValueError(msg)
-        if indices.size and indices.min() < 0:
-            pos = int(np.argmin(indices))
-            msg = (
-                f"indices must be document rows >= 0, but query "
-                f"{_query_of(indptr, pos)} lists row {int(indices[pos])}"
-            )
-            raise ValueError(msg)
-        if grades.size and grades.min() < 0:
-            pos = int(np.argmin(grades))
-            msg = (
-                f"grades must be >= 0, but query {_query_of(indptr, pos)} gives document row "
-                f"{int(indices[pos])} grade {int(grades[pos])}"
-            )
-            raise ValueError(msg)
-        n_queries = indptr.size - 1
-        query = np.repeat(np.arange(n_queries, dtype=np.int64), np.diff(indptr))
-        order = np.lexsort((indices, query))
-        query, indices, grades = query[order], indices[order], grades[order]
-        same = (query[1:] == query[:-1]) & (indices[1:] == indices[:-1])
-        if same.any():
-            pos = int(np.flatnonzero(same)[0])
-            msg = (
-                f"relevance lists document row {int(indices[pos])} more than once for query "
-                f"{int(query[pos])}; give each (query, document) pair once"
-            )
-            raise ValueError(msg)
-        keep = grades > 0
-        if not keep.all():
-            query, indices, grades = query[keep], indices[keep], grades[keep]
-            indptr = np.zeros(n_queries + 1, dtype=np.int64)
-            np.cumsum(np.bincount(query, minlength=n_queries), out=indptr[1:])
-        object.__setattr__(self, "indptr", indptr)
-        object.__setattr__(self, "indices", indices)
-        object.__setattr__(self, "grades", grades)
-
-    # ------------------------------------------------------------------ constructors
-    @classmethod
-    def from_lists(
-        cls,
-        answers: Sequence[Sequence[int]],
-        grades: Sequence[Sequence[int]] | None = None,
-    ) -> Relevance:
-        """Build from one list of relevant document rows per query.
-
-        Args:
-            answers: ``answers[i]`` are the document rows relevant to query ``i``.
-            grades: the matching grades (same nesting), or ``None`` for grade 1.
-
-        Raises:
-            ValueError: ``grades`` nested differently from ``answers``.
-        """
-        lengths = np.fromiter((len(a) for a in answers), dtype=np.int64, count=len(answers))
-        indptr = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        flat = np.fromiter((d for a in answers for d in a), dtype=np.int64, count=int(indptr[-1]))
-        flat_grades = None
-        if grades is not None:
-            if len(grades) != len(answers):
-                msg = (
-                    f"grades must have one list per query: expected {len(answers)}, "
-                    f"got {len(grades)}"
-                )
-                raise ValueError(msg)
-            glengths = np.fromiter((len(g) for g in grades), dtype=np.int64, count=len(grades))
-            if not np.array_equal(glengths, lengths):
-                bad = int(np.flatnonzero(glengths != lengths)[0])
-                msg = (
-                    f"grades[{bad}] has {int(glengths[bad])} entries, but answers[{bad}] has "
-                    f"{int(lengths[bad])}"
-                )
-                raise ValueError(msg)
-            flat_grades = np.fromiter(
-                (g for row in grades for g in row), dtype=np.int64, count=int(indptr[-1])
-            )
-        return cls(indptr, flat, flat_grades)
-
-    @classmethod
-    def from_dict(
-        cls,
-        relevance: Mapping[Hashable, Mapping[Hashable, int] | Sequence[Hashable]],
-        *,
-        query_ids: Sequence[Hashable] | None = None,
-        doc_ids: Sequence[Hashable] | Mapping[Hashable, int] | None = None,
-    ) -> Relevance:
-        """Build from an id-keyed mapping, as in BEIR qrels or LlamaIndex ``relevant_docs``.
-
-        Args:
-            relevance: ``{query_id: {doc_id: grade}}`` or ``{query_id: [doc_id, ...]}``
-                (grade 1).
-            query_ids: the query of each row, in order; queries missing from ``relevance``
-                get no relevant documents. Default: the keys of ``relevance`` in order.
-            doc_ids: the id of each document row, or a ready ``{doc_id: row}`` map. Default:
-                the document keys already are integer rows.
-
-        Raises:
-            ValueError: a query id in ``relevance`` that is not in ``query_ids``, or a document
-                id not in ``doc_ids`` (the message names the first few).
-        """
-        if query_ids is None:
-            query_ids = list(relevance)
-        else:
-            known = set(query_ids)
-            unknown_q = [q for q in relevance if q not in known]
-            if unknown_q:
-                msg = (
-                    f"relevance names {len(unknown_q)} query id(s) that are not in query_ids, "
-                    f"e.g. {unknown_q[:3]!r}"
-                )
-                raise ValueError(msg)
-        doc_index: Mapping[Hashable, int] | None
-        if doc_ids is None or isinstance(doc_ids, Mapping):
-            doc_index = doc_ids
-        else:
-            doc_index = row_index(doc_ids)  # type: ignore[arg-type]
-        empty: tuple[()] = ()
-        entries = [relevance.get(q, empty) for q in query_ids]
-        lengths = np.fromiter((len(e) for e in entries), dtype=np.int64, count=len(entries))
-        flat_docs = [d for e in entries for d in e]
-        flat_grades = [g for e in entries for g in _grades_of(e)]
-        if doc_index is None:
-            rows = np.asarray(flat_docs, dtype=np.int64)
-        else:
-            unknown = [d for d in flat_docs if d not in doc_index]
-            if unknown:
-                msg = (
-                    f"relevance names {len(unknown)} document id(s) that are not in doc_ids, "
-                    f"e.g. {unknown[:3]!r}"
-                )
-                raise ValueError(msg)
-            rows = np.fromiter((doc_index[d] for d in flat_docs), np.int64, len(flat_docs))
-        indptr = np.zeros(len(entries) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        return cls(indptr, rows, np.asarray(flat_grades, dtype=np.int64))
-
-    # ------------------------------------------------------------------ accessors
-    @property
-    def n_queries(self) -> int:
-        """Number of queries (rows)."""
-        return int(self.indptr.size - 1)
-
-    @property
-    def n_pairs(self) -> int:
-        """Number of (query, relevant document) pairs with grade > 0."""
-        return int(self.indices.size)
-
-    def n_relevant(self) -> np.ndarray:
-        """``(n_queries,)`` int64: the number of relevant documents of each query."""
-        return np.diff(self.indptr)
-
-    def query_of_pair(self) -> np.ndarray:
-        """``(n_pairs,)`` int64: the query row of each (query, document) pair."""
-        return np.repeat(np.arange(self.n_queries, dtype=np.int64), self.n_relevant())
-
-    def subset(self, rows: np.ndarray) -> Relevance:
-        """The judgements of the queries at ``rows`` (``(n,)`` int array), in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
-        starts, lengths = self.indptr[rows], np.diff(self.indptr)[rows]
-        indptr = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        total = int(indptr[-1])
-        take = np.arange(total, dtype=np.int64) + np.repeat(starts - indptr[:-1], lengths)
-        return Relevance(indptr, self.indices[take], self.grades[take])
-
-    def to_lists(self) -> list[list[int]]:
-        """The relevant rows as one list per query (for display and interop, not hot paths)."""
-        return [
-            self.indices[a:b].tolist()
-            for a, b in zip(self.indptr[:-1], self.indptr[1:], strict=True)
-        ]
 
 
 # ---------------------------------------------------------------------- per-query metrics
@@ -486,26 +264,3 @@ def _check_retrieved(retrieved: Any, n_queries: int, k: int) -> np.ndarray:
             )
             raise ValueError(msg)
     return top
-
-
-def _as_int_array(value: Any, name: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.ndim != 1:
-        msg = f"{name} must be a 1-D integer array, got shape {arr.shape}"
-        raise ValueError(msg)
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
-            return arr.astype(np.int64)
-        msg = f"{name} must hold integers, got dtype {arr.dtype}"
-        raise TypeError(msg)
-    return arr.astype(np.int64, copy=False)
-
-
-def _query_of(indptr: np.ndarray, pos: int) -> int:
-    return int(np.searchsorted(indptr, pos, side="right") - 1)
-
-
-def _grades_of(entry: Mapping[Hashable, int] | Sequence[Hashable]) -> Sequence[int]:
-    if isinstance(entry, Mapping):
-        return list(entry.values())
-    return [1] * len(entry)

@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nudge_rag._queryset import as_relevance
 from nudge_rag._validation import (
     check_answer_range,
-    check_answers,
     check_finite_rows,
     check_matrix,
     check_positive_int,
@@ -62,8 +62,7 @@ def search(
             ``batch_size x doc_batch_size`` float32.
         exclude: optional document rows never to return, per query: a list of lists of rows,
             an ``(indptr, indices)`` pair, a ``scipy.sparse`` ``(n_queries, n_docs)`` matrix,
-            or any object with ``indptr`` and ``indices`` arrays (``QuerySet``,
-            ``Relevance``).
+            a ``Relevance`` or a ``QuerySet``.
 
     Returns:
         ``(scores, rows)``: ``(n_queries, k)`` float32 scores and ``(n_queries, k)`` int64
@@ -237,13 +236,9 @@ def _check_exclude(
     """Turn ``exclude`` into sorted ``(query, doc)`` pair arrays, or ``None``."""
     if exclude is None:
         return None
-    if hasattr(exclude, "indptr") and hasattr(exclude, "indices"):
-        exclude = (np.asarray(exclude.indptr), np.asarray(exclude.indices))
-    indptr, indices = check_answers(exclude, "exclude", n_queries=n_queries)
-    check_answer_range(indices, indptr, "exclude", n_docs)
-    query = np.repeat(np.arange(n_queries, dtype=np.int64), np.diff(indptr))
-    order = np.lexsort((indices, query))
-    return query[order], indices[order]
+    relevance, _ = as_relevance(exclude, "exclude", n_queries=n_queries)
+    check_answer_range(relevance.indices, relevance.indptr, "exclude", n_docs)
+    return relevance.query_of_pair(), relevance.indices
 
 
 def _mask_excluded(

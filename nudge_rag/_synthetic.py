@@ -30,7 +30,7 @@ from typing import Any, overload
 import numpy as np
 
 from nudge_rag._data import EmbeddedDataset, EmbeddedSplit
-from nudge_rag._metrics import Relevance
+from nudge_rag._queryset import Relevance
 from nudge_rag._validation import check_positive_int
 
 logger = logging.getLogger(__name__)

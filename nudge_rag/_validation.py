@@ -22,6 +22,7 @@ __all__ = [
     "check_positive_int",
     "check_gamma",
     "row_sq_norms",
+    "check_csr",
 ]
 
 
@@ -290,3 +291,68 @@ def check_answer_range(indices: np.ndarray, indptr: np.ndarray, name: str, n_doc
             f"0..{n_docs - 1}{hint}; {bad.size} answer(s) out of range in all"
         )
         raise ValueError(msg)
+
+
+def check_csr(
+    indptr: Any, indices: Any, name: str, *, n_queries: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return CSR ``(indptr, indices)`` as int64 arrays after checking their structure.
+
+    Row ``i`` of the structure is ``indices[indptr[i]:indptr[i + 1]]``: the document rows of
+    query ``i``. Range checks against the corpus size happen in :func:`check_answer_range`.
+
+    Args:
+        indptr: ``(n_queries + 1,)`` int array, non-decreasing, starting at 0.
+        indices: ``(n_pairs,)`` int array of document rows (``>= 0``).
+        name: the argument's name, used in error messages.
+        n_queries: the number of rows expected, or ``None`` for any.
+
+    Raises:
+        TypeError: non-integer arrays.
+        ValueError: arrays not 1-D, an ``indptr`` of the wrong length, not starting at 0,
+            decreasing or not ending at ``len(indices)``, or a negative document row.
+    """
+    indptr = _int_vector(indptr, f"{name} indptr")
+    indices = _int_vector(indices, f"{name} indices")
+    wrong_length = n_queries is not None and indptr.size != n_queries + 1
+    if indptr.size == 0 or indptr[0] != 0 or wrong_length:
+        expected = "n_queries + 1" if n_queries is None else f"n_queries + 1 = {n_queries + 1}"
+        msg = (
+            f"{name}: indptr must start with 0 and have length {expected}, got length "
+            f"{indptr.size} starting {indptr[:3].tolist()}"
+        )
+        raise ValueError(msg)
+    if indptr[-1] != indices.size or (indptr.size > 1 and np.any(indptr[1:] < indptr[:-1])):
+        msg = (
+            f"{name}: indptr must be non-decreasing and end at len(indices) = {indices.size}, "
+            f"got last value {int(indptr[-1])}"
+        )
+        raise ValueError(msg)
+    if indices.size and indices.min() < 0:
+        pos = int(np.argmin(indices))
+        query = int(np.searchsorted(indptr, pos, side="right") - 1)
+        msg = (
+            f"{name}[{query}] names document row {int(indices[pos])}; negative indices are "
+            "not allowed"
+        )
+        raise ValueError(msg)
+    return indptr, indices
+
+
+def _int_vector(value: Any, name: str) -> np.ndarray:
+    """``value`` as a 1-D int64 array; integral floats are accepted, other dtypes refused."""
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        msg = f"{name} must be a 1-D integer array, got shape {arr.shape}"
+        raise ValueError(msg)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if (
+            np.issubdtype(arr.dtype, np.floating)
+            and np.all(np.isfinite(arr))
+            and np.all(np.abs(arr) < 2.0**62)
+            and np.all(arr == np.round(arr))
+        ):
+            return arr.astype(np.int64)
+        msg = f"{name} must hold integers, got dtype {arr.dtype}"
+        raise TypeError(msg)
+    return arr.astype(np.int64, copy=False)

@@ -12,8 +12,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -22,10 +22,13 @@ from nudge_rag._metrics import evaluate
 from nudge_rag._search import search
 from nudge_rag._solver import NudgeM, NudgeN
 from nudge_rag._synthetic import make_retrieval_task
+from nudge_rag._validation import check_positive_int
 
 __all__ = ["main", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
+
+_BENCHMARK_SPLITS = ("train", "dev", "test")
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -61,7 +64,14 @@ def run_benchmark(
 
     Returns:
         One row per method: ``method``, ``recall@k``, ``ndcg@k``, ``gamma``, ``seconds``.
+
+    Raises:
+        TypeError: ``k`` or ``repeat`` not an integer.
+        ValueError: ``k`` or ``repeat`` below 1.
+        KeyError: a split that ``data`` does not have.
     """
+    k = check_positive_int(k, "k")
+    repeat = check_positive_int(repeat, "repeat")
     train = data.split(train_split).queryset()
     val = data.split(val_split).queryset()
     test = data.split(test_split)
@@ -79,7 +89,7 @@ def run_benchmark(
     measure("no fine-tuning", docs, "cosine", gamma=None, seconds=None)
     for name, cls in (("NUDGE-M", NudgeM), ("NUDGE-N", NudgeN)):
         times = []
-        for _ in range(max(1, repeat)):
+        for _ in range(repeat):
             start = time.perf_counter()
             solver = cls().fit(docs, train, val)
             times.append(time.perf_counter() - start)
@@ -104,8 +114,32 @@ def _format_table(rows: list[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers ``>= minimum``, checked where the number enters."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            msg = f"must be an integer >= {minimum}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nudge-rag", description=__doc__)
+    parser = _Parser(prog="nudge-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser(
         "benchmark",
@@ -129,10 +163,13 @@ def _parser() -> argparse.ArgumentParser:
         help="embedding folder under emb/ (default: all-MiniLM-L6-v2)",
     )
     bench.add_argument(
-        "--k", type=int, default=10, help="cut-off for recall and nDCG (default: 10)"
+        "--k", type=_int_at_least(1), default=10, help="cut-off for recall and nDCG (default: 10)"
     )
     bench.add_argument(
-        "--repeat", type=int, default=3, help="fits per method, fastest reported (default: 3)"
+        "--repeat",
+        type=_int_at_least(1),
+        default=3,
+        help="fits per method, fastest reported (default: 3)",
     )
     bench.add_argument(
         "--seed", type=int, default=0, help="seed of the generated task (default: 0)"
@@ -158,9 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if args.data:
-        try:
-            data = load_embedded(args.data, args.split, args.model)
-        except (FileNotFoundError, ValueError, KeyError) as err:
+        try:  # the benchmark needs all three splits: a missing file is named here
+            data = load_embedded(args.data, args.split, args.model, splits=_BENCHMARK_SPLITS)
+        except (OSError, ValueError) as err:
             print(f"nudge-rag: cannot load --data {args.data}: {err}", file=sys.stderr)
             return 2
         label = f"{args.data} ({args.split}, {args.model})"
@@ -168,7 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = make_retrieval_task(random_state=args.seed)
         label = f"generated retrieval task (seed {args.seed})"
     show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
-    rows = run_benchmark(data, k=args.k, repeat=args.repeat, show_progress=show)
+    try:
+        rows = run_benchmark(data, k=args.k, repeat=args.repeat, show_progress=show)
+    except ValueError as err:  # e.g. NaN in the embeddings: one line, no traceback
+        print(f"nudge-rag: benchmark failed on {label}: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({"data": label, "rows": rows}, indent=2))
     else:

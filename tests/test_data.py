@@ -6,6 +6,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from nudge_rag._data import (
+    DataFileError,
     EmbeddedDataset,
     RetrievalDataset,
     load_beir,
@@ -95,12 +96,14 @@ def test_from_json_unknown_ids_name_id_and_file(tmp_path):
     path.write_text(
         json.dumps({"queries": {"q": "x"}, "corpus": {"d": "y"}, "relevant_docs": {"q": ["zz"]}})
     )
-    with pytest.raises(ValueError, match=r"relevant_docs in .*ids\.json names 1 document .*'zz'"):
+    with pytest.raises(
+        DataFileError, match=r"ids\.json: relevant_docs names 1 document id.*not in corpus.*'zz'"
+    ):
         RetrievalDataset.from_json(path)
     path.write_text(
         json.dumps({"queries": {"q": "x"}, "corpus": {"d": "y"}, "relevant_docs": {"q7": ["d"]}})
     )
-    with pytest.raises(ValueError, match=r"ids\.json names 1 query id.*not in queries.*'q7'"):
+    with pytest.raises(DataFileError, match=r"ids\.json: relevant_docs names 1 query id.*'q7'"):
         RetrievalDataset.from_json(path)
 
 
@@ -384,6 +387,229 @@ def test_load_embedded_beir_layout_with_shared_query_matrix(beir_dir):
     assert test.relevance.to_lists() == [[0, 1], [2], []]
     assert test.query_texts[0] == "statins?"
     assert ds.doc_texts[0] == "Statins lower cholesterol."
+
+
+# ====================================================================== every file error named
+# Issue 14, defect 6: each case ended in a traceback or an anonymous error before.
+def test_zero_byte_npy_names_the_file(nudge_layout):
+    split_dir, _, _ = nudge_layout
+    npy = split_dir / "emb" / "m" / "corpus.npy"
+    npy.write_bytes(b"")  # was: EOFError "No data left in file"
+    with pytest.raises(DataFileError, match=r"corpus\.npy: empty file \(0 bytes\); expected a "):
+        load_embedded(split_dir, model="m")
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_truncated_npy_names_file_and_sizes(nudge_layout, mmap):
+    split_dir, _, _ = nudge_layout
+    npy = split_dir / "emb" / "m" / "corpus.npy"
+    data = npy.read_bytes()
+    npy.write_bytes(data[:-100])  # was: "mmap length is greater than file size", no file
+    expected = (
+        r"corpus\.npy: truncated: the header declares a \(20, 6\) float32 array "
+        rf"\({len(data)} bytes in all\), but the file has {len(data) - 100} bytes"
+    )
+    with pytest.raises(DataFileError, match=expected) as info:
+        load_embedded(split_dir, model="m", mmap=mmap)
+    assert info.value.path == npy and info.value.offset == len(data) - 100
+
+
+def test_npy_that_is_not_an_array_file(nudge_layout):
+    split_dir, _, _ = nudge_layout
+    npy = split_dir / "emb" / "m" / "queries_dev.npy"
+    npy.write_bytes(b"not numpy at all")
+    with pytest.raises(DataFileError, match=r"queries_dev\.npy: not a \.npy file"):
+        load_embedded(split_dir, model="m")
+    np.save(npy, np.array([["a", "b"]], dtype=object), allow_pickle=True)
+    with pytest.raises(DataFileError, match=r"queries_dev\.npy: holds Python objects"):
+        load_embedded(split_dir, model="m")
+    np.save(npy, np.zeros((3, 6), dtype=np.int32))
+    with pytest.raises(DataFileError, match=r"queries_dev\.npy: expected float32 query emb"):
+        load_embedded(split_dir, model="m")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["corpus.jsonl", "queries_test.jsonl", "qrels_test.tsv", "emb/m/queries_test.ids.json"],
+)
+def test_non_utf8_bytes_name_file_line_and_offset(nudge_layout, name):
+    split_dir, _, _ = nudge_layout
+    path = split_dir / name
+    lines = path.read_bytes().split(b"\n")
+    row = min(2, len(lines) - 1)  # third line (the ids file has one)
+    lines[row] = lines[row][:3] + b"\xff" + lines[row][3:]
+    path.write_bytes(b"\n".join(lines))
+    offset = sum(len(line) + 1 for line in lines[:row]) + 3
+    expected = (
+        rf"{name.split('/')[-1]}:{row + 1}: not valid UTF-8 text: byte b'\\xff' at byte "
+        rf"offset {offset}"
+    )
+    with pytest.raises(DataFileError, match=expected) as info:  # was: bare UnicodeDecodeError
+        _ = load_embedded(split_dir, model="m").doc_texts  # corpus texts load on first access
+    assert (info.value.path, info.value.line, info.value.offset) == (path, row + 1, offset)
+
+
+def test_missing_split_file_is_named_when_the_split_is_asked_for(nudge_layout):
+    split_dir, _, _ = nudge_layout
+    (split_dir / "qrels_dev.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no qrels for split 'dev'.*qrels_dev\.tsv"):
+        load_embedded(split_dir, model="m", splits=["train", "dev", "test"])
+    ds = load_embedded(split_dir, model="m")  # by default: the splits that have qrels
+    assert list(ds.splits) == ["train", "test"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(None, "null"), (1.5, "1.5"), (["D4"], '\\["D4"\\]'), ("  ", '"  "'), (True, "true")],
+)
+def test_id_that_is_no_id_is_refused(beir_dir, value, shown):
+    with open(beir_dir / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": value, "text": "four"}) + "\n")
+    # was: null became the id "None"
+    expected = (
+        rf"corpus\.jsonl:4: field '_id' must be a non-empty string or an integer id, got {shown}"
+    )
+    with pytest.raises(DataFileError, match=expected) as info:
+        load_beir(beir_dir)
+    assert info.value.line == 4
+
+
+def test_text_that_is_no_string_is_refused(beir_dir):
+    with open(beir_dir / "queries.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "Q4", "text": None}) + "\n")
+    with pytest.raises(
+        DataFileError, match=r"queries\.jsonl:4: field 'text' must be a string, got null"
+    ):
+        load_beir(beir_dir)
+
+
+def test_ids_file_entries_must_be_unique_ids(nudge_layout):
+    split_dir, _, _ = nudge_layout
+    ids_path = split_dir / "emb" / "m" / "corpus.ids.json"
+    ids = json.loads(ids_path.read_text())
+    ids_path.write_text(json.dumps([*ids[:3], None, *ids[4:]]))
+    with pytest.raises(DataFileError, match=r"corpus\.ids\.json: entry 3 must be .* got null"):
+        load_embedded(split_dir, model="m")
+    ids_path.write_text(json.dumps([*ids[:3], ids[0], *ids[4:]]))
+    with pytest.raises(
+        DataFileError, match=r"corpus\.ids\.json: id '\d+' is listed twice \(entries 0 and 3\)"
+    ):
+        load_embedded(split_dir, model="m")
+
+
+def test_headerless_qrels_keeps_its_first_row(beir_dir):
+    # was: int("1.0") failed on line 1, so the row was skipped as a "header"
+    (beir_dir / "qrels" / "test.tsv").write_text("Q1\tD1\t1.0\nQ2\tD3\t2\n")
+    ds = load_beir(beir_dir)
+    assert ds.grades() == {"Q1": {"D1": 1}, "Q2": {"D3": 2}}
+    (beir_dir / "qrels" / "test.tsv").write_text("Q1\tD1\t0.5\nQ2\tD3\t2\n")
+    with pytest.raises(DataFileError, match=r"test\.tsv:1: score must be an integer, got '0\.5'"):
+        load_beir(beir_dir)
+
+
+def test_headerless_qrels_in_the_embedded_layout(nudge_layout):
+    split_dir, _, truth = nudge_layout
+    path = split_dir / "qrels_test.tsv"
+    rows = path.read_text().splitlines()[1:]  # drop the header, write the first score as 2.0
+    first = rows[0].split("\t")
+    rows[0] = "\t".join([first[0], first[1], f"{first[2]}.0"])
+    path.write_text("\n".join(rows) + "\n")
+    ds = load_embedded(split_dir, model="m", splits="test")
+    assert ds.test.relevance.n_pairs == sum(len(a) for a in truth["test"][1].values())
+
+
+def test_repeated_judgement_names_both_lines(nudge_layout):
+    split_dir, _, _ = nudge_layout
+    path = split_dir / "qrels_test.tsv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(
+        DataFileError, match=rf"qrels_test\.tsv:{len(lines) + 1}: .* again \(first on line 2\)"
+    ):
+        load_embedded(split_dir, model="m")
+
+
+def test_splits_takes_one_name_or_a_list(nudge_layout):
+    split_dir, _, _ = nudge_layout
+    ds = load_embedded(split_dir, model="m", splits="train")  # was: "t", "r", "a", ...
+    assert list(ds.splits) == ["train"]
+    for bad in ([], [""], ["train", 3]):
+        with pytest.raises(ValueError, match="splits must be a split name"):
+            load_embedded(split_dir, model="m", splits=bad)
+    with pytest.raises(TypeError, match="splits must be a split name or a list"):
+        load_embedded(split_dir, model="m", splits=3)
+
+
+def test_from_json_on_a_folder(tmp_path):
+    with pytest.raises(DataFileError, match=r"is a folder, not a file"):  # was IsADirectoryError
+        RetrievalDataset.from_json(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        # was TypeError: unhashable type: 'list'
+        ({"relevant_docs": {"q": [["d"]]}}, r"relevant_docs\['q'\] must be a list of document ids"),
+        # was AttributeError: 'list' object has no attribute 'items'
+        ({"relevance": {"q": ["d"]}}, r"relevance\['q'\] must be a dict \{doc_id: grade\}"),
+        ({"queries": {"q": None}}, r"queries\['q'\] must be a non-empty string, got None"),
+        ({"corpus": ["d"]}, r"corpus must be a dict, got list"),
+        ({"relevant_docs": {"q": None}}, r"relevant_docs\['q'\] must be a list of document ids"),
+    ],
+)
+def test_from_json_wrong_kinds_of_values_name_the_file(tmp_path, patch, match):
+    path = tmp_path / "odd.json"
+    data = {"queries": {"q": "x"}, "corpus": {"d": "y"}, "relevant_docs": {"q": ["d"]}}
+    path.write_text(json.dumps({**data, **patch}))
+    with pytest.raises(DataFileError, match=rf"odd\.json: {match}") as info:
+        RetrievalDataset.from_json(path)
+    assert info.value.path == path
+
+
+def test_from_json_deeply_nested(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"queries": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(
+        DataFileError, match=r"deep\.json: JSON nested too deeply"
+    ):  # RecursionError
+        RetrievalDataset.from_json(path)
+
+
+def test_from_json_non_utf8(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'{"queries": {"q": "caf\xe9"},\n "corpus": {}, "relevant_docs": {}}')
+    with pytest.raises(
+        DataFileError,
+        match=r"latin1\.json:1: not valid UTF-8 text: byte b'\\xe9' at byte offset 22",
+    ):
+        RetrievalDataset.from_json(path)
+
+
+def test_blank_question_is_refused_as_in_pairs(tmp_path):
+    # was accepted here while normalize_pairs refuses the same question
+    with pytest.raises(ValueError, match=r"queries\['q2'\] must be a non-empty string, got ' '"):
+        RetrievalDataset({"q1": "what?", "q2": " "}, {"d": "x"}, {"q1": ["d"]})
+    RetrievalDataset({"q": "x"}, {"d": ""}, {"q": ["d"]})  # an empty document text is data
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    _write_jsonl(beir / "corpus.jsonl", [{"_id": "D", "text": "x"}])
+    _write_jsonl(beir / "queries.jsonl", [{"_id": "Q", "text": "y"}, {"_id": "B", "text": "\t"}])
+    (beir / "qrels" / "test.tsv").write_text("Q\tD\t1\n")
+    with pytest.raises(DataFileError, match=r"queries\.jsonl:2: query 'B' has a blank 'text'"):
+        load_beir(beir)
+
+
+def test_data_file_error_is_a_value_error_and_pickles(tmp_path):
+    import pickle
+
+    path = tmp_path / "x.json"
+    path.write_text("[1,")
+    with pytest.raises(ValueError) as info:
+        RetrievalDataset.from_json(path)
+    err = info.value
+    assert isinstance(err, DataFileError) and err.path == path and err.line == 1
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.path, back.line, back.offset) == (str(err), err.path, 1, err.offset)
 
 
 # ====================================================================== real data

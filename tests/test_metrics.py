@@ -214,7 +214,7 @@ def test_relevance_subset():
     [
         ((np.array([1, 2]), np.array([0, 1])), "indptr must start with 0"),
         ((np.array([0, 3]), np.array([0, 1])), "end at len"),
-        ((np.array([0, 2]), np.array([0, -1])), "rows >= 0"),
+        ((np.array([0, 2]), np.array([0, -1])), r"relevance\[0\] names document row -1; negative"),
         ((np.array([0, 2]), np.array([4, 4])), "more than once for query 0"),
         ((np.array([0, 1]), np.array([4]), np.array([-1])), "grades must be >= 0"),
         ((np.array([0, 1]), np.array([4]), np.array([1, 2])), "one entry per index"),
