@@ -208,8 +208,12 @@ class Relevance:
         return np.repeat(np.arange(self.n_queries, dtype=np.int64), self.n_relevant())
 
     def subset(self, rows: Any) -> Relevance:
-        """The judgements of the queries at ``rows`` (``(n,)`` int array), in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """The judgements of the queries at ``rows`` (``(n,)`` int array), in that order.
+
+        Raises:
+            ValueError: a row outside ``[0, n_queries)``.
+        """
+        rows = _query_rows(rows, self.n_queries)
         starts, lengths = self.indptr[rows], np.diff(self.indptr)[rows]
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
@@ -399,8 +403,12 @@ class QuerySet:
         return self.relevance.query_of_pair()
 
     def subset(self, rows: Any) -> QuerySet:
-        """The queries at ``rows`` (int array), with their answers."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """The queries at ``rows`` (``(n,)`` int array), with their answers, in that order.
+
+        Raises:
+            ValueError: a row outside ``[0, n_queries)``.
+        """
+        rows = _query_rows(rows, self.n_queries)
         return QuerySet._of_checked(self.embeddings[rows], self.relevance.subset(rows))
 
     def split(
@@ -493,6 +501,16 @@ def _check_query_embeddings(embeddings: Any) -> np.ndarray:
         )
         raise ValueError(msg)
     return emb
+
+
+def _query_rows(rows: Any, n_queries: int) -> np.ndarray:
+    """``rows`` as a 1-D int64 array of query rows in ``[0, n_queries)``."""
+    rows = _int_vector(np.asarray(rows).reshape(-1), "rows")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_queries):
+        bad = int(rows[(rows < 0) | (rows >= n_queries)][0])
+        msg = f"rows must be query rows in 0..{n_queries - 1}, got {bad}"
+        raise ValueError(msg)
+    return rows
 
 
 def _check_grades(grades: Any, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -147,3 +147,11 @@ def test_huge_document_rows_sort_without_overflow():
     big = 2**61
     qs = QuerySet(np.ones((3, 2), np.float32), [[big + 1, big], [5], [big, 0]])
     assert qs.answer_lists() == [[big, big + 1], [5], [0, big]]
+
+
+def test_subset_refuses_rows_out_of_range():
+    qs = QuerySet(np.eye(2, 3, dtype=np.float32), [[0], [1]])
+    for bad in ([2], [-1]):  # -1 took the last query silently
+        with pytest.raises(ValueError, match=r"rows must be query rows in 0\.\.1, got"):
+            qs.subset(np.array(bad))
+    assert qs.subset([]).n_queries == 0

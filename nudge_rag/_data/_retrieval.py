@@ -35,8 +35,8 @@ class RetrievalDataset:
     load in LlamaIndex (it ignores the extra key).
 
     Args:
-        queries: ``{query_id: text}``.
-        corpus: ``{doc_id: text}``.
+        queries: ``{query_id: text}``; each text a non-blank string (as in training pairs).
+        corpus: ``{doc_id: text}``; each text a string.
         relevant_docs: ``{query_id: [doc_id, ...]}``; queries may be missing (no answers).
         relevance: optional grades ``{query_id: {doc_id: grade}}`` (positive ints) for pairs in
             ``relevant_docs``; a pair without a grade has grade 1.
@@ -44,8 +44,11 @@ class RetrievalDataset:
         source: where the data came from (a file name), used in error messages.
 
     Raises:
-        ValueError: ``relevant_docs`` or ``relevance`` naming an unknown query or document id
-            (the message names the ids and ``source``), or a non-positive grade.
+        ValueError: a blank or non-string query text, a non-string document text,
+            ``relevant_docs`` or ``relevance`` naming an unknown query or document id (the
+            message names the ids and ``source``), or a non-positive grade.
+        TypeError: a part that is not a dict, ``relevant_docs`` values that are not lists
+            of ids, or a grade that is not an integer.
 
     Example:
         >>> ds = RetrievalDataset({"q1": "what is x"}, {"d1": "x is y"}, {"q1": ["d1"]})
