@@ -8,6 +8,8 @@ lives here once, and :func:`backend_for` finds the backend for a framework's sto
   ``InMemoryVectorStore``, LlamaIndex's ``SimpleVectorStore``;
 * :mod:`~nudge_rag.backends.chroma`: a ``chromadb`` collection (embedded or HTTP);
 * :mod:`~nudge_rag.backends.qdrant`: a Qdrant collection (local or server).
+* :mod:`~nudge_rag.backends.faiss`: a flat FAISS index (LangChain ``FAISS``, LlamaIndex
+  ``FaissVectorStore`` / ``FaissMapVectorStore``).
 
 Each implements :class:`~nudge_rag.EmbeddingStore` and writes in place (nothing is deleted
 and re-added). No client library is imported until a store of its kind is used.
@@ -17,6 +19,7 @@ CONTRIBUTING.md says how to add a store.
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._registry import backend_for, register_backend, supported_stores
 from nudge_rag.backends.chroma import ChromaBackend
+from nudge_rag.backends.faiss import FaissBackend
 from nudge_rag.backends.memory import (
     ArrayStore,
     InMemoryVectorStoreBackend,
@@ -32,6 +35,7 @@ __all__ = [
     "ArrayStore",
     "ChromaBackend",
     "ChromaCollectionStore",
+    "FaissBackend",
     "InMemoryVectorStoreBackend",
     "QdrantBackend",
     "QdrantCollectionStore",

@@ -1,0 +1,490 @@
+"""FAISS: a flat index (exact search) in this process, as LangChain and LlamaIndex hold it.
+
+Reads and writes the rows of the index's own storage (``faiss.rev_swig_ptr(index.get_xb(),
+ntotal * d)``): a write replaces the vector in place, so labels, the wrapper's id maps, the
+docstore (text and metadata) and everything ``save_local`` / ``persist`` writes stay as they
+are. Searches with ``index.search``. Index types whose search structure was built from the
+old vectors (HNSW graphs, IVF lists, PQ / scalar-quantized codes) are refused before
+anything is written. The ``faiss`` package is imported only when a FAISS store is used.
+
+Persistence. A FAISS index lives in memory; its saved form is a folder (LangChain's
+``save_local(folder)``: ``index.faiss`` + ``index.pkl``; LlamaIndex's
+``storage_context.persist(folder)``: ``default__vector_store.faiss`` + JSON files). Two modes:
+
+* **in memory** (the default, what the registry builds): writes change the index in memory
+  only. Call ``save_local`` / ``persist`` again after ``fit``/``finetune`` to keep the tuned
+  vectors (a WARNING says so on the first write). The wrapper objects do not remember the
+  folder they were loaded from, so originals default to memory (with the core's warning):
+  pass ``state_dir=<folder>/nudge_state`` to keep them next to the store. A crash before
+  the next save loses the in-memory writes: the folder holds what was saved last, so use
+  ``restore()`` (originals of every saved id back, harmless for rows never written), not
+  ``resume()``, which would only finish the batches after the crash.
+* **write-through** (``folder=`` given to a factory): the backend also writes each batch
+  into the vector rows of the saved index file in place (memory-mapped, flushed to disk
+  before ``set_vectors`` returns), after checking once that the file holds exactly the
+  vectors of the index in memory. Originals default to ``<folder>/nudge_state``. The folder
+  then follows the write-back's own guarantee: after a crash (SIGKILL) every row of the file
+  holds its original or its tuned vector (only a row being copied at the instant of the kill
+  can be torn; its batch was not recorded as done, so ``resume()`` rewrites it), ``resume()``
+  in a new process finishes the plan, ``restore()`` writes the originals back. No full
+  ``save_local`` is needed after ``fit``, and the cost per batch is the rows written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nudge_rag._errors import MetricMismatchError, UnsupportedStoreError
+from nudge_rag._store import BaseEmbeddingStore
+from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FaissBackend",
+    "for_index",
+    "from_langchain",
+    "from_llama_index",
+    "from_llama_index_map",
+]
+
+#: What LangChain's ``save_local`` and LlamaIndex's ``persist`` name the index file.
+LANGCHAIN_INDEX_FILE = "index.faiss"
+LLAMA_INDEX_FILE = "default__vector_store.faiss"
+
+_SUPPORTED = (
+    "IndexFlatIP / IndexFlatL2 (IndexFlat with METRIC_INNER_PRODUCT or METRIC_L2), alone or "
+    "inside IndexIDMap / IndexIDMap2"
+)
+_BLOCK = 65536  # rows compared per step when checking a saved file
+
+IdsOfLabels = Mapping[int, str] | Callable[[], Mapping[int, str] | None] | None
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        msg = "the FAISS backend needs faiss-cpu: pip install 'nudge-rag[faiss]'"
+        raise ImportError(msg) from err
+    return faiss
+
+
+class FaissBackend(BaseEmbeddingStore):
+    """:class:`~nudge_rag.SearchableEmbeddingStore` over a flat FAISS index, in place.
+
+    ``distance`` comes from the index's metric: ``METRIC_INNER_PRODUCT`` is ``"dot"``
+    (``"cosine"`` when the wrapper normalizes every vector, LangChain's
+    ``normalize_L2=True``), ``METRIC_L2`` is ``"l2"``. NUDGE-M needs inner product without
+    normalization (LangChain: ``distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT``;
+    LlamaIndex: ``faiss.IndexFlatIP(dim)``); NUDGE-N accepts any of them while the stored
+    vectors are unit-norm (sentence-transformers models normalize by default).
+
+    See the module docstring for the two persistence modes; the factories
+    (:func:`from_langchain`, :func:`from_llama_index`, :func:`for_index`) fill the arguments
+    for each framework's wrapper.
+
+    Args:
+        index: the faiss index: a flat index, or ``IndexIDMap`` / ``IndexIDMap2`` over one.
+        ids_of_labels: the store id of each label ``index.search`` returns (a position for a
+            flat index, the user's id inside an ``IndexIDMap``): a mapping, or a callable
+            returning the wrapper's current mapping (re-read whenever the index or the
+            mapping changes size or is replaced). ``None``: the label as text.
+        normalized: whether the wrapper normalizes every stored and query vector.
+        folder: the folder the store is saved in: write-through mode (see above).
+        index_file: the index file's name inside ``folder``.
+        name: a short name for messages.
+        owner: the object whose in-memory originals these are (the wrapper).
+
+    Raises:
+        UnsupportedStoreError: (a ``TypeError``) an index type that cannot be rewritten in
+            place, or one whose vectors are a read-only view of a file (``IO_FLAG_MMAP``).
+        MetricMismatchError: (a ``ValueError``) a metric other than inner product or L2.
+        ValueError: ``folder`` whose index file is missing or differs from the index.
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        ids_of_labels: IdsOfLabels = None,
+        *,
+        normalized: bool = False,
+        folder: str | os.PathLike | None = None,
+        index_file: str = LANGCHAIN_INDEX_FILE,
+        name: str | None = None,
+        owner: object | None = None,
+    ):
+        faiss = _faiss()
+        self.index = faiss.downcast_index(index) if type(index) is faiss.Index else index
+        self._flat, self._id_map = self._storage(self.index)
+        self.normalized = bool(normalized)
+        self.distance = self._read_distance()
+        self._ids_of_labels = ids_of_labels
+        self._name = name or f"FAISS {type(self.index).__name__}"
+        self._owner = owner if owner is not None else self.index
+        self._cache_key: tuple[Any, ...] | None = None
+        self._ids: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._warned_memory = False
+        self.folder = Path(folder) if folder is not None else None
+        self.index_file = self.folder / index_file if self.folder is not None else None
+        self._file_offset = self._check_file() if self.index_file is not None else None
+
+    # ------------------------------------------------------------------ set-up
+    def _storage(self, index: Any) -> tuple[Any, Any]:
+        """The flat index holding the rows, and the id map (``None`` without one)."""
+        faiss = _faiss()
+        id_map = None
+        inner = index
+        if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            id_map = index.id_map
+            inner = faiss.downcast_index(index.index)
+        if not isinstance(inner, faiss.IndexFlat):
+            kind = type(inner).__name__
+            if inner is not index:
+                kind = f"{type(index).__name__} over {kind}"
+            msg = (
+                f"cannot tune a FAISS {kind} in place: its search structure (HNSW graph, IVF "
+                "lists, PQ or quantized codes) was built from the original vectors, so a "
+                f"rewritten vector would be searched wrongly or stored lossily. Supported: "
+                f"{_SUPPORTED} (exact search). Rebuild the store on faiss.IndexFlatIP(dim) "
+                "(LangChain: FAISS.from_embeddings(..., distance_strategy="
+                "DistanceStrategy.MAX_INNER_PRODUCT)) to tune it."
+            )
+            raise UnsupportedStoreError(msg)
+        if not inner.codes.is_owned:
+            msg = (
+                "the FAISS index was loaded with faiss.IO_FLAG_MMAP / IO_FLAG_MMAP_IFC: its "
+                "vectors are a read-only view of the file, and writing them would crash. "
+                "Load it without io_flags (FAISS.load_local(folder, embeddings, "
+                "allow_dangerous_deserialization=True))."
+            )
+            raise UnsupportedStoreError(msg)
+        return inner, id_map
+
+    def _read_distance(self) -> str:
+        faiss = _faiss()
+        metric = self._flat.metric_type
+        if metric == faiss.METRIC_INNER_PRODUCT:
+            return "cosine" if self.normalized else "dot"
+        if metric == faiss.METRIC_L2:
+            return "l2"
+        msg = (
+            f"the FAISS index uses metric type {metric}; nudge-rag supports inner product "
+            "(faiss.IndexFlatIP, NUDGE-N and NUDGE-M) and L2 (faiss.IndexFlatL2, NUDGE-N on "
+            "unit vectors)"
+        )
+        raise MetricMismatchError(msg)
+
+    @property
+    def name(self) -> str:
+        """A short name for messages."""
+        return self._name
+
+    @property
+    def state_owner(self) -> object:
+        """The wrapper (or index): every tuner over it shares its in-memory originals."""
+        return self._owner
+
+    def default_state_dir(self) -> Path | None:
+        """``<folder>/nudge_state`` in write-through mode; else ``None`` (the folder is unknown)."""
+        return self.folder / STATE_FOLDER if self.folder is not None else None
+
+    # ------------------------------------------------------------------ rows
+    def _xb(self) -> np.ndarray:
+        """The flat storage as a writable ``(ntotal, d)`` float32 view (re-read: adds move it)."""
+        flat = self._flat
+        n, d = int(flat.ntotal), int(flat.d)
+        if n == 0:
+            return np.zeros((0, d), dtype=np.float32)
+        return _faiss().rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+
+    def _labels(self) -> np.ndarray:
+        """The label of each storage row (positions, or the id map's ids)."""
+        if self._id_map is None:
+            return np.arange(int(self._flat.ntotal), dtype=np.int64)
+        return _faiss().vector_to_array(self._id_map).astype(np.int64, copy=False)
+
+    def _mapping(self) -> Mapping[int, str] | None:
+        source = self._ids_of_labels
+        return source() if callable(source) else source
+
+    def _refresh(self) -> None:
+        """Rebuild ``ids``/``rows`` when the index or the wrapper's map changed."""
+        mapping = self._mapping()
+        key = (
+            int(self.index.ntotal),
+            id(mapping),
+            -1 if mapping is None else len(mapping),
+        )
+        if key == self._cache_key:
+            return
+        labels = self._labels().tolist()
+        if mapping is None:
+            rows = list(range(len(labels)))
+            ids = [str(label) for label in labels]
+        else:
+            pairs = [(r, mapping[lab]) for r, lab in enumerate(labels) if lab in mapping]
+            rows = [r for r, _ in pairs]
+            ids = [str(i) for _, i in pairs]
+        by_id = dict(zip(ids, rows))
+        if len(by_id) != len(ids):
+            msg = f"{self.name}: the id map gives the same store id to several stored vectors"
+            raise ValueError(msg)
+        self._ids, self._rows, self._cache_key = ids, by_id, key
+
+    def _rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        self._refresh()
+        rows = self._rows
+        try:
+            return np.fromiter((rows[i] for i in ids), dtype=np.int64, count=len(ids))
+        except KeyError:
+            raise unknown_ids(ids, rows, f"the {self.name} store") from None
+
+    def count(self) -> int:
+        """Number of stored vectors the wrapper can return."""
+        self._refresh()
+        return len(self._ids)
+
+    def list_ids(self) -> list[str]:
+        """All store ids, in the index's storage order."""
+        self._refresh()
+        return list(self._ids)
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors of ``ids``, ``(len(ids), dim)`` float32, in the order asked.
+
+        Raises:
+            KeyError: ids the store does not hold (the message names them).
+        """
+        ids = [str(i) for i in ids]
+        rows = self._rows_of(ids)
+        return self._xb()[rows]
+
+    def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite the rows of ``ids`` in the index (and the saved file in write-through mode).
+
+        Raises:
+            KeyError: ids the store does not hold; nothing is written.
+            ValueError: vectors of another dimension; nothing is written.
+        """
+        ids = [str(i) for i in ids]
+        matrix = as_rows(ids, vectors)
+        if not ids:
+            return
+        d = int(self._flat.d)
+        if matrix.shape[1] != d:
+            msg = f"vectors have {matrix.shape[1]} dimensions, but the FAISS index holds {d}"
+            raise ValueError(msg)
+        rows = self._rows_of(ids)
+        if self.index_file is not None:
+            self._write_file(rows, matrix)  # durable first: memory follows the file
+        self._xb()[rows] = matrix
+        if self.index_file is None and not self._warned_memory:
+            self._warned_memory = True
+            logger.warning(
+                "%s: the tuned vectors are written to the FAISS index in memory only; save "
+                "the store again (LangChain: vectorstore.save_local(folder); LlamaIndex: "
+                "index.storage_context.persist(folder)) to keep them, or pass folder= to "
+                "nudge_rag.backends.faiss.from_langchain / from_llama_index to write through "
+                "to the saved index file.",
+                self.name,
+            )
+
+    # ------------------------------------------------------------------ search
+    def nearest(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Exact kNN with ``index.search``: ids and cosine similarity per query row.
+
+        Inner-product scores are returned as they are (on unit queries and unit stored
+        vectors they are cosine similarities); squared L2 distances ``s`` become ``1 - s/2``.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = vectors.shape[0]
+        out = np.full((n, int(k)), -np.inf, dtype=np.float32)
+        self._refresh()
+        if n == 0 or not self._ids:
+            return [[] for _ in range(n)], out
+        mapping = self._mapping()
+        k_eff = min(int(k), int(self.index.ntotal))
+        scores, labels = self.index.search(vectors, k_eff)
+        converted = scores.astype(np.float32)
+        if self.distance == "l2":  # faiss returns squared distances
+            converted = to_cosine(converted, "l2", "distance")
+        ids: list[list[str]] = []
+        for q in range(n):
+            row = labels[q]
+            keep = row >= 0
+            if mapping is not None:
+                keep &= np.fromiter((int(x) in mapping for x in row), dtype=bool, count=len(row))
+                found = [str(mapping[int(x)]) for x in row[keep]]
+            else:
+                found = [str(int(x)) for x in row[keep]]
+            ids.append(found)
+            out[q, : len(found)] = converted[q][keep]
+        return ids, out
+
+    # ------------------------------------------------------------------ write-through
+    def _check_file(self) -> int:
+        """Byte offset of the vector rows in the saved index file, checked against memory.
+
+        The rows of a flat index are the last thing faiss writes for it (an ``IndexIDMap``
+        writes its id map after them), so the offset follows from the file size; the file's
+        rows must then equal the index's rows, else the folder is stale.
+        """
+        path = self.index_file
+        assert path is not None
+        if not path.is_file():
+            msg = (
+                f"folder: {path} does not exist; save the store there first "
+                "(save_local(folder) / storage_context.persist(folder))"
+            )
+            raise ValueError(msg)
+        n, d = int(self._flat.ntotal), int(self._flat.d)
+        tail = 0 if self._id_map is None else 8 + 8 * n  # the id map: a length, then n int64
+        offset = path.stat().st_size - tail - 4 * n * d
+        stale = (
+            f"folder: {path} does not hold the vectors of this FAISS index (saved before later "
+            "changes, or another index): save the store there again before tuning with "
+            "folder=, or leave folder unset and save after tuning"
+        )
+        if offset < 8:
+            raise ValueError(stale)
+        xb = self._xb()
+        if n:
+            rows = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=(n, d))
+            for start in range(0, n, _BLOCK):
+                if not np.array_equal(rows[start : start + _BLOCK], xb[start : start + _BLOCK]):
+                    raise ValueError(stale)
+            del rows
+        if self._id_map is not None:
+            saved = np.fromfile(path, dtype=np.int64, count=n, offset=offset + 4 * n * d + 8)
+            if not np.array_equal(saved, self._labels()):
+                raise ValueError(stale)
+        return offset
+
+    def _write_file(self, rows: np.ndarray, matrix: np.ndarray) -> None:
+        path = self.index_file
+        assert path is not None and self._file_offset is not None
+        n, d = int(self._flat.ntotal), int(self._flat.d)
+        expected = self._file_offset + 4 * n * d + (0 if self._id_map is None else 8 + 8 * n)
+        if path.stat().st_size != expected:
+            msg = (
+                f"{path} changed size since it was checked (the store was saved with other "
+                "vectors, or vectors were added): nothing written. Build a new backend."
+            )
+            raise ValueError(msg)
+        mapped = np.memmap(
+            path, dtype=np.float32, mode="r+", offset=self._file_offset, shape=(n, d)
+        )
+        try:
+            mapped[rows] = matrix
+            mapped.flush()  # msync: the batch is on disk before it counts as done
+        finally:
+            del mapped
+
+
+# ---------------------------------------------------------------------- factories
+def from_langchain(
+    vectorstore: Any, *, folder: str | os.PathLike | None = None, index_name: str = "index"
+) -> FaissBackend:
+    """Backend for ``langchain_community.vectorstores.FAISS`` (the registry's factory).
+
+    Ids are the docstore ids (``index_to_docstore_id``); text and metadata stay in the
+    docstore, untouched. ``normalize_L2=True`` makes an inner-product index ``"cosine"``.
+
+    Args:
+        vectorstore: the ``FAISS`` vector store.
+        folder: the ``save_local`` / ``load_local`` folder, for write-through mode (the store
+            object does not remember it).
+        index_name: ``save_local``'s ``index_name`` (the file is ``<index_name>.faiss``).
+    """
+    return FaissBackend(
+        vectorstore.index,
+        lambda: vectorstore.index_to_docstore_id,
+        normalized=bool(getattr(vectorstore, "_normalize_L2", False)),
+        folder=folder,
+        index_file=f"{index_name}.faiss",
+        name="FAISS",
+        owner=vectorstore,
+    )
+
+
+def from_llama_index(
+    vector_store: Any,
+    *,
+    folder: str | os.PathLike | None = None,
+    nodes_dict: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+) -> FaissBackend:
+    """Backend for LlamaIndex's ``FaissVectorStore`` (the registry's factory).
+
+    ``FaissVectorStore`` knows only positions: its ids are ``"0"``, ``"1"``, ... (what its
+    ``query`` returns), and the ``VectorStoreIndex`` maps them to node ids
+    (``index.index_struct.nodes_dict``). Pass that map as ``nodes_dict`` (or use
+    :func:`for_index`) to tune by node id, as training pairs name nodes.
+
+    Args:
+        vector_store: the ``FaissVectorStore`` (``.client`` is the faiss index).
+        folder: the ``storage_context.persist`` folder, for write-through mode.
+        nodes_dict: ``{position as text: node id}``, or a callable returning it.
+    """
+    if hasattr(vector_store, "_faiss_id_to_node_id_map"):  # a FaissMapVectorStore
+        return from_llama_index_map(vector_store, folder=folder)
+    ids_of_labels: IdsOfLabels = None
+    if nodes_dict is not None:
+        source = nodes_dict
+        cache: dict[str, Any] = {"key": None, "map": {}}
+
+        def ids_of_labels() -> Mapping[int, str]:
+            current = source() if callable(source) else source
+            key = (id(current), len(current))
+            if key != cache["key"]:
+                cache["map"] = {int(k): v for k, v in current.items()}
+                cache["key"] = key
+            return cache["map"]
+
+    return FaissBackend(
+        vector_store.client,
+        ids_of_labels,
+        folder=folder,
+        index_file=LLAMA_INDEX_FILE,
+        name="FaissVectorStore",
+        owner=vector_store,
+    )
+
+
+def from_llama_index_map(
+    vector_store: Any, *, folder: str | os.PathLike | None = None
+) -> FaissBackend:
+    """Backend for LlamaIndex's ``FaissMapVectorStore`` (an ``IndexIDMap2``): node ids."""
+    return FaissBackend(
+        vector_store.client,
+        lambda: vector_store._faiss_id_to_node_id_map,
+        folder=folder,
+        index_file=LLAMA_INDEX_FILE,
+        name="FaissMapVectorStore",
+        owner=vector_store,
+    )
+
+
+def for_index(index: Any, *, folder: str | os.PathLike | None = None) -> FaissBackend:
+    """Backend for a LlamaIndex ``VectorStoreIndex`` over a FAISS store, by node id.
+
+    Pass it to ``NudgeFinetuneEngine(for_index(index), embed_model, pairs, ...)``.
+
+    Args:
+        index: the ``VectorStoreIndex`` (its ``vector_store`` is a ``FaissVectorStore`` or
+            ``FaissMapVectorStore``).
+        folder: the ``storage_context.persist`` folder, for write-through mode.
+    """
+    vector_store = index.vector_store
+    if hasattr(vector_store, "_faiss_id_to_node_id_map"):  # a FaissMapVectorStore
+        return from_llama_index_map(vector_store, folder=folder)
+    return from_llama_index(
+        vector_store, folder=folder, nodes_dict=lambda: index.index_struct.nodes_dict
+    )
