@@ -21,6 +21,7 @@ from nudge_rag._errors import (
     UnknownIdError,
     UnsupportedStoreError,
 )
+from nudge_rag._feedback import FeedbackLog, FeedbackPairs, tune_from_feedback
 from nudge_rag._metrics import Relevance, evaluate
 from nudge_rag._pairs import group_pairs, normalize_pairs
 from nudge_rag._queryset import QuerySet
@@ -48,6 +49,8 @@ __all__ = [
     "EmbeddedDataset",
     "EmbeddedSplit",
     "EmbeddingStore",
+    "FeedbackLog",
+    "FeedbackPairs",
     "MetricMismatchError",
     "NotFittedError",
     "NudgeM",
@@ -77,6 +80,7 @@ __all__ = [
     "resolve_state_dir",
     "search",
     "split_dataset",
+    "tune_from_feedback",
     "tune_store",
     "write_memmap_corpus",
     "__version__",
