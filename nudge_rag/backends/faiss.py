@@ -9,7 +9,8 @@ anything is written. The ``faiss`` package is imported only when a FAISS store i
 
 Persistence. A FAISS index lives in memory; its saved form is a folder (LangChain's
 ``save_local(folder)``: ``index.faiss`` + ``index.pkl``; LlamaIndex's
-``storage_context.persist(folder)``: ``default__vector_store.faiss`` + JSON files). Two modes:
+``storage_context.persist(folder)``: ``default__vector_store.json``, which holds the faiss
+index despite its name, + the docstore and index store). Two modes:
 
 * **in memory** (the default, what the registry builds): writes change the index in memory
   only. Call ``save_local`` / ``persist`` again after ``fit``/``finetune`` to keep the tuned
@@ -54,9 +55,10 @@ __all__ = [
     "from_llama_index_map",
 ]
 
-#: What LangChain's ``save_local`` and LlamaIndex's ``persist`` name the index file.
+#: What LangChain's ``save_local`` and LlamaIndex's ``storage_context.persist`` name the index
+#: file (LlamaIndex writes the faiss binary under a ``.json`` name).
 LANGCHAIN_INDEX_FILE = "index.faiss"
-LLAMA_INDEX_FILE = "default__vector_store.faiss"
+LLAMA_INDEX_FILE = "default__vector_store.json"
 
 _SUPPORTED = (
     "IndexFlatIP / IndexFlatL2 (IndexFlat with METRIC_INNER_PRODUCT or METRIC_L2), alone or "

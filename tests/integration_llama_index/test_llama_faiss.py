@@ -1,0 +1,225 @@
+"""LlamaIndex's ``FaissVectorStore`` and ``FaissMapVectorStore`` through ``NudgeFinetuneEngine``.
+
+``FaissVectorStore`` knows positions only (its ids are ``"0"``, ``"1"``, ...); the index's
+``nodes_dict`` maps them to node ids, so the engine gets ``for_index(index)``. The map store
+knows node ids, so the registry's backend serves ``from_index`` directly. Toy: finetune,
+``persist`` / load in new objects / ``restore`` with text and metadata kept, NUDGE-M refused
+on L2, write-through to the persist folder. nfcorpus: the stored MiniLM vectors in an exact
+``IndexFlatIP``, train pairs with dev pairs for validation, ``index.as_retriever`` on the
+test queries: nDCG@10 before, after (within 0.005 of ``NudgeN`` on the arrays) and after
+restore (within 0.002 of before), originals back exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss", reason="faiss-cpu is needed for the FAISS tests")
+pytest.importorskip("llama_index.vector_stores.faiss", reason="llama-index-vector-stores-faiss")
+
+import faiss  # noqa: E402
+from llama_helpers import LookupEmbedding, toy_nodes, toy_pairs  # noqa: E402
+from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage  # noqa: E402
+from llama_index.core.schema import TextNode  # noqa: E402
+from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStore  # noqa: E402
+from llama_index_nudge import NudgeFinetuneEngine  # noqa: E402
+
+from nudge_rag import MetricMismatchError, NudgeN, backend_for, evaluate  # noqa: E402
+from nudge_rag.backends import FaissBackend  # noqa: E402
+from nudge_rag.backends.faiss import for_index, from_llama_index_map  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+GAMMA = 0.3
+
+
+def _index(toy, store_cls=FaissVectorStore, faiss_index=None):
+    docs, questions = toy
+    faiss_index = faiss.IndexFlatIP(docs.shape[1]) if faiss_index is None else faiss_index
+    if store_cls is FaissMapVectorStore:
+        faiss_index = faiss.IndexIDMap2(faiss_index)
+    store = store_cls(faiss_index=faiss_index)
+    embed = LookupEmbedding(questions)
+    nodes = toy_nodes(docs, questions, key="questions")
+    for k, node in enumerate(nodes):
+        node.metadata["i"] = k
+    index = VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed
+    )
+    return index, embed
+
+
+def _load(folder, embed, store_cls=FaissVectorStore):
+    store = store_cls.from_persist_dir(str(folder))
+    context = StorageContext.from_defaults(vector_store=store, persist_dir=str(folder))
+    return load_index_from_storage(context, embed_model=embed)
+
+
+def _vectors(index) -> np.ndarray:
+    client = index.vector_store.client
+    inner = faiss.downcast_index(client.index) if hasattr(client, "id_map") else client
+    return inner.reconstruct_n(0, inner.ntotal)
+
+
+def _check_nodes(index, n: int) -> None:
+    nodes = index.docstore.get_nodes([f"d{k}" for k in range(n)])
+    assert [node.text for node in nodes] == [f"document {k}" for k in range(n)]
+    assert [node.metadata["i"] for node in nodes] == list(range(n))
+
+
+def test_plain_store_ids_are_positions_and_for_index_gives_node_ids(toy):
+    index, _ = _index(toy)
+    positions = backend_for(index.vector_store)
+    assert isinstance(positions, FaissBackend) and positions.distance == "dot"
+    assert positions.list_ids()[:3] == ["0", "1", "2"]  # what FaissVectorStore.query returns
+    by_node = for_index(index)
+    assert by_node.list_ids() == [f"d{k}" for k in range(12)]
+    np.testing.assert_array_equal(by_node.get_vectors(["d3"]), toy[0][3:4])
+
+
+def test_finetune_persist_load_restore(toy, tmp_path):
+    docs, questions = toy
+    index, embed = _index(toy)
+    folder = tmp_path / "storage"
+    index.storage_context.persist(str(folder))
+    engine = NudgeFinetuneEngine(
+        for_index(index),
+        embed,
+        toy_pairs(questions)[:12],  # nodes d0..d5
+        persist_dir=folder,
+        solver_params={"gamma": GAMMA},
+    )
+    assert engine.state_dir == folder / "nudge_state"
+    result = engine.finetune()
+    assert sorted(result.changed_ids) == [f"d{k}" for k in range(6)]
+    tuned = _vectors(index)
+    assert not np.array_equal(tuned[:6], docs[:6])
+    np.testing.assert_array_equal(tuned[6:], docs[6:])
+    hits = index.as_retriever(similarity_top_k=1).retrieve(next(iter(questions)))
+    assert hits[0].node.node_id == "d0"
+    _check_nodes(index, 12)
+    index.storage_context.persist(str(folder))  # the user's persist after finetune
+
+    loaded = _load(folder, embed)
+    np.testing.assert_array_equal(_vectors(loaded), tuned)
+    again = NudgeFinetuneEngine(for_index(loaded), embed, persist_dir=folder)
+    assert again.restore() == 6
+    np.testing.assert_array_equal(_vectors(loaded), docs)
+    _check_nodes(loaded, 12)
+
+
+def test_nudge_m_on_l2_is_refused(toy, tmp_path):
+    docs, questions = toy
+    index, embed = _index(toy, faiss_index=faiss.IndexFlatL2(docs.shape[1]))
+    engine = NudgeFinetuneEngine(
+        for_index(index), embed, toy_pairs(questions), variant="m", state_dir=tmp_path
+    )
+    with pytest.raises(MetricMismatchError, match="NUDGE-M.*l2"):
+        engine.finetune()
+    np.testing.assert_array_equal(_vectors(index), docs)
+
+
+def test_map_store_from_index_and_write_through(toy, tmp_path):
+    docs, questions = toy
+    index, embed = _index(toy, FaissMapVectorStore)
+    assert backend_for(index.vector_store).list_ids() == [f"d{k}" for k in range(12)]
+    folder = tmp_path / "storage"
+    index.storage_context.persist(str(folder))
+    engine = NudgeFinetuneEngine(
+        from_llama_index_map(index.vector_store, folder=folder),
+        embed,
+        toy_pairs(questions)[:12],
+        solver_params={"gamma": GAMMA},
+        batch_size=4,
+    )
+    assert engine.state_dir == folder / "nudge_state"
+    engine.finetune()
+    tuned = _vectors(index)
+    # No persist: the folder's index file already holds the tuned vectors.
+    loaded = _load(folder, embed, FaissMapVectorStore)
+    np.testing.assert_array_equal(_vectors(loaded), tuned)
+    _check_nodes(loaded, 12)
+    assert engine.restore() == 6
+    np.testing.assert_array_equal(_vectors(_load(folder, embed, FaissMapVectorStore)), docs)
+    # The registry's backend serves from_index directly (node ids), metadata questions.
+    engine = NudgeFinetuneEngine.from_index(
+        loaded, metadata_key="questions", state_dir="memory", solver_params={"gamma": GAMMA}
+    )
+    result = engine.finetune()
+    assert result.n_train_queries == 24 and len(result.changed_ids) >= 8
+
+
+# ---------------------------------------------------------------------- nfcorpus
+K = 10
+
+
+def _pairs(ds, name: str) -> list[tuple[str, str]]:
+    split = ds.split(name)
+    rel = split.relevance
+    return [
+        (split.query_texts[q], ds.doc_ids[int(row)])
+        for q in range(split.n_queries)
+        for row in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]
+    ]
+
+
+def _ndcg(index, ds) -> float:
+    rows = {doc_id: k for k, doc_id in enumerate(ds.doc_ids)}
+    retriever = index.as_retriever(similarity_top_k=K)
+    retrieved = np.full((ds.test.n_queries, K), -1, dtype=np.int64)
+    for q, text in enumerate(ds.test.query_texts):
+        hits = [rows[n.node.node_id] for n in retriever.retrieve(text)]
+        retrieved[q, : len(hits)] = hits
+    return evaluate(retrieved, ds.test.relevance, K)["ndcg@10"]
+
+
+def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
+    ds = nfcorpus
+    docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
+    embed = LookupEmbedding()
+    for split in ds.splits.values():
+        embed.add(split.query_texts, split.query_embeddings)
+    test = ds.test
+
+    def exact(doc_vectors: np.ndarray) -> float:
+        top = np.argsort(-(test.query_embeddings @ doc_vectors.T), axis=1, kind="stable")[:, :K]
+        return evaluate(top, test.relevance, K)["ndcg@10"]
+
+    reference = exact(NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_)
+    nodes = [
+        TextNode(id_=doc_id, text=ds.doc_texts[k], embedding=docs[k].tolist())
+        for k, doc_id in enumerate(ds.doc_ids)
+    ]
+    store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(docs.shape[1]))  # exact search
+    index = VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed
+    )
+    folder = tmp_path / "storage"
+    index.storage_context.persist(str(folder))
+    before = _ndcg(index, ds)
+    engine = NudgeFinetuneEngine(
+        for_index(index),
+        embed,
+        _pairs(ds, "train"),
+        val_pairs=_pairs(ds, "dev"),
+        persist_dir=folder,
+    )
+    engine.finetune()
+    after = _ndcg(index, ds)
+    engine.restore()
+    restored = _ndcg(index, ds)
+    logger.warning(
+        "LlamaIndex FaissVectorStore nDCG@10: before %.4f, after %.4f (arrays %.4f), restored %.4f",
+        before,
+        after,
+        reference,
+        restored,
+    )
+    assert before == pytest.approx(exact(docs), abs=0.002)
+    assert after == pytest.approx(reference, abs=0.005)
+    assert restored == pytest.approx(before, abs=0.002)
+    np.testing.assert_array_equal(_vectors(index), docs)  # originals back exactly
+    assert index.docstore.get_node(ds.doc_ids[0]).text == ds.doc_texts[0]
