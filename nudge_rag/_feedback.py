@@ -387,6 +387,9 @@ class FeedbackLog:
         >>> pairs = log.pairs(store="docs")                          # FeedbackPairs
     """
 
+    #: :meth:`pairs`' default ``merge_tolerance``.
+    DEFAULT_MERGE_TOLERANCE = DEFAULT_MERGE_TOLERANCE
+
     def __init__(
         self,
         location: str | os.PathLike,

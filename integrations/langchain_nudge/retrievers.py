@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +20,21 @@ from langchain_nudge._compat import (
     VectorStore,
 )
 from langchain_nudge.questions import DEFAULT_PROMPT, generate_pairs, pairs_from_metadata
-from nudge_rag import StoreTuner, TuneResult, WriteBack
+from nudge_rag import (
+    FeedbackLog,
+    StoreTuner,
+    TuneResult,
+    WriteBack,
+    backend_for,
+    tune_from_feedback,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NudgeRetriever"]
+__all__ = ["QUERY_ID_KEY", "NudgeRetriever"]
+
+#: ``Document.metadata`` key holding the feedback log's query id of a returned document.
+QUERY_ID_KEY = "nudge_query_id"
 
 
 class NudgeRetriever(BaseRetriever):
@@ -86,6 +98,23 @@ class NudgeRetriever(BaseRetriever):
 
             chain = retriever | format_docs | prompt | llm
 
+    Learn from feedback:
+        .. code-block:: python
+
+            from nudge_rag import FeedbackLog
+
+            retriever = NudgeRetriever(vectorstore=store, feedback=FeedbackLog("feedback.db"))
+            docs = retriever.invoke("capital of France")     # logged; nothing else changes
+            qid = docs[0].metadata["nudge_query_id"]
+            retriever.feedback(qid, docs[0].id, relevant=True)  # from a thumbs-up handler
+            retriever.fit_from_feedback()                    # nightly, e.g. from cron
+
+        With a log, every ``invoke``/``ainvoke`` embeds the question once with the store's
+        embeddings (``embed_query``), searches by that vector where the store supports
+        ``similarity_search_by_vector``, and logs the vector, the shown ids in order, the
+        store name and the question (unless ``FeedbackLog(..., store_text=False)``). Each
+        returned document is a copy with ``metadata["nudge_query_id"]`` set.
+
     Attributes:
         vectorstore: the LangChain vector store searched and tuned.
         k: documents returned per query (``invoke(query, k=...)`` overrides it).
@@ -103,11 +132,16 @@ class NudgeRetriever(BaseRetriever):
             (``embed_query`` per question, exactly what a search does: use it for models with
             a query instruction, e.g. BGE/E5).
         show_progress: tqdm bars while embedding questions and writing vectors.
+        feedback_log: a :class:`nudge_rag.FeedbackLog` to log every search to (pass it as
+            ``feedback=``); ``None`` (default) logs nothing.
+        feedback_store_name: the store name queries are logged under (default: the store's,
+            e.g. the Chroma collection); retrievers sharing a log must use distinct names for
+            distinct stores.
 
     Unknown keyword arguments are refused (a typo would otherwise be ignored silently).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
 
     vectorstore: VectorStore
     k: int = Field(default=4, ge=1)
@@ -120,8 +154,11 @@ class NudgeRetriever(BaseRetriever):
     embed_batch_size: int = Field(default=64, ge=1)
     query_embedding: Literal["documents", "query"] = "documents"
     show_progress: bool = False
+    feedback_log: FeedbackLog | None = Field(default=None, alias="feedback", exclude=True)
+    feedback_store_name: str | None = None
 
     _tuner: StoreTuner | None = PrivateAttr(default=None)
+    _feedback_store: str | None = PrivateAttr(default=None)
 
     @field_validator("variant", mode="before")
     @classmethod
@@ -182,13 +219,137 @@ class NudgeRetriever(BaseRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, params = self._search_args(kwargs)
-        return self._with_ids(self.vectorstore.similarity_search(query, k=k, **params))
+        if self.feedback_log is None:
+            return self._with_ids(self.vectorstore.similarity_search(query, k=k, **params))
+        vector = list(self._query_embeddings().embed_query(query))
+        if self._searches_by_vector():
+            docs = self.vectorstore.similarity_search_by_vector(vector, k=k, **params)
+        else:  # the store embeds the query itself (a second embedding call)
+            docs = self.vectorstore.similarity_search(query, k=k, **params)
+        return self._log_search(query, vector, self._with_ids(docs))
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, params = self._search_args(kwargs)
-        return self._with_ids(await self.vectorstore.asimilarity_search(query, k=k, **params))
+        if self.feedback_log is None:
+            return self._with_ids(await self.vectorstore.asimilarity_search(query, k=k, **params))
+        vector = list(await self._query_embeddings().aembed_query(query))
+        if self._searches_by_vector():
+            docs = await self.vectorstore.asimilarity_search_by_vector(vector, k=k, **params)
+        else:
+            docs = await self.vectorstore.asimilarity_search(query, k=k, **params)
+        # The log's write may wait for another process: keep it off the event loop.
+        return await asyncio.to_thread(self._log_search, query, vector, self._with_ids(docs))
+
+    # ------------------------------------------------------------------ feedback
+    def _query_embeddings(self) -> Any:
+        embeddings = self.vectorstore.embeddings
+        if embeddings is None:
+            msg = (
+                f"{type(self.vectorstore).__name__} has no embeddings object: a retriever with "
+                "a feedback log embeds each question once to log its vector"
+            )
+            raise ValueError(msg)
+        return embeddings
+
+    def _searches_by_vector(self) -> bool:
+        method = getattr(type(self.vectorstore), "similarity_search_by_vector", None)
+        return method is not None and method is not VectorStore.similarity_search_by_vector
+
+    @property
+    def feedback_store(self) -> str:
+        """The store name this retriever's queries are logged under."""
+        if self._feedback_store is None:
+            if self.feedback_store_name is not None:
+                self._feedback_store = self.feedback_store_name
+            elif self.embedding_store is not None:
+                self._feedback_store = str(self.embedding_store.name)
+            else:
+                self._feedback_store = str(backend_for(self.vectorstore, "langchain").name)
+        return self._feedback_store
+
+    def _log_search(self, query: str, vector: list[float], docs: list[Document]) -> list[Document]:
+        shown = [d.id for d in docs if d.id is not None]
+        if len(shown) < len(docs):
+            logger.warning(
+                "%d of %d returned documents have no id and cannot receive feedback",
+                len(docs) - len(shown),
+                len(docs),
+            )
+        qid = self.feedback_log.log_query(vector, shown, text=query, store=self.feedback_store)
+        return [d.model_copy(update={"metadata": {**d.metadata, QUERY_ID_KEY: qid}}) for d in docs]
+
+    def _require_log(self) -> FeedbackLog:
+        if self.feedback_log is None:
+            msg = (
+                "this retriever has no feedback log: create it with "
+                "NudgeRetriever(..., feedback=FeedbackLog('feedback.db'))"
+            )
+            raise ValueError(msg)
+        return self.feedback_log
+
+    def feedback(
+        self, query_id: str, doc_id: str, relevant: bool = True, *, weight: float = 1.0
+    ) -> str:
+        """Record that a returned document answered (or did not answer) a question.
+
+        Args:
+            query_id: ``metadata["nudge_query_id"]`` of the returned documents.
+            doc_id: the ``Document.id`` of one of them.
+            relevant: ``True`` (thumbs-up) or ``False`` (thumbs-down; cancels a thumbs-up).
+            weight: how much it counts (a thumbs-up is 1; e.g. 0.5 for a click).
+
+        Returns:
+            The event id.
+
+        Raises:
+            nudge_rag.UnknownIdError: the query id is not in the log, or the document was not
+                among those returned for it.
+            ValueError: the retriever has no feedback log.
+        """
+        return self._require_log().feedback(query_id, doc_id, relevant, weight=weight)
+
+    def fit_from_feedback(
+        self,
+        *,
+        since: float | datetime | timedelta | None = None,
+        until: float | datetime | None = None,
+        min_count: float = 1.0,
+        merge_tolerance: float | None = FeedbackLog.DEFAULT_MERGE_TOLERANCE,
+        resume: bool = True,
+    ) -> NudgeRetriever:
+        """Re-tune the stored vectors from the feedback logged for this store.
+
+        Starts from the original vectors every time (never compounding on tuned ones), with
+        the logged query vectors (nothing is embedded) and gamma cross-validated on the pairs
+        (:func:`nudge_rag.tune_from_feedback`). Safe to run from a cron job while the app
+        serves: searches keep working during the write-back (each vector is its original or
+        its new value), queries and feedback keep being logged (the next run uses them), and
+        a second run at the same time raises ``TuneInProgressError`` instead of writing.
+
+        Args:
+            since: only feedback from then on (a ``timedelta`` means that long ago).
+            until: only feedback before then.
+            min_count: net thumbs-up a (question, document) pair needs.
+            merge_tolerance: questions whose unit vectors are this close are one question.
+            resume: first finish a write-back a killed run left pending.
+
+        Returns:
+            ``self``; :attr:`tune_result` says what moved (``tune_result.feedback_pairs``:
+            the pairs used).
+        """
+        tune_from_feedback(
+            self.tuner,
+            self._require_log(),
+            store=self.feedback_store,
+            since=since,
+            until=until,
+            min_count=min_count,
+            merge_tolerance=merge_tolerance,
+            resume=resume,
+        )
+        return self
 
     # ------------------------------------------------------------------ tuning
     def stored_documents(self) -> list[Document]:
