@@ -10,6 +10,8 @@ lives here once, and :func:`backend_for` finds the backend for a framework's sto
 * :mod:`~nudge_rag.backends.qdrant`: a Qdrant collection (local or server).
 * :mod:`~nudge_rag.backends.faiss`: a flat FAISS index (LangChain ``FAISS``, LlamaIndex
   ``FaissVectorStore`` / ``FaissMapVectorStore``).
+* :mod:`~nudge_rag.backends.milvus`: a Milvus collection (Milvus Lite ``.db`` or a server).
+* :mod:`~nudge_rag.backends.lancedb`: a LanceDB table (a local folder).
 
 Each implements :class:`~nudge_rag.EmbeddingStore` and writes in place (nothing is deleted
 and re-added). No client library is imported until a store of its kind is used.
@@ -20,11 +22,13 @@ from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown
 from nudge_rag.backends._registry import backend_for, register_backend, supported_stores
 from nudge_rag.backends.chroma import ChromaBackend
 from nudge_rag.backends.faiss import FaissBackend
+from nudge_rag.backends.lancedb import LanceDBBackend
 from nudge_rag.backends.memory import (
     ArrayStore,
     InMemoryVectorStoreBackend,
     SimpleVectorStoreBackend,
 )
+from nudge_rag.backends.milvus import MilvusBackend
 from nudge_rag.backends.qdrant import QdrantBackend
 
 #: Former names, kept for code written against nudge-rag 0.1.
@@ -37,6 +41,8 @@ __all__ = [
     "ChromaCollectionStore",
     "FaissBackend",
     "InMemoryVectorStoreBackend",
+    "LanceDBBackend",
+    "MilvusBackend",
     "QdrantBackend",
     "QdrantCollectionStore",
     "STATE_FOLDER",
