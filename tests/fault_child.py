@@ -223,7 +223,116 @@ class Target:
 
 
 def open_target(args: dict[str, Any]) -> Target:
+    if args["store"] == "faiss_folder":
+        return open_faiss_target(args)
     return Target(args)
+
+
+# ---------------------------------------------------------------------- FAISS (saved folder)
+def make_faiss_folder(folder: Path, framework: str) -> None:
+    """Save a FAISS store of ``make_data()`` in ``folder``, as each framework saves one.
+
+    ``"core"``/``"langchain"``: LangChain's ``save_local`` (``index.faiss`` + ``index.pkl``);
+    ``"llama"``: a ``VectorStoreIndex`` over a ``FaissVectorStore``, ``persist``-ed.
+    """
+    import faiss
+
+    data = make_data()
+    ids = doc_ids("faiss_folder")
+    if framework == "llama":
+        from llama_helpers import LookupEmbedding
+        from llama_index.core import StorageContext, VectorStoreIndex
+        from llama_index.core.schema import TextNode
+        from llama_index.vector_stores.faiss import FaissVectorStore
+
+        nodes = [
+            TextNode(id_=i, text=f"document {k}", embedding=v.tolist(), metadata={"i": k})
+            for k, (i, v) in enumerate(zip(ids, data["docs"]))
+        ]
+        store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(DIM))
+        context = StorageContext.from_defaults(vector_store=store)
+        index = VectorStoreIndex(nodes, storage_context=context, embed_model=LookupEmbedding())
+        index.storage_context.persist(str(folder))
+        return
+    from langchain_community.vectorstores import FAISS
+    from langchain_community.vectorstores.utils import DistanceStrategy
+    from langchain_helpers import LookupEmbeddings
+
+    store = FAISS.from_embeddings(
+        [(f"document {k}", v.tolist()) for k, v in enumerate(data["docs"])],
+        LookupEmbeddings({}),
+        metadatas=[{"i": k} for k in range(N_DOCS)],
+        ids=ids,
+        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+    )
+    store.save_local(str(folder))
+
+
+class FaissTarget(Target):
+    """A FAISS store loaded from its saved folder, written through to it (``folder=``)."""
+
+    def __init__(self, args: dict[str, Any]):
+        self.args = args
+        self.framework = args.get("framework", "core")
+        self.batch_size = int(args.get("batch_size", 3))
+        self.qdrant = None
+        self.collection = None
+        self.obj = self._build()
+
+    def _backend(self):
+        from nudge_rag.backends import faiss as faiss_backend
+
+        folder = self.args["path"]
+        if self.framework == "llama":
+            return faiss_backend.for_index(self.index, folder=folder)
+        return faiss_backend.from_langchain(self.vectorstore, folder=folder)
+
+    def _build(self):
+        data = make_data(**self.args.get("data", {}))
+        folder, state_dir = self.args["path"], self.args["state_dir"]
+        if self.framework == "llama":
+            from llama_helpers import LookupEmbedding
+            from llama_index.core import StorageContext, load_index_from_storage
+            from llama_index.vector_stores.faiss import FaissVectorStore
+            from llama_index_nudge import NudgeFinetuneEngine
+
+            store = FaissVectorStore.from_persist_dir(folder)
+            context = StorageContext.from_defaults(vector_store=store, persist_dir=folder)
+            embed = LookupEmbedding(data["questions"])
+            self.index = load_index_from_storage(context, embed_model=embed)
+            return NudgeFinetuneEngine(
+                self._backend(),
+                embed,
+                state_dir=state_dir,
+                solver_params={"gamma": GAMMA},
+                batch_size=self.batch_size,
+            )
+        from langchain_community.vectorstores import FAISS
+        from langchain_helpers import LookupEmbeddings
+
+        emb = LookupEmbeddings(data["questions"], default=np.ones(DIM) / DIM**0.5)
+        self.vectorstore = FAISS.load_local(folder, emb, allow_dangerous_deserialization=True)
+        if self.framework == "core":
+            from nudge_rag import WriteBack
+
+            return WriteBack(self._backend(), state_dir, batch_size=self.batch_size)
+        from langchain_nudge import NudgeRetriever
+
+        return NudgeRetriever(
+            vectorstore=self.vectorstore,
+            embedding_store=self._backend(),
+            k=5,
+            state_dir=state_dir,
+            solver_params={"gamma": GAMMA},
+            batch_size=self.batch_size,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def open_faiss_target(args: dict[str, Any]) -> FaissTarget:
+    return FaissTarget(args)
 
 
 # ---------------------------------------------------------------------- hooks
