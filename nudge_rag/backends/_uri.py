@@ -1,0 +1,351 @@
+"""Open a store from a URI, as the command line's ``--store URI [--collection NAME]`` does.
+
+=================================  ======================================================
+``chroma:DIR``                     a Chroma persistent folder (``PersistentClient``)
+``chroma+http://HOST:PORT``        a Chroma server (``HttpClient``; ``chroma+https://``)
+``qdrant:DIR``                     a Qdrant local folder (``QdrantClient(path=DIR)``)
+``qdrant+http://HOST:PORT``        a Qdrant server (``QdrantClient(url=...)``)
+``faiss:DIR``                      a LangChain ``FAISS.save_local`` folder
+``postgresql://USER@HOST/DB``      pgvector (LangChain's ``PGVector`` tables)
+``milvus:FILE.db``                 a Milvus Lite file
+``lancedb:DIR``                    a LanceDB folder
+=================================  ======================================================
+
+A scheme is offered only when its backend module is installed with nudge-rag. Nothing is
+created: a folder that does not exist, a collection that is not there, or a server that does
+not answer is a :class:`StoreURIError` (a ``ValueError``) naming what exists. Client
+libraries are imported only when a store of their kind is opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from nudge_rag._store import EmbeddingStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OpenedStore", "StoreURIError", "open_store", "supported_schemes"]
+
+
+class StoreURIError(ValueError):
+    """``--store`` / ``--collection`` name no store that can be opened (nothing was touched)."""
+
+
+@dataclass
+class OpenedStore:
+    """A backend opened from a URI, with what closes its client.
+
+    Attributes:
+        backend: the :class:`~nudge_rag.EmbeddingStore`.
+        uri: the URI as given.
+        kind: ``"chroma"``, ``"qdrant"``, ``"faiss"``, ``"pgvector"``, ``"milvus"``, ``"lancedb"``.
+        collection: the collection or table opened.
+    """
+
+    backend: EmbeddingStore
+    uri: str
+    kind: str
+    collection: str
+    _close: Callable[[], None] | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Release the client (a Qdrant local folder is locked while open)."""
+        close, self._close = self._close, None
+        if close is not None:
+            try:
+                close()
+            except Exception as err:  # noqa: BLE001 - closing must not hide the real outcome
+                logger.debug("closing %s: %s", self.uri, err)
+
+    def __enter__(self) -> OpenedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# scheme -> (example, backend module that must exist, opener name)
+_SCHEMES: dict[str, tuple[str, str, str]] = {
+    "chroma": ("chroma:DIR", "chroma", "_open_chroma_dir"),
+    "chroma+http": ("chroma+http://HOST:PORT", "chroma", "_open_chroma_http"),
+    "chroma+https": ("chroma+https://HOST:PORT", "chroma", "_open_chroma_http"),
+    "qdrant": ("qdrant:DIR", "qdrant", "_open_qdrant_dir"),
+    "qdrant+http": ("qdrant+http://HOST:PORT", "qdrant", "_open_qdrant_http"),
+    "qdrant+https": ("qdrant+https://HOST:PORT", "qdrant", "_open_qdrant_http"),
+    "faiss": ("faiss:DIR", "faiss", "_open_faiss"),
+    "postgresql": ("postgresql://USER@HOST:PORT/DB", "pgvector", "_open_pgvector"),
+    "postgres": ("postgres://USER@HOST:PORT/DB", "pgvector", "_open_pgvector"),
+    "postgresql+psycopg": ("postgresql+psycopg://...", "pgvector", "_open_pgvector"),
+    "milvus": ("milvus:FILE.db", "milvus", "_open_milvus"),
+    "lancedb": ("lancedb:DIR", "lancedb", "_open_lancedb"),
+}
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(f"nudge_rag.backends.{module}") is not None
+
+
+def supported_schemes() -> list[str]:
+    """The ``--store`` forms this installation can open (``"chroma:DIR"``, ...)."""
+    return [example for example, module, _ in _SCHEMES.values() if _available(module)]
+
+
+def open_store(uri: str, collection: str | None = None) -> OpenedStore:
+    """Open the store ``uri`` names (and its ``collection``) for reading and writing vectors.
+
+    Args:
+        uri: see the module docstring.
+        collection: the collection or table; may be left out when the store has one.
+
+    Raises:
+        StoreURIError: unknown scheme (the supported ones listed), a folder or file that does
+            not exist, no such collection (those that exist listed), a server that does not
+            answer, or a missing client library (with the extra to install).
+    """
+    scheme, sep, rest = str(uri).partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in _SCHEMES or not _available(_SCHEMES[scheme][1]):
+        msg = f"--store {uri!r}: unknown store; supported: {', '.join(supported_schemes())}"
+        raise StoreURIError(msg)
+    opener = globals()[_SCHEMES[scheme][2]]
+    return opener(uri, scheme, rest, collection)
+
+
+# ---------------------------------------------------------------------- helpers
+def _import(module: str, extra: str, uri: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        msg = (
+            f"--store {uri}: needs {module.split('.')[0]}: pip install 'nudge-rag[{extra}]' ({err})"
+        )
+        raise StoreURIError(msg) from err
+
+
+def _folder(rest: str, uri: str, what: str) -> Path:
+    if not rest:
+        msg = f"--store {uri!r}: give the {what} after the colon"
+        raise StoreURIError(msg)
+    path = Path(rest).expanduser()
+    if not path.exists():
+        msg = f"--store {uri}: {path} does not exist; expected an existing {what}"
+        raise StoreURIError(msg)
+    return path
+
+
+def _choose(names: list[str], collection: str | None, uri: str, what: str = "collection") -> str:
+    if collection is not None:
+        if collection not in names:
+            have = ", ".join(sorted(names)) or "none"
+            msg = f"--store {uri}: no {what} {collection!r}; {what}s there: {have}"
+            raise StoreURIError(msg)
+        return collection
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        msg = f"--store {uri}: the store holds no {what}s"
+        raise StoreURIError(msg)
+    msg = f"--store {uri}: give --collection; {what}s there: {', '.join(sorted(names))}"
+    raise StoreURIError(msg)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------- Chroma
+def _chroma_backend(client: Any, collection: str | None, uri: str) -> tuple[Any, str]:
+    from nudge_rag.backends.chroma import ChromaBackend
+
+    names = [getattr(c, "name", c) for c in client.list_collections()]
+    name = _choose([str(n) for n in names], collection, uri)
+    return ChromaBackend(client.get_collection(name)), name
+
+
+def _open_chroma_dir(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    path = _folder(rest, uri, "Chroma persist folder")
+    if not path.is_dir() or not (path / "chroma.sqlite3").is_file():
+        msg = f"--store {uri}: {path} is not a Chroma persist folder (no chroma.sqlite3)"
+        raise StoreURIError(msg)
+    chromadb = _import("chromadb", "chroma", uri)
+    try:
+        client = chromadb.PersistentClient(path=str(path))
+    except Exception as err:  # noqa: BLE001 - chromadb raises many kinds
+        msg = f"--store {uri}: cannot open the Chroma folder: {_first_line(err)}"
+        raise StoreURIError(msg) from err
+    backend, name = _chroma_backend(client, collection, uri)
+    return OpenedStore(backend, uri, "chroma", name)
+
+
+def _open_chroma_http(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    parts = urlsplit(uri.split("+", 1)[1])
+    if not parts.hostname:
+        msg = f"--store {uri!r}: expected chroma+http://HOST:PORT"
+        raise StoreURIError(msg)
+    ssl = parts.scheme == "https"
+    port = parts.port or (443 if ssl else 8000)
+    chromadb = _import("chromadb", "chroma", uri)
+    try:
+        client = chromadb.HttpClient(host=parts.hostname, port=port, ssl=ssl)
+        client.heartbeat()
+    except Exception as err:  # noqa: BLE001 - connection errors of every kind
+        msg = (
+            f"--store {uri}: cannot reach the Chroma server at {parts.hostname}:{port}: "
+            f"{_first_line(err)}"
+        )
+        raise StoreURIError(msg) from err
+    backend, name = _chroma_backend(client, collection, uri)
+    return OpenedStore(backend, uri, "chroma", name)
+
+
+# ---------------------------------------------------------------------- Qdrant
+def _qdrant_backend(client: Any, collection: str | None, uri: str) -> tuple[Any, str]:
+    from nudge_rag.backends.qdrant import QdrantBackend
+
+    names = [c.name for c in client.get_collections().collections]
+    name = _choose(names, collection, uri)
+    vectors = client.get_collection(name).config.params.vectors
+    vector_name = ""
+    if isinstance(vectors, dict):
+        if "text-dense" in vectors:  # LlamaIndex's name
+            vector_name = "text-dense"
+        elif len(vectors) == 1:
+            vector_name = next(iter(vectors))
+        else:
+            msg = (
+                f"--store {uri}: collection {name!r} has several dense vectors "
+                f"({', '.join(sorted(vectors))}); give --collection {name}:VECTOR"
+            )
+            raise StoreURIError(msg)
+    return QdrantBackend(client, name, vector_name), name
+
+
+def _split_vector(collection: str | None) -> tuple[str | None, str | None]:
+    if collection is not None and ":" in collection:
+        name, _, vector = collection.partition(":")
+        return name, vector
+    return collection, None
+
+
+def _qdrant(client: Any, collection: str | None, uri: str) -> OpenedStore:
+    from nudge_rag.backends.qdrant import QdrantBackend
+
+    name, vector = _split_vector(collection)
+    try:
+        if vector is not None:
+            _choose([c.name for c in client.get_collections().collections], name, uri)
+            backend = QdrantBackend(client, name, vector)
+        else:
+            backend, name = _qdrant_backend(client, name, uri)
+    except StoreURIError:
+        client.close()
+        raise
+    except ValueError as err:
+        client.close()
+        raise StoreURIError(f"--store {uri}: {err}") from err
+    return OpenedStore(backend, uri, "qdrant", str(name), client.close)
+
+
+def _open_qdrant_dir(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    path = _folder(rest, uri, "Qdrant local folder")
+    if not path.is_dir() or not (path / "collection").is_dir():
+        msg = f"--store {uri}: {path} is not a Qdrant local folder (no collection/ inside)"
+        raise StoreURIError(msg)
+    qdrant_client = _import("qdrant_client", "qdrant", uri)
+    try:
+        client = qdrant_client.QdrantClient(path=str(path))
+    except Exception as err:  # noqa: BLE001 - e.g. the folder is locked by another process
+        msg = f"--store {uri}: cannot open the Qdrant folder: {_first_line(err)}"
+        raise StoreURIError(msg) from err
+    return _qdrant(client, collection, uri)
+
+
+def _open_qdrant_http(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    url = uri.split("+", 1)[1]
+    qdrant_client = _import("qdrant_client", "qdrant", uri)
+    try:
+        client = qdrant_client.QdrantClient(url=url, timeout=10)
+        client.get_collections()
+    except Exception as err:  # noqa: BLE001 - connection errors of every kind
+        msg = f"--store {uri}: cannot reach the Qdrant server at {url}: {_first_line(err)}"
+        raise StoreURIError(msg) from err
+    return _qdrant(client, collection, uri)
+
+
+# ---------------------------------------------------------------------- the stores of issue 10
+def _open_faiss(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    path = _folder(rest, uri, "FAISS save_local folder")
+    module = importlib.import_module("nudge_rag.backends.faiss")
+    opener = getattr(module, "from_folder", None) or getattr(module, "open_folder", None)
+    if opener is None:  # pragma: no cover - depends on the backend's API
+        msg = f"--store {uri}: this nudge-rag's FAISS backend cannot open a folder"
+        raise StoreURIError(msg)
+    try:
+        backend = opener(path, index_name=collection or "index")
+    except (OSError, ValueError, KeyError) as err:
+        raise StoreURIError(f"--store {uri}: {_first_line(err)}") from err
+    return OpenedStore(backend, uri, "faiss", collection or "index")
+
+
+def _open_pgvector(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    module = importlib.import_module("nudge_rag.backends.pgvector")
+    opener = getattr(module, "from_url", None) or getattr(module, "open_url", None)
+    if opener is None:  # pragma: no cover - depends on the backend's API
+        msg = f"--store {uri}: this nudge-rag's pgvector backend cannot open a URL"
+        raise StoreURIError(msg)
+    try:
+        backend = opener(uri, collection=collection)
+    except (OSError, ValueError, KeyError) as err:
+        raise StoreURIError(f"--store {_redact(uri)}: {_first_line(err)}") from err
+    except Exception as err:  # noqa: BLE001 - connection errors of every kind
+        msg = f"--store {_redact(uri)}: cannot reach PostgreSQL: {_first_line(err)}"
+        raise StoreURIError(msg) from err
+    close = getattr(backend, "close", None)
+    return OpenedStore(backend, _redact(uri), "pgvector", collection or backend.name, close)
+
+
+def _open_milvus(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    path = _folder(rest, uri, "Milvus Lite .db file")
+    module = importlib.import_module("nudge_rag.backends.milvus")
+    opener = getattr(module, "from_file", None) or getattr(module, "open_file", None)
+    if opener is None:  # pragma: no cover - depends on the backend's API
+        msg = f"--store {uri}: this nudge-rag's Milvus backend cannot open a file"
+        raise StoreURIError(msg)
+    try:
+        backend = opener(path, collection=collection)
+    except (OSError, ValueError, KeyError) as err:
+        raise StoreURIError(f"--store {uri}: {_first_line(err)}") from err
+    close = getattr(backend, "close", None)
+    return OpenedStore(backend, uri, "milvus", collection or backend.name, close)
+
+
+def _open_lancedb(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    path = _folder(rest, uri, "LanceDB folder")
+    module = importlib.import_module("nudge_rag.backends.lancedb")
+    opener = getattr(module, "from_folder", None) or getattr(module, "open_folder", None)
+    if opener is None:  # pragma: no cover - depends on the backend's API
+        msg = f"--store {uri}: this nudge-rag's LanceDB backend cannot open a folder"
+        raise StoreURIError(msg)
+    try:
+        backend = opener(path, table=collection)
+    except (OSError, ValueError, KeyError) as err:
+        raise StoreURIError(f"--store {uri}: {_first_line(err)}") from err
+    return OpenedStore(backend, uri, "lancedb", collection or backend.name)
+
+
+def _redact(uri: str) -> str:
+    """``uri`` without a password (for messages)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return uri

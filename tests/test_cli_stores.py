@@ -1,0 +1,475 @@
+"""The command line on real stores, run as a user runs it (one process per command).
+
+Per store kind: ``tune -> evaluate -> status -> restore -> evaluate``, with the numbers
+checked against the Python API on the same data (:class:`nudge_rag.StoreTuner` over an
+in-memory copy of the vectors, exact search with :func:`nudge_rag.search`). Bad inputs
+(missing file, bad line, unknown doc id, wrong dimension, wrong metric, unreachable server,
+unknown scheme) exit 2 with one line on stderr and leave the store as it was.
+
+The questions are embedded by :class:`LookupEmbeddings` below (a LangChain-style
+``Embeddings`` given as ``--embed test_cli_stores:LookupEmbeddings``) that returns the
+task's query vectors, so no model is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nudge_rag import ArrayStore, Relevance, StoreTuner, evaluate, make_retrieval_task, search
+
+HERE = Path(__file__).resolve().parent
+K = 10
+N_DOCS, DIM = 300, 16
+
+
+class LookupEmbeddings:
+    """LangChain-style embeddings that look each question up in ``$NUDGE_CLI_QUESTIONS``.
+
+    ``$NUDGE_CLI_PAD=1`` appends a zero (a model of the wrong dimension).
+    """
+
+    def __init__(self, path: str | None = None, pad: bool | None = None) -> None:
+        data = np.load(path or os.environ["NUDGE_CLI_QUESTIONS"])
+        self.vectors = dict(zip(data["texts"].tolist(), data["vectors"]))
+        self.pad = os.environ.get("NUDGE_CLI_PAD") == "1" if pad is None else pad
+
+    def embed_query(self, text: str) -> list[float]:
+        vector = self.vectors[text]
+        return [*vector.tolist(), 0.0] if self.pad else vector.tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self.embed_query(t) for t in texts]
+
+
+# ---------------------------------------------------------------------------- the task
+class Task:
+    """A small generated retrieval task, written as pair files and a question lookup."""
+
+    def __init__(self, folder: Path):
+        data = make_retrieval_task(
+            n_docs=N_DOCS, dim=DIM, n_train=240, n_dev=60, n_test=80, random_state=3
+        )
+        self.ids = [f"{i}" for i in range(N_DOCS)]  # integers: valid ids in every store
+        self.docs = np.ascontiguousarray(data.doc_embeddings, dtype=np.float32)
+        self.folder = folder
+        self.files: dict[str, Path] = {}
+        self.splits = {}
+        texts, vectors = [], []
+        for split in ("train", "dev", "test"):
+            sp = data.split(split)
+            rel = sp.relevance
+            lines, questions, answers, grades = [], [], [], []
+            for q in range(sp.n_queries):
+                rows = rel.indices[rel.indptr[q] : rel.indptr[q + 1]].tolist()
+                g = rel.grades[rel.indptr[q] : rel.indptr[q + 1]].tolist()
+                text = f"{split} question {q}"
+                questions.append(text)
+                answers.append([self.ids[r] for r in rows])
+                grades.append(g)
+                lines.append(json.dumps({"question": text, "doc_ids": answers[-1], "grades": g}))
+            path = folder / f"{split}.jsonl"
+            path.write_text("\n".join(lines) + "\n")
+            self.files[split] = path
+            self.splits[split] = (questions, answers, grades, np.asarray(sp.query_embeddings))
+            texts += questions
+            vectors.append(np.asarray(sp.query_embeddings, dtype=np.float32))
+        self.lookup = folder / "questions.npz"
+        np.savez(self.lookup, texts=np.asarray(texts), vectors=np.concatenate(vectors))
+
+    def pairs(self, split: str) -> list[tuple[str, str]]:
+        questions, answers, _, _ = self.splits[split]
+        return [(q, d) for q, ids in zip(questions, answers) for d in ids]
+
+    def exact_scores(self, docs: np.ndarray, split: str = "test") -> dict[str, float]:
+        """recall/nDCG/MRR@K with exact cosine search over ``docs`` (the Python API)."""
+        questions, answers, grades, vectors = self.splits[split]
+        rows = {d: i for i, d in enumerate(self.ids)}
+        rel = Relevance.from_lists([[rows[d] for d in a] for a in answers], grades)
+        _, top = search(vectors, docs, K, similarity="cosine")
+        return evaluate(top, rel, K, metrics=("recall", "ndcg", "mrr"))
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> Task:
+    return Task(tmp_path_factory.mktemp("cli_task"))
+
+
+def run_cli(task: Task, *args: str, pad: bool = False) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+        "NUDGE_CLI_QUESTIONS": str(task.lookup),
+        "NUDGE_CLI_PAD": "1" if pad else "0",
+        "PYTHONWARNINGS": "ignore",
+        "TQDM_DISABLE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "nudge_rag.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def ok_json(res: subprocess.CompletedProcess) -> dict:
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+EMBED = ("--embed", "test_cli_stores:LookupEmbeddings")
+
+
+# ---------------------------------------------------------------------------- stores
+class StoreKind:
+    """Builds one store kind from the task and reads its vectors back (fresh client)."""
+
+    name = ""
+
+    def build(self, task: Task, folder: Path) -> list[str]:  # returns --store/--collection args
+        raise NotImplementedError
+
+    def read(self, ids: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ChromaDir(StoreKind):
+    name = "chroma"
+
+    def build(self, task, folder):
+        import chromadb
+
+        self.path = folder / "chroma"
+        client = chromadb.PersistentClient(path=str(self.path))
+        col = client.create_collection(
+            "docs", configuration={"hnsw": {"space": "cosine", "ef_search": 400}}
+        )
+        col.add(
+            ids=task.ids,
+            embeddings=task.docs,
+            documents=[f"text {i}" for i in task.ids],
+            metadatas=[{"n": int(i)} for i in task.ids],
+        )
+        self._drop()
+        return ["--store", f"chroma:{self.path}", "--collection", "docs"]
+
+    @staticmethod
+    def _drop():
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()  # the next client reads the folder afresh
+
+    def _collection(self):
+        import chromadb
+
+        self._drop()
+        return chromadb.PersistentClient(path=str(self.path)).get_collection("docs")
+
+    def read(self, ids):
+        got = self._collection().get(ids=ids, include=["embeddings", "documents", "metadatas"])
+        by_id = dict(zip(got["ids"], got["embeddings"]))
+        docs = dict(zip(got["ids"], got["documents"]))
+        assert all(docs[i] == f"text {i}" for i in ids)  # text kept through tune and restore
+        self._drop()
+        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
+
+
+class ChromaHttp(ChromaDir):
+    name = "chroma-http"
+
+    def __init__(self, server):
+        self.server = server
+
+    def build(self, task, folder):
+        client = self.server.client()
+        self.collection = f"docs_{folder.name}"[:60]
+        col = client.create_collection(
+            self.collection, configuration={"hnsw": {"space": "cosine", "ef_search": 400}}
+        )
+        col.add(ids=task.ids, embeddings=task.docs, documents=[f"text {i}" for i in task.ids])
+        self.state = folder / "state"
+        url = f"chroma+http://{self.server.host}:{self.server.port}"
+        return ["--store", url, "--collection", self.collection, "--state-dir", str(self.state)]
+
+    def _collection(self):
+        return self.server.client().get_collection(self.collection)
+
+    def read(self, ids):
+        got = self._collection().get(ids=ids, include=["embeddings", "documents"])
+        by_id = dict(zip(got["ids"], got["embeddings"]))
+        assert dict(zip(got["ids"], got["documents"]))[ids[0]] == f"text {ids[0]}"
+        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
+
+
+class QdrantDir(StoreKind):
+    name = "qdrant"
+
+    def build(self, task, folder):
+        from qdrant_client import QdrantClient, models
+
+        self.path = folder / "qdrant"
+        client = QdrantClient(path=str(self.path))
+        client.create_collection(
+            "docs", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+        )
+        client.upsert(
+            "docs",
+            points=[
+                models.PointStruct(id=int(i), vector=v.tolist(), payload={"text": f"text {i}"})
+                for i, v in zip(task.ids, task.docs)
+            ],
+        )
+        client.close()
+        return ["--store", f"qdrant:{self.path}", "--collection", "docs"]
+
+    def read(self, ids):
+        from qdrant_client import QdrantClient
+
+        client = QdrantClient(path=str(self.path))
+        try:
+            points = client.retrieve("docs", ids=[int(i) for i in ids], with_vectors=True)
+        finally:
+            client.close()
+        by_id = {str(p.id): p for p in points}
+        assert by_id[ids[0]].payload == {"text": f"text {ids[0]}"}
+        return np.asarray([by_id[i].vector for i in ids], dtype=np.float32)
+
+
+def _kinds():
+    return ["chroma", "chroma-http", "qdrant"]
+
+
+@pytest.fixture
+def store(request, task, tmp_path):
+    kind = request.param
+    if kind == "chroma":
+        made = ChromaDir()
+    elif kind == "chroma-http":
+        made = ChromaHttp(request.getfixturevalue("chroma_server"))
+    elif kind == "qdrant":
+        pytest.importorskip("qdrant_client")
+        made = QdrantDir()
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    made.args = made.build(task, tmp_path)
+    return made
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("store", _kinds(), indirect=True)
+def test_tune_evaluate_status_restore_evaluate(task, store):
+    files = task.files
+    original = store.read(task.ids)
+    np.testing.assert_allclose(original, task.docs, atol=1e-6)
+
+    # the Python API on the same data: the same gamma, the same rows, the same vectors
+    python = StoreTuner(ArrayStore(task.ids, task.docs), state_dir="memory")
+    expected = python.tune(
+        task.pairs("train"),
+        task.pairs("dev"),
+        embed=LookupEmbeddings(task.lookup, False).embed_documents,
+    )
+    tuned_docs = task.docs.copy()
+    rows = [int(i) for i in expected.changed_ids]
+    tuned_docs[rows] = expected.solver.changed_embeddings_
+
+    tuned = ok_json(
+        run_cli(
+            task,
+            "tune",
+            *store.args,
+            "--pairs",
+            str(files["train"]),
+            "--val-pairs",
+            str(files["dev"]),
+            "--test-pairs",
+            str(files["test"]),
+            *EMBED,
+            "--json",
+        )
+    )
+    assert tuned["gamma"] == pytest.approx(expected.gamma, abs=1e-12)
+    assert tuned["rows_moved"] == len(expected.changed_ids) > 0
+    assert tuned["variant"] == "NUDGE-N" and tuned["dry_run"] is False
+    now = store.read(task.ids)
+    np.testing.assert_allclose(now, tuned_docs, atol=1e-5)  # exactly the Python API's vectors
+    before = task.exact_scores(task.docs)
+    after = task.exact_scores(tuned_docs)
+    test = tuned["metrics"]["test"]
+    for key in (f"recall@{K}", f"ndcg@{K}", f"mrr@{K}"):
+        assert test["before"][key] == pytest.approx(before[key], abs=1e-9), key
+        assert test["after"][key] == pytest.approx(after[key], abs=1e-9), key
+    assert after[f"ndcg@{K}"] > before[f"ndcg@{K}"] + 0.02
+
+    evaluated = ok_json(
+        run_cli(
+            task,
+            "evaluate",
+            *_no_state(store.args),
+            "--pairs",
+            str(files["test"]),
+            *EMBED,
+            "--json",
+        )
+    )
+    assert evaluated["n_queries"] == len(task.splits["test"][0])
+    assert evaluated["graded"] is True
+    for key in (f"recall@{K}", f"ndcg@{K}", f"mrr@{K}"):
+        assert evaluated[key] == pytest.approx(after[key], abs=1e-9), key
+
+    status = ok_json(run_cli(task, "status", *store.args, "--json"))
+    assert status["tuned"] is True and status["pending"] is None
+    assert status["variant"] == "NUDGE-N"
+    assert status["gamma"] == pytest.approx(expected.gamma, abs=1e-12)
+    assert status["rows_moved"] == status["n_originals"] == len(expected.changed_ids)
+    assert Path(status["state_dir"], "originals.npz").is_file()
+
+    res = run_cli(task, "restore", *store.args)
+    assert res.returncode == 0, res.stderr
+    assert f"restored {len(expected.changed_ids)}" in res.stdout
+    np.testing.assert_allclose(store.read(task.ids), original, atol=1e-6)
+    assert ok_json(run_cli(task, "status", *store.args, "--json"))["tuned"] is False
+
+    back = ok_json(
+        run_cli(
+            task,
+            "evaluate",
+            *_no_state(store.args),
+            "--pairs",
+            str(files["test"]),
+            *EMBED,
+            "--json",
+        )
+    )
+    for key in (f"recall@{K}", f"ndcg@{K}", f"mrr@{K}"):
+        assert back[key] == pytest.approx(before[key], abs=1e-9), key
+
+
+def _no_state(args: list[str]) -> list[str]:
+    """``evaluate`` takes no --state-dir."""
+    if "--state-dir" in args:
+        i = args.index("--state-dir")
+        return args[:i] + args[i + 2 :]
+    return args
+
+
+# ---------------------------------------------------------------------------- bad inputs
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bad_line_file(task: Task) -> Path:
+    lines = task.files["train"].read_text().splitlines()
+    lines[1] = '{"question": "broken", "doc_ids": ['
+    path = task.folder / "bad_line.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _unknown_id_file(task: Task) -> Path:
+    path = task.folder / "unknown.jsonl"
+    path.write_text(
+        task.files["train"].read_text()
+        + json.dumps({"question": "train question 0", "doc_id": "no-such-doc"})
+        + "\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("store", ["chroma"], indirect=True)
+@pytest.mark.parametrize(
+    "case",
+    ["missing file", "bad line", "unknown doc id", "wrong dimension", "wrong metric", "bad scheme"],
+)
+def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case):
+    pairs = str(task.files["train"])
+    extra: list[str] = []
+    pad = False
+    args = list(store.args)
+    if case == "missing file":
+        pairs, expect = str(task.folder / "nowhere.jsonl"), "nowhere.jsonl"
+    elif case == "bad line":
+        pairs, expect = str(_bad_line_file(task)), "bad_line.jsonl:2:"
+    elif case == "unknown doc id":
+        pairs, expect = str(_unknown_id_file(task)), "no-such-doc"
+    elif case == "wrong dimension":
+        pad, expect = True, f"the store holds {DIM}-dimensional vectors"
+    elif case == "wrong metric":
+        extra, expect = ["--variant", "m"], "dot product"
+    else:
+        args = ["--store", "nosuchstore:/x"]
+        expect = "supported: chroma:DIR"
+    res = run_cli(task, "tune", *args, "--pairs", pairs, *EMBED, *extra, pad=pad)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nudge-rag: error: "), res.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in res.stderr
+    np.testing.assert_allclose(store.read(task.ids), task.docs, atol=1e-6)
+    state = store.path / "nudge_state" / "docs"
+    assert not (state / "originals.npz").exists() and not (state / "pending.npz").exists()
+
+
+@pytest.mark.parametrize("scheme", ["chroma+http", "qdrant+http"])
+def test_unreachable_server_exits_2(task, scheme, tmp_path):
+    if scheme.startswith("qdrant"):
+        pytest.importorskip("qdrant_client")
+    url = f"{scheme}://127.0.0.1:{_free_port()}"
+    for command in (
+        [
+            "tune",
+            "--store",
+            url,
+            "--pairs",
+            str(task.files["train"]),
+            *EMBED,
+            "--state-dir",
+            str(tmp_path),
+        ],
+        ["evaluate", "--store", url, "--pairs", str(task.files["test"]), *EMBED],
+        ["status", "--store", url, "--state-dir", str(tmp_path)],
+    ):
+        res = run_cli(task, *command)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot reach" in lines[0], res.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("store", ["chroma"], indirect=True)
+def test_dry_run_writes_nothing_and_says_what_would_change(task, store, tmp_path):
+    report = tmp_path / "report"
+    res = run_cli(
+        task,
+        "tune",
+        *store.args,
+        "--pairs",
+        str(task.files["train"]),
+        "--val-pairs",
+        str(task.files["dev"]),
+        *EMBED,
+        "--dry-run",
+        "--report",
+        str(report),
+        "--no-picture",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "dry run" in res.stdout and "would move" in res.stdout
+    assert "nothing was written" in res.stdout
+    np.testing.assert_allclose(store.read(task.ids), task.docs, atol=1e-6)
+    assert not (store.path / "nudge_state").exists()
+    data = json.loads((report / "report.json").read_text())
+    assert data["dry_run"] is True and data["rows_moved"] > 0
+    assert "after" not in data["metrics"]["validation"]
