@@ -26,6 +26,7 @@ from nudge_rag._metrics import Relevance, evaluate
 from nudge_rag._pairs import group_pairs, normalize_pairs
 from nudge_rag._queryset import QuerySet
 from nudge_rag._questions import parse_questions
+from nudge_rag._report import evaluate_store, write_report
 from nudge_rag._search import search
 from nudge_rag._solver import DEFAULT_GAMMAS, NotFittedError, NudgeM, NudgeN
 from nudge_rag._store import (
@@ -69,6 +70,7 @@ __all__ = [
     "backend_for",
     "check_similarity",
     "evaluate",
+    "evaluate_store",
     "group_pairs",
     "load_beir",
     "load_embedded",
@@ -83,5 +85,6 @@ __all__ = [
     "tune_from_feedback",
     "tune_store",
     "write_memmap_corpus",
+    "write_report",
     "__version__",
 ]

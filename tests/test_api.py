@@ -32,6 +32,7 @@ EXPECTED = [
         "backend_for",
         "check_similarity",
         "evaluate",
+        "evaluate_store",
         "group_pairs",
         "load_beir",
         "load_embedded",
@@ -45,6 +46,7 @@ EXPECTED = [
         "split_dataset",
         "tune_store",
         "write_memmap_corpus",
+        "write_report",
 ]
 
 
