@@ -2,10 +2,12 @@
 
 ``NudgeFinetuneEngine.from_index(index, ...)`` tunes the vectors a ``VectorStoreIndex``
 already stores (``SimpleVectorStore``, Chroma, Qdrant); ``Nudge`` is a drop-in for
-``llama_index.experimental.nudge.Nudge``.
+``llama_index.experimental.nudge.Nudge``. ``FeedbackRetriever(index.as_retriever(), log)``
+logs each search to a ``nudge_rag.FeedbackLog`` for ``engine.finetune_from_feedback(log)``.
 """
 
 from llama_index_nudge.base import Nudge, NudgeFinetuneEngine
+from llama_index_nudge.feedback import FeedbackRetriever
 from llama_index_nudge.questions import (
     DEFAULT_QUESTION_PROMPT,
     DEFAULT_QUESTIONS_KEY,
@@ -25,6 +27,7 @@ __all__ = [
     "DEFAULT_QUESTIONS_KEY",
     "DEFAULT_QUESTION_PROMPT",
     "ChromaAdapter",
+    "FeedbackRetriever",
     "Nudge",
     "NudgeFinetuneEngine",
     "QdrantAdapter",

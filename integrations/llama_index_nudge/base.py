@@ -35,10 +35,12 @@ from llama_index_nudge.questions import (
 )
 from nudge_rag import (
     ArrayStore,
+    FeedbackLog,
     RetrievalDataset,
     StoreTuner,
     TuneResult,
     normalize_pairs,
+    tune_from_feedback,
 )
 
 logger = logging.getLogger(__name__)
@@ -386,6 +388,50 @@ class NudgeFinetuneEngine:
             msg = "no training pairs: pass train_pairs=[(query_text, node_id), ...] or a dataset"
             raise ValueError(msg)
         return self.tuner.tune(self._train, self._val or None, embed=self._embed)
+
+    def finetune_from_feedback(
+        self,
+        log: FeedbackLog,
+        *,
+        store_name: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        min_count: float = 1.0,
+        merge_tolerance: float | None = FeedbackLog.DEFAULT_MERGE_TOLERANCE,
+        resume: bool = True,
+    ) -> TuneResult:
+        """Re-tune the stored vectors from the feedback a :class:`FeedbackRetriever` logged.
+
+        Uses the logged query vectors (nothing is embedded; this engine's pairs are not
+        used), starts from the original vectors every time, and chooses gamma as
+        :meth:`finetune` does without validation pairs (:func:`nudge_rag.tune_from_feedback`).
+        Safe to run (e.g. nightly from cron) while the app serves and logs: feedback that
+        arrives meanwhile is kept for the next run; a second run at the same time raises
+        ``TuneInProgressError``; a killed run is finished by the next one (``resume``).
+
+        Args:
+            log: the :class:`nudge_rag.FeedbackLog` the retriever writes to.
+            store_name: the store name the queries were logged under (default: this store's
+                name, which ``FeedbackRetriever`` uses too).
+            since: only feedback from then on (a datetime, Unix seconds or a ``timedelta``).
+            until: only feedback before then.
+            min_count: net thumbs-up a (question, node) pair needs.
+            merge_tolerance: questions whose unit vectors are this close are one question.
+            resume: first finish a write-back a killed run left pending.
+
+        Returns:
+            The :class:`nudge_rag.TuneResult` (``feedback_pairs``: the pairs used).
+        """
+        return tune_from_feedback(
+            self.tuner,
+            log,
+            store=self.store.name if store_name is None else store_name,
+            since=since,
+            until=until,
+            min_count=min_count,
+            merge_tolerance=merge_tolerance,
+            resume=resume,
+        )
 
     def restore(self) -> int:
         """Write the original embeddings back and forget them.

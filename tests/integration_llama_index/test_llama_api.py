@@ -11,6 +11,7 @@ def test_all_imports():
             "DEFAULT_QUESTIONS_KEY",
             "DEFAULT_QUESTION_PROMPT",
             "ChromaAdapter",
+            "FeedbackRetriever",
             "Nudge",
             "NudgeFinetuneEngine",
             "QdrantAdapter",
