@@ -11,6 +11,7 @@ import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
 from langchain_nudge import NudgeRetriever
+from langchain_tests.integration_tests import RetrieversIntegrationTests
 from numpy.testing import assert_allclose, assert_array_equal
 
 from nudge_rag import FeedbackLog, UnknownIdError
@@ -213,3 +214,23 @@ def test_chroma(tmp_path):
     retriever.fit_from_feedback()
     assert retriever.tune_result.changed_ids
     retriever.restore()
+
+
+class TestLoggingRetrieverStandard(RetrieversIntegrationTests):
+    """LangChain's standard retriever suite on a retriever that logs every search."""
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, tmp_path):
+        self.folder = tmp_path
+
+    @property
+    def retriever_constructor(self) -> type[NudgeRetriever]:
+        return NudgeRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"vectorstore": _memory_store(), "feedback": FeedbackLog(self.folder / "f.db")}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUESTIONS[0]
