@@ -120,7 +120,12 @@ def test_ids_follow_the_wrappers_map(docs):
     assert store.count() == N_DOCS
     mapping[N_DOCS] = "extra"
     assert store.list_ids()[-1] == "extra"
-    assert FaissBackend(_flat(docs)).list_ids()[:3] == ["0", "1", "2"]  # no map: positions
+    positions = FaissBackend(_flat(docs))  # no map: ids are positions, parsed, no map held
+    assert positions.list_ids()[:3] == ["0", "1", "2"] and positions.count() == N_DOCS
+    np.testing.assert_array_equal(positions.get_vectors(["5", "0"]), docs[[5, 0]])
+    for bad in (str(N_DOCS), "-1", "01", "x", "²"):
+        with pytest.raises(UnknownIdError, match="positions 0..59"):
+            positions.get_vectors(["1", bad])
 
 
 def test_id_map2_in_place(docs):

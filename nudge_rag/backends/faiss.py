@@ -217,6 +217,11 @@ class FaissBackend(BaseEmbeddingStore):
         source = self._ids_of_labels
         return source() if callable(source) else source
 
+    @property
+    def _positional(self) -> bool:
+        """Ids are the positions as text: no id map to hold (``"0"``, ``"1"``, ...)."""
+        return self._ids_of_labels is None and self._id_map is None
+
     def _refresh(self) -> None:
         """Rebuild ``ids``/``rows`` when the index or the wrapper's map changed."""
         mapping = self._mapping()
@@ -242,20 +247,36 @@ class FaissBackend(BaseEmbeddingStore):
         self._ids, self._rows, self._cache_key = ids, by_id, key
 
     def _rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        if self._positional:  # parse, rather than hold a map of the whole corpus
+            n = int(self._flat.ntotal)
+            rows = np.fromiter(
+                (int(i) if i.isascii() and i.isdigit() and str(int(i)) == i else -1 for i in ids),
+                dtype=np.int64,
+                count=len(ids),
+            )
+            bad = (rows < 0) | (rows >= n)
+            if bad.any():
+                where = f"the {self.name} store (ids are positions 0..{n - 1})"
+                raise unknown_ids([ids[k] for k in np.flatnonzero(bad)], (), where)
+            return rows
         self._refresh()
-        rows = self._rows
+        rows_by_id = self._rows
         try:
-            return np.fromiter((rows[i] for i in ids), dtype=np.int64, count=len(ids))
+            return np.fromiter((rows_by_id[i] for i in ids), dtype=np.int64, count=len(ids))
         except KeyError:
-            raise unknown_ids(ids, rows, f"the {self.name} store") from None
+            raise unknown_ids(ids, rows_by_id, f"the {self.name} store") from None
 
     def count(self) -> int:
         """Number of stored vectors the wrapper can return."""
+        if self._positional:
+            return int(self._flat.ntotal)
         self._refresh()
         return len(self._ids)
 
     def list_ids(self) -> list[str]:
         """All store ids, in the index's storage order."""
+        if self._positional:
+            return [str(i) for i in range(int(self._flat.ntotal))]
         self._refresh()
         return list(self._ids)
 
@@ -309,8 +330,7 @@ class FaissBackend(BaseEmbeddingStore):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = vectors.shape[0]
         out = np.full((n, int(k)), -np.inf, dtype=np.float32)
-        self._refresh()
-        if n == 0 or not self._ids:
+        if n == 0 or self.count() == 0:
             return [[] for _ in range(n)], out
         mapping = self._mapping()
         k_eff = min(int(k), int(self.index.ntotal))

@@ -1,0 +1,254 @@
+"""``tune_store`` at scale in the stores RAG developers run: one function per store.
+
+A generated unit-norm corpus (``write_memmap_corpus``, ``--docs`` rows of ``--dim``) goes into
+the store once per size (filled in the parent, timed); queries come from ``make_scale_task``
+with ``--answered`` answer documents (the same number at every size, with ``0.7 x`` as many
+training and ``0.1 x`` as many validation queries, the ratios of ``store_modes.py``). Each
+(store, size, mode) then runs in a fresh child process: it opens the store, builds the query
+lists, resets the peak RSS (``/proc/self/clear_refs``) and runs ``tune_store`` in read mode
+(every stored vector read) or store mode (answer documents read, the store's kNN for the
+rest). Reported: ``tune_store`` wall time, vectors read through ``get_vectors`` (originals
+saved by the write-back excluded), "held" (RSS before the reset: the store itself and the
+queries), "added" (peak RSS during ``tune_store`` minus held: what nudge-rag costs on top),
+and the write-back rate (rows moved / seconds of the write stage). The write-back is undone
+(``restore``) after each measurement.
+
+Stores (``--store``, comma-separated):
+
+* ``faiss``: an exact ``IndexFlatIP`` saved in ``<dir>/faiss_<docs>x<dim>/index.faiss`` and
+  loaded with ``faiss.read_index``, tuned through ``FaissBackend`` in write-through mode
+  (``folder=``: each batch written into the saved file and flushed).
+
+    python benchmarks/store_scale.py --store faiss --docs 200000,1000000 --dim 384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from store_modes import load_avg, reset_peak, rss  # noqa: E402
+
+MIB = 2**20
+
+
+def query_counts(n_answered: int) -> tuple[int, int]:
+    """Training and validation queries for ``n_answered`` answer documents."""
+    return max(10, round(0.7 * n_answered)), max(5, round(0.1 * n_answered))
+
+
+def counting(store_cls):
+    """A subclass of ``store_cls`` that counts the vectors read through ``get_vectors``."""
+
+    class Counting(store_cls):
+        vectors_read = 0
+
+        def get_vectors(self, ids):
+            ids = list(ids)
+            self.vectors_read += len(ids)
+            return super().get_vectors(ids)
+
+    return Counting
+
+
+def answer_ids(split) -> list[list[str]]:
+    """Answer ids per query: the stored row as text (the store's own ids)."""
+    rel = split.relevance
+    ind, ptr = rel.indices.tolist(), rel.indptr.tolist()
+    return [[str(j) for j in ind[ptr[q] : ptr[q + 1]]] for q in range(len(ptr) - 1)]
+
+
+def measure(store, args, queries: tuple) -> dict:
+    """Reset the peak RSS, run ``tune_store`` on ``store``, restore; the numbers."""
+    from nudge_rag import NudgeN, WriteBack, tune_store
+
+    train_emb, train_ids, val_emb, val_ids = queries
+    state = Path(args.dir) / f"state_{args.store}_{args.mode}"
+    wb = WriteBack(store, state, batch_size=args.batch)
+    held = reset_peak()
+    t = time.perf_counter()
+    res = tune_store(wb, NudgeN(), train_emb, train_ids, val_emb, val_ids, passive=args.mode)
+    wall = time.perf_counter() - t
+    peak = rss("VmHWM")
+    wb.restore()  # not measured: the next run starts from the originals
+    write_s = res.timings.get("write", 0.0)
+    return {
+        "tune_s": wall,
+        "read_s": res.timings.get("read", 0.0),
+        "solve_s": res.timings.get("solve", 0.0),
+        "write_s": write_s,
+        "changed": len(res.changed_ids),
+        "rows_per_s": len(res.changed_ids) / write_s if write_s else 0.0,
+        "vectors_read": store.vectors_read - len(res.changed_ids),  # minus originals saved
+        "gamma": res.gamma,
+        "val_score": res.val_score,
+        "held": held,
+        "peak": peak,
+    }
+
+
+# ------------------------------------------------------------------ FAISS
+def faiss_fill(corpus: Path, folder: Path) -> float:
+    """Save an ``IndexFlatIP`` of the corpus in ``folder`` once; seconds it took (0 if there)."""
+    import faiss
+    import numpy as np
+
+    if (folder / "index.faiss").exists():
+        return 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    emb = np.load(corpus, mmap_mode="r")
+    index = faiss.IndexFlatIP(emb.shape[1])
+    for s in range(0, emb.shape[0], 65536):
+        index.add(np.ascontiguousarray(emb[s : s + 65536], dtype=np.float32))
+    faiss.write_index(index, str(folder / "tmp.faiss"))
+    (folder / "tmp.faiss").rename(folder / "index.faiss")
+    return time.perf_counter() - t
+
+
+def faiss_child(args, queries: tuple) -> dict:
+    """Load the saved index, tune it through the write-through backend."""
+    import faiss
+
+    from nudge_rag.backends import FaissBackend
+
+    folder = Path(args.store_path)
+    t = time.perf_counter()
+    index = faiss.read_index(str(folder / "index.faiss"))
+    store = counting(FaissBackend)(index, folder=folder)
+    open_s = time.perf_counter() - t
+    return {**measure(store, args, queries), "open_s": open_s, "count": store.count()}
+
+
+STORES = {
+    # name: (fill(corpus, folder) -> seconds, child(args, queries) -> numbers, label)
+    "faiss": (faiss_fill, faiss_child, "FAISS IndexFlatIP (write-through)"),
+}
+
+
+# ------------------------------------------------------------------ driver
+def child(args) -> None:
+    import gc
+
+    import numpy as np
+
+    from nudge_rag import make_scale_task
+
+    n_train, n_val = query_counts(args.answered)
+    data = make_scale_task(
+        args.corpus, n_train=n_train, n_dev=n_val, n_test=1, n_answered_docs=args.answered
+    )
+    queries = (
+        np.array(data.train.query_embeddings, dtype=np.float32),
+        answer_ids(data.train),
+        np.array(data.dev.query_embeddings, dtype=np.float32),
+        answer_ids(data.dev),
+    )
+    del data  # the generator's memmap pages of the corpus are not the store's
+    gc.collect()
+    print(json.dumps(STORES[args.store][1](args, queries)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--store", default="faiss", help=f"comma-separated: {','.join(STORES)}")
+    p.add_argument("--docs", default="200000", help="comma-separated corpus sizes")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--answered", type=int, default=20_000)
+    p.add_argument("--modes", default="read,store")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--dir", default="/tmp/nudge-rag-store-scale")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per child run")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--corpus", help=argparse.SUPPRESS)
+    p.add_argument("--store-path", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+
+    from nudge_rag import write_memmap_corpus
+
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    n_train, n_val = query_counts(args.answered)
+    cmdline = (
+        f"python benchmarks/store_scale.py --store {args.store} --docs {args.docs} "
+        f"--dim {args.dim} --answered {args.answered} --modes {args.modes}"
+    )
+    print(f"### `{cmdline}` (load avg {load_avg()})\n")
+    print(
+        f"{args.answered} answer documents, {n_train} train / {n_val} val queries at every "
+        f"size; write-back batches of {args.batch}\n"
+    )
+    print(
+        "| store | docs | fill s | mode | tune_store s | read / solve / write s | vectors read "
+        "| rows moved | write-back rows/s | held MiB | added MiB | gamma | val score |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in [int(x) for x in args.docs.split(",")]:
+        corpus = work / f"corpus_{n}x{args.dim}.npy"
+        if not corpus.exists():
+            t = time.perf_counter()
+            write_memmap_corpus(corpus, n, args.dim, 0)
+            print(f"generated {corpus} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        for name in args.store.split(","):
+            fill, _, label = STORES[name]
+            folder = work / f"{name}_{n}x{args.dim}"
+            fill_s = fill(corpus, folder)
+            for mode in args.modes.split(","):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--store",
+                    name,
+                    "--mode",
+                    mode,
+                    "--corpus",
+                    str(corpus),
+                    "--store-path",
+                    str(folder),
+                    "--answered",
+                    str(args.answered),
+                    "--batch",
+                    str(args.batch),
+                    "--dir",
+                    str(work),
+                ]
+                t = time.perf_counter()
+                res = subprocess.run(
+                    cmd, capture_output=True, text=True, check=False, timeout=args.timeout
+                )
+                if res.returncode != 0:
+                    print(res.stderr[-3000:], file=sys.stderr)
+                    return res.returncode
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                print(
+                    f"| {label} | {n} | {fill_s:.0f} | {mode} | {r['tune_s']:.1f} | "
+                    f"{r['read_s']:.1f} / {r['solve_s']:.1f} / {r['write_s']:.1f} | "
+                    f"{r['vectors_read']} / {r['count']} | {r['changed']} | "
+                    f"{r['rows_per_s']:.0f} | {r['held'] / MIB:.0f} | "
+                    f"{(r['peak'] - r['held']) / MIB:.0f} | {r['gamma']:.4g} | "
+                    f"{r['val_score']:.4f} |",
+                    flush=True,
+                )
+                print(
+                    f"  child {name}/{n}/{mode}: {time.perf_counter() - t:.0f} s in all, "
+                    f"load {load_avg()}",
+                    file=sys.stderr,
+                )
+    print(f"\nload avg after: {load_avg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
