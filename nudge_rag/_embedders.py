@@ -88,6 +88,11 @@ def load_embedder(
 
 
 def _sentence_transformer(target: str, query_mode: str, batch_size: int) -> QuestionEmbedder:
+    local = os.path.isdir(os.path.expanduser(target))
+    looks_like_path = target.startswith(("/", ".", "~")) or target.count("/") > 1
+    if not local and looks_like_path:
+        msg = f"--embed sentence-transformers:{target}: no such model folder"
+        raise EmbedderError(msg)
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
@@ -96,11 +101,7 @@ def _sentence_transformer(target: str, query_mode: str, batch_size: int) -> Ques
             "pip install sentence-transformers"
         )
         raise EmbedderError(msg) from err
-    local = os.path.isdir(os.path.expanduser(target))
-    looks_like_path = target.startswith(("/", ".", "~")) or target.count("/") > 1
-    if not local and looks_like_path:
-        msg = f"--embed sentence-transformers:{target}: no such model folder"
-        raise EmbedderError(msg)
+    _quiet_transformers()
     try:
         model = SentenceTransformer(os.path.expanduser(target) if local else target, device="cpu")
     except Exception as err:  # noqa: BLE001 - hub, file and config errors alike
@@ -116,6 +117,15 @@ def _sentence_transformer(target: str, query_mode: str, batch_size: int) -> Ques
         return encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
 
     return QuestionEmbedder(embed, f"sentence-transformers:{target}")
+
+
+def _quiet_transformers() -> None:
+    """No "Loading weights" bar from transformers (the command line draws its own bars)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers depends on transformers
+        return
+    hf_logging.disable_progress_bar()
 
 
 def _entry_point(module_name: str, attr: str, query_mode: str, spec: str) -> QuestionEmbedder:

@@ -367,7 +367,9 @@ def draw_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         _draw_curve(axes.pop(0), data, curve)
     if metrics:
         _draw_bars(axes.pop(0), data, metrics)
-    times = ", ".join(f"{n} {sec:.1f} s" for n, sec in data["timings"].items())
+    times = ", ".join(
+        f"{n} {sec:.2f} s" if sec < 1 else f"{n} {sec:.1f} s" for n, sec in data["timings"].items()
+    )
     footer = (
         f"{data['rows_moved']:,} of {data['n_docs']:,} document vectors moved; the embedding "
         "model is unchanged."
@@ -399,7 +401,8 @@ def _draw_curve(ax: Any, data: Mapping[str, Any], curve: Mapping[str, Any]) -> N
     ax.annotate(
         label,
         xy=(gamma, 100 * best if best is not None else float(scores.max())),
-        xytext=(8, -28),
+        xytext=(8, -28) if gamma <= 0.6 * float(gammas.max()) else (-8, -28),
+        ha="left" if gamma <= 0.6 * float(gammas.max()) else "right",
         textcoords="offset points",
         color="#d62728",
         fontsize=9,
