@@ -74,6 +74,7 @@ def test_distance_from_the_index_metric(docs):
         (lambda: faiss.IndexPQ(DIM, 2, 4), "IndexPQ"),
         (lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit), "IndexScalar"),
         (lambda: faiss.IndexIDMap2(faiss.IndexHNSWFlat(DIM, 8)), "IndexIDMap2 over IndexHNSW"),
+        (lambda: faiss.IndexFlat1D(), "IndexFlat1D"),  # a sorted permutation
     ],
 )
 def test_indexes_that_cannot_be_rewritten_are_refused(make, kind):
@@ -109,6 +110,19 @@ def test_read_write_in_place(docs):
         store.set_vectors(["doc-1"], np.ones((1, 9), dtype=np.float32))
     with pytest.raises(UnknownIdError):
         store.set_vectors(["nope"], new[:1])
+
+
+def test_cached_l2_norms_follow_the_rows(docs):
+    index = _flat(docs, "l2")
+    index.sync_l2norms()  # searches then use the cached norms
+    store = FaissBackend(index, dict(enumerate(IDS)))
+    far = np.full((1, DIM), 3.0, dtype=np.float32)
+    store.set_vectors(["doc-5"], far)
+    norms = faiss.rev_swig_ptr(index.cached_l2norms.data(), N_DOCS)
+    assert norms[5] == pytest.approx(9.0 * DIM)
+    np.testing.assert_allclose(np.delete(norms, 5), 1.0, atol=1e-5)
+    _, labels = index.search(far, 1)
+    assert labels[0, 0] == 5
 
 
 def test_ids_follow_the_wrappers_map(docs):

@@ -29,6 +29,23 @@ index despite its name, + the docstore and index store). Two modes:
   can be torn; its batch was not recorded as done, so ``resume()`` rewrites it), ``resume()``
   in a new process finishes the plan, ``restore()`` writes the originals back. No full
   ``save_local`` is needed after ``fit``, and the cost per batch is the rows written.
+
+Use (LangChain; the ``FAISS`` store itself is found through the registry)::
+
+    store = FAISS.load_local(folder, embeddings, allow_dangerous_deserialization=True)
+    retriever = NudgeRetriever(vectorstore=store, state_dir=Path(folder) / "nudge_state")
+    retriever.fit(pairs)
+    store.save_local(folder)                      # memory mode: save to keep the tuning
+    # or write-through, originals in <folder>/nudge_state, no save needed:
+    retriever = NudgeRetriever(
+        vectorstore=store, embedding_store=from_langchain(store, folder=folder)
+    )
+
+Use (LlamaIndex; ``FaissVectorStore`` ids are positions, so give the index for node ids)::
+
+    engine = NudgeFinetuneEngine(for_index(index), embed_model, pairs, persist_dir=folder)
+    engine.finetune()
+    index.storage_context.persist(folder)         # or for_index(index, folder=folder)
 """
 
 from __future__ import annotations
@@ -147,17 +164,18 @@ class FaissBackend(BaseEmbeddingStore):
         if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
             id_map = index.id_map
             inner = faiss.downcast_index(index.index)
-        if not isinstance(inner, faiss.IndexFlat):
+        if not isinstance(inner, faiss.IndexFlat) or isinstance(inner, faiss.IndexFlat1D):
             kind = type(inner).__name__
             if inner is not index:
                 kind = f"{type(index).__name__} over {kind}"
             msg = (
-                f"cannot tune a FAISS {kind} in place: its search structure (HNSW graph, IVF "
-                "lists, PQ or quantized codes) was built from the original vectors, so a "
-                f"rewritten vector would be searched wrongly or stored lossily. Supported: "
-                f"{_SUPPORTED} (exact search). Rebuild the store on faiss.IndexFlatIP(dim) "
-                "(LangChain: FAISS.from_embeddings(..., distance_strategy="
-                "DistanceStrategy.MAX_INNER_PRODUCT)) to tune it."
+                f"cannot tune a FAISS {kind} in place: nudge-rag rewrites the rows of flat "
+                "storage only, and an index whose search structure (HNSW graph, IVF lists, "
+                "PQ or quantized codes, a sorted permutation) was built from the original "
+                "vectors would search a rewritten vector wrongly or store it lossily. "
+                f"Supported: {_SUPPORTED} (exact search). Rebuild the store on "
+                "faiss.IndexFlatIP(dim) (LangChain: FAISS.from_embeddings(..., "
+                "distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)) to tune it."
             )
             raise UnsupportedStoreError(msg)
         if not inner.codes.is_owned:
@@ -309,6 +327,7 @@ class FaissBackend(BaseEmbeddingStore):
         if self.index_file is not None:
             self._write_file(rows, matrix)  # durable first: memory follows the file
         self._xb()[rows] = matrix
+        self._sync_norms(rows, matrix)
         if self.index_file is None and not self._warned_memory:
             self._warned_memory = True
             logger.warning(
@@ -319,6 +338,15 @@ class FaissBackend(BaseEmbeddingStore):
                 "to the saved index file.",
                 self.name,
             )
+
+    def _sync_norms(self, rows: np.ndarray, matrix: np.ndarray) -> None:
+        """Keep ``IndexFlatL2.cached_l2norms`` (set by ``sync_l2norms()``) true for new rows."""
+        cached = getattr(self._flat, "cached_l2norms", None)
+        n = int(self._flat.ntotal)
+        if cached is None or n == 0 or cached.size() != n:
+            return
+        norms = _faiss().rev_swig_ptr(cached.data(), n)
+        norms[rows] = np.einsum("ij,ij->i", matrix, matrix)
 
     # ------------------------------------------------------------------ search
     def nearest(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
