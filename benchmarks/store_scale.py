@@ -233,7 +233,7 @@ def main(argv=None) -> int:
                     return res.returncode
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 print(
-                    f"| {label} | {n} | {fill_s:.0f} | {mode} | {r['tune_s']:.1f} | "
+                    f"| {label} | {n} | {fill_s:.1f} | {mode} | {r['tune_s']:.1f} | "
                     f"{r['read_s']:.1f} / {r['solve_s']:.1f} / {r['write_s']:.1f} | "
                     f"{r['vectors_read']} / {r['count']} | {r['changed']} | "
                     f"{r['rows_per_s']:.0f} | {r['held'] / MIB:.0f} | "
