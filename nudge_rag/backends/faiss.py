@@ -178,7 +178,7 @@ class FaissBackend(BaseEmbeddingStore):
                 "distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)) to tune it."
             )
             raise UnsupportedStoreError(msg)
-        if not inner.codes.is_owned:
+        if not getattr(inner.codes, "is_owned", True):  # faiss < 1.10 cannot map flat codes
             msg = (
                 "the FAISS index was loaded with faiss.IO_FLAG_MMAP / IO_FLAG_MMAP_IFC: its "
                 "vectors are a read-only view of the file, and writing them would crash. "
