@@ -278,8 +278,8 @@ class _StoreView(BaseEmbeddingStore):
             self._originals = dict(zip(originals[0], np.asarray(originals[1], np.float32)))
 
     def __getattr__(self, name: str) -> Any:  # nearest, state_owner, ... when the store has them
-        if name == "inner":
-            raise AttributeError(name)
+        if name == "inner" or (name == "writeback_state" and self.__dict__.get("dry_run")):
+            raise AttributeError(name)  # a dry run keeps its write-back state in memory
         return getattr(self.inner, name)
 
     @property
@@ -339,10 +339,20 @@ def _read_pairs(path: str | None, split: str | None, option: str) -> Any:
     return read_pair_file(path, split=split, name=option)
 
 
+def _own_state(store: Any) -> bool:
+    """Whether the store keeps its write-back state itself (pgvector: tables in its database)."""
+    return callable(getattr(store, "writeback_state", None))
+
+
 def _state_folder(args: argparse.Namespace, store: Any) -> Path | None:
-    """Where the originals are (not created): ``--state-dir`` or the store's default."""
+    """Where the originals are (not created): ``--state-dir`` or the store's default.
+
+    ``None`` for a store that keeps them itself (see :func:`_own_state`).
+    """
     if args.state_dir:
         return Path(args.state_dir)
+    if _own_state(store):
+        return None
     folder = store.default_state_dir()
     if folder is None and store.is_remote:
         msg = (
@@ -351,6 +361,18 @@ def _state_folder(args: argparse.Namespace, store: Any) -> Path | None:
         )
         raise CliError(msg)
     return None if folder is None else Path(folder)
+
+
+def _saved_state(args: argparse.Namespace, store: Any) -> tuple[Any, str | None]:
+    """A read-only look at the saved state: ``(WriteBack or None, where it lives)``."""
+    from nudge_rag._writeback import WriteBack
+
+    folder = _state_folder(args, store)
+    if folder is None and _own_state(store):
+        return WriteBack(store, None), f"side tables in the store's database ({store.name})"
+    if folder is None:
+        return None, None
+    return (WriteBack(store, folder) if folder.is_dir() else None), str(folder)
 
 
 def _check_known(pairs: Any, known: set[str] | None, store: Any, option: str) -> None:
@@ -408,7 +430,7 @@ def _measure(store: Any, pairs: Any, vectors: np.ndarray, k: int) -> dict[str, A
 # ---------------------------------------------------------------------- tune
 def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
     from nudge_rag._tune import StoreTuner
-    from nudge_rag._writeback import WriteBack, WriteBackError
+    from nudge_rag._writeback import WriteBackError
 
     if args.report and not args.no_picture:
         try:
@@ -430,11 +452,10 @@ def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
         if args.gamma is not None:
             params["gamma"] = args.gamma
         if args.dry_run:
-            folder = _state_folder(args, store)
-            saved = WriteBack(store, folder) if folder is not None and folder.is_dir() else None
+            saved, where = _saved_state(args, store)
             if saved is not None and saved.has_pending:
                 msg = (
-                    f"an interrupted write-back is pending (state in {folder}): run "
+                    f"an interrupted write-back is pending (state in {where}): run "
                     f"'{PROG} resume' to finish it or '{PROG} restore' to undo it"
                 )
                 raise WriteBackError(msg)
@@ -648,22 +669,19 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
 
 # ---------------------------------------------------------------------- status / restore / resume
 def _status(args: argparse.Namespace, store: Any, opened: Any) -> dict[str, Any]:
-    from nudge_rag._writeback import WriteBack
-
-    folder = _state_folder(args, store)
+    wb, where = _saved_state(args, store)
     info: dict[str, Any] = {
         "store": opened.uri,
         "collection": opened.collection,
         "n_docs": store.count(),
         "distance": store.distance,
-        "state_dir": None if folder is None else str(folder),
+        "state_dir": where,
         "tuned": False,
         "pending": None,
         "n_originals": 0,
     }
-    if folder is None or not folder.is_dir():
+    if wb is None:
         return info
-    wb = WriteBack(store, folder)
     got = wb.status() if callable(getattr(wb, "status", None)) else None
     if isinstance(got, dict):
         info["writeback"] = _jsonable(got)
@@ -678,9 +696,9 @@ def _status(args: argparse.Namespace, store: Any, opened: Any) -> dict[str, Any]
             "batches_done": done,
             "n_batches": -(-len(ids) // max(batch_size, 1)),
         }
-    record_path = folder / TUNE_RECORD
+    record_path = None if wb.state_dir is None else Path(wb.state_dir) / TUNE_RECORD
     record = None
-    if record_path.is_file():
+    if record_path is not None and record_path.is_file():
         try:
             record = json.loads(record_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
@@ -750,12 +768,12 @@ def _tuner_for_state(args: argparse.Namespace, store: Any) -> Any:
     from nudge_rag._tune import StoreTuner
 
     folder = _state_folder(args, store)
-    if folder is None:
+    if folder is None and not _own_state(store):
         msg = f"no state folder known for {store.name!r}: give --state-dir"
         raise CliError(msg)
-    if not folder.is_dir():
+    if folder is not None and not folder.is_dir():
         return None
-    return StoreTuner(store, state_dir=folder, batch_size=args.batch_size)
+    return StoreTuner(store, state_dir=folder or "auto", batch_size=args.batch_size)
 
 
 def _cmd_restore(args: argparse.Namespace, out: _Out) -> int:
@@ -763,7 +781,7 @@ def _cmd_restore(args: argparse.Namespace, out: _Out) -> int:
         store = opened.backend
         tuner = _tuner_for_state(args, store)
         n = 0 if tuner is None else tuner.restore()
-        if tuner is not None:
+        if tuner is not None and tuner.state_dir is not None:
             (Path(tuner.state_dir) / TUNE_RECORD).unlink(missing_ok=True)
     if n:
         out.say(f"restored {n:,} original vectors in {opened.uri} (collection {opened.collection})")

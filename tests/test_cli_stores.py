@@ -58,7 +58,8 @@ class Task:
             n_docs=N_DOCS, dim=DIM, n_train=240, n_dev=60, n_test=80, random_state=3
         )
         self.ids = [f"{i}" for i in range(N_DOCS)]  # integers: valid ids in every store
-        self.docs = np.ascontiguousarray(data.doc_embeddings, dtype=np.float32)
+        docs = np.asarray(data.doc_embeddings, dtype=np.float32)
+        self.docs = np.ascontiguousarray(docs / np.linalg.norm(docs, axis=1, keepdims=True))
         self.folder = folder
         self.files: dict[str, Path] = {}
         self.splits = {}
@@ -245,22 +246,186 @@ class QdrantDir(StoreKind):
         return np.asarray([by_id[i].vector for i in ids], dtype=np.float32)
 
 
+class FaissDir(StoreKind):
+    """A LangChain ``FAISS.save_local`` folder (inner product over unit vectors: cosine)."""
+
+    name = "faiss"
+
+    def build(self, task, folder):
+        from langchain_community.vectorstores import FAISS
+        from langchain_community.vectorstores.utils import DistanceStrategy
+
+        self.path = folder / "faiss"
+        store = FAISS.from_embeddings(
+            list(zip([f"text {i}" for i in task.ids], task.docs.tolist())),
+            LookupEmbeddings(task.lookup, False),
+            ids=task.ids,
+            distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+        )
+        store.save_local(str(self.path))
+        return ["--store", f"faiss:{self.path}"]
+
+    def read(self, ids):
+        from langchain_community.vectorstores import FAISS
+
+        store = FAISS.load_local(
+            str(self.path),
+            LookupEmbeddings(self.lookup, False),
+            allow_dangerous_deserialization=True,
+        )
+        rows = {d: r for r, d in store.index_to_docstore_id.items()}
+        assert store.docstore.search(ids[0]).page_content == f"text {ids[0]}"
+        return np.stack([store.index.reconstruct(rows[i]) for i in ids])
+
+
+class MilvusFile(StoreKind):
+    name = "milvus"
+
+    def build(self, task, folder):
+        from pymilvus import DataType, MilvusClient
+
+        self.path = folder / "milvus.db"
+        client = MilvusClient(uri=str(self.path), db_name="default")
+        schema = client.create_schema(auto_id=False)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
+        schema.add_field("text", DataType.VARCHAR, max_length=64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        params = client.prepare_index_params()
+        params.add_index("vector", index_type="FLAT", metric_type="COSINE")
+        client.create_collection("docs", schema=schema, index_params=params)
+        rows = [{"pk": i, "text": f"text {i}", "vector": v} for i, v in zip(task.ids, task.docs)]
+        client.insert("docs", rows)
+        client.flush("docs")
+        self._release(client)
+        return ["--store", f"milvus:{self.path}", "--collection", "docs"]
+
+    def _release(self, client):
+        from milvus_lite.server_manager import server_manager_instance
+
+        client.close()
+        server_manager_instance.release_server(str(self.path))  # its lock, for the CLI
+
+    def read(self, ids):
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=str(self.path), db_name="default")
+        try:
+            client.load_collection("docs")
+            got = client.get("docs", ids=ids, output_fields=["vector", "text"])
+        finally:
+            self._release(client)
+        by_id = {r["pk"]: r for r in got}
+        assert by_id[ids[0]]["text"] == f"text {ids[0]}"
+        return np.asarray([by_id[i]["vector"] for i in ids], dtype=np.float32)
+
+
+class LanceDir(StoreKind):
+    name = "lancedb"
+
+    def build(self, task, folder):
+        import lancedb
+        import pyarrow as pa
+
+        self.path = folder / "lance"
+        data = pa.table(
+            {
+                "id": task.ids,
+                "text": [f"text {i}" for i in task.ids],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(task.docs.ravel()), DIM),
+            }
+        )
+        lancedb.connect(self.path).create_table("docs", data=data)
+        return ["--store", f"lancedb:{self.path}", "--collection", "docs"]
+
+    def read(self, ids):
+        import lancedb
+
+        table = lancedb.connect(self.path).open_table("docs").to_arrow().to_pydict()
+        by_id = dict(zip(table["id"], table["vector"]))
+        assert dict(zip(table["id"], table["text"]))[ids[0]] == f"text {ids[0]}"
+        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
+
+
+class PgTable(StoreKind):
+    """A plain pgvector table with an HNSW cosine index (the metric is read from it)."""
+
+    name = "pgvector"
+
+    def __init__(self, server):
+        self.server = server
+
+    def build(self, task, folder):
+        import psycopg
+
+        self.table = f"docs_{folder.name}".replace("-", "_")[:50].lower()
+        with psycopg.connect(self.server.url, autocommit=True) as conn:
+            conn.execute(
+                f"CREATE TABLE {self.table} (id text PRIMARY KEY, text text, "
+                f"embedding vector({DIM}))"
+            )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {self.table} VALUES (%s, %s, %s::vector)",
+                    [(i, f"text {i}", str(v.tolist())) for i, v in zip(task.ids, task.docs)],
+                )
+            conn.execute(
+                f"CREATE INDEX ON {self.table} USING hnsw (embedding vector_cosine_ops) "
+                "WITH (m = 16, ef_construction = 200)"
+            )
+        return ["--store", self.server.url, "--collection", self.table]
+
+    def read(self, ids):
+        import psycopg
+
+        with psycopg.connect(self.server.url) as conn:
+            rows = conn.execute(
+                f"SELECT id, text, embedding::text FROM {self.table} WHERE id = ANY(%s)", (ids,)
+            ).fetchall()
+        by_id = {r[0]: json.loads(r[2]) for r in rows}
+        assert {r[0]: r[1] for r in rows}[ids[0]] == f"text {ids[0]}"
+        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
+
+
 def _kinds():
-    return ["chroma", "chroma-http", "qdrant"]
+    return ["chroma", "chroma-http", "qdrant", "faiss", "milvus", "lancedb", "pgvector"]
+
+
+_NEEDS = {
+    "qdrant": ("qdrant_client",),
+    "faiss": ("faiss", "langchain_community"),
+    "milvus": ("pymilvus", "milvus_lite"),
+    "lancedb": ("lancedb",),
+    "pgvector": ("psycopg",),
+}
+_BACKEND = {"faiss": "faiss", "milvus": "milvus", "lancedb": "lancedb", "pgvector": "pgvector"}
 
 
 @pytest.fixture
 def store(request, task, tmp_path):
+    import importlib.util
+
     kind = request.param
-    if kind == "chroma":
-        made = ChromaDir()
-    elif kind == "chroma-http":
+    for module in _NEEDS.get(kind, ()):
+        pytest.importorskip(module)
+    if (
+        kind in _BACKEND
+        and importlib.util.find_spec(f"nudge_rag.backends.{_BACKEND[kind]}") is None
+    ):
+        pytest.skip(f"nudge_rag.backends.{_BACKEND[kind]} is not in this checkout")
+    made = {
+        "chroma": ChromaDir,
+        "qdrant": QdrantDir,
+        "faiss": FaissDir,
+        "milvus": MilvusFile,
+        "lancedb": LanceDir,
+    }.get(kind)
+    if kind == "chroma-http":
         made = ChromaHttp(request.getfixturevalue("chroma_server"))
-    elif kind == "qdrant":
-        pytest.importorskip("qdrant_client")
-        made = QdrantDir()
-    else:  # pragma: no cover
-        raise AssertionError(kind)
+    elif kind == "pgvector":
+        made = PgTable(request.getfixturevalue("pg_server"))
+    else:
+        made = made()
+    made.lookup = task.lookup
     made.args = made.build(task, tmp_path)
     return made
 
@@ -329,10 +494,14 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
 
     status = ok_json(run_cli(task, "status", *store.args, "--json"))
     assert status["tuned"] is True and status["pending"] is None
-    assert status["variant"] == "NUDGE-N"
-    assert status["gamma"] == pytest.approx(expected.gamma, abs=1e-12)
-    assert status["rows_moved"] == status["n_originals"] == len(expected.changed_ids)
-    assert Path(status["state_dir"], "originals.npz").is_file()
+    assert status["n_originals"] == len(expected.changed_ids)
+    if store.name == "pgvector":  # originals in side tables of the same database
+        assert "database" in status["state_dir"]
+    else:
+        assert Path(status["state_dir"], "originals.npz").is_file()
+        assert status["variant"] == "NUDGE-N"
+        assert status["gamma"] == pytest.approx(expected.gamma, abs=1e-12)
+        assert status["rows_moved"] == len(expected.changed_ids)
 
     res = run_cli(task, "restore", *store.args)
     assert res.returncode == 0, res.stderr

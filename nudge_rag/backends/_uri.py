@@ -281,65 +281,135 @@ def _open_qdrant_http(uri: str, scheme: str, rest: str, collection: str | None) 
     return _qdrant(client, collection, uri)
 
 
-# ---------------------------------------------------------------------- the stores of issue 10
+# ---------------------------------------------------------------------- FAISS
 def _open_faiss(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    """A LangChain ``FAISS.save_local`` folder (``<name>.faiss`` + ``<name>.pkl``).
+
+    The backend writes through to the saved index file, so the folder itself is tuned
+    (no second ``save_local`` needed); ``--collection`` is ``save_local``'s ``index_name``.
+    """
     path = _folder(rest, uri, "FAISS save_local folder")
-    module = importlib.import_module("nudge_rag.backends.faiss")
-    opener = getattr(module, "from_folder", None) or getattr(module, "open_folder", None)
-    if opener is None:  # pragma: no cover - depends on the backend's API
-        msg = f"--store {uri}: this nudge-rag's FAISS backend cannot open a folder"
+    name = collection or "index"
+    if not (path / f"{name}.faiss").is_file() or not (path / f"{name}.pkl").is_file():
+        have = sorted(p.stem for p in path.glob("*.faiss")) if path.is_dir() else []
+        msg = (
+            f"--store {uri}: no {name}.faiss + {name}.pkl in {path} (a LangChain "
+            f"FAISS.save_local folder); index names there: {', '.join(have) or 'none'}"
+        )
         raise StoreURIError(msg)
+    _import("faiss", "faiss", uri)
+    community = _import("langchain_community.vectorstores", "faiss", uri)
+    from nudge_rag.backends.faiss import from_langchain
+
     try:
-        backend = opener(path, index_name=collection or "index")
-    except (OSError, ValueError, KeyError) as err:
+        # index.pkl is a pickle (LangChain's format): only open folders you trust.
+        store = community.FAISS.load_local(
+            str(path), _NoEmbeddings(), index_name=name, allow_dangerous_deserialization=True
+        )
+        backend = from_langchain(store, folder=path, index_name=name)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise StoreURIError(f"--store {uri}: {_first_line(err)}") from err
-    return OpenedStore(backend, uri, "faiss", collection or "index")
+    return OpenedStore(backend, uri, "faiss", name)
 
 
+class _NoEmbeddings:
+    """Stands in for the model of a loaded ``FAISS`` store: nudge-rag never embeds through it."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError("the command line embeds questions with --embed")
+
+    def embed_query(self, text: str) -> list[float]:
+        raise NotImplementedError("the command line embeds questions with --embed")
+
+
+# ---------------------------------------------------------------------- pgvector
 def _open_pgvector(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
-    module = importlib.import_module("nudge_rag.backends.pgvector")
-    opener = getattr(module, "from_url", None) or getattr(module, "open_url", None)
-    if opener is None:  # pragma: no cover - depends on the backend's API
-        msg = f"--store {uri}: this nudge-rag's pgvector backend cannot open a URL"
+    """A pgvector table (``--collection data_<name>``) or LangChain collection (its name)."""
+    _import("psycopg", "postgres", uri)
+    from nudge_rag.backends.pgvector import PgVectorBackend
+
+    shown = _redact(uri)
+    if collection is None:
+        msg = (
+            f"--store {shown}: give --collection: a LangChain PGVector collection name or a "
+            "table (LlamaIndex: data_<table_name>)"
+        )
         raise StoreURIError(msg)
     try:
-        backend = opener(uri, collection=collection)
-    except (OSError, ValueError, KeyError) as err:
-        raise StoreURIError(f"--store {_redact(uri)}: {_first_line(err)}") from err
+        try:
+            backend = PgVectorBackend.from_url(uri, table=collection)
+        except ValueError as table_err:
+            try:
+                backend = PgVectorBackend.from_url(uri, collection=collection)
+            except ValueError as coll_err:
+                msg = (
+                    f"--store {shown}: {collection!r} is neither a table "
+                    f"({_first_line(table_err)}) nor a LangChain collection "
+                    f"({_first_line(coll_err)})"
+                )
+                raise StoreURIError(msg) from coll_err
+    except StoreURIError:
+        raise
     except Exception as err:  # noqa: BLE001 - connection errors of every kind
-        msg = f"--store {_redact(uri)}: cannot reach PostgreSQL: {_first_line(err)}"
+        msg = f"--store {shown}: cannot reach PostgreSQL: {_first_line(err)}"
         raise StoreURIError(msg) from err
     close = getattr(backend, "close", None)
-    return OpenedStore(backend, _redact(uri), "pgvector", collection or backend.name, close)
+    return OpenedStore(backend, shown, "pgvector", collection, close if callable(close) else None)
 
 
+# ---------------------------------------------------------------------- Milvus Lite
 def _open_milvus(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    """A Milvus Lite ``.db`` file; ``--collection NAME`` or ``NAME:VECTOR_FIELD``."""
     path = _folder(rest, uri, "Milvus Lite .db file")
-    module = importlib.import_module("nudge_rag.backends.milvus")
-    opener = getattr(module, "from_file", None) or getattr(module, "open_file", None)
-    if opener is None:  # pragma: no cover - depends on the backend's API
-        msg = f"--store {uri}: this nudge-rag's Milvus backend cannot open a file"
-        raise StoreURIError(msg)
+    pymilvus = _import("pymilvus", "milvus", uri)
+    from nudge_rag.backends.milvus import MilvusBackend
+
+    name, field = _split_vector(collection)
     try:
-        backend = opener(path, collection=collection)
-    except (OSError, ValueError, KeyError) as err:
+        client = pymilvus.MilvusClient(uri=str(path), db_name="default")
+    except Exception as err:  # noqa: BLE001 - milvus-lite raises many kinds
+        msg = f"--store {uri}: cannot open the Milvus Lite file: {_first_line(err)}"
+        raise StoreURIError(msg) from err
+    try:
+        name = _choose([str(c) for c in client.list_collections()], name, uri)
+        backend = MilvusBackend(client, name, field, uri=str(path))
+    except StoreURIError:
+        client.close()
+        raise
+    except ValueError as err:
+        client.close()
         raise StoreURIError(f"--store {uri}: {_first_line(err)}") from err
-    close = getattr(backend, "close", None)
-    return OpenedStore(backend, uri, "milvus", collection or backend.name, close)
+
+    def close() -> None:
+        client.close()
+        try:  # milvus-lite keeps the file locked by an in-process server until released
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:  # pragma: no cover - other milvus-lite versions
+            return
+        server_manager_instance.release_server(str(path))
+
+    return OpenedStore(backend, uri, "milvus", name, close)
 
 
+# ---------------------------------------------------------------------- LanceDB
 def _open_lancedb(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+    """A LanceDB folder; ``--collection`` is the table."""
     path = _folder(rest, uri, "LanceDB folder")
-    module = importlib.import_module("nudge_rag.backends.lancedb")
-    opener = getattr(module, "from_folder", None) or getattr(module, "open_folder", None)
-    if opener is None:  # pragma: no cover - depends on the backend's API
-        msg = f"--store {uri}: this nudge-rag's LanceDB backend cannot open a folder"
-        raise StoreURIError(msg)
+    lancedb = _import("lancedb", "lancedb", uri)
+    from nudge_rag.backends.lancedb import LanceDBBackend
+
     try:
-        backend = opener(path, table=collection)
-    except (OSError, ValueError, KeyError) as err:
+        connection = lancedb.connect(str(path))
+        listed = connection.table_names()
+    except Exception as err:  # noqa: BLE001 - lancedb raises many kinds
+        msg = f"--store {uri}: cannot open the LanceDB folder: {_first_line(err)}"
+        raise StoreURIError(msg) from err
+    name = _choose([str(t) for t in listed], collection, uri, "table")
+    try:
+        backend = LanceDBBackend(connection.open_table(name))
+    except ValueError as err:
         raise StoreURIError(f"--store {uri}: {_first_line(err)}") from err
-    return OpenedStore(backend, uri, "lancedb", collection or backend.name)
+    return OpenedStore(backend, uri, "lancedb", name)
 
 
 def _redact(uri: str) -> str:
