@@ -1137,13 +1137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args, out)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command in ("tune", "restore", "resume"):
+            hint = f" (if a write had started: '{PROG} status' tells; then '{PROG} resume')"
+        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every failure is one line and a status
         if args.verbose:
             logger.exception("%s failed", args.command)
         status = _exit_status(err)
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        message = _one_line(err)
+        if "resume()" in message and "restore()" in message:  # the library's words for the CLI's
+            message += f" [from the command line: '{PROG} resume' or '{PROG} restore']"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return status
 
 
