@@ -70,7 +70,13 @@ def test_distance_from_the_index_metric(docs):
     ("make", "kind"),
     [
         (lambda: faiss.IndexHNSWFlat(DIM, 8), "IndexHNSWFlat"),
-        (lambda: faiss.IndexIVFFlat(faiss.IndexFlatL2(DIM), DIM, 4), "IndexIVFFlat"),
+        (lambda: faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, 4, 2, 4), "IndexIVFPQ"),
+        (
+            lambda: faiss.IndexIVFScalarQuantizer(
+                faiss.IndexFlatL2(DIM), DIM, 4, faiss.ScalarQuantizer.QT_8bit
+            ),
+            "IndexIVFScalarQuantizer",
+        ),
         (lambda: faiss.IndexPQ(DIM, 2, 4), "IndexPQ"),
         (lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit), "IndexScalar"),
         (lambda: faiss.IndexIDMap2(faiss.IndexHNSWFlat(DIM, 8)), "IndexIDMap2 over IndexHNSW"),
@@ -78,7 +84,7 @@ def test_distance_from_the_index_metric(docs):
     ],
 )
 def test_indexes_that_cannot_be_rewritten_are_refused(make, kind):
-    with pytest.raises(UnsupportedStoreError, match=rf"FAISS {kind}.*IndexFlatIP"):
+    with pytest.raises(UnsupportedStoreError, match=rf"FAISS {kind}.*IndexFlatIP.*IndexIVFFlat"):
         FaissBackend(make())
 
 
@@ -178,6 +184,51 @@ def test_nearest_skips_unmapped_labels(docs):
     ids, _ = store.nearest(docs[:3], 5)
     assert all(i in mapping.values() for row in ids for i in row)
     assert ids[0][0] == "doc-0"
+
+
+# ---------------------------------------------------------------------- IVF-Flat
+def _ivf(n: int = 400, ids: np.ndarray | None = None):
+    vectors = _unit(np.random.default_rng(8).standard_normal((n, DIM)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    if ids is None:
+        index.add(vectors)
+    else:
+        index.add_with_ids(vectors, ids)
+    return index, vectors
+
+
+@pytest.mark.parametrize("labels", ["positions", "user ids"])
+def test_ivf_flat_vectors_move_between_lists(tmp_path, labels):
+    n = 400
+    user = np.arange(n, dtype=np.int64) * 5 + 3 if labels == "user ids" else None
+    index, vectors = _ivf(n, user)
+    keys = np.arange(n) if user is None else user
+    mapping = {int(k): f"doc-{j}" for j, k in enumerate(keys)}
+    store = FaissBackend(index, mapping)
+    assert store.distance == "dot" and store.count() == n
+    assert index.direct_map.type != faiss.DirectMap.NoMap  # added for update_vectors
+    np.testing.assert_array_equal(store.get_vectors(["doc-7", "doc-2"]), vectors[[7, 2]])
+    # Far from where they were: the list assignment must change with the vector.
+    new = -vectors[[10, 11]]
+    wb = WriteBack(store, tmp_path / "state", batch_size=1)
+    wb.apply(["doc-10", "doc-11"], new)
+    assert index.ntotal == n
+    np.testing.assert_array_equal(store.get_vectors(["doc-10", "doc-11"]), new)
+    index.nprobe = 1  # only the list nearest to the query: found only if the vector moved there
+    _, found = index.search(new, 1)
+    assert found[:, 0].tolist() == [int(keys[10]), int(keys[11])]
+    assert wb.restore() == 2
+    np.testing.assert_array_equal(store.get_vectors(["doc-10", "doc-11"]), vectors[[10, 11]])
+    _, found = index.search(vectors[[10]], 1)
+    assert found[0, 0] == keys[10]
+
+
+def test_ivf_flat_has_no_write_through(tmp_path):
+    index, _ = _ivf()
+    faiss.write_index(index, str(tmp_path / "index.faiss"))
+    with pytest.raises(ValueError, match="write-through.*flat indexes only"):
+        FaissBackend(index, folder=tmp_path)
 
 
 # ---------------------------------------------------------------------- write-through

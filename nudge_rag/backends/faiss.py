@@ -3,9 +3,11 @@
 Reads and writes the rows of the index's own storage (``faiss.rev_swig_ptr(index.get_xb(),
 ntotal * d)``): a write replaces the vector in place, so labels, the wrapper's id maps, the
 docstore (text and metadata) and everything ``save_local`` / ``persist`` writes stay as they
-are. Searches with ``index.search``. Index types whose search structure was built from the
-old vectors (HNSW graphs, IVF lists, PQ / scalar-quantized codes) are refused before
-anything is written. The ``faiss`` package is imported only when a FAISS store is used.
+are. Searches with ``index.search``. An ``IndexIVFFlat`` is updated with its own
+``update_vectors``, which moves a rewritten vector to the list nearest to it (in memory
+only). Index types whose search structure was built from the old vectors and cannot be
+updated (HNSW graphs, PQ / scalar-quantized codes) are refused before anything is written.
+The ``faiss`` package is imported only when a FAISS store is used.
 
 Persistence. A FAISS index lives in memory; its saved form is a folder (LangChain's
 ``save_local(folder)``: ``index.faiss`` + ``index.pkl``; LlamaIndex's
@@ -79,7 +81,8 @@ LLAMA_INDEX_FILE = "default__vector_store.json"
 
 _SUPPORTED = (
     "IndexFlatIP / IndexFlatL2 (IndexFlat with METRIC_INNER_PRODUCT or METRIC_L2), alone or "
-    "inside IndexIDMap / IndexIDMap2"
+    "inside IndexIDMap / IndexIDMap2 (exact search), and IndexIVFFlat (approximate: vectors "
+    "moved between lists by update_vectors)"
 )
 _BLOCK = 65536  # rows compared per step when checking a saved file
 
@@ -96,7 +99,7 @@ def _faiss() -> Any:
 
 
 class FaissBackend(BaseEmbeddingStore):
-    """:class:`~nudge_rag.SearchableEmbeddingStore` over a flat FAISS index, in place.
+    """:class:`~nudge_rag.SearchableEmbeddingStore` over a flat (or IVF-Flat) FAISS index.
 
     ``distance`` comes from the index's metric: ``METRIC_INNER_PRODUCT`` is ``"dot"``
     (``"cosine"`` when the wrapper normalizes every vector, LangChain's
@@ -110,7 +113,8 @@ class FaissBackend(BaseEmbeddingStore):
     for each framework's wrapper.
 
     Args:
-        index: the faiss index: a flat index, or ``IndexIDMap`` / ``IndexIDMap2`` over one.
+        index: the faiss index: a flat index, ``IndexIDMap`` / ``IndexIDMap2`` over one, or
+            an ``IndexIVFFlat`` (a direct map is added if it has none).
         ids_of_labels: the store id of each label ``index.search`` returns (a position for a
             flat index, the user's id inside an ``IndexIDMap``): a mapping, or a callable
             returning the wrapper's current mapping (re-read whenever the index or the
@@ -125,7 +129,8 @@ class FaissBackend(BaseEmbeddingStore):
         UnsupportedStoreError: (a ``TypeError``) an index type that cannot be rewritten in
             place, or one whose vectors are a read-only view of a file (``IO_FLAG_MMAP``).
         MetricMismatchError: (a ``ValueError``) a metric other than inner product or L2.
-        ValueError: ``folder`` whose index file is missing or differs from the index.
+        ValueError: ``folder`` whose index file is missing or differs from the index, or
+            ``folder`` with an IVF index (write-through is for flat indexes).
     """
 
     def __init__(
@@ -141,7 +146,7 @@ class FaissBackend(BaseEmbeddingStore):
     ):
         faiss = _faiss()
         self.index = faiss.downcast_index(index) if type(index) is faiss.Index else index
-        self._flat, self._id_map = self._storage(self.index)
+        self._flat, self._id_map, self._ivf = self._storage(self.index)
         self.normalized = bool(normalized)
         self.distance = self._read_distance()
         self._ids_of_labels = ids_of_labels
@@ -153,12 +158,20 @@ class FaissBackend(BaseEmbeddingStore):
         self._warned_memory = False
         self.folder = Path(folder) if folder is not None else None
         self.index_file = self.folder / index_file if self.folder is not None else None
+        if self.index_file is not None and self._ivf is not None:
+            msg = (
+                "folder= (write-through) supports flat indexes only; for an IndexIVFFlat "
+                "leave folder unset and save the store after tuning"
+            )
+            raise ValueError(msg)
         self._file_offset = self._check_file() if self.index_file is not None else None
 
     # ------------------------------------------------------------------ set-up
-    def _storage(self, index: Any) -> tuple[Any, Any]:
-        """The flat index holding the rows, and the id map (``None`` without one)."""
+    def _storage(self, index: Any) -> tuple[Any, Any, Any]:
+        """The flat index holding the rows, the id map, the IVF index (``None`` if absent)."""
         faiss = _faiss()
+        if isinstance(index, faiss.IndexIVFFlat) and not isinstance(index, faiss.IndexIVFFlatDedup):
+            return None, None, self._ivf_ready(index)
         id_map = None
         inner = index
         if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
@@ -169,13 +182,13 @@ class FaissBackend(BaseEmbeddingStore):
             if inner is not index:
                 kind = f"{type(index).__name__} over {kind}"
             msg = (
-                f"cannot tune a FAISS {kind} in place: nudge-rag rewrites the rows of flat "
-                "storage only, and an index whose search structure (HNSW graph, IVF lists, "
-                "PQ or quantized codes, a sorted permutation) was built from the original "
-                "vectors would search a rewritten vector wrongly or store it lossily. "
-                f"Supported: {_SUPPORTED} (exact search). Rebuild the store on "
-                "faiss.IndexFlatIP(dim) (LangChain: FAISS.from_embeddings(..., "
-                "distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)) to tune it."
+                f"cannot tune a FAISS {kind} in place: nudge-rag rewrites flat storage and "
+                "IVF-Flat lists only, and an index whose search structure (HNSW graph, PQ or "
+                "quantized codes, a sorted permutation) was built from the original vectors "
+                "would search a rewritten vector wrongly or store it lossily. "
+                f"Supported: {_SUPPORTED}. Rebuild the store on faiss.IndexFlatIP(dim) "
+                "(exact; LangChain: FAISS.from_embeddings(..., distance_strategy="
+                "DistanceStrategy.MAX_INNER_PRODUCT)) to tune it."
             )
             raise UnsupportedStoreError(msg)
         if not getattr(inner.codes, "is_owned", True):  # faiss < 1.10 cannot map flat codes
@@ -186,11 +199,35 @@ class FaissBackend(BaseEmbeddingStore):
                 "allow_dangerous_deserialization=True))."
             )
             raise UnsupportedStoreError(msg)
-        return inner, id_map
+        return inner, id_map, None
+
+    @staticmethod
+    def _ivf_ready(index: Any) -> Any:
+        """An ``IndexIVFFlat`` with a direct map (``update_vectors`` and ``reconstruct`` need it).
+
+        ``update_vectors`` re-assigns a rewritten vector to its nearest list, so the lists
+        stay right. A missing direct map is added (an array for ids 0..n-1, else a hash
+        table: 8-16 bytes per vector, saved with the index).
+        """
+        faiss = _faiss()
+        lists = type(faiss.downcast_InvertedLists(index.invlists)).__name__
+        if lists != "ArrayInvertedLists":
+            msg = (
+                f"cannot tune an IndexIVFFlat whose inverted lists are {lists} (on disk or "
+                "read-only): load it into memory (faiss.read_index without io_flags)"
+            )
+            raise UnsupportedStoreError(msg)
+        if index.direct_map.type == faiss.DirectMap.NoMap:
+            try:
+                index.make_direct_map(True)
+            except RuntimeError:  # ids are not 0..n-1
+                index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            logger.info("added a direct map to the IndexIVFFlat (needed to update vectors)")
+        return index
 
     def _read_distance(self) -> str:
         faiss = _faiss()
-        metric = self._flat.metric_type
+        metric = (self._flat if self._ivf is None else self._ivf).metric_type
         if metric == faiss.METRIC_INNER_PRODUCT:
             return "cosine" if self.normalized else "dot"
         if metric == faiss.METRIC_L2:
@@ -226,7 +263,15 @@ class FaissBackend(BaseEmbeddingStore):
         return _faiss().rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
 
     def _labels(self) -> np.ndarray:
-        """The label of each storage row (positions, or the id map's ids)."""
+        """The label of each storage row (positions, the id map's ids, IVF ids sorted)."""
+        if self._ivf is not None:
+            faiss, lists = _faiss(), self._ivf.invlists
+            parts = [
+                faiss.rev_swig_ptr(lists.get_ids(k), lists.list_size(k)).copy()
+                for k in range(self._ivf.nlist)
+                if lists.list_size(k)
+            ]
+            return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
         if self._id_map is None:
             return np.arange(int(self._flat.ntotal), dtype=np.int64)
         return _faiss().vector_to_array(self._id_map).astype(np.int64, copy=False)
@@ -238,7 +283,7 @@ class FaissBackend(BaseEmbeddingStore):
     @property
     def _positional(self) -> bool:
         """Ids are the positions as text: no id map to hold (``"0"``, ``"1"``, ...)."""
-        return self._ids_of_labels is None and self._id_map is None
+        return self._ids_of_labels is None and self._id_map is None and self._ivf is None
 
     def _refresh(self) -> None:
         """Rebuild ``ids``/``rows`` when the index or the wrapper's map changed."""
@@ -251,11 +296,12 @@ class FaissBackend(BaseEmbeddingStore):
         if key == self._cache_key:
             return
         labels = self._labels().tolist()
+        keys = labels if self._ivf is not None else range(len(labels))  # what _rows_of gives
         if mapping is None:
-            rows = list(range(len(labels)))
+            rows = list(keys)
             ids = [str(label) for label in labels]
         else:
-            pairs = [(r, mapping[lab]) for r, lab in enumerate(labels) if lab in mapping]
+            pairs = [(r, mapping[lab]) for r, lab in zip(keys, labels) if lab in mapping]
             rows = [r for r, _ in pairs]
             ids = [str(i) for _, i in pairs]
         by_id = dict(zip(ids, rows))
@@ -265,6 +311,7 @@ class FaissBackend(BaseEmbeddingStore):
         self._ids, self._rows, self._cache_key = ids, by_id, key
 
     def _rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Storage rows of ``ids`` (their IVF ids for an IVF index)."""
         if self._positional:  # parse, rather than hold a map of the whole corpus
             n = int(self._flat.ntotal)
             rows = np.fromiter(
@@ -306,6 +353,10 @@ class FaissBackend(BaseEmbeddingStore):
         """
         ids = [str(i) for i in ids]
         rows = self._rows_of(ids)
+        if self._ivf is not None:
+            if not ids:
+                return np.zeros((0, int(self._ivf.d)), dtype=np.float32)
+            return np.asarray(self._ivf.reconstruct_batch(rows), dtype=np.float32)
         return self._xb()[rows]
 
     def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -319,15 +370,18 @@ class FaissBackend(BaseEmbeddingStore):
         matrix = as_rows(ids, vectors)
         if not ids:
             return
-        d = int(self._flat.d)
+        d = int(self.index.d)
         if matrix.shape[1] != d:
             msg = f"vectors have {matrix.shape[1]} dimensions, but the FAISS index holds {d}"
             raise ValueError(msg)
         rows = self._rows_of(ids)
-        if self.index_file is not None:
-            self._write_file(rows, matrix)  # durable first: memory follows the file
-        self._xb()[rows] = matrix
-        self._sync_norms(rows, matrix)
+        if self._ivf is not None:
+            self._ivf.update_vectors(rows, np.ascontiguousarray(matrix))  # re-assigns lists
+        else:
+            if self.index_file is not None:
+                self._write_file(rows, matrix)  # durable first: memory follows the file
+            self._xb()[rows] = matrix
+            self._sync_norms(rows, matrix)
         if self.index_file is None and not self._warned_memory:
             self._warned_memory = True
             logger.warning(

@@ -1,9 +1,9 @@
 """LangChain's ``FAISS`` (langchain-community) through ``NudgeRetriever``.
 
 Toy store: the registry's backend and its metric (inner product, L2, ``normalize_L2``),
-NUDGE-M refused on L2, an HNSW index refused before anything is written, fit / save_local /
-load_local / restore in a new store object with text and metadata kept, write-through to
-the saved folder. nfcorpus: the stored MiniLM vectors in an exact inner-product index, train
+NUDGE-M refused on L2, an HNSW index refused before anything is written, an IndexIVFFlat
+store (vectors move between lists), fit / save_local / load_local / restore in a new store
+object with text and metadata kept, write-through to the saved folder. nfcorpus: the stored MiniLM vectors in an exact inner-product index, train
 pairs with dev pairs for validation, the retriever on the test queries: nDCG@10 before,
 after (within 0.005 of ``NudgeN`` on the arrays) and after restore (within 0.002 of before),
 originals back exactly.
@@ -114,6 +114,34 @@ def test_hnsw_index_is_refused(toy, tmp_path):
     with pytest.raises(UnsupportedStoreError, match="IndexHNSWFlat.*IndexFlatIP"):
         retriever.fit(_pairs())
     assert not (tmp_path / "state" / "originals.npz").exists()
+
+
+def test_ivf_flat_store(toy, tmp_path):
+    """An IndexIVFFlat store is tuned with update_vectors (lists follow the vectors)."""
+    docs = np.stack([toy[t] for t in TEXTS]).astype(np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(8), 8, 2, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1  # 12 training points: no warning
+    index.train(docs)
+    index.nprobe = 2
+    store = FAISS(LookupEmbeddings(toy), index, InMemoryDocstore(), {})
+    store.add_embeddings(
+        [(t, toy[t].tolist()) for t in TEXTS],
+        metadatas=[{"i": k, "tag": f"t{k}"} for k in range(N_DOCS)],
+        ids=IDS,
+    )
+    retriever = NudgeRetriever(
+        vectorstore=store, state_dir=tmp_path / "state", solver_params={"gamma": GAMMA}
+    )
+    retriever.fit(_pairs())
+    changed = retriever.tune_result.changed_ids
+    assert sorted(changed) == sorted(IDS[:6])
+    tuned = index.reconstruct_batch(np.arange(N_DOCS))
+    assert not np.array_equal(tuned[:6], docs[:6])
+    np.testing.assert_array_equal(tuned[6:], docs[6:])
+    assert retriever.invoke(QUESTIONS[0], k=1)[0].id == "doc-0"
+    assert retriever.restore() == 6
+    np.testing.assert_array_equal(index.reconstruct_batch(np.arange(N_DOCS)), docs)
+    _check_docs(store)
 
 
 # ---------------------------------------------------------------------- fit, save, restore
