@@ -682,52 +682,56 @@ def _status(args: argparse.Namespace, store: Any, opened: Any) -> dict[str, Any]
     }
     if wb is None:
         return info
-    got = wb.status() if callable(getattr(wb, "status", None)) else None
-    if isinstance(got, dict):
-        info["writeback"] = _jsonable(got)
-    n_originals = len(wb.moved_ids())
-    info["n_originals"] = n_originals
-    pending = wb._state.load_pending()
-    if pending is not None:
-        kind, ids, _, batch_size, done = pending
-        info["pending"] = {
-            "kind": kind,
-            "n_ids": len(ids),
-            "batches_done": done,
-            "n_batches": -(-len(ids) // max(batch_size, 1)),
-        }
+    if callable(getattr(wb, "status", None)):
+        _from_writeback_status(info, wb.status())
+    else:  # an older WriteBack: read its state directly
+        info["n_originals"] = len(wb.moved_ids())
+        info["tuned"] = info["n_originals"] > 0
+        pending = wb._state.load_pending()
+        if pending is not None:
+            kind, ids, _, batch_size, done = pending
+            info["pending"] = {
+                "kind": kind,
+                "n_ids": len(ids),
+                "batches_done": done,
+                "n_batches": -(-len(ids) // max(batch_size, 1)),
+            }
     record_path = None if wb.state_dir is None else Path(wb.state_dir) / TUNE_RECORD
-    record = None
-    if record_path is not None and record_path.is_file():
-        try:
+    if info["tuned"] and record_path is not None and record_path.is_file():
+        try:  # what the write-back does not record (the model, the folds)
             record = json.loads(record_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             logger.warning("unreadable %s: %s", record_path, err)
-    info["tuned"] = n_originals > 0
-    if record is not None and info["tuned"]:
-        for key in (
-            "variant",
-            "gamma",
-            "gamma_chosen_by",
-            "n_folds",
-            "rows_moved",
-            "tuned_at",
-            "model",
-        ):
-            info[key] = record.get(key)
+            record = {}
+        keys = ("variant", "gamma", "gamma_chosen_by", "n_folds", "rows_moved", "tuned_at", "model")
+        for key in keys:
+            if info.get(key) is None:
+                info[key] = record.get(key)
     return info
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
+def _from_writeback_status(info: dict[str, Any], st: Any) -> None:
+    """Fill ``info`` from a :class:`~nudge_rag._writeback.WriteBackStatus`."""
+    info["tuned"] = bool(st.tuned)
+    info["n_originals"] = int(st.n_originals)
+    if st.pending is not None:
+        info["pending"] = {
+            "kind": st.pending,
+            "n_ids": int(st.pending_ids),
+            "batches_done": int(st.batches_done),
+            "n_batches": int(st.batches_total),
+        }
+    if st.tuned:
+        variant = getattr(st, "variant", None)
+        info["variant"] = None if not variant else f"NUDGE-{str(variant).upper()}"
+        info["gamma"] = getattr(st, "gamma", None)
+        info["gamma_chosen_by"] = getattr(st, "method", None)
+        info["rows_moved"] = getattr(st, "n_tuned", None)
+        info["tuned_at"] = getattr(st, "applied_at", None)
+    info["locked_by"] = getattr(st, "locked_by", None)
+    next_step = getattr(st, "next_step", None)
+    if isinstance(next_step, str):
+        info["next_step"] = next_step
 
 
 def _cmd_status(args: argparse.Namespace, out: _Out) -> int:
@@ -741,13 +745,17 @@ def _cmd_status(args: argparse.Namespace, out: _Out) -> int:
         f"{info['distance']}"
     )
     if info["tuned"]:
-        if info.get("variant"):
-            out.say(
-                f"  tuned by {info['variant']}, gamma {info['gamma']:.4g}, at {info['tuned_at']}; "
-                f"{info['rows_moved']:,} rows moved ({info['n_originals']:,} originals saved)"
-            )
-        else:
-            out.say(f"  tuned: {info['n_originals']:,} originals saved (no tune record)")
+        how = [f"by {info['variant']}"] if info.get("variant") else []
+        if info.get("gamma") is not None:
+            how.append(f"gamma {info['gamma']:.4g}")
+        if info.get("tuned_at"):
+            how.append(f"at {info['tuned_at']}")
+        moved = info.get("rows_moved")
+        moved = f"{moved:,} rows moved, " if moved is not None else ""
+        out.say(
+            f"  tuned {', '.join(how) or '(no record of how)'}; "
+            f"{moved}{info['n_originals']:,} originals saved"
+        )
     else:
         out.say("  not tuned (no originals saved)")
     pending = info["pending"]
@@ -759,6 +767,8 @@ def _cmd_status(args: argparse.Namespace, out: _Out) -> int:
         )
     else:
         out.say("  no write-back pending")
+    if info.get("locked_by"):
+        out.say(f"  another writer is working on it: {info['locked_by']}")
     where = info["state_dir"] or "nowhere (this store keeps no state folder; give --state-dir)"
     out.say(f"  originals: {where}")
     return 0
