@@ -40,6 +40,8 @@ ARG_NAMES = (
     "batch_size",
     "val_fraction",
     "nontrain",
+    "cv",
+    "refit_on_val",
 )
 
 FUZZ = settings(
@@ -296,6 +298,9 @@ def test_hostile_input_gives_valid_output_or_clean_error(cls, data):
         gamma = draw(gamma)
     kwargs["gamma"] = gamma
     kwargs["val_fraction"] = draw(st.sampled_from([0.1, 0.5, 0.9]))
+    kwargs["cv"] = draw(st.sampled_from([10, 2, 3, None]))
+    kwargs["cv_max_queries"] = draw(st.sampled_from([10_000, 3, None]))
+    kwargs["refit_on_val"] = draw(st.booleans())
     if cls is NudgeN:
         kwargs["val_k"] = draw(st.sampled_from([1, 2, 5, n_docs, n_docs + 3]))
         kwargs["gammas"] = draw(st.sampled_from([None, [0.0, 2.0], [0.5], [0.01, 0.3, 1.0]]))
@@ -316,6 +321,10 @@ def test_hostile_input_gives_valid_output_or_clean_error(cls, data):
                     ("val_fraction", 1.0),
                     ("val_k", 0),
                     ("val_k", 1.5),
+                    ("cv", 1),
+                    ("cv", 2.5),
+                    ("cv_max_queries", 0),
+                    ("refit_on_val", "yes"),
                 ]
             )
         )
@@ -363,11 +372,14 @@ def test_hostile_input_gives_valid_output_or_clean_error(cls, data):
         return
     assert tr is not None, "invalid answers were accepted"
     q32 = np.asarray(q_train, dtype=np.float32)
-    if solver.n_val_queries_ and val is None:
-        # The split moved some training queries to validation: rebuild the training part.
+    if solver.gamma_chosen_by_ == "val" and val is None and not solver.refit_on_val:
+        # cv=None: the split moved some training queries to validation: rebuild the rest.
         keep_train = QuerySet(q32, [a if a else [] for a in tr]).checked(n_docs, dim, "train")
         split, _ = keep_train.split(solver.val_fraction, random_state=solver.random_state)
         q32, tr = split.embeddings, split.answer_lists()
+    if solver.refit_on_val and val is not None:  # the final fit also used the val queries
+        q32 = np.concatenate([q32, np.asarray(q_val, dtype=np.float32).reshape(-1, dim)])
+        tr = tr + va
     check_result(solver, emb, docs, q32, tr)
 
 

@@ -196,13 +196,27 @@ class SolverBehaviour:
         assert a.gamma_ == pytest.approx(b.gamma_, rel=1e-5)
         assert a.embeddings_.dtype == np.float32
 
-    def test_val_none_splits_training_queries_reproducibly(self):
+    def test_cv_none_splits_training_queries_reproducibly(self):
         docs, train, _ = make_task()
-        a = self.make(random_state=3).fit(docs, train)
-        b = self.make(random_state=3).fit(docs, train)
+        a = self.make(cv=None, random_state=3).fit(docs, train)
+        b = self.make(cv=None, random_state=3).fit(docs, train)
         assert a.n_val_queries_ == round(0.1 * train.n_queries)
         assert a.n_train_queries_ == train.n_queries - a.n_val_queries_
         assert a.gamma_ == b.gamma_
+        assert a.gamma_chosen_by_ == "val" and a.n_folds_ == 0 and a.cv_scores_ is None
+
+    def test_val_none_cross_validates_and_fits_on_every_query(self):
+        docs, train, _ = make_task()
+        solver = self.make().fit(docs, train)
+        assert solver.gamma_chosen_by_ == "cv"
+        assert solver.n_folds_ == 10
+        assert solver.n_train_queries_ == solver.n_val_queries_ == train.n_queries
+
+    def test_how_gamma_was_chosen_is_reported(self):
+        docs, train, val = make_task()
+        assert self.make().fit(docs, train, val).gamma_chosen_by_ == "val"
+        fixed = self.make(gamma=0.1).fit(docs, train)
+        assert fixed.gamma_chosen_by_ == "fixed" and fixed.val_score_ is None
 
     def test_reference_dict_input(self):
         docs, train, val = make_task()

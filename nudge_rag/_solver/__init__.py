@@ -1,5 +1,9 @@
 """NUDGE-N and NUDGE-M solvers (Zeighami et al., arXiv 2409.02343), in numpy.
 
+Without validation queries, gamma is chosen by K-fold cross-validation over the training
+queries (the folds share the corpus pass and the training sums), then every query is used
+for the final fit.
+
 Notation (per document row ``j`` that answers training queries): ``v_j`` is the
 unit-normalised document embedding and ``g_j`` the sum of the embeddings of the training
 queries it answers. NUDGE-N moves ``v_j`` on the unit sphere toward ``g_j``; NUDGE-M adds
@@ -17,6 +21,7 @@ Where things are:
   recall@k per candidate gamma);
 * ``_nudge_n``: NUDGE-N (the gamma grid, the arcs that bound each row's score, pruning);
 * ``_nudge_m``: NUDGE-M (each validation pair's winning interval, the sweep);
+* ``_cv``: the folds of the cross-validation that chooses gamma without ``val``;
 * ``_limits``: block sizes and tolerances; ``_progress``: optional tqdm bars.
 
 Large arrays are touched in cache-sized blocks and as few times as possible: on a 2-core

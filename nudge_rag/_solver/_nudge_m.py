@@ -15,8 +15,10 @@ import numpy as np
 
 from nudge_rag._queryset import QuerySet
 from nudge_rag._solver import _limits
-from nudge_rag._solver._base import _NudgeBase
+from nudge_rag._solver._base import _Curve, _NudgeBase, cv_choice
+from nudge_rag._solver._cv import _Folds, iter_folds
 from nudge_rag._solver._problem import _Problem, _Sums
+from nudge_rag._solver._progress import progress_bar
 from nudge_rag._solver._scoring import _val_recall, _Validation
 
 __all__ = ["NudgeM"]
@@ -32,9 +34,26 @@ class NudgeM(_NudgeBase):
 
     Args:
         gamma: a fixed step size; ``None`` (default) finds it by the interval sweep.
-        val_fraction: share of training queries split off for validation when ``val`` is
-            not given (seeded by ``random_state``).
-        random_state: seed for that split.
+        cv: folds of the cross-validation that chooses gamma when ``val`` is not given
+            (default 10; seeded by ``random_state``): each fold's winning intervals are found
+            against the documents tuned on all the other training queries and all folds'
+            intervals are swept once (exact), gamma is the largest
+            gamma whose mean score over all held-out queries is within half a standard
+            error of the best (0 stays 0: never worse than untuned on validation), and the
+            final fit uses every training query. ``None`` holds out ``val_fraction`` of the
+            queries once instead (cheaper, noisier; the final fit then uses the rest).
+        cv_max_queries: at most this many training queries are held out over all folds
+            (default 10,000, as the paper caps validation; a seeded random subset, the others
+            always train), so that choosing gamma costs no more at a million queries than
+            at ten thousand; ``None`` holds out every query. The final fit still uses all.
+        refit_on_val: after choosing gamma on ``val`` (or on the ``val_fraction`` split when
+            ``cv=None``), fit again on train and val together with that gamma, so that every
+            labelled pair moves documents. Use it when the validation pairs are the same kind
+            as the training pairs and nothing else will be measured on them; keep the default
+            when ``val`` is a held-out set you report on, or to reproduce the paper's protocol.
+        val_fraction: with ``cv=None`` and no ``val``, the share of training queries split off
+            (seeded by ``random_state``).
+        random_state: seed for the folds (or that split).
         batch_size: documents per block in the streaming pass over the corpus.
         show_progress: show tqdm progress bars over the streaming pass over the documents
             that answer no query (needs ``tqdm``; without it a warning is logged).
@@ -45,6 +64,16 @@ class NudgeM(_NudgeBase):
         changed_rows_: ``(n_changed,)`` int64 rows that moved.
         changed_embeddings_: ``(n_changed, dim)`` float32 new vectors (not unit-norm).
         embeddings_: ``(n_docs, dim)`` float32, all rows (built on access).
+        gamma_chosen_by_: how gamma was set: ``"cv"`` (cross-validation), ``"val"``
+            (``val``, or the ``val_fraction`` split) or ``"fixed"`` (``gamma``).
+        n_folds_: folds used (0 unless ``"cv"``).
+        n_train_queries_: queries the final fit used.
+        n_val_queries_: queries gamma was chosen on (held out over all folds for ``"cv"``).
+        cv_gammas_: ``(41,)`` float64 gammas from 0 to ``2 * gamma_`` (``gamma_`` in the
+            middle) where the curve is reported (``None`` unless ``"cv"``).
+        cv_scores_: ``(41,)`` mean validation hit@1 there over all held-out queries.
+        cv_std_: ``(41,)`` standard deviation of the per-fold scores.
+        cv_fold_scores_: ``(n_folds, 41)`` each fold's score.
     """
 
     similarity: ClassVar[str] = "dot"
@@ -52,43 +81,121 @@ class NudgeM(_NudgeBase):
     def _gamma_upper(self) -> float:
         return 1e18  # the output has norm ~gamma: keep it far inside float32
 
-    def _fit_problem(
+    def _search(
         self,
         problem: _Problem,
-        val: QuerySet | None,
-        fixed: float | None,
+        val: QuerySet,
         passive_scores: np.ndarray | None,
-        dense: np.ndarray | None,
-    ) -> None:
+        fixed: float | None,
+    ) -> tuple[float, float]:
+        """Exact gamma on ``val``: the point covered by the most winning intervals.
+
+        For query ``q`` a row scores ``S - gamma * G`` with ``S = q.v`` and
+        ``G = -q.unit(g)`` (0 for rows that do not move, which collapse with the passive
+        rows into their best score). Answer ``x`` wins on ``[low, high]`` where every other
+        row ``y`` has ``S_y - S_x <= gamma (G_y - G_x)``. On large corpora the intervals are
+        first found without the passive rows; a query whose best passive score then beats
+        ``S_x - gamma G_x`` of every answer on its whole interval cannot win anywhere and
+        stops being scored in the streaming pass.
+        """
         n_moved = problem.n_train_rows
-        moves, w = _direction(problem.sums)
+        _, w = _direction(problem.sums)
+        view = _Validation(val, problem.val_cols, problem.v, w)
         if fixed is not None:
-            gamma = fixed
-            val_score = None
-            if val is not None:
-                view = _Validation(val, problem.val_cols, problem.v, w)
-                passive_top = problem.stream(val.embeddings, 1, start=passive_scores)
-                alpha = np.ones((n_moved, 1), dtype=np.float32)
-                beta = np.full((n_moved, 1), -gamma, dtype=np.float32)
-                hits = _val_recall(view, passive_top, n_moved, (alpha, beta))
-                val_score = float((hits / val.n_queries)[0])
-            else:
-                problem.check_passive_rows()
-        else:
-            view = _Validation(val, problem.val_cols, problem.v, w)
-            gamma, count = _sweep(problem, view, n_moved, passive_scores)
-            # Closed intervals of two answers of one query can both cover gamma (ties).
-            val_score = min(count, val.n_queries) / val.n_queries
+            passive_top = problem.stream(val.embeddings, 1, start=passive_scores)
+            alpha = np.ones((n_moved, 1), dtype=np.float32)
+            beta = np.full((n_moved, 1), -fixed, dtype=np.float32)
+            hits = _val_recall(view, passive_top, n_moved, (alpha, beta))
+            return fixed, float((hits / val.n_queries)[0])
+        low, high, ok, s_x, g_x = _pair_intervals(view, n_moved)
+        stop_above = None
+        if problem.n_passive * val.n_queries > _limits.EARLY_STOP_SCORES:
+            stop_above = _reach_bounds(view.qrows, val.n_queries, low, high, ok, s_x, g_x)
+        passive_top = problem.stream(val.embeddings, 1, stop_above, start=passive_scores)
+        low, high, ok = _with_passive(passive_top[view.qrows, 0], low, high, ok, s_x, g_x)
+        gamma, count = _most_covered_point(low[ok], high[ok])
+        # Closed intervals of two answers of one query can both cover gamma (ties).
+        return gamma, min(count, val.n_queries) / val.n_queries
+
+    def _search_cv(
+        self, problem: _Problem, folds: _Folds, passive_scores: np.ndarray | None
+    ) -> tuple[float, float, _Curve]:
+        """Every fold's pair intervals, the passive rows folded in, one sweep over them all.
+
+        The sweep's count at a gamma is the number of held-out queries (over all folds)
+        whose answer wins top-1 there, so its maximum is the exact cross-validated gamma.
+        """
+        n_moved = problem.n_train_rows
+        parts = []
+        with progress_bar(
+            folds.n_folds, "nudge-rag: cross-validation folds", problem.show_progress, "fold"
+        ) as bar:
+            for fold in iter_folds(problem, folds):
+                _, w = _direction(fold.sums)
+                view = fold.validation(problem, w)
+                intervals = _pair_intervals(view, n_moved)
+                parts.append((fold.positions[view.qrows], *intervals))
+                del view, w
+                bar.update()
+        held_of_pair, low, high, ok, s_x, g_x = (np.concatenate(x) for x in zip(*parts))
+        del parts
+        n_held = folds.n_held
+        stop_above = None
+        if problem.n_passive * n_held > _limits.EARLY_STOP_SCORES:
+            stop_above = _reach_bounds(held_of_pair, n_held, low, high, ok, s_x, g_x)
+        queries = problem.train.embeddings[folds.held]
+        passive_top = problem.stream(queries, 1, stop_above, start=passive_scores)
+        low, high, ok = _with_passive(passive_top[held_of_pair, 0], low, high, ok, s_x, g_x)
+        low, high, fold = low[ok], high[ok], folds.of_query()[held_of_pair[ok]]
+        sizes = [m.size for m in folds.members]
+        gamma, score = 0.0, 0.0
+        values, counts = _coverage(low, high)
+        finite = np.isfinite(values)
+        values, counts = values[finite], counts[finite]
+        if values.size and counts.max() > 0:
+            # Every stretch of the sweep, scored per fold: cv_choice picks one of them.
+            fold_scores = _fold_scores(values, low, high, fold, sizes)
+            scores = np.minimum(counts, n_held) / n_held
+            best = cv_choice(values, scores, fold_scores)
+            gamma, score = float(values[best]), float(scores[best])
+        return gamma, score, _interval_curve(gamma, low, high, fold, sizes)
+
+    def _apply(
+        self, problem: _Problem, gamma: float, dense: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        moves, w = _direction(problem.sums)
         if gamma == 0 or not moves.any():
-            self._set_result(
-                gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim))
-            )
-            return
+            return np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim), dtype=np.float32)
+        n_moved = problem.n_train_rows
         moved = np.flatnonzero(moves)
         ones = np.ones(n_moved, dtype=np.float32)
         beta = np.full(n_moved, -gamma, dtype=np.float32)
-        new = problem.moved_vectors(w, moved, ones, beta, dense)
-        self._set_result(gamma, val_score, problem.active[moved], new)
+        return problem.active[moved], problem.moved_vectors(w, moved, ones, beta, dense)
+
+
+#: Points of NUDGE-M's cross-validation curve (``cv_gammas_``): 0 to twice the chosen gamma.
+CURVE_POINTS = 41
+
+
+def _interval_curve(
+    gamma: float, low: np.ndarray, high: np.ndarray, fold: np.ndarray, sizes: list[int]
+) -> _Curve:
+    """Per-fold hit@1 on a grid of gammas, from the winning intervals (as the sweep counts).
+
+    The grid has :data:`CURVE_POINTS` points from 0 to ``2 * gamma`` with ``gamma`` itself in
+    the middle (for ``gamma = 0``: up to twice the median positive interval start). A pair
+    counts at ``x`` when ``low <= x < high``, which is the sweep's count.
+    """
+    upper = 2.0 * gamma
+    if upper == 0:
+        starts = low[np.isfinite(low) & (low > 0)]
+        upper = 2.0 * float(np.median(starts)) if starts.size else 1.0
+    grid = np.linspace(0.0, upper, CURVE_POINTS)
+    grid[CURVE_POINTS // 2] = upper / 2
+    fold_scores = _fold_scores(grid, low, high, fold, sizes)
+    n = np.asarray(sizes, dtype=np.float64)
+    pooled = (fold_scores * n[:, None]).sum(axis=0) / n.sum()
+    return _Curve(grid, pooled, fold_scores.std(axis=0), fold_scores)
 
 
 def _direction(sums: _Sums) -> tuple[np.ndarray, np.ndarray]:
@@ -105,31 +212,6 @@ def _direction(sums: _Sums) -> tuple[np.ndarray, np.ndarray]:
         sl = slice(s0, s0 + step)
         np.divide(g[sl], neg_norm[sl, None], out=w[sl])
     return moves, w
-
-
-def _sweep(
-    problem: _Problem, val: _Validation, n_moved: int, passive_scores: np.ndarray | None
-) -> tuple[float, int]:
-    """Exact gamma: the point covered by the most (query, answer) winning intervals.
-
-    For query ``q`` a row scores ``S - gamma * G`` with ``S = q.v`` and
-    ``G = -q.unit(g)`` (0 for rows that do not move, which collapse with the passive
-    rows into their best score). Answer ``x`` wins on ``[low, high]`` where every other
-    row ``y`` has ``S_y - S_x <= gamma (G_y - G_x)``. Rows dominated by another row (no
-    larger S, no smaller G) never bind, so each query only needs its Pareto front.
-
-    On large corpora the intervals are first found without the passive rows; a query
-    whose best passive score then beats ``S_x - gamma G_x`` of every answer on its whole
-    interval cannot win anywhere and stops being scored in the streaming pass.
-    """
-    n_val = val.n_queries
-    low, high, ok, s_x, g_x = _pair_intervals(val, n_moved)
-    stop_above = None
-    if problem.n_passive * n_val > _limits.EARLY_STOP_SCORES:
-        stop_above = _reach_bounds(val.qrows, n_val, low, high, ok, s_x, g_x)
-    passive_top = problem.stream(val.queries.embeddings, 1, stop_above, start=passive_scores)
-    low, high, ok = _with_passive(passive_top[val.qrows, 0], low, high, ok, s_x, g_x)
-    return _most_covered_point(low[ok], high[ok])
 
 
 def _reach_bounds(
@@ -278,15 +360,47 @@ def _most_covered_point(lows: np.ndarray, highs: np.ndarray) -> tuple[float, int
     """
     if lows.size == 0:
         return 0.0, 0
+    values, counts = _coverage(lows, highs)
+    best = int(np.argmax(counts))
+    if counts[best] <= 0:
+        return 0.0, 0
+    return float(values[best]), int(counts[best])
+
+
+def _coverage(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sweep's step function: ``counts[i]`` intervals cover ``[values[i], values[i + 1])``.
+
+    ``values`` are the distinct interval ends, increasing (float64); ``counts`` (int64) is
+    the count after each group of equal values, starts before ends, as the reference sweeps.
+    """
     values = np.concatenate([lows, highs]).astype(np.float64)
     signs = np.concatenate([np.ones(lows.size, np.int64), -np.ones(highs.size, np.int64)])
     order = np.lexsort((-signs, values))
     values, signs = values[order], signs[order]
     running = np.cumsum(signs)
-    group_end = np.append(values[1:] != values[:-1], True)
-    ends = np.flatnonzero(group_end)
-    at_end = running[ends]
-    best = int(np.argmax(at_end))
-    if at_end[best] <= 0:
-        return 0.0, 0
-    return float(values[ends[best]]), int(at_end[best])
+    ends = np.flatnonzero(np.append(values[1:] != values[:-1], True))
+    return values[ends], running[ends]
+
+
+def _fold_scores(
+    points: np.ndarray, low: np.ndarray, high: np.ndarray, fold: np.ndarray, sizes: list[int]
+) -> np.ndarray:
+    """``(n_folds, n_points)`` hit@1 of each fold at ``points``, counted as the sweep counts.
+
+    A pair counts at ``x`` when ``low <= x < high``.
+
+    Args:
+        points: ``(n_points,)`` gammas.
+        low: ``(n_pairs,)`` left ends of the (non-empty) winning intervals.
+        high: ``(n_pairs,)`` right ends.
+        fold: ``(n_pairs,)`` the fold of each pair's query.
+        sizes: queries per fold.
+    """
+    out = np.zeros((len(sizes), points.size))
+    for f, n in enumerate(sizes):
+        mine = fold == f
+        lows, highs = np.sort(low[mine]), np.sort(high[mine])
+        count = np.searchsorted(lows, points, side="right")
+        count -= np.searchsorted(highs, points, side="right")
+        out[f] = np.minimum(count, n) / n
+    return out

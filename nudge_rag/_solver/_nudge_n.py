@@ -21,8 +21,16 @@ import numpy as np
 
 from nudge_rag._queryset import QuerySet
 from nudge_rag._solver import _limits
-from nudge_rag._solver._base import _NudgeBase
+from nudge_rag._solver._base import (
+    CV_MAX_QUERIES,
+    DEFAULT_FOLDS,
+    _Curve,
+    _NudgeBase,
+    cv_choice,
+)
+from nudge_rag._solver._cv import _Folds, iter_folds
 from nudge_rag._solver._problem import _Problem, _Sums
+from nudge_rag._solver._progress import progress_bar
 from nudge_rag._solver._scoring import BlockHits, _val_recall, _Validation
 from nudge_rag._validation import check_gamma, check_positive_int
 
@@ -41,12 +49,28 @@ class NudgeN(_NudgeBase):
     Args:
         gamma: a fixed step size; ``None`` (default) picks it from ``gammas`` on validation.
         gammas: candidate values searched when ``gamma`` is ``None``; default
-            :data:`DEFAULT_GAMMAS`, the reference's ``0, 0.02, ..., 0.48``. Ties go to the
-            smaller value.
+            :data:`DEFAULT_GAMMAS`, the reference's ``0, 0.02, ..., 0.48``. On ``val``, ties
+            go to the smaller value.
         val_k: validation picks the gamma with the best recall@``val_k``.
-        val_fraction: share of training queries split off for validation when ``val`` is
-            not given (seeded by ``random_state``).
-        random_state: seed for that split.
+        cv: folds of the cross-validation that chooses gamma when ``val`` is not given
+            (default 10; seeded by ``random_state``): each fold's queries are scored against
+            the documents tuned on all the other training queries, gamma is the largest
+            candidate whose mean score over all held-out queries is within half a standard
+            error of the best (0 stays 0: never worse than untuned on validation), and the
+            final fit uses every training query. ``None`` holds out ``val_fraction`` of the
+            queries once instead (cheaper, noisier; the final fit then uses the rest).
+        cv_max_queries: at most this many training queries are held out over all folds
+            (default 10,000, as the paper caps validation; a seeded random subset, the others
+            always train), so that choosing gamma costs no more at a million queries than
+            at ten thousand; ``None`` holds out every query. The final fit still uses all.
+        refit_on_val: after choosing gamma on ``val`` (or on the ``val_fraction`` split when
+            ``cv=None``), fit again on train and val together with that gamma, so that every
+            labelled pair moves documents. Use it when the validation pairs are the same kind
+            as the training pairs and nothing else will be measured on them; keep the default
+            when ``val`` is a held-out set you report on, or to reproduce the paper's protocol.
+        val_fraction: with ``cv=None`` and no ``val``, the share of training queries split off
+            (seeded by ``random_state``).
+        random_state: seed for the folds (or that split).
         batch_size: documents per block in the streaming pass over the corpus.
         show_progress: show tqdm progress bars over the streaming pass over the documents
             that answer no query (needs ``tqdm``; without it a warning is logged).
@@ -58,10 +82,23 @@ class NudgeN(_NudgeBase):
         changed_embeddings_: ``(n_changed, dim)`` float32 new vectors of those rows.
         embeddings_: ``(n_docs, dim)`` float32, all rows (built on access).
         gamma_scores_: ``{gamma: validation score}`` for every candidate searched.
+        gamma_chosen_by_: how gamma was set: ``"cv"`` (cross-validation), ``"val"``
+            (``val``, or the ``val_fraction`` split) or ``"fixed"`` (``gamma``).
+        n_folds_: folds used (0 unless ``"cv"``).
+        n_train_queries_: queries the final fit used.
+        n_val_queries_: queries gamma was chosen on (held out over all folds for ``"cv"``).
+        cv_gammas_: ``(n_candidates,)`` float64 candidates, increasing (``None`` unless
+            ``"cv"``).
+        cv_scores_: ``(n_candidates,)`` mean validation recall@``val_k`` of each over all
+            held-out queries.
+        cv_std_: ``(n_candidates,)`` standard deviation of the per-fold scores.
+        cv_fold_scores_: ``(n_folds, n_candidates)`` each fold's score.
 
     Example:
         >>> train = QuerySet(train_q, train_answers)  # doctest: +SKIP
         >>> solver = NudgeN().fit(doc_embeddings, train)  # doctest: +SKIP
+        >>> solver.gamma_chosen_by_, solver.n_folds_  # doctest: +SKIP
+        ('cv', 10)
         >>> solver.similarity
         'cosine'
     """
@@ -74,6 +111,9 @@ class NudgeN(_NudgeBase):
         gamma: float | None = None,
         gammas: Sequence[float] | None = None,
         val_k: int = 1,
+        cv: int | None = DEFAULT_FOLDS,
+        cv_max_queries: int | None = CV_MAX_QUERIES,
+        refit_on_val: bool = False,
         val_fraction: float = 0.1,
         random_state: int | None = 0,
         batch_size: int = 4096,
@@ -81,6 +121,9 @@ class NudgeN(_NudgeBase):
     ):
         super().__init__(
             gamma=gamma,
+            cv=cv,
+            cv_max_queries=cv_max_queries,
+            refit_on_val=refit_on_val,
             val_fraction=val_fraction,
             random_state=random_state,
             batch_size=batch_size,
@@ -108,47 +151,92 @@ class NudgeN(_NudgeBase):
             raise ValueError(msg)
         return values
 
-    def _fit_problem(
+    def _start_fit(self) -> None:
+        self.gamma_scores_: dict[float, float] = {}
+
+    def _search(
         self,
         problem: _Problem,
-        val: QuerySet | None,
-        fixed: float | None,
+        val: QuerySet,
         passive_scores: np.ndarray | None,
-        dense: np.ndarray | None,
-    ) -> None:
+        fixed: float | None,
+    ) -> tuple[float, float]:
         n_tr = problem.n_train_rows
-        sums = problem.sums
         candidates = [fixed] if fixed is not None else self._candidates()
-        path = _Path(problem.v[:n_tr], sums, candidates)
-        scores: np.ndarray | None = None
-        if val is not None:
-            view = _Validation(val, problem.val_cols, problem.v, sums.g)
-            k = self._val_k()
-            passive_top = problem.stream(
-                val.embeddings, k, _answer_bounds(view, n_tr, path.arc), start=passive_scores
-            )
-            if fixed is None or val.n_queries:
-                scores = _val_recall(view, passive_top, n_tr, path.coeffs, path.block_hits(k))
-                scores = scores / val.n_queries
-        else:
-            problem.check_passive_rows()
-        if scores is not None:
-            best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
-            self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
-        else:
-            best = 0
-            self.gamma_scores_ = {}
-        gamma = candidates[best]
-        val_score = None if scores is None else scores[best]
+        path = _Path(problem.v[:n_tr], problem.sums, candidates)
+        view = _Validation(val, problem.val_cols, problem.v, problem.sums.g)
+        k = self._val_k()
+        bounds = _answer_bounds(view, n_tr, path.arc)
+        passive_top = problem.stream(val.embeddings, k, bounds, start=passive_scores)
+        scores = _val_recall(view, passive_top, n_tr, path.coeffs, path.block_hits(k))
+        scores = scores / val.n_queries
+        best = int(np.argmax(scores))  # first maximum: the smallest gamma among ties
+        self.gamma_scores_ = dict(zip(candidates, scores.tolist()))
+        return candidates[best], float(scores[best])
+
+    def _search_cv(
+        self, problem: _Problem, folds: _Folds, passive_scores: np.ndarray | None
+    ) -> tuple[float, float, _Curve]:
+        n_tr = problem.n_train_rows
+        candidates = self._candidates()
+        k = self._val_k()
+        v = problem.v[:n_tr]
+        # Pass 1 (large corpora only): each fold's bound on its queries' best answer score,
+        # so that the one streaming pass over the passive rows (shared by all folds) can stop
+        # scoring queries that cannot win.
+        stop_above = None
+        if problem.n_passive * folds.n_held > _limits.EARLY_STOP_SCORES:
+            stop_above = np.empty(folds.n_held, dtype=np.float32)
+            for fold in iter_folds(problem, folds):
+                arc = _Path(v, fold.sums, candidates).arc
+                view = fold.validation(problem, fold.sums.g)
+                stop_above[fold.positions] = _answer_bounds(view, n_tr, arc, pairwise=True)
+        queries = problem.train.embeddings[folds.held]
+        passive_top = problem.stream(queries, k, stop_above, start=passive_scores)
+        # Pass 2: each fold's validation curve.
+        hits = np.zeros((folds.n_folds, len(candidates)))
+        with progress_bar(
+            folds.n_folds, "nudge-rag: cross-validation folds", problem.show_progress, "fold"
+        ) as bar:
+            for fold in iter_folds(problem, folds):
+                path = _Path(v, fold.sums, candidates)
+                view = fold.validation(problem, fold.sums.g)
+                top = passive_top[fold.positions]
+                hits[fold.index] = _val_recall(view, top, n_tr, path.coeffs, path.block_hits(k))
+                bar.update()
+        curve = _pooled_curve(candidates, hits, [m.size for m in folds.members])
+        best = cv_choice(curve.gammas, curve.scores, curve.fold_scores)
+        self.gamma_scores_ = dict(zip(curve.gammas.tolist(), curve.scores.tolist()))
+        return float(curve.gammas[best]), float(curve.scores[best]), curve
+
+    def _apply(
+        self, problem: _Problem, gamma: float, dense: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        n_tr = problem.n_train_rows
+        path = _Path(problem.v[:n_tr], problem.sums, [gamma])
         moved = np.flatnonzero(path.moves)
         if gamma == 0 or moved.size == 0:
-            self._set_result(
-                gamma, val_score, np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim))
-            )
-            return
+            return np.zeros(0, dtype=np.int64), np.zeros((0, problem.dim), dtype=np.float32)
         alphas, betas = path.coeffs
-        new = problem.moved_vectors(sums.g, moved, alphas[:, best], betas[:, best], dense)
-        self._set_result(gamma, val_score, problem.active[moved], new)
+        new = problem.moved_vectors(problem.sums.g, moved, alphas[:, 0], betas[:, 0], dense)
+        return problem.active[moved], new
+
+
+def _pooled_curve(candidates: Sequence[float], hits: np.ndarray, sizes: list[int]) -> _Curve:
+    """The curve of per-fold hit sums ``hits`` (``(n_folds, n_candidates)``), pooled.
+
+    The pooled score is the mean over all held-out queries (each fold weighted by its size;
+    folds differ by at most one query), so that it is exact for NUDGE-M's combined sweep too.
+    """
+    n = np.asarray(sizes, dtype=np.float64)
+    fold_scores = hits / n[:, None]
+    order = np.argsort(np.asarray(candidates, dtype=np.float64), kind="stable")
+    return _Curve(
+        np.asarray(candidates, dtype=np.float64)[order],
+        (hits.sum(axis=0) / n.sum())[order],
+        fold_scores.std(axis=0)[order],
+        fold_scores[:, order],
+    )
 
 
 class _Arc(NamedTuple):
@@ -281,7 +369,7 @@ def _geometry(v: np.ndarray, sums: _Sums) -> dict[str, np.ndarray]:
     }
 
 
-def _answer_bounds(val: _Validation, n_moved: int, arc: _Arc) -> np.ndarray:
+def _answer_bounds(val: _Validation, n_moved: int, arc: _Arc, pairwise: bool = False) -> np.ndarray:
     """``(n_val,)``: a bound on the best score any answer of each query reaches.
 
     A moved answer scores at most its :func:`_arc_reach`; one that does not move keeps
@@ -292,10 +380,14 @@ def _answer_bounds(val: _Validation, n_moved: int, arc: _Arc) -> np.ndarray:
         val: the validation queries.
         n_moved: the first ``n_moved`` active rows can move.
         arc: the rows' arcs.
+        pairwise: compute the pairs' scores one by one, never as a whole score block (for
+            a view that is scored later, elsewhere); the bound then has slack for all pairs.
     """
-    s, t = val.pair_scores()
+    s, t = val.pair_scores(pairwise)
     cols = val.cols
     bound = s.astype(np.float32, copy=True)
+    if pairwise:  # other BLAS kernels score them later: allow for their rounding
+        bound += np.float32(_limits.BOUND_SLACK)
     moved = cols < n_moved
     if moved.any():
         reach = _arc_reach(arc, s[moved], t[moved], cols[moved])

@@ -54,6 +54,7 @@ class _Problem:
         sums: the training sums of the first ``n_train_rows`` rows.
         train: the training queries.
         train_cols: ``(train.n_pairs,)`` int64 active position of each training answer.
+        queries_per_row: ``(n_train_rows,)`` int64 training queries each row answers.
         val_cols: the same for the validation answers (``None`` without validation).
     """
 
@@ -90,6 +91,7 @@ class _Problem:
         lookup[self.active] = np.arange(n_active, dtype=lookup.dtype)
         self.val_cols = None if val is None else lookup[val.indices].astype(np.int64)
         self.train_cols = lookup[train.indices].astype(np.int64)
+        self.queries_per_row = np.bincount(self.train_cols, minlength=self.n_train_rows)
 
         # g = sum of training queries per training-answer row, through a sparse
         # (n_train_rows x n_train) map whose columns are the training queries (so the CSC
@@ -116,31 +118,24 @@ class _Problem:
     def sums_without(self, queries: np.ndarray) -> _Sums:
         """The sums over the training queries other than ``queries`` (rows of ``train``).
 
-        Only the rows those queries answer change; they are summed again from their other
-        queries, in the same order as a problem built without ``queries`` would sum them.
-        A row left with no query gets ``g = 0`` (it does not move).
+        The total minus those queries' own sums, on the rows they answer (the other rows
+        keep theirs); a row left with no query gets exactly ``g = 0`` (it does not move).
         """
         train, cols = self.train, self.train_cols
-        n_tr = self.n_train_rows
-        dropped = np.zeros(train.n_queries, dtype=bool)
-        dropped[queries] = True
-        pair_query = train.query_of_pair()
-        touched = np.zeros(n_tr, dtype=bool)
-        touched[cols[dropped[pair_query]]] = True
-        rows = np.flatnonzero(touched)
-        kept = touched[cols] & ~dropped[pair_query]
-        position = np.cumsum(touched) - 1
-        assign = sp.csr_matrix(
-            (
-                np.ones(int(kept.sum()), dtype=np.float32),
-                (position[cols[kept]], pair_query[kept]),
-            ),
-            shape=(rows.size, train.n_queries),
+        pairs = _pair_positions(train.indptr, queries)
+        fold_cols = cols[pairs]
+        rows, position = np.unique(fold_cols, return_inverse=True)
+        pair_query = np.repeat(np.arange(queries.size), np.diff(train.indptr)[queries])
+        own = sp.csr_matrix(
+            (np.ones(pairs.size, dtype=np.float32), (position, pair_query)),
+            shape=(rows.size, queries.size),
         )
+        left = self.queries_per_row[rows] - np.bincount(position, minlength=rows.size)
         g = self.sums.g.copy()
-        g[rows] = assign @ train.embeddings
+        part = g[rows] - own @ train.embeddings[queries]
+        part[left == 0] = 0
+        g[rows] = part
         norm, dot_v = self.sums.norm.copy(), self.sums.dot_v.copy()
-        part = g[rows]
         norm[rows] = np.sqrt(np.einsum("ij,ij->i", part, part))
         dot_v[rows] = np.einsum("ij,ij->i", part, self.v[rows])
         _rescale_tiny_sums(g, norm, dot_v, self.v, rows)
@@ -471,3 +466,14 @@ def _normalize_into(docs: np.ndarray, out: np.ndarray, skip: np.ndarray) -> None
             out[start : start + rows] = unit(block)
         else:
             out[start : start + rows][mine] = unit(block[mine])
+
+
+def _pair_positions(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions, in a CSR's ``indices``, of the pairs of the queries ``rows`` (in order)."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + offsets

@@ -64,14 +64,15 @@ class _Validation:
             self._whole = (s, t)
         return s, t
 
-    def pair_scores(self) -> tuple[np.ndarray, np.ndarray]:
+    def pair_scores(self, pairwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(n_pairs,)`` ``S`` and ``T`` of each validation query with its answer row.
 
-        ``T`` is 0 for answers that cannot move.
+        ``T`` is 0 for answers that cannot move. Small sets are scored as one block (kept
+        for later), unless ``pairwise``: then each pair is scored alone.
         """
         cols, qrows = self.cols, self.qrows
         has_w = cols < self.w.shape[0]
-        if self.n_queries * self.v.shape[0] <= _limits.BLOCK_ELEMENTS:
+        if not pairwise and self.n_queries * self.v.shape[0] <= _limits.BLOCK_ELEMENTS:
             s, t = self.block_scores(slice(0, self.n_queries))
             s_pairs = s[qrows, cols]
             t_pairs = np.zeros(cols.size, dtype=np.float32)

@@ -1,0 +1,313 @@
+"""Cross-validated gamma (``fit`` without ``val``): folds, curves, refit, shared work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from test_solver import make_task, normalize
+
+from nudge_rag import DEFAULT_GAMMAS, NudgeM, NudgeN, QuerySet
+from nudge_rag._solver import _base
+from nudge_rag._solver._cv import _Folds
+
+
+def join(a, b):
+    indptr = np.concatenate([a.indptr, b.indptr[1:] + a.indptr[-1]])
+    indices = np.concatenate([a.indices, b.indices])
+    return QuerySet(np.concatenate([a.embeddings, b.embeddings]), (indptr, indices))
+
+
+def fold_sets(train, n_folds, seed, max_queries=None):
+    """(rest, fold) query sets of each fold, as the solver deals them."""
+    folds = _Folds(train.n_queries, n_folds, max_queries, seed)
+    everyone = np.arange(train.n_queries)
+    return [
+        (train.subset(np.setdiff1d(everyone, rows)), train.subset(rows)) for rows in folds.members
+    ]
+
+
+def hidden_target_task(seed=0, n_docs=120, dim=24, per_doc=4):
+    """Queries of each document are noisy copies of a hidden direction unrelated to it.
+
+    Untuned retrieval finds almost nothing; moving each answer all the way to the sum of
+    its other queries is best, so the largest candidate gamma wins.
+    """
+    rng = np.random.default_rng(seed)
+    docs = normalize(rng.standard_normal((n_docs, dim))).astype(np.float32)
+    hidden = normalize(rng.standard_normal((n_docs, dim)))
+    answers = [[j] for j in range(n_docs) for _ in range(per_doc)]
+    q = np.repeat(hidden, per_doc, axis=0) + 0.1 * rng.standard_normal((n_docs * per_doc, dim))
+    return docs, QuerySet(normalize(q).astype(np.float32), answers)
+
+
+# --------------------------------------------------------------------------- folds
+def test_folds_are_reproducible_from_the_seed():
+    a, b, c = (_Folds(103, 10, None, s) for s in (7, 7, 8))
+    for x, y in zip(a.members, b.members):
+        assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(a.members, c.members))
+    # every query in exactly one fold, sizes within one of each other
+    assert_array_equal(np.sort(np.concatenate(a.members)), np.arange(103))
+    sizes = [m.size for m in a.members]
+    assert max(sizes) - min(sizes) <= 1 and len(sizes) == 10
+
+
+def test_fit_is_reproducible_from_the_seed():
+    docs, train, _ = make_task()
+    a = NudgeN(random_state=3).fit(docs, train)
+    b = NudgeN(random_state=3).fit(docs, train)
+    c = NudgeN(random_state=4).fit(docs, train)
+    assert_array_equal(a.cv_fold_scores_, b.cv_fold_scores_)
+    assert a.gamma_ == b.gamma_
+    assert not np.array_equal(a.cv_fold_scores_, c.cv_fold_scores_)
+
+
+def test_cap_on_held_out_queries():
+    docs, train, _ = make_task()
+    folds = _Folds(train.n_queries, 10, 50, 0)
+    assert folds.n_held == 50 and folds.n_folds == 10
+    solver = NudgeN(cv_max_queries=50).fit(docs, train)
+    assert solver.n_val_queries_ == 50
+    assert solver.n_train_queries_ == train.n_queries  # the final fit still uses all
+
+
+def test_fewer_queries_than_folds():
+    docs, train, _ = make_task()
+    small = train.subset(np.arange(4))
+    solver = NudgeN().fit(docs, small)
+    assert solver.n_folds_ == 4  # leave one out
+    with pytest.raises(ValueError, match="train has 1 query with answers"):
+        NudgeN().fit(docs, train.subset(np.arange(1)))
+
+
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"cv": 1}, ValueError, "cv must be None or a number of folds >= 2"),
+        ({"cv": 2.5}, TypeError, "cv"),
+        ({"cv_max_queries": 0}, ValueError, "cv_max_queries"),
+        ({"refit_on_val": "yes"}, TypeError, "refit_on_val must be True or False"),
+        ({"val_fraction": 1.0}, ValueError, r"val_fraction must be in \(0, 1\)"),
+    ],
+)
+def test_bad_cv_parameters(params, error, match):
+    docs, train, _ = make_task()
+    with pytest.raises(error, match=match):
+        NudgeN(**params).fit(docs, train)
+
+
+# --------------------------------------------------------------------------- behaviour
+class CrossValidationBehaviour:
+    cls: type
+
+    def test_reports_the_method_folds_and_curve(self):
+        docs, train, _ = make_task()
+        solver = self.cls().fit(docs, train)
+        assert solver.gamma_chosen_by_ == "cv"
+        assert solver.n_folds_ == 10
+        n = solver.cv_gammas_.size
+        assert solver.cv_scores_.shape == solver.cv_std_.shape == (n,)
+        assert solver.cv_fold_scores_.shape == (10, n)
+        assert np.all(np.diff(solver.cv_gammas_) >= 0)
+        assert_allclose(solver.cv_std_, solver.cv_fold_scores_.std(axis=0))
+        at = np.flatnonzero(solver.cv_gammas_ == solver.gamma_)
+        assert at.size >= 1
+        assert solver.cv_scores_[at[0]] == pytest.approx(solver.val_score_)
+
+    def test_refit_uses_every_query(self):
+        docs, train, _ = make_task()
+        cv = self.cls().fit(docs, train)
+        assert cv.gamma_ > 0
+        fixed = self.cls(gamma=cv.gamma_).fit(docs, train)
+        assert cv.n_train_queries_ == train.n_queries
+        assert_array_equal(cv.changed_rows_, fixed.changed_rows_)
+        assert_array_equal(cv.embeddings_, fixed.embeddings_)
+        # not the fit of any fold (which leaves a tenth of the queries out)
+        rest, _ = fold_sets(train, 10, 0)[0]
+        fold_fit = self.cls(gamma=cv.gamma_).fit(docs, rest)
+        assert not np.array_equal(fold_fit.embeddings_, cv.embeddings_)
+
+    def test_best_gamma_zero_moves_nothing(self):
+        """Each document answers one query: a held-out answer never moves, others can only
+        get in its way, so the best gamma is 0 and nothing moves."""
+        rng = np.random.default_rng(0)
+        docs = normalize(rng.standard_normal((200, 16))).astype(np.float32)
+        q = normalize(rng.standard_normal((150, 16))).astype(np.float32)
+        answers = [[int(a)] for a in rng.permutation(200)[:150]]
+        solver = self.cls().fit(docs, QuerySet(q, answers))
+        assert solver.gamma_ == 0
+        assert solver.changed_rows_.size == 0
+        assert_allclose(solver.embeddings_, docs, atol=1e-6)
+
+    def test_passive_scores_for_every_training_query(self):
+        """The store-side mode: only answer documents, the rest through their best scores."""
+        docs, train, _ = make_task(n_docs=600)
+        full = self.cls().fit(docs, train)
+        answered = np.unique(train.indices)
+        rest = np.setdiff1d(np.arange(len(docs)), answered)
+        remap = np.full(len(docs), -1)
+        remap[answered] = np.arange(answered.size)
+        sub = QuerySet(train.embeddings, (train.indptr, remap[train.indices]))
+        scores = train.embeddings @ normalize(docs[rest]).T
+        passive = np.sort(scores, axis=1)[:, ::-1][:, :3]  # more columns than val_k is fine
+        side = self.cls().fit(docs[answered], sub, passive_scores=passive)
+        assert side.gamma_chosen_by_ == "cv"
+        assert side.gamma_ == pytest.approx(full.gamma_, rel=1e-6)
+        assert_allclose(side.cv_scores_, full.cv_scores_, atol=1e-12)
+        assert_allclose(side.embeddings_, full.embeddings_[answered], atol=1e-5)
+        with pytest.raises(ValueError, match=r"passive_scores must have shape \(n_train, val_k\)"):
+            self.cls().fit(docs[answered], sub, passive_scores=passive[:5])
+
+    def test_passive_scores_follow_dropped_queries(self):
+        docs, train, _ = make_task(n_docs=600)
+        answers = train.answer_lists()
+        answers[3] = []  # dropped (with a warning): its passive row must go too
+        with_empty = QuerySet(train.embeddings, answers)
+        answered = np.unique(train.indices)
+        rest = np.setdiff1d(np.arange(len(docs)), answered)
+        remap = np.full(len(docs), -1)
+        remap[answered] = np.arange(answered.size)
+        sub = QuerySet(train.embeddings, [remap[a].tolist() for a in answers])
+        passive = (train.embeddings @ normalize(docs[rest]).T).max(axis=1, keepdims=True)
+        full = self.cls().fit(docs, with_empty)
+        side = self.cls().fit(docs[answered], sub, passive_scores=passive)
+        assert side.gamma_ == pytest.approx(full.gamma_, rel=1e-6)
+
+    def test_refit_on_val_fits_train_and_val(self):
+        docs, train, val = make_task()
+        plain = self.cls().fit(docs, train, val)
+        both = self.cls(refit_on_val=True).fit(docs, train, val)
+        assert both.gamma_ == plain.gamma_ and both.val_score_ == plain.val_score_
+        assert both.gamma_chosen_by_ == "val"
+        assert both.n_train_queries_ == train.n_queries + val.n_queries
+        fixed = self.cls(gamma=plain.gamma_).fit(docs, join(train, val))
+        assert_array_equal(both.changed_rows_, fixed.changed_rows_)
+        assert_allclose(both.embeddings_, fixed.embeddings_)
+        only_val = np.setdiff1d(np.unique(val.indices), np.unique(train.indices))
+        assert np.isin(only_val, both.changed_rows_).any()
+
+    def test_refit_on_val_with_a_held_out_split(self):
+        docs, train, _ = make_task()
+        split = self.cls(cv=None).fit(docs, train)
+        both = self.cls(cv=None, refit_on_val=True).fit(docs, train)
+        assert both.gamma_ == split.gamma_
+        assert both.n_train_queries_ == train.n_queries
+        fixed = self.cls(gamma=split.gamma_).fit(docs, train)
+        assert_array_equal(both.embeddings_, fixed.embeddings_)
+
+    def test_explicit_val_is_used_when_given(self):
+        docs, train, val = make_task()
+        solver = self.cls().fit(docs, train, val)
+        assert solver.gamma_chosen_by_ == "val" and solver.n_folds_ == 0
+        assert solver.cv_scores_ is None and solver.cv_gammas_ is None
+
+    def test_progress_bar_over_the_folds(self, capsys):
+        pytest.importorskip("tqdm")
+        docs, train, _ = make_task()
+        quiet = self.cls().fit(docs, train)
+        loud = self.cls(show_progress=True).fit(docs, train)
+        assert "nudge-rag: cross-validation folds" in capsys.readouterr().err
+        assert loud.gamma_ == quiet.gamma_
+
+
+class TestNudgeNCrossValidation(CrossValidationBehaviour):
+    cls = NudgeN
+
+    @pytest.mark.parametrize("seed", [0, 1])
+    def test_curve_equals_fits_on_each_fold(self, seed):
+        """The shared-work folds score exactly like separate fits on (rest, fold)."""
+        docs, train, _ = make_task(seed=seed)
+        cv = NudgeN(random_state=seed).fit(docs, train)
+        hits = np.zeros(len(DEFAULT_GAMMAS))
+        for f, (rest, fold) in enumerate(fold_sets(train, 10, seed)):
+            one = NudgeN().fit(docs, rest, fold)
+            fold_scores = np.array([one.gamma_scores_[g] for g in DEFAULT_GAMMAS])
+            assert_allclose(cv.cv_fold_scores_[f], fold_scores, atol=1e-12)
+            hits += fold_scores * fold.n_queries
+        assert_allclose(cv.cv_scores_, hits / train.n_queries, atol=1e-12)
+        assert_allclose(cv.cv_gammas_, DEFAULT_GAMMAS)
+
+    def test_recall_at_k_curve_equals_fits_on_each_fold(self):
+        docs, train, _ = make_task(seed=2)
+        cv = NudgeN(val_k=3, gammas=[0.0, 0.1, 0.3], cv=4).fit(docs, train)
+        for f, (rest, fold) in enumerate(fold_sets(train, 4, 0)):
+            one = NudgeN(val_k=3, gammas=[0.0, 0.1, 0.3]).fit(docs, rest, fold)
+            assert_allclose(cv.cv_fold_scores_[f], list(one.gamma_scores_.values()), atol=1e-12)
+
+    def test_largest_candidate_wins_when_moving_all_the_way_is_best(self):
+        docs, train = hidden_target_task()
+        grid = [0.0, 0.2, 0.5, 1.0, 2.0]
+        solver = NudgeN(gammas=grid).fit(docs, train)
+        assert solver.gamma_ == 2.0
+        assert solver.cv_scores_[-1] == solver.cv_scores_.max()
+        assert solver.cv_scores_[-1] > solver.cv_scores_[0] + 0.3
+
+    def test_gamma_is_the_largest_within_half_a_standard_error(self):
+        docs, train, _ = make_task(seed=1)
+        solver = NudgeN().fit(docs, train)
+        scores, folds = solver.cv_scores_, solver.cv_fold_scores_
+        best = int(np.argmax(scores))
+        se = folds[:, best].std() / np.sqrt(folds.shape[0] - 1)
+        expected = np.flatnonzero(scores >= scores[best] - 0.5 * se - 1e-12).max()
+        assert solver.gamma_ == solver.cv_gammas_[expected] >= solver.cv_gammas_[best]
+
+    def test_without_tolerance_gamma_is_the_best_candidate(self, monkeypatch):
+        docs, train, _ = make_task(seed=1)
+        monkeypatch.setattr(_base, "CV_TOLERANCE", 0.0)
+        solver = NudgeN().fit(docs, train)
+        assert solver.val_score_ == solver.cv_scores_.max()
+        # exact ties go to the larger gamma (the final fit uses more queries than any fold)
+        best = np.flatnonzero(solver.cv_scores_ == solver.cv_scores_.max())
+        assert solver.gamma_ == solver.cv_gammas_[best.max()]
+
+
+class TestNudgeMCrossValidation(CrossValidationBehaviour):
+    cls = NudgeM
+
+    def brute_force(self, docs, train, gammas, n_folds=10, seed=0):
+        """Hit@1 over all folds at each gamma, from separate fixed-gamma fits per fold."""
+        hits = np.zeros(len(gammas))
+        for rest, fold in fold_sets(train, n_folds, seed):
+            for i, g in enumerate(gammas):
+                score = NudgeM(gamma=float(g)).fit(docs, rest, fold).val_score_
+                hits[i] += round(score * fold.n_queries)
+        return hits / train.n_queries
+
+    def test_combined_sweep_equals_brute_force_grid_search(self, monkeypatch):
+        """The one sweep over all folds' intervals is exact: no grid point beats it.
+
+        Intervals are closed and gamma is the left end of the best stretch, where the winner
+        ties with a competitor, so the best count is reached just right of gamma.
+        """
+        monkeypatch.setattr(_base, "CV_TOLERANCE", 0.0)  # the plain maximum
+        docs, train, _ = make_task(n_docs=150, n_train=120)
+        cv = NudgeM().fit(docs, train)
+        assert cv.gamma_ > 0
+        grid = np.linspace(0, 3 * cv.gamma_, 31)
+        brute = self.brute_force(docs, train, grid)
+        assert brute.max() <= cv.val_score_ + 1e-12
+        right = self.brute_force(docs, train, [cv.gamma_ * (1 + 1e-5)])
+        # (float32 rounding of a tie can cost one query there, as with an explicit val)
+        assert right[0] >= cv.val_score_ - 1 / train.n_queries - 1e-12
+
+    def test_curve_equals_brute_force_on_its_grid(self):
+        docs, train, _ = make_task(n_docs=150, n_train=120)
+        cv = NudgeM().fit(docs, train)
+        assert cv.cv_gammas_.size == 41 and cv.cv_gammas_[20] == cv.gamma_
+        # the curve counts a pair on [low, high): step just right of each point
+        brute = self.brute_force(docs, train, cv.cv_gammas_ * (1 + 1e-6) + 1e-9)
+        assert_allclose(brute, cv.cv_scores_, atol=1.5 / train.n_queries)
+        assert np.mean(np.abs(brute - cv.cv_scores_) < 1e-12) > 0.9
+
+    def test_gamma_is_within_half_a_standard_error_of_the_best(self):
+        docs, train, _ = make_task(seed=1)
+        tolerant = NudgeM().fit(docs, train)
+        strict = NudgeM(random_state=0)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_base, "CV_TOLERANCE", 0.0)
+            strict.fit(docs, train)
+        assert tolerant.gamma_ >= strict.gamma_
+        assert tolerant.val_score_ <= strict.val_score_
+        se = strict.cv_fold_scores_[:, 20].std() / np.sqrt(9)
+        assert tolerant.val_score_ >= strict.val_score_ - 0.5 * se - 1e-12
