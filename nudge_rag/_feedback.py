@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -183,15 +184,27 @@ class _Sql:
             return got[1]
         conn = self._connect()  # a new thread, or a forked child: never share a connection
         self._local.conn = (os.getpid(), conn)
+        pid, dead = os.getpid(), []
         with self._lock:
-            self._all.append((os.getpid(), conn))
+            kept = []
+            for entry in self._all:  # close what threads that ended left (a thread per request)
+                thread = entry[1]()
+                if entry[0] == pid and (thread is None or not thread.is_alive()):
+                    dead.append(entry[2])
+                else:  # a parent's connection in a forked child is kept, never used or closed
+                    kept.append(entry)
+            kept.append((pid, weakref.ref(threading.current_thread()), conn))
+            self._all = kept
+        for old in dead:
+            with contextlib.suppress(Exception):
+                old.close()
         return conn
 
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
             self._closed = True
-        for pid, conn in conns:
+        for pid, _, conn in conns:
             if pid == os.getpid():
                 with contextlib.suppress(Exception):
                     conn.close()
@@ -1037,15 +1050,19 @@ def _build_pairs(
     pair_group, pair_doc = kept // len(doc_names), kept % len(doc_names)
     groups = np.unique(pair_group)  # sorted = first-seen order of the groups
     n = groups.shape[0]
+    if n == 0:
+        return FeedbackPairs(np.zeros((0, dim), dtype=np.float32), [], [], [], len(events),
+                             n_cancelled)  # fmt: skip
     # Mean vector per kept group.
     member = np.isin(group, groups)
     slot = np.searchsorted(groups, group[member])
-    sums = np.zeros((n, dim), dtype=np.float64)
-    np.add.at(sums, slot, vectors[member])
+    by_slot = np.argsort(slot, kind="stable")
     sizes = np.bincount(slot, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    sums = np.add.reduceat(vectors[member][by_slot].astype(np.float64), starts, axis=0)
     embeddings = (sums / sizes[:, None]).astype(np.float32)
     cuts = np.searchsorted(pair_group, groups[1:])
-    answer_ids = [doc_names[part].tolist() for part in np.split(pair_doc, cuts)] if n else []
+    answer_ids = [doc_names[part].tolist() for part in np.split(pair_doc, cuts)]
     members: list[list[str]] = [[] for _ in range(n)]
     texts: list[str | None] = [None] * n
     for r, s in zip(np.flatnonzero(member).tolist(), slot.tolist()):  # per query, not per doc
@@ -1059,9 +1076,8 @@ def _merge_groups(vectors: np.ndarray, tolerance: float | None) -> np.ndarray:
     """A group number per row (numbered in first-seen order): rows within ``tolerance``.
 
     Rows are compared as unit vectors by L2 distance; groups are single-linkage (a chain of
-    close rows is one group). Exact duplicates are found by sorting; near ones by sorting
-    along a fixed random direction (a projection never exceeds the distance), so only rows
-    whose projections lie within ``tolerance`` are compared.
+    close rows is one group). Exact duplicates are found by sorting; near ones among the
+    distinct rows by :func:`_near_pairs`.
     """
     n = vectors.shape[0]
     if tolerance is None or n == 0:
@@ -1075,21 +1091,8 @@ def _merge_groups(vectors: np.ndarray, tolerance: float | None) -> np.ndarray:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        direction = np.random.default_rng(0).standard_normal(uniq.shape[1])
-        proj = uniq @ (direction / np.linalg.norm(direction))
-        order = np.argsort(proj, kind="stable")
-        ordered = proj[order]
-        rows, cols = [], []
-        for offset in range(1, uniq.shape[0]):
-            close = np.flatnonzero(ordered[offset:] - ordered[:-offset] <= tolerance)
-            if close.size == 0:
-                break
-            i, j = order[close], order[close + offset]
-            near = np.linalg.norm(uniq[i] - uniq[j], axis=1) <= tolerance
-            rows.append(i[near])
-            cols.append(j[near])
-        if rows and sum(r.size for r in rows):
-            r, c = np.concatenate(rows), np.concatenate(cols)
+        r, c = _near_pairs(uniq, float(tolerance))
+        if r.size:
             graph = coo_matrix((np.ones(r.size), (r, c)), shape=(uniq.shape[0],) * 2)
             _, labels = connected_components(graph, directed=False)
     # Renumber the groups by the first row that belongs to each.
@@ -1097,6 +1100,57 @@ def _merge_groups(vectors: np.ndarray, tolerance: float | None) -> np.ndarray:
     rank = np.empty(first_row.shape[0], dtype=np.int64)
     rank[np.argsort(first_row, kind="stable")] = np.arange(first_row.shape[0])
     return rank[position.ravel()]
+
+
+_CELL_DIMS = 3
+_MIN_CELL = 1e-6  # cells of at least this size keep every coordinate within 20 bits
+_PAIR_CHUNK = 1 << 20
+
+
+def _near_pairs(unit: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs ``i < j`` of ``unit`` (distinct unit rows) within ``tolerance`` (L2).
+
+    The rows are projected on three fixed orthonormal directions and put in a grid of cells
+    of side ``tolerance``: a projection never lengthens a difference, so two rows within
+    ``tolerance`` lie in the same or adjacent cells on every axis. Only rows in the 27
+    neighbouring cells are compared, in full, in bounded chunks.
+    """
+    n, dim = unit.shape
+    m = min(_CELL_DIMS, dim)
+    basis, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((dim, m)))
+    side = max(tolerance, _MIN_CELL)
+    cells = np.floor((unit @ basis) / side).astype(np.int64) + (1 << 20)  # all >= 0
+    bits = 63 // m
+
+    def encode(c: np.ndarray) -> np.ndarray:
+        key = np.zeros(c.shape[0], dtype=np.int64)
+        for axis in range(m):
+            key = (key << bits) | c[:, axis]
+        return key
+
+    order = np.argsort(encode(cells), kind="stable")
+    sorted_keys = encode(cells)[order]
+    rows, cols = [], []
+    for offset in np.array(np.meshgrid(*[[-1, 0, 1]] * m)).reshape(m, -1).T:
+        target = encode(cells + offset)
+        lo = np.searchsorted(sorted_keys, target, side="left")
+        count = np.searchsorted(sorted_keys, target, side="right") - lo
+        total = int(count.sum())
+        if total == 0:
+            continue
+        i = np.repeat(np.arange(n), count)
+        within = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+        j = order[np.repeat(lo, count) + within]
+        keep = i < j
+        i, j = i[keep], j[keep]
+        for s in range(0, i.size, _PAIR_CHUNK):
+            a, b = i[s : s + _PAIR_CHUNK], j[s : s + _PAIR_CHUNK]
+            near = np.linalg.norm(unit[a] - unit[b], axis=1) <= tolerance
+            rows.append(a[near])
+            cols.append(b[near])
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows), np.concatenate(cols)
 
 
 # ---------------------------------------------------------------------- tuning

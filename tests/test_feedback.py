@@ -132,6 +132,16 @@ def test_pairs_count_cancel_and_threshold(log):
     assert pairs.as_text_pairs() == [("q0", "a"), ("q1", "d")]
 
 
+def test_pairs_when_everything_cancels(log):
+    qid = log.log_query(np.ones(DIM), ["a"])
+    log.feedback(qid, "a")
+    log.feedback(qid, "a", relevant=False)
+    pairs = log.pairs()
+    assert (len(pairs), pairs.n_events, pairs.n_cancelled) == (0, 2, 1)
+    assert pairs.embeddings.shape == (0, DIM)
+    assert len(log.pairs(since=time.time() + 60)) == 0  # no events in the window
+
+
 def test_pairs_merge_near_duplicates(log):
     rng = np.random.default_rng(2)
     v = unit(rng, 2)
@@ -154,12 +164,13 @@ def test_pairs_merge_near_duplicates(log):
     assert apart.answer_ids == [["a"], ["a"], ["b"]]
 
 
-def test_merge_groups_matches_brute_force():
+@pytest.mark.parametrize(("dim", "tol", "n_base"), [(16, 1e-3, 40), (2, 0.05, 200), (3, 0.1, 200)])
+def test_merge_groups_matches_brute_force(dim, tol, n_base):
     rng = np.random.default_rng(3)
-    base = unit(rng, 40, dim=16)
-    rows = np.concatenate([base, base[:15] + 2e-4 * unit(rng, 15, dim=16), base[:5]])
+    base = unit(rng, n_base, dim=dim)
+    near = base[:15] + 0.2 * tol * unit(rng, 15, dim=dim)
+    rows = np.concatenate([base, near, base[:5]])
     rows = rows[rng.permutation(rows.shape[0])]
-    tol = 1e-3
     got = _merge_groups(rows, tol)
     u = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     close = np.linalg.norm(u[:, None] - u[None], axis=2) <= tol
@@ -170,7 +181,7 @@ def test_merge_groups_matches_brute_force():
     for i in range(rows.shape[0]):
         assert_array_equal(got == got[i], expected == expected[i])
     assert got[0] == 0 and np.all(np.diff(np.maximum.accumulate(got)) <= 1)
-    assert len(set(got.tolist())) == 40
+    assert len(set(got.tolist())) <= n_base
 
 
 def test_pairs_time_window(log):
@@ -315,6 +326,25 @@ def test_four_processes_lose_nothing(tmp_path):
         p.join(120)
     assert [p.exitcode for p in procs] == [0] * N_PROCS
     _check_all_logged(log)
+
+
+def test_threads_that_end_leave_no_open_connections(log):
+    """A thread per request: each opens a connection; the ones of ended threads get closed."""
+
+    def open_files() -> int:
+        fds = os.listdir("/proc/self/fd")
+        return sum(1 for fd in fds if os.path.realpath(f"/proc/self/fd/{fd}") == str(log._db.path))
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    log.counts()
+    for _ in range(30):
+        t = threading.Thread(target=log.log_query, args=(np.ones(DIM), ["a"]))
+        t.start()
+        t.join()
+    log.counts()
+    assert log.counts() == (30, 0)
+    assert open_files() <= 3  # this thread's and the last thread's (closed on the next open)
 
 
 # ---------------------------------------------------------------------- tuning
