@@ -1,8 +1,11 @@
 """Scale benchmark: NUDGE on a memory-mapped generated corpus (default 1M x 768).
 
 Generates (once) a unit-norm float32 corpus ``.npy`` with ``write_memmap_corpus``, then, for
-each variant, runs in a fresh child process: build the query sets (``make_scale_task``: 70k
-training queries answering 100k documents, 10k validation queries), ``fit`` on the memmap,
+each variant and mode, runs in a fresh child process: build the query sets
+(``make_scale_task``: 70k training queries answering 100k documents, 10k validation queries),
+``fit`` on the memmap (mode ``val``: gamma chosen on the validation queries; mode ``cv``: no
+validation queries, gamma by the default 10-fold cross-validation over at most 10,000 held-out
+training queries, then a fit on all 70k),
 and report the fit's wall time and the peak RSS during the fit (``VmHWM`` after resetting it
 with ``/proc/self/clear_refs`` once the query sets are built; so it includes the query arrays
 the caller holds, but not the benchmark's own data generation). The result stays as the moved rows and
@@ -10,6 +13,7 @@ their new vectors (``changed_rows_`` / ``changed_embeddings_``); no second copy 
 is made.
 
     python benchmarks/scale.py                       # 1M x 768, about 3 GB in --dir
+    python benchmarks/scale.py --modes cv --variants n
     python benchmarks/scale.py --docs 200000 --dim 384 --train 20000 --val 2000 --answered 30000
 """
 
@@ -67,11 +71,12 @@ def child(args: argparse.Namespace) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     solver = (NudgeN if args.child == "n" else NudgeM)()
     t1 = time.perf_counter()
-    solver.fit(data.doc_embeddings, train, val)
+    solver.fit(data.doc_embeddings, train, val if args.mode == "val" else None)
     t_fit = time.perf_counter() - t1
     peak = _rss("VmHWM")  # peak since the reset: the fit, plus what the caller held
     out = {
         "variant": f"NUDGE-{args.child.upper()}",
+        "chosen_by": solver.gamma_chosen_by_,
         "fit_s": t_fit,
         "task_s": t_task,
         "peak_rss_bytes": peak,
@@ -82,7 +87,7 @@ def child(args: argparse.Namespace) -> None:
         "val_score": solver.val_score_,
         "changed_rows": int(solver.changed_rows_.size),
         "n_train": train.n_queries,
-        "n_val": val.n_queries,
+        "n_val": solver.n_val_queries_,
         "active_rows": int(np.unique(np.concatenate([train.indices, val.indices])).size),
     }
     print(json.dumps(out))
@@ -101,6 +106,8 @@ def main(argv=None) -> int:
         "--dir", default="/tmp/nudge-rag-scale", help="where the corpus .npy is written"
     )
     parser.add_argument("--variants", default="n,m")
+    parser.add_argument("--modes", default="val,cv", help="val (explicit), cv (no val)")
+    parser.add_argument("--mode", choices=("val", "cv"), default="val", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=("n", "m"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -121,10 +128,11 @@ def main(argv=None) -> int:
         f"{args.train} train / {args.val} val queries, {args.answered} answered docs"
     )
     print(
-        "| variant | fit s | peak RSS in fit GiB | peak / corpus | held before fit GiB | gamma | val score | rows moved |"
+        "| variant | gamma chosen by | fit s | peak RSS in fit GiB | peak / corpus | held before fit GiB | gamma | val score | rows moved |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for variant in args.variants.split(","):
+    print("|---|---|---|---|---|---|---|---|---|")
+    runs = [(v, m) for m in args.modes.split(",") for v in args.variants.split(",")]
+    for variant, mode in runs:
         cmd = [
             sys.executable,
             __file__,
@@ -138,6 +146,8 @@ def main(argv=None) -> int:
             str(args.val),
             "--answered",
             str(args.answered),
+            "--mode",
+            mode,
         ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
@@ -145,7 +155,7 @@ def main(argv=None) -> int:
             return res.returncode
         r = json.loads(res.stdout.strip().splitlines()[-1])
         print(
-            f"| {r['variant']} | {r['fit_s']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
+            f"| {r['variant']} | {r['chosen_by']} ({r['n_val']} queries) | {r['fit_s']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
             f"{r['peak_rss_bytes'] / r['corpus_bytes']:.2f} | {r['rss_before_fit_bytes'] / 2**30:.2f} | "
             f"{r['gamma']:.4g} | {r['val_score']:.3f} | {r['changed_rows']} |"
         )
