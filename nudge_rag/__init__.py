@@ -21,7 +21,12 @@ from nudge_rag._errors import (
     UnknownIdError,
     UnsupportedStoreError,
 )
-from nudge_rag._feedback import FeedbackLog, FeedbackPairs, tune_from_feedback
+from nudge_rag._feedback import (
+    FeedbackLog,
+    FeedbackPairs,
+    TuneInProgressError,
+    tune_from_feedback,
+)
 from nudge_rag._metrics import Relevance, evaluate
 from nudge_rag._pairs import group_pairs, normalize_pairs
 from nudge_rag._queryset import QuerySet
@@ -62,6 +67,7 @@ __all__ = [
     "SearchableEmbeddingStore",
     "StateDirError",
     "StoreTuner",
+    "TuneInProgressError",
     "TuneResult",
     "UnknownIdError",
     "UnsupportedStoreError",

@@ -24,10 +24,11 @@ from nudge_rag import (
     NudgeN,
     QuerySet,
     StoreTuner,
+    TuneInProgressError,
     UnknownIdError,
     tune_from_feedback,
 )
-from nudge_rag._feedback import TuneInProgressError, _merge_groups
+from nudge_rag._feedback import _merge_groups
 
 DIM = 8
 

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from nudge_rag import ArrayStore, FeedbackLog, StoreTuner, UnknownIdError, tune_from_feedback
-from nudge_rag._feedback import TuneInProgressError
+from nudge_rag import (
+    ArrayStore,
+    FeedbackLog,
+    StoreTuner,
+    TuneInProgressError,
+    UnknownIdError,
+    tune_from_feedback,
+)
 
 DIM = 8
 N_PROCS, N_QUERIES = 4, 500
