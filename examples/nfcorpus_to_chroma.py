@@ -28,8 +28,11 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def build(data: Path, out: Path, collection: str = "nfcorpus") -> None:
-    """Write ``out/chroma`` (the collection) and ``out/{train,dev,test}.jsonl``."""
+def build(data: Path, out: Path, collection: str = "nfcorpus", ef: int | None = None) -> None:
+    """Write ``out/chroma`` (the collection) and ``out/{train,dev,test}.jsonl``.
+
+    ``ef`` sets HNSW's ``ef_construction`` and ``ef_search`` (Chroma's default: 100).
+    """
     import chromadb
 
     split_dir = data / "nudge_split"
@@ -43,7 +46,10 @@ def build(data: Path, out: Path, collection: str = "nfcorpus") -> None:
     if folder.exists():
         shutil.rmtree(folder)
     client = chromadb.PersistentClient(path=str(folder))
-    col = client.create_collection(collection, configuration={"hnsw": {"space": "cosine"}})
+    hnsw: dict = {"space": "cosine"}
+    if ef is not None:
+        hnsw.update(ef_construction=ef, ef_search=ef)
+    col = client.create_collection(collection, configuration={"hnsw": hnsw})
     for s in range(0, len(row_ids), 1000):
         rows = row_ids[s : s + 1000]
         col.add(
@@ -51,7 +57,7 @@ def build(data: Path, out: Path, collection: str = "nfcorpus") -> None:
             embeddings=vectors[s : s + 1000],
             documents=[records[r]["text"] for r in rows],
         )
-    print(f"{folder}: collection {collection!r} with {col.count()} documents (cosine)")
+    print(f"{folder}: collection {collection!r} with {col.count()} documents ({hnsw})")
 
     for split in ("train", "dev", "test"):
         questions = {
@@ -80,9 +86,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the nfcorpus folder")
     parser.add_argument("--out", type=Path, required=True, help="folder to write to")
+    parser.add_argument("--ef", type=int, help="HNSW ef_construction and ef_search (default 100)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    build(args.data, args.out)
+    build(args.data, args.out, ef=args.ef)
 
 
 if __name__ == "__main__":

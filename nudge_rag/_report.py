@@ -350,7 +350,7 @@ def draw_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     metrics = {n: v for n, v in data["metrics"].items() if v.get("before")}
     n_panels = (curve is not None) + bool(metrics)
     fig, axes = plt.subplots(
-        1, max(n_panels, 1), figsize=(6.2 * max(n_panels, 1), 4.6), squeeze=False
+        1, max(n_panels, 1), figsize=(6.2 * max(n_panels, 1), 4.9), squeeze=False
     )
     axes = list(axes[0])
     headline = _headline(data)
@@ -370,14 +370,18 @@ def draw_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     times = ", ".join(
         f"{n} {sec:.2f} s" if sec < 1 else f"{n} {sec:.1f} s" for n, sec in data["timings"].items()
     )
-    footer = (
+    k = data["k"]
+    lines = [
         f"{data['rows_moved']:,} of {data['n_docs']:,} document vectors moved; the embedding "
-        "model is unchanged."
-    )
+        "model is unchanged.",
+        f"recall@{k}: share of the relevant documents found in the top {k}; nDCG@{k}: how high "
+        "they rank there (100% = the best possible order).",
+    ]
     if times:
-        footer += "\n" + textwrap.fill(f"Time per stage: {times}", 175)
+        lines.append(f"Time per stage: {times}")
+    footer = "\n".join(textwrap.fill(line, 190) for line in lines)
     fig.text(0.5, 0.01, footer, ha="center", va="bottom", fontsize=8.5, color="#444444")
-    fig.tight_layout(rect=(0, 0.09, 1, 0.93))
+    fig.tight_layout(rect=(0, 0.11, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -398,14 +402,20 @@ def _draw_curve(ax: Any, data: Mapping[str, Any], curve: Mapping[str, Any]) -> N
     label = f"chosen gamma = {gamma:.3g}"
     if best is not None:
         label += f"\n{data['val_metric']} {100 * best:.1f}%"
+    y = 100 * best if best is not None else float(scores.max())
+    if best is not None:
+        ax.plot([gamma], [y], marker="o", markersize=7, color="#d62728", zorder=3)
+    right = gamma <= 0.6 * float(gammas.max())
     ax.annotate(
         label,
-        xy=(gamma, 100 * best if best is not None else float(scores.max())),
-        xytext=(8, -28) if gamma <= 0.6 * float(gammas.max()) else (-8, -28),
-        ha="left" if gamma <= 0.6 * float(gammas.max()) else "right",
+        xy=(gamma, y),
+        xytext=(12, -42) if right else (-12, -42),
+        ha="left" if right else "right",
         textcoords="offset points",
         color="#d62728",
         fontsize=9,
+        bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "#d62728", "alpha": 0.9},
+        arrowprops={"arrowstyle": "-", "color": "#d62728", "lw": 0.8},
     )
     ax.set_xlabel("gamma: how far each answer document may move (0 = not at all)")
     metric = data["val_metric"]

@@ -591,11 +591,19 @@ def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case):
     assert not (state / "originals.npz").exists() and not (state / "pending.npz").exists()
 
 
-@pytest.mark.parametrize("scheme", ["chroma+http", "qdrant+http"])
+@pytest.mark.parametrize("scheme", ["chroma+http", "qdrant+http", "postgresql"])
 def test_unreachable_server_exits_2(task, scheme, tmp_path):
+    import importlib.util
+
     if scheme.startswith("qdrant"):
         pytest.importorskip("qdrant_client")
+    if scheme == "postgresql":
+        pytest.importorskip("psycopg")
+        if importlib.util.find_spec("nudge_rag.backends.pgvector") is None:
+            pytest.skip("nudge_rag.backends.pgvector is not in this checkout")
     url = f"{scheme}://127.0.0.1:{_free_port()}"
+    if scheme == "postgresql":
+        url = f"postgresql://nobody@127.0.0.1:{_free_port()}/db"
     for command in (
         [
             "tune",
@@ -610,6 +618,8 @@ def test_unreachable_server_exits_2(task, scheme, tmp_path):
         ["evaluate", "--store", url, "--pairs", str(task.files["test"]), *EMBED],
         ["status", "--store", url, "--state-dir", str(tmp_path)],
     ):
+        if scheme == "postgresql":
+            command = [*command, "--collection", "docs"]
         res = run_cli(task, *command)
         assert res.returncode == 2, res.stderr
         lines = res.stderr.strip().splitlines()
