@@ -448,6 +448,7 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
     rows = [int(i) for i in expected.changed_ids]
     tuned_docs[rows] = expected.solver.changed_embeddings_
 
+    report = ["--report", str(store.path.parent / "report")] if store.name == "chroma" else []
     tuned = ok_json(
         run_cli(
             task,
@@ -461,6 +462,7 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
             str(files["test"]),
             *EMBED,
             "--json",
+            *report,
         )
     )
     assert tuned["gamma"] == pytest.approx(expected.gamma, abs=1e-12)
@@ -475,6 +477,11 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
         assert test["before"][key] == pytest.approx(before[key], abs=1e-9), key
         assert test["after"][key] == pytest.approx(after[key], abs=1e-9), key
     assert after[f"ndcg@{K}"] > before[f"ndcg@{K}"] + 0.02
+    if report:  # the same numbers in report.json, and a picture
+        data = json.loads(Path(report[1], "report.json").read_text())
+        assert data["metrics"] == tuned["metrics"] and data["gamma"] == tuned["gamma"]
+        assert Path(report[1], "report.png").stat().st_size > 20_000
+        assert "nDCG@10 on the test questions" in Path(report[1], "report.md").read_text()
 
     evaluated = ok_json(
         run_cli(
