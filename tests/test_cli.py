@@ -447,3 +447,16 @@ def test_sentence_transformers_from_an_offline_folder_matches_the_stored_embeddi
     embedder = load_embedder(f"sentence-transformers:{_minilm_path()}")
     got = embedder(list(test.query_texts[:4]))
     np.testing.assert_allclose(got, test.query_embeddings[:4], atol=1e-5)
+
+
+def test_cli_modules_import_no_model_plotting_or_store_library():
+    code = (
+        "import sys, nudge_rag.cli, nudge_rag._report, nudge_rag._pair_files, "
+        "nudge_rag._embedders, nudge_rag.backends._uri\n"
+        "heavy = ('torch', 'sentence_transformers', 'matplotlib', 'tqdm', 'chromadb', "
+        "'qdrant_client', 'faiss', 'pymilvus', 'lancedb', 'psycopg', 'langchain_core', "
+        "'llama_index', 'transformers')\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & set(heavy))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
