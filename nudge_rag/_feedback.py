@@ -375,9 +375,12 @@ class FeedbackLog:
 
     Safe to share between threads and between processes of one app (each thread and process
     uses its own connection; SQLite runs in WAL mode with a busy timeout, PostgreSQL with
-    transactions). Rows are only added by :meth:`log_query`, :meth:`feedback` and
-    :meth:`import_jsonl`, and only removed by :meth:`purge`; tuning reads them and never
-    consumes them.
+    transactions). It pickles as its settings (the unpickled object opens the same log) and
+    copies as itself. Open it in each worker process rather than using it before a fork:
+    a connection made before the fork is never used after it.
+
+    Rows are only added by :meth:`log_query`, :meth:`feedback` and :meth:`import_jsonl`, and
+    only removed by :meth:`purge`; tuning reads them and never consumes them.
 
     Args:
         location: a file path (SQLite, created with its folder if needed; ``sqlite:///path``
@@ -428,6 +431,13 @@ class FeedbackLog:
         self._queries = f"{table_prefix}queries"
         self._events = f"{table_prefix}events"
         self._db = _open_backend(location, float(busy_timeout), str(synchronous).upper())
+        self._location = location
+        self._options = {
+            "store_text": self.store_text,
+            "table_prefix": table_prefix,
+            "busy_timeout": float(busy_timeout),
+            "synchronous": str(synchronous).upper(),
+        }
         self._create_schema()
 
     @property
@@ -448,9 +458,15 @@ class FeedbackLog:
         """Close every connection this object opened (in this process)."""
         self._db.close()
 
-    def __getstate__(self) -> dict[str, Any]:
-        msg = "a FeedbackLog cannot be pickled: open one per process with the same location"
-        raise TypeError(msg)
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as its settings: unpickling opens the same log (new connections)."""
+        return (_reopen, (self._location, self._options))
+
+    def __copy__(self) -> FeedbackLog:
+        return self  # a handle on one shared log, like a connection pool
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FeedbackLog:
+        return self
 
     # ------------------------------------------------------------------ schema
     def _create_schema(self) -> None:
@@ -941,6 +957,10 @@ class FeedbackLog:
         :class:`TuneInProgressError` at once rather than waiting.
         """
         return self._db.tune_lock(f"{self.table_prefix}:{store}")
+
+
+def _reopen(location: Any, options: dict[str, Any]) -> FeedbackLog:
+    return FeedbackLog(location, **options)
 
 
 # ---------------------------------------------------------------------- checks

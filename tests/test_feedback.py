@@ -89,6 +89,19 @@ def test_wal_mode(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_pickles_as_its_settings_and_copies_as_itself(tmp_path):
+    import copy
+    import pickle
+
+    log = FeedbackLog(tmp_path / "f.db", store_text=False, table_prefix="app_")
+    qid = log.log_query(np.ones(DIM), ["a"], text="secret", store="docs")
+    other = pickle.loads(pickle.dumps(log))
+    assert other is not log and (other.store_text, other.table_prefix) == (False, "app_")
+    other.feedback(qid, "a")
+    assert log.counts() == (1, 1) and log.stores() == ["docs"]
+    assert copy.deepcopy(log) is log and copy.copy(log) is log
+
+
 # ---------------------------------------------------------------------- feedback checks
 def test_feedback_for_unknown_query_or_unshown_doc(log):
     qid = log.log_query(np.ones(DIM), ["a", "b"])
@@ -294,8 +307,7 @@ def test_opting_out_of_text_stores_no_text(tmp_path):
 N_PROCS, N_QUERIES = 4, 500
 
 
-def _writer(location: str, worker: int, log: FeedbackLog | None = None) -> None:
-    log = FeedbackLog(location) if log is None else log  # a forked child reuses the object
+def _writer(worker: int, log: FeedbackLog) -> None:
     rng = np.random.default_rng(worker)
     vecs = rng.standard_normal((N_QUERIES, DIM)).astype(np.float32)
     for i in range(N_QUERIES):
@@ -313,14 +325,18 @@ def _check_all_logged(log: FeedbackLog) -> None:
     assert got == expected
 
 
-def test_four_processes_lose_nothing(tmp_path):
-    """4 processes x 500 queries, each with feedback, all at once: every row is there."""
-    location = str(tmp_path / "shared.db")
-    log = FeedbackLog(location)  # opened (and used) before the fork
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_four_processes_lose_nothing(tmp_path, start):
+    """4 processes x 500 queries, each with feedback, all at once: every row is there.
+
+    ``fork``: the children inherit a log the parent has used; ``spawn``: fresh interpreters
+    get it pickled (they open the same file).
+    """
+    log = FeedbackLog(tmp_path / "shared.db")
     log.log_query(np.ones(DIM), ["x"], query_id="parent")
     log.purge(query_ids=["parent"])
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(location, w, log)) for w in range(N_PROCS)]
+    ctx = multiprocessing.get_context(start)
+    procs = [ctx.Process(target=_writer, args=(w, log)) for w in range(N_PROCS)]
     for p in procs:
         p.start()
     for p in procs:
