@@ -491,9 +491,13 @@ def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
         _embed(tuner, texts, embedder, dim, out)
         timings["embed"] = time.perf_counter() - start
 
-        scored = {"validation": val} if val is not None else {"train (in-sample)": train}
+        # Scored before and after: held-out pairs; the training pairs only when there are
+        # none (labelled in-sample: they say little about new questions).
+        scored = {"validation": val} if val is not None else {}
         if test is not None:
             scored["test"] = test
+        if not scored:
+            scored = {"train (in-sample)": train}
         vectors = {
             name: _embed(tuner, p.questions, embedder, dim, out) for name, p in scored.items()
         }
