@@ -173,7 +173,9 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
                 f"NUDGE-M writes non-normalized vectors that must be scored by dot product, but "
                 f"the store scores by {distance}. Use NUDGE-N (variant='n' / NudgeN), or create "
                 "the collection with inner product (Chroma: metadata={'hnsw:space': 'ip'} or "
-                "configuration={'hnsw': {'space': 'ip'}}; Qdrant: Distance.DOT)."
+                "configuration={'hnsw': {'space': 'ip'}}; Qdrant: Distance.DOT; FAISS: "
+                "IndexFlatIP, LangChain distance_strategy=MAX_INNER_PRODUCT without "
+                "normalize_L2; pgvector: inner-product distance; Milvus: metric_type='IP')."
             )
             raise MetricMismatchError(msg)
         return
@@ -184,8 +186,9 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
         msg = (
             f"NUDGE-N writes unit-norm vectors, and the store scores by {distance}, which ranks "
             "like cosine only when every stored vector is unit-norm, but this store holds vectors "
-            "that are not. Normalize the stored vectors, or use a cosine collection "
-            "(Chroma: 'hnsw:space': 'cosine'; Qdrant: Distance.COSINE)."
+            "that are not. Normalize the stored vectors (LangChain FAISS: normalize_L2=True), "
+            "or use a cosine collection (Chroma: 'hnsw:space': 'cosine'; Qdrant: "
+            "Distance.COSINE; pgvector: cosine distance; Milvus: metric_type='COSINE')."
         )
         raise MetricMismatchError(msg)
 

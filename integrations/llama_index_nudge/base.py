@@ -42,6 +42,7 @@ from nudge_rag import (
     normalize_pairs,
     tune_from_feedback,
 )
+from nudge_rag.backends import backend_for_index
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ class NudgeFinetuneEngine:
             msg = "the index has no embed model: pass embed_model="
             raise ValueError(msg)
         engine = cls(
-            index.vector_store,
+            backend_for_index(index),  # by node id, also for stores that know positions only
             embed_model,
             None,
             val_pairs=val_pairs,

@@ -19,7 +19,12 @@ CONTRIBUTING.md says how to add a store.
 """
 
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
-from nudge_rag.backends._registry import backend_for, register_backend, supported_stores
+from nudge_rag.backends._registry import (
+    backend_for,
+    backend_for_index,
+    register_backend,
+    supported_stores,
+)
 from nudge_rag.backends.chroma import ChromaBackend
 from nudge_rag.backends.faiss import FaissBackend
 from nudge_rag.backends.lancedb import LanceDBBackend
@@ -49,6 +54,7 @@ __all__ = [
     "SimpleVectorStoreBackend",
     "as_rows",
     "backend_for",
+    "backend_for_index",
     "register_backend",
     "supported_stores",
     "to_cosine",

@@ -17,7 +17,7 @@ from typing import Any
 from nudge_rag._errors import UnsupportedStoreError
 from nudge_rag._store import EmbeddingStore
 
-__all__ = ["backend_for", "register_backend", "supported_stores"]
+__all__ = ["backend_for", "backend_for_index", "register_backend", "supported_stores"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class _Entry:
     label: str  # what the user knows the store as
     factory: str | Callable[[Any], Any]  # "module:function" or a callable
     extra: str  # pip extra that installs it
+    index_factory: str = ""  # "module:function" taking a LlamaIndex VectorStoreIndex, if needed
 
 
 _MEMORY = "nudge_rag.backends.memory"
@@ -60,7 +61,11 @@ _REGISTRY: dict[str, _Entry] = {
         "langchain", "FAISS", f"{_FAISS}:from_langchain", "faiss"
     ),
     "llama_index.vector_stores.faiss.base.FaissVectorStore": _Entry(
-        "llama-index", "FaissVectorStore", f"{_FAISS}:from_llama_index", "faiss"
+        "llama-index",
+        "FaissVectorStore",
+        f"{_FAISS}:from_llama_index",
+        "faiss",
+        index_factory=f"{_FAISS}:for_index",  # its ids are positions; the index maps them
     ),
     "llama_index.vector_stores.faiss.map_store.FaissMapVectorStore": _Entry(
         "llama-index", "FaissMapVectorStore", f"{_FAISS}:from_llama_index_map", "faiss"
@@ -161,6 +166,24 @@ def backend_for(vector_store: Any, framework: str | None = None) -> EmbeddingSto
         "register a factory with nudge_rag.backends.register_backend()."
     )
     raise UnsupportedStoreError(msg)
+
+
+def backend_for_index(index: Any) -> EmbeddingStore:
+    """The backend for the vector store of a LlamaIndex ``VectorStoreIndex``, by node id.
+
+    The same as ``backend_for(index.vector_store)``, except for stores that know only
+    positions (LlamaIndex's ``FaissVectorStore``), whose backend needs the index's map from
+    position to node id.
+    """
+    vector_store = index.vector_store
+    for cls in type(vector_store).__mro__:
+        entry = _REGISTRY.get(_class_path(cls))
+        if entry is not None and entry.index_factory:
+            module, _, name = entry.index_factory.partition(":")
+            return getattr(importlib.import_module(module), name)(index)
+        if entry is not None:
+            break
+    return backend_for(vector_store, "llama-index")
 
 
 class _Completed:

@@ -223,3 +223,20 @@ def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     assert restored == pytest.approx(before, abs=0.002)
     np.testing.assert_array_equal(_vectors(index), docs)  # originals back exactly
     assert index.docstore.get_node(ds.doc_ids[0]).text == ds.doc_texts[0]
+
+
+def test_from_index_tunes_a_plain_faiss_store_by_node_id(toy):
+    """``from_index`` maps positions to node ids itself: pairs name nodes, as users write them."""
+    _, questions = toy
+    index, _ = _index(toy)
+    before = _vectors(index).copy()
+    engine = NudgeFinetuneEngine.from_index(
+        index, train_pairs=toy_pairs(questions), solver_params={"gamma": 0.3}, state_dir="memory"
+    )
+    assert engine.store.list_ids()[:2] == ["d0", "d1"]
+    moved = engine.finetune().changed_ids
+    assert moved and all(i.startswith("d") for i in moved)
+    assert not np.allclose(_vectors(index), before)
+    engine.restore()
+    np.testing.assert_allclose(_vectors(index), before, atol=1e-7)
+    _check_nodes(index, 12)
