@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from nudge_rag import ArrayStore, Relevance, StoreTuner, evaluate, make_retrieval_task, search
+from nudge_rag.cli import main
 
 HERE = Path(__file__).resolve().parent
 K = 10
@@ -569,7 +570,7 @@ def _unknown_id_file(task: Task) -> Path:
     "case",
     ["missing file", "bad line", "unknown doc id", "wrong dimension", "wrong metric", "bad scheme"],
 )
-def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case):
+def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case, capsys, monkeypatch):
     pairs = str(task.files["train"])
     extra: list[str] = []
     pad = False
@@ -587,19 +588,25 @@ def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case):
     else:
         args = ["--store", "nosuchstore:/x"]
         expect = "supported: chroma:DIR"
-    res = run_cli(task, "tune", *args, "--pairs", pairs, *EMBED, *extra, pad=pad)
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nudge-rag: error: "), res.stderr
+    command = ["tune", *args, "--pairs", pairs, *EMBED, *extra]
+    if case == "wrong dimension":  # as a user runs it, in its own process
+        res = run_cli(task, *command, pad=pad)
+        status, err = res.returncode, res.stderr
+    else:  # the same main(), in this process (faster)
+        monkeypatch.setenv("NUDGE_CLI_QUESTIONS", str(task.lookup))
+        status, err = main(command), capsys.readouterr().err
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nudge-rag: error: "), err
     assert expect in lines[0]
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in err
     np.testing.assert_allclose(store.read(task.ids), task.docs, atol=1e-6)
     state = store.path / "nudge_state" / "docs"
     assert not (state / "originals.npz").exists() and not (state / "pending.npz").exists()
 
 
 @pytest.mark.parametrize("scheme", ["chroma+http", "qdrant+http", "postgresql"])
-def test_unreachable_server_exits_2(task, scheme, tmp_path):
+def test_unreachable_server_exits_2(task, scheme, tmp_path, capsys):
     import importlib.util
 
     if scheme.startswith("qdrant"):
@@ -611,26 +618,24 @@ def test_unreachable_server_exits_2(task, scheme, tmp_path):
     url = f"{scheme}://127.0.0.1:{_free_port()}"
     if scheme == "postgresql":
         url = f"postgresql://nobody@127.0.0.1:{_free_port()}/db"
-    for command in (
-        [
-            "tune",
-            "--store",
-            url,
-            "--pairs",
-            str(task.files["train"]),
-            *EMBED,
-            "--state-dir",
-            str(tmp_path),
-        ],
+    commands = [
+        ["tune", "--store", url, "--pairs", str(task.files["train"]), *EMBED],
         ["evaluate", "--store", url, "--pairs", str(task.files["test"]), *EMBED],
-        ["status", "--store", url, "--state-dir", str(tmp_path)],
-    ):
+        ["status", "--store", url],
+    ]
+    for n, command in enumerate(commands):
+        if command[0] != "evaluate":
+            command += ["--state-dir", str(tmp_path)]
         if scheme == "postgresql":
-            command = [*command, "--collection", "docs"]
-        res = run_cli(task, *command)
-        assert res.returncode == 2, res.stderr
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and "cannot reach" in lines[0], res.stderr
+            command += ["--collection", "docs"]
+        if n == 0:  # as a user runs it
+            res = run_cli(task, *command)
+            status, err = res.returncode, res.stderr
+        else:
+            status, err = main(command), capsys.readouterr().err
+        assert status == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "cannot reach" in lines[0], err
     assert not any(tmp_path.iterdir())  # nothing written
 
 
