@@ -311,3 +311,31 @@ class TestNudgeMCrossValidation(CrossValidationBehaviour):
         assert tolerant.val_score_ <= strict.val_score_
         se = strict.cv_fold_scores_[:, 20].std() / np.sqrt(9)
         assert tolerant.val_score_ >= strict.val_score_ - 0.5 * se - 1e-12
+
+
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+@pytest.mark.parametrize("max_queries", [None, 100])
+def test_early_stop_and_small_blocks_change_nothing(cls, max_queries, monkeypatch):
+    """The folds' bounds let the one streaming pass stop scoring hopeless queries."""
+    from nudge_rag._solver import _limits
+
+    docs, train, _ = make_task(seed=4, n_docs=2000)
+    monkeypatch.setattr(_limits, "EARLY_STOP_SCORES", 1 << 62)
+    plain = cls(cv_max_queries=max_queries).fit(docs, train)
+    monkeypatch.setattr(_limits, "EARLY_STOP_SCORES", 0)
+    monkeypatch.setattr(_limits, "BLOCK_ELEMENTS", 60 * 64)  # many small blocks
+    monkeypatch.setattr(_limits, "STREAM_BLOCK", 60 * 64)
+    early = cls(cv_max_queries=max_queries).fit(docs, train)
+    assert early.gamma_ == pytest.approx(plain.gamma_, rel=1e-5)
+    assert_allclose(early.cv_scores_, plain.cv_scores_, atol=1e-12)
+    assert_allclose(early.embeddings_, plain.embeddings_, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+def test_no_held_out_query_can_win(cls):
+    """Found by the fuzz test: no winning interval at all gives gamma 0, nothing moves."""
+    docs = np.array([[-1.0, -1.0], [1.0, 1.0], [1.0, -1.0]], dtype=np.float32)
+    q = np.array([[-1.0, -1.0], [1.0, 1.0]], dtype=np.float32)  # each query's answer is the other
+    solver = cls(cv=2).fit(docs, QuerySet(q, [[1], [0]]))
+    assert solver.gamma_ == 0 and solver.changed_rows_.size == 0
+    assert solver.val_score_ == 0

@@ -373,6 +373,8 @@ def _coverage(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     ``values`` are the distinct interval ends, increasing (float64); ``counts`` (int64) is
     the count after each group of equal values, starts before ends, as the reference sweeps.
     """
+    if lows.size == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
     values = np.concatenate([lows, highs]).astype(np.float64)
     signs = np.concatenate([np.ones(lows.size, np.int64), -np.ones(highs.size, np.int64)])
     order = np.lexsort((-signs, values))
