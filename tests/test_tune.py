@@ -106,7 +106,26 @@ def test_passive_scores_argument_is_checked():
     docs, train, val = make_task()
     with pytest.raises(ValueError, match=r"passive_scores must have shape \(n_val, val_k\)"):
         NudgeN().fit(docs, train, val, passive_scores=np.zeros((3, 1)))
-    with pytest.raises(ValueError, match="passive_scores needs an explicit val"):
-        NudgeN().fit(docs, train, passive_scores=np.zeros((3, 1)))
+    with pytest.raises(ValueError, match=r"passive_scores must have shape \(n_train, val_k\)"):
+        NudgeN().fit(docs, train, passive_scores=np.zeros((3, 1)))  # cross-validated
+    with pytest.raises(ValueError, match="passive_scores with cv=None needs an explicit val"):
+        NudgeN(cv=None).fit(docs, train, passive_scores=np.zeros((3, 1)))
     with pytest.raises(ValueError, match="got NaN"):
         NudgeN().fit(docs, train, val, passive_scores=np.full((val.n_queries, 1), np.nan))
+
+
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+def test_store_side_cross_validation_matches_reading_everything(cls):
+    """Without val pairs both modes cross-validate: the store scores every training query."""
+    store, tq, ta, _, _ = store_and_pairs(2)
+    if cls is NudgeM:
+        store.distance = "dot"
+    a_store = ArrayStore(store.ids, store.vectors, store.distance)
+    full = tune_store(WriteBack(a_store), cls(), tq, ta, passive="read")
+    b_store = CountingStore(store.ids, store.vectors, store.distance)
+    side = tune_store(WriteBack(b_store), cls(), tq, ta, passive="store")
+    assert full.method == side.method == "cv" and side.n_folds == full.n_folds == 10
+    assert side.gamma == full.gamma
+    assert side.val_score == pytest.approx(full.val_score)
+    assert_allclose(b_store.vectors, a_store.vectors, atol=1e-6)
+    assert b_store.read <= {d for a in ta for d in a}
