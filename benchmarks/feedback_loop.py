@@ -129,10 +129,11 @@ def main() -> None:
             fit = time.perf_counter() - start
             result = retriever.tune_result
             pairs = result.feedback_pairs
+            chosen = result.method or getattr(result.solver, "gamma_chosen_by_", "?")
             ndcg = test_ndcg(searcher, ds.test, row_of)
             print(
                 f"round {r}: {marked} thumbs-up this round; {pairs.n_pairs} pairs on "
-                f"{len(pairs)} questions; gamma {result.gamma:.3g} ({result.method or '?'}"
+                f"{len(pairs)} questions; gamma {result.gamma:.3g} ({chosen}"
                 f"{f', {result.n_folds} folds' if result.n_folds else ''}); "
                 f"{len(result.changed_ids)} vectors moved; test nDCG@10 {ndcg:.1f} "
                 f"(serve {served:.0f} s, fit_from_feedback {fit:.1f} s)"

@@ -314,13 +314,37 @@ class _Postgres(_Sql):
     def _connect(self) -> Any:
         return self._psycopg.connect(self.url, autocommit=True)
 
+    def _begin(self, write: bool) -> Any:
+        """A connection inside a new transaction (a read: one snapshot for all statements)."""
+        statement = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        conn = self.connection()
+        try:
+            conn.execute(statement)
+        except self._psycopg.OperationalError:
+            if not conn.broken:
+                raise
+            # The server dropped this connection (a restart, an idle timeout) and nothing ran
+            # on it yet: one new connection, once.
+            logger.info("feedback log %r: reconnecting after a dropped connection", self)
+            self._local.conn = None
+            conn = self.connection()
+            conn.execute(statement)
+        return conn
+
     @contextlib.contextmanager
     def transaction(self, write: bool) -> Iterator[Any]:
-        conn = self.connection()
-        with conn.transaction(), conn.cursor() as cur:
-            if not write:  # one snapshot for every statement of a read
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn = self._begin(write)
+        cur = conn.cursor()
+        try:
             yield cur
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+        finally:
+            cur.close()
 
     @contextlib.contextmanager
     def tune_lock(self, key: str) -> Iterator[None]:

@@ -125,3 +125,22 @@ def test_tune_lock_and_tune(log, pg_url, prefix):
     result = tune_from_feedback(tuner, log, store="s")
     assert result.changed_ids and set(result.changed_ids) <= set(ids[:10])
     other.close()
+
+
+def test_reconnects_after_a_dropped_connection(pg_url, log):
+    """A connection the server dropped (here: terminated by an admin) is replaced, once."""
+    import psycopg
+
+    qid = log.log_query(np.ones(DIM), ["a"])
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        pids = [
+            r[0]
+            for r in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            ).fetchall()
+        ]
+        for pid in pids:  # every other session, this log's included
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    log.feedback(qid, "a")  # the cached connection is dead: a new one, once
+    assert log.counts() == (1, 1)
