@@ -42,7 +42,13 @@ from nudge_rag._store import (
 )
 from nudge_rag._synthetic import make_retrieval_task, make_scale_task, write_memmap_corpus
 from nudge_rag._tune import StoreTuner, TuneResult, make_solver, resolve_state_dir, tune_store
-from nudge_rag._writeback import WriteBack, WriteBackError
+from nudge_rag._writeback import (
+    StoreBusyError,
+    WriteBack,
+    WriteBackError,
+    WriteBackStatus,
+    WriteReport,
+)
 from nudge_rag.backends import ArrayStore, backend_for
 
 __version__ = "0.1.0"
@@ -71,8 +77,11 @@ __all__ = [
     "TuneResult",
     "UnknownIdError",
     "UnsupportedStoreError",
+    "StoreBusyError",
     "WriteBack",
     "WriteBackError",
+    "WriteBackStatus",
+    "WriteReport",
     "backend_for",
     "check_similarity",
     "evaluate",

@@ -26,7 +26,7 @@ from nudge_rag._queryset import QuerySet, row_index
 from nudge_rag._solver import NudgeM, NudgeN
 from nudge_rag._store import EmbeddingStore, check_similarity, rows_unit_norm
 from nudge_rag._validation import check_positive_int
-from nudge_rag._writeback import WriteBack, WriteBackError
+from nudge_rag._writeback import WriteBack, WriteBackError, WriteBackStatus
 from nudge_rag.backends import STATE_FOLDER, backend_for
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,17 @@ class TuneResult:
         val_score: validation score at ``gamma`` (``None`` without validation).
         n_docs: documents read from the store.
         method: how gamma was chosen: ``"cv"`` (cross-validated on the training pairs),
-            ``"val"`` (on validation pairs), ``"split"`` (on a held-out share) or ``"fixed"``.
+            ``"val"`` (on validation pairs, or a held-out share with ``cv=None``) or
+            ``"fixed"``.
         n_folds: folds of the cross-validation (0 when not cross-validated).
         n_train_queries: distinct training questions.
         n_val_queries: distinct validation questions (0 when none were given).
         timings: seconds per stage (``"embed"``, ``"read"``, ``"solve"``, ``"write"``).
         state_dir: where the originals are kept (``None``: in memory).
+        drifted_ids: documents someone else changed since nudge-rag wrote them (edited, or
+            deleted and re-added): their stale originals were dropped and their current
+            vectors used as originals; those that changed while this fit ran were not tuned
+            (they are not in ``changed_ids``).
     """
 
     solver: NudgeN | NudgeM
@@ -80,6 +85,7 @@ class TuneResult:
     n_val_queries: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     state_dir: Path | None = None
+    drifted_ids: list[str] = field(default_factory=list)
 
     @property
     def variant(self) -> str:
@@ -143,7 +149,36 @@ def tune_store(
         ValueError: empty store, dimension or metric mismatch, bad answers.
         KeyError: an answer id that is not in the store.
         WriteBackError: a pending interrupted write-back, or a failed write.
+        StoreBusyError: (a ``WriteBackError``) another fit, restore or resume of this store
+            is running (see ``WriteBack(lock_timeout=...)``).
+
+    The store's writer lock is held from the read to the last write, so another writer
+    cannot come between what the fit read and what it writes.
     """
+    with writeback.locked("fit"):
+        return _tune_store(
+            writeback,
+            solver,
+            train_embeddings,
+            train_answer_ids,
+            val_embeddings,
+            val_answer_ids,
+            passive=passive,
+            store_mode_min_docs=store_mode_min_docs,
+        )
+
+
+def _tune_store(
+    writeback: WriteBack,
+    solver: NudgeN | NudgeM,
+    train_embeddings: np.ndarray,
+    train_answer_ids: Sequence[Sequence[str]],
+    val_embeddings: np.ndarray | None,
+    val_answer_ids: Sequence[Sequence[str]] | None,
+    *,
+    passive: str,
+    store_mode_min_docs: int,
+) -> TuneResult:
     if writeback.has_pending:
         msg = (
             "an interrupted write-back is pending for this store: call resume() to finish it "
@@ -185,15 +220,28 @@ def tune_store(
         val = QuerySet.from_ids(val_embeddings, val_answer_ids, rows, name="val answer ids")
     solver.fit(corpus, train, val)
     timings["solve"] = perf_counter() - start
-    return _write(writeback, solver, ids, timings)
+    return _write(writeback, solver, ids, timings, corpus)
 
 
 def _write(
-    writeback: WriteBack, solver: NudgeN | NudgeM, ids: Sequence[str], timings: dict[str, float]
+    writeback: WriteBack,
+    solver: NudgeN | NudgeM,
+    ids: Sequence[str],
+    timings: dict[str, float],
+    corpus: np.ndarray | None = None,
 ) -> TuneResult:
     start = perf_counter()
     changed = [ids[r] for r in solver.changed_rows_.tolist()]
-    writeback.apply(changed, solver.changed_embeddings_)
+    base = None if corpus is None else corpus[solver.changed_rows_]
+    info = {
+        "variant": "m" if isinstance(solver, NudgeM) else "n",
+        "gamma": float(solver.gamma_),
+        "method": str(getattr(solver, "method_", "")),
+    }
+    report = writeback.apply(changed, solver.changed_embeddings_, base=base, info=info)
+    if report.skipped_ids:
+        skipped = set(report.skipped_ids)
+        changed = [i for i in changed if i not in skipped]
     timings["write"] = perf_counter() - start
     logger.info("tuned %d of %d read vectors (gamma=%s)", len(changed), len(ids), solver.gamma_)
     return TuneResult(
@@ -202,12 +250,13 @@ def _write(
         gamma=solver.gamma_,
         val_score=solver.val_score_,
         n_docs=len(ids),
-        method=str(getattr(solver, "method_", "")),
-        n_folds=int(getattr(solver, "n_folds_", 0)),
+        method=str(solver.gamma_chosen_by_),
+        n_folds=int(solver.n_folds_),
         n_train_queries=int(solver.n_train_queries_),
         n_val_queries=int(solver.n_val_queries_),
         timings=timings,
         state_dir=writeback.state_dir,
+        drifted_ids=list(report.drifted_ids) + list(report.skipped_ids),
     )
 
 
@@ -222,19 +271,19 @@ def _tune_store_side(
     """``passive="store"``: read the answer documents only; the store scores the rest."""
     store = writeback.store
     train_embeddings = np.asarray(train_embeddings, dtype=np.float32)
-    if val_embeddings is None:
+    cross_validate = val_embeddings is None and solver.gamma is None and solver.cv is not None
+    if val_embeddings is None and solver.gamma is None and solver.cv is None:
         # Split here (as fit would) so that the store can be asked about the validation queries.
-        lengths = [len(a) for a in train_answer_ids]
-        whole = QuerySet(train_embeddings, [[0] * n for n in lengths])
+        n_queries = len(train_answer_ids)
         rng = np.random.default_rng(solver.random_state)
-        order = rng.permutation(whole.n_queries)
-        n_val = min(max(1, round(solver.val_fraction * whole.n_queries)), whole.n_queries - 1)
+        order = rng.permutation(n_queries)
+        n_val = min(max(1, round(solver.val_fraction * n_queries)), n_queries - 1)
         val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
         val_embeddings = train_embeddings[val_rows]
         val_answer_ids = [train_answer_ids[i] for i in val_rows]
         train_embeddings = train_embeddings[train_rows]
         train_answer_ids = [train_answer_ids[i] for i in train_rows]
-    val_embeddings = np.asarray(val_embeddings, dtype=np.float32)
+    val_answer_ids = list(val_answer_ids or [])
     answer_ids = {d for answers in (*train_answer_ids, *val_answer_ids) for d in answers}
     active_ids = sorted(answer_ids | set(writeback.moved_ids()))
     if not active_ids:
@@ -246,14 +295,19 @@ def _tune_store_side(
     check_similarity(solver.similarity, str(store.distance), unit_norm=rows_unit_norm(corpus))
     rows = row_index(ids)
     train = QuerySet.from_ids(train_embeddings, train_answer_ids, rows, name="train answer ids")
-    val = QuerySet.from_ids(val_embeddings, val_answer_ids, rows, name="val answer ids")
+    val = passive = None
     k = int(getattr(solver, "val_k", 1))
-    passive = _passive_scores_from_store(store, val_embeddings, k, set(ids))
+    if val_embeddings is not None:
+        val_embeddings = np.asarray(val_embeddings, dtype=np.float32)
+        val = QuerySet.from_ids(val_embeddings, val_answer_ids, rows, name="val answer ids")
+        passive = _passive_scores_from_store(store, val_embeddings, k, set(ids))
+    elif cross_validate:  # every training query may be held out by some fold
+        passive = _passive_scores_from_store(store, train_embeddings, k, set(ids))
     timings["read"] = perf_counter() - start
     start = perf_counter()
     solver.fit(corpus, train, val, passive_scores=passive)
     timings["solve"] = perf_counter() - start
-    return _write(writeback, solver, ids, timings)
+    return _write(writeback, solver, ids, timings, corpus)
 
 
 def _passive_scores_from_store(
@@ -303,8 +357,12 @@ def resolve_state_dir(
     * ``"memory"``: memory on purpose (no warning). The memory belongs to the store object,
       so every tuner over it shares it.
 
+    A store that keeps its own state (``store.writeback_state()``: pgvector's side tables in
+    its database) needs no folder: unless a folder is given, ``None`` is returned and
+    :class:`~nudge_rag.WriteBack` keeps the originals there.
+
     Returns:
-        The folder, or ``None`` for memory.
+        The folder, or ``None`` for memory (or the store's own state).
 
     Raises:
         StateDirError: a store on a server with no folder given (originals must outlive this
@@ -313,6 +371,8 @@ def resolve_state_dir(
     if isinstance(state_dir, str) and state_dir == MEMORY:
         return None
     if state_dir is None or (isinstance(state_dir, str) and state_dir == AUTO):
+        if callable(getattr(store, "writeback_state", None)):
+            return None  # the store's own state (e.g. tables in its database) outlives us
         if persist_dir is not None:
             return _usable_folder(Path(persist_dir) / STATE_FOLDER, "persist_dir")
         folder = store.default_state_dir()
@@ -327,7 +387,8 @@ def resolve_state_dir(
         logger.warning(
             "the original vectors of %s are kept in memory only: a restore() from another "
             "process cannot find them, and they are lost when this one ends. If you persist "
-            "this store (index.storage_context.persist(dir), InMemoryVectorStore.dump(path)), "
+            "this store (index.storage_context.persist(dir), InMemoryVectorStore.dump(path), "
+            "FAISS.save_local(dir)), "
             "pass persist_dir=dir or state_dir=<folder>; state_dir='memory' silences this.",
             store.name,
         )
@@ -377,6 +438,8 @@ class StoreTuner:
         explain_unknown: optional ``ids -> message`` hook for ids that are not in the store
             (LlamaIndex uses it to say a node is in the docstore but has no vector).
         framework: ``"langchain"`` / ``"llama-index"``, for the unsupported-store message.
+        lock_timeout: seconds to wait for another fit, restore or resume of the same store
+            (``0``: fail at once with :class:`~nudge_rag.StoreBusyError`; ``None``: wait).
 
     Raises:
         UnsupportedStoreError: a store no backend can read and write.
@@ -398,6 +461,7 @@ class StoreTuner:
         show_progress: bool = False,
         explain_unknown: Callable[[list[str]], str | None] | None = None,
         framework: str | None = None,
+        lock_timeout: float | None = 0.0,
     ):
         self.store: EmbeddingStore = backend_for(store, framework)
         self.variant = variant
@@ -413,7 +477,11 @@ class StoreTuner:
         self.explain_unknown = explain_unknown
         self.state_dir = resolve_state_dir(self.store, state_dir, persist_dir)
         self.writeback = WriteBack(
-            self.store, self.state_dir, batch_size=self.batch_size, show_progress=show_progress
+            self.store,
+            self.state_dir,
+            batch_size=self.batch_size,
+            show_progress=show_progress,
+            lock_timeout=lock_timeout,
         )
         self._cache: dict[str, np.ndarray] = {}
         self.result_: TuneResult | None = None
@@ -620,6 +688,18 @@ class StoreTuner:
     def resume(self) -> bool:
         """Finish a write-back interrupted by a crash or a failed request."""
         return self.writeback.resume()
+
+    def discard_pending(self) -> bool:
+        """Drop an interrupted plan that cannot finish; the originals stay saved.
+
+        See :meth:`nudge_rag.WriteBack.discard_pending`; ``restore()`` still puts every
+        original back afterwards.
+        """
+        return self.writeback.discard_pending()
+
+    def status(self) -> WriteBackStatus:
+        """Where the write-back of this store stands: :meth:`nudge_rag.WriteBack.status`."""
+        return self.writeback.status()
 
 
 def _embedding_matrix(vectors: Any, n: int) -> np.ndarray:

@@ -1,57 +1,174 @@
 """Safe write-back of tuned vectors into an :class:`~nudge_rag.EmbeddingStore`.
 
-The procedure, written once for every store:
+The procedure, written once for every store, runs under one writer lock per store
+(``writer.lock`` in the state folder, held with ``flock``; an in-process lock for state kept
+in memory), so two fits, restores or resumes on one store never interleave; the second waits
+up to ``lock_timeout`` seconds, then gets :class:`StoreBusyError` naming the first.
 
 1. Before the first write, the *original* vectors of every id that will change are added to
    ``originals.npz`` in the state directory (temp file, fsync, atomic rename). An id already
    there keeps its first-seen original, so originals are never overwritten with tuned vectors.
-2. The full plan (ids and target vectors) is saved as ``pending.npz``; rows that an earlier
+2. Each saved id's stored vector is checked against what this write-back may have put there:
+   its original, its vector in the last completed plan (``applied.npz``) or in the pending
+   one. A vector that is none of them was changed by someone else (the document was edited,
+   or deleted and re-added): it is left as it is, its saved original is dropped, and the
+   event is reported (a WARNING naming the ids, and :attr:`WriteBack.last_report`). A fit
+   reads such a document's current vector as its new original.
+3. The full plan (ids and target vectors) is saved as ``pending.npz``; rows that an earlier
    fit moved and this one does not are planned back to their originals, so the store always
    ends as *originals + this fit's changes* (a re-fit starts from the originals).
-3. The plan is written in batches through ``store.set_vectors`` (an in-place update), and
+4. The plan is written in batches through ``store.set_vectors`` (an in-place update), and
    ``progress.json`` records each finished batch.
-4. When the last batch is written the plan is removed.
+5. When the last batch is written the plan becomes ``applied.npz`` (what the store now
+   holds) and ``meta.json`` records the fit (variant, gamma, time).
 
 A crash at any point leaves every id holding either its original or its target vector.
 ``resume()`` finishes an interrupted plan; ``restore()`` writes all originals back and then
-forgets them. Without a ``state_dir`` the same state is kept in memory (fine for in-memory
-stores, which are lost with the process anyway).
+forgets them; ``discard_pending()`` drops an interrupted plan and keeps the originals;
+``status()`` says which of these applies. Without a ``state_dir`` the same state is kept in
+memory, owned by the store object (fine for in-memory stores, which are lost with the
+process anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import weakref
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nudge_rag._files import atomic_save_npz, atomic_write_json, fsync_dir
+from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
 from nudge_rag._queryset import row_index
 from nudge_rag._store import EmbeddingStore
 from nudge_rag._validation import check_matrix, check_positive_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WriteBack", "WriteBackError"]
+__all__ = ["StoreBusyError", "WriteBack", "WriteBackError", "WriteBackStatus", "WriteReport"]
 
 ORIGINALS = "originals.npz"
 PENDING = "pending.npz"
 PROGRESS = "progress.json"
+APPLIED = "applied.npz"
+META = "meta.json"
+STATE_FILES = (ORIGINALS, PENDING, PROGRESS, APPLIED, META)
+
+#: A stored vector within ``DRIFT_RTOL * |reference| + DRIFT_ATOL`` (euclidean) of its original
+#: or of a vector this write-back wrote counts as unchanged. Loose enough for stores that
+#: re-normalize or round what they store (float16 is ~3e-4 relative), tight enough that an
+#: edited document's new embedding is never mistaken for its old one.
+DRIFT_RTOL = 1e-3
+DRIFT_ATOL = 1e-6
+_N_SHOWN = 5
 
 
 class WriteBackError(RuntimeError):
     """A write-back could not complete, or its saved state cannot be used.
 
     The store is never left half-written: every id holds its original or its target vector,
-    and the message says whether to call ``resume()`` or ``restore()``.
+    and the message says whether to call ``resume()``, ``restore()`` or ``discard_pending()``.
     """
+
+
+class StoreBusyError(WriteBackError):
+    """Another fit, restore or resume holds this store's writer lock; nothing was done.
+
+    Attributes:
+        holder: what the holder recorded (``pid``, ``host``, ``thread``, ``since``, ``what``),
+            or ``None`` when it left no record.
+    """
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What one :meth:`WriteBack.apply`, ``restore`` or ``resume`` did.
+
+    Attributes:
+        kind: ``"apply"``, ``"restore"`` or ``"resume"``.
+        written: vectors written to the store.
+        drifted_ids: saved ids whose stored vector someone else had changed since this
+            write-back wrote it (the document was edited, or deleted and re-added): left as
+            they are, their saved originals dropped.
+        skipped_ids: ids ``apply`` was asked to write but did not, because their stored
+            vector changed while the fit ran (not the vector the fit started from).
+        missing_ids: saved ids that are no longer in the store (their originals dropped).
+    """
+
+    kind: str
+    written: int = 0
+    drifted_ids: list[str] = field(default_factory=list)
+    skipped_ids: list[str] = field(default_factory=list)
+    missing_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WriteBackStatus:
+    """Where the write-back of one store stands: :meth:`WriteBack.status`.
+
+    Attributes:
+        state_dir: the folder holding the state files; ``None`` when kept in memory.
+        tuned: whether originals are saved, i.e. some stored vectors may be tuned
+            (``restore()`` puts the originals back).
+        n_originals: ids whose original vectors are saved.
+        n_tuned: vectors the last completed fit set to tuned values (``None``: not recorded).
+        pending: ``"apply"`` or ``"restore"`` when an interrupted plan waits, else ``None``.
+        pending_ids: ids in that plan.
+        batches_done: its batches already written.
+        batches_total: its batches in all.
+        variant: ``"n"`` / ``"m"`` of the last completed fit (``None``: not recorded).
+        gamma: its step size.
+        method: how its gamma was chosen (``"cv"``, ``"val"``, ``"split"``, ``"fixed"``).
+        applied_at: when it completed, ISO 8601 UTC.
+        locked_by: who holds the writer lock now, e.g. ``"pid 12 on host x (MainThread,
+            fit, since 2026-01-01T00:00:00+00:00)"``; ``None`` when free.
+    """
+
+    state_dir: Path | None
+    tuned: bool
+    n_originals: int
+    n_tuned: int | None
+    pending: str | None
+    pending_ids: int
+    batches_done: int
+    batches_total: int
+    variant: str | None
+    gamma: float | None
+    method: str | None
+    applied_at: str | None
+    locked_by: str | None
+
+    @property
+    def next_step(self) -> str:
+        """What to do in this state, in one sentence."""
+        if self.locked_by is not None:
+            return f"another writer is working on this store ({self.locked_by}): wait for it"
+        if self.pending is not None:
+            return (
+                f"an interrupted {self.pending} waits ({self.batches_done} of "
+                f"{self.batches_total} batches written): resume() finishes it, restore() puts "
+                "every original back, discard_pending() drops the plan and keeps the originals"
+            )
+        if self.tuned:
+            return (
+                f"{self.n_originals} stored vector(s) have saved originals: restore() puts them "
+                "back; a new fit starts from them"
+            )
+        return "the store holds its original vectors: nothing to do"
 
 
 _MEMORY_LOCK = threading.Lock()
@@ -62,6 +179,7 @@ def _memory_of(owner: object) -> dict[str, Any]:
     """The in-memory write-back state of ``owner`` (a store object), shared by every user of it.
 
     Kept while ``owner`` lives (a weak reference where the object allows one, else a strong one).
+    Holds the state's writer lock under ``LOCK_FILE``.
     """
     key = id(owner)
     with _MEMORY_LOCK:
@@ -72,19 +190,31 @@ def _memory_of(owner: object) -> dict[str, Any]:
             ref: Any = weakref.ref(owner, lambda _ref, key=key: _MEMORY_STATES.pop(key, None))
         except TypeError:  # no weak references: hold it (the state is small next to the store)
             ref = lambda owner=owner: owner  # noqa: E731
-        memory: dict[str, Any] = {}
+        name = f"{getattr(owner, 'name', None) or type(owner).__name__} (state in memory)"
+        memory: dict[str, Any] = {LOCK_FILE: StoreLock(None, name)}
         _MEMORY_STATES[key] = (ref, memory)
         return memory
 
 
 class _State:
-    """Originals, pending plan and progress, on disk (``root``) or in memory."""
+    """Originals, pending plan, applied plan, progress and meta, on disk (``root``) or in memory.
+
+    Built on six primitives (``_load_npz``, ``_save_npz``, ``_delete``, ``_rename``,
+    ``_load_json``, ``_save_json``) plus :attr:`lock`, so a backend can keep the same state
+    elsewhere (e.g. in its database) by overriding them.
+    """
 
     def __init__(self, root: str | os.PathLike | None, owner: object):
         self.root = Path(root) if root is not None else None
         self._mem: dict[str, Any] = _memory_of(owner) if root is None else {}
+        self.lock: StoreLock = (
+            file_lock(self.root) if self.root is not None else self._mem[LOCK_FILE]
+        )
 
-    def _load_npz(self, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    # primitives --------------------------------------------------------------
+    def _load_npz(
+        self, name: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> dict[str, np.ndarray] | None:
         if self.root is None:
             return self._mem.get(name)
         path = self.root / name
@@ -93,6 +223,7 @@ class _State:
         try:
             with np.load(path, allow_pickle=False) as data:
                 out = {k: data[k] for k in keys}
+                out.update((k, data[k]) for k in optional if k in data.files)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
             msg = (
                 f"cannot read write-back state file {path}: {type(err).__name__}: {err}. "
@@ -100,6 +231,8 @@ class _State:
                 "restore it from a backup before deleting it."
             )
             raise WriteBackError(msg) from err
+        if "vectors" not in keys:
+            return out
         ids, vectors = out["ids"], out["vectors"]
         if ids.ndim != 1 or vectors.ndim != 2 or ids.shape[0] != vectors.shape[0]:
             msg = (
@@ -128,6 +261,63 @@ class _State:
             (self.root / name).unlink(missing_ok=True)
             fsync_dir(self.root)
 
+    def _rename(self, src: str, dst: str) -> None:
+        if self.root is None:
+            if src in self._mem:
+                self._mem[dst] = self._mem.pop(src)
+        else:
+            os.replace(self.root / src, self.root / dst)
+            fsync_dir(self.root)
+
+    def _exists(self, name: str) -> bool:
+        return name in self._mem if self.root is None else (self.root / name).exists()
+
+    def _load_json(self, name: str) -> dict[str, Any] | None:
+        if self.root is None:
+            got = self._mem.get(name)
+            return dict(got) if got is not None else None
+        path = self.root / name
+        if not path.exists():
+            return None
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            logger.warning("unreadable write-back state file %s (%s): ignored", path, err)
+            return None
+        return payload if isinstance(payload, dict) else None
+
+    def _save_json(self, name: str, payload: dict[str, Any]) -> None:
+        if self.root is None:
+            self._mem[name] = dict(payload)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.root / name, payload)
+
+    def clean_temp_files(self) -> int:
+        """Remove ``.<state file>.*.tmp`` files a killed writer left; call under the lock."""
+        if self.root is None or not self.root.is_dir():
+            return 0
+        removed = 0
+        for path in self.root.glob(".*.tmp"):
+            if any(path.name.startswith(f".{name}.") for name in STATE_FILES):
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.info(
+                "removed %d temporary file(s) a killed writer left in %s", removed, self.root
+            )
+        return removed
+
+    def has_temp_files(self) -> bool:
+        """Whether :meth:`clean_temp_files` has anything to remove."""
+        if self.root is None or not self.root.is_dir():
+            return False
+        return any(
+            path.name.startswith(f".{name}.")
+            for path in self.root.glob(".*.tmp")
+            for name in STATE_FILES
+        )
+
     # originals ---------------------------------------------------------------
     def load_originals(self) -> tuple[list[str], np.ndarray] | None:
         data = self._load_npz(ORIGINALS, ("ids", "vectors"))
@@ -135,13 +325,30 @@ class _State:
             return None
         return data["ids"].astype(str).tolist(), data["vectors"].astype(np.float32, copy=False)
 
+    def count_originals(self) -> int:
+        data = self._load_npz(ORIGINALS, ("ids",))
+        return 0 if data is None else int(data["ids"].shape[0])
+
     def save_originals(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         self._save_npz(ORIGINALS, ids=np.asarray(ids, dtype=str), vectors=vectors)
 
     def delete_originals(self) -> None:
         self._delete(ORIGINALS)
 
+    # the last completed plan: what this write-back put in the store --------------
+    def load_applied(self) -> tuple[list[str], np.ndarray] | None:
+        data = self._load_npz(APPLIED, ("ids", "vectors"))
+        if data is None:
+            return None
+        return data["ids"].astype(str).tolist(), data["vectors"].astype(np.float32, copy=False)
+
+    def save_applied(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        self._save_npz(APPLIED, ids=np.asarray(ids, dtype=str), vectors=vectors)
+
     # pending plan ------------------------------------------------------------
+    def has_pending(self) -> bool:
+        return self._exists(PENDING)
+
     def load_pending(self) -> tuple[str, list[str], np.ndarray, int, int] | None:
         data = self._load_npz(PENDING, ("ids", "vectors", "kind", "batch_size"))
         if data is None:
@@ -155,8 +362,31 @@ class _State:
             done,
         )
 
+    def pending_summary(self) -> tuple[str, int, int] | None:
+        """``(kind, n_ids, batch_size)`` of the pending plan without loading its vectors."""
+        data = self._load_npz(PENDING, ("ids", "kind", "batch_size"))
+        if data is None:
+            return None
+        return str(data["kind"]), int(data["ids"].shape[0]), int(data["batch_size"])
+
+    def pending_meta(self) -> dict[str, Any]:
+        """What ``apply`` recorded about the fit whose plan is pending (``{}`` if nothing)."""
+        data = self._load_npz(PENDING, (), optional=("meta",))
+        if data is None or "meta" not in data:
+            return {}
+        try:
+            meta = json.loads(str(data["meta"]))
+        except ValueError:
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
     def save_pending(
-        self, kind: str, ids: Sequence[str], vectors: np.ndarray, batch_size: int
+        self,
+        kind: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        batch_size: int,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.save_progress(0)
         self._save_npz(
@@ -165,6 +395,7 @@ class _State:
             vectors=vectors,
             kind=np.asarray(kind),
             batch_size=np.asarray(batch_size),
+            meta=np.asarray(json.dumps(meta or {})),
         )
 
     def _load_progress(self) -> int:
@@ -190,23 +421,173 @@ class _State:
         self._delete(PENDING)
         self._delete(PROGRESS)
 
+    def finish_apply(self, meta: dict[str, Any]) -> None:
+        """The pending plan is written: it becomes what the store holds (``applied``)."""
+        meta = {**meta, "applied_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self._save_json(META, meta)
+        self._rename(PENDING, APPLIED)
+        self._delete(PROGRESS)
+
+    def finish_restore(self) -> None:
+        """Every original is back: forget everything (originals first)."""
+        self.delete_originals()
+        self._delete(APPLIED)
+        self._delete(META)
+        self.clear_pending()
+
+    # meta ---------------------------------------------------------------------
+    def load_meta(self) -> dict[str, Any]:
+        return self._load_json(META) or {}
+
+    def save_meta(self, meta: dict[str, Any]) -> None:
+        self._save_json(META, meta)
+
+    @property
+    def has_applied(self) -> bool:
+        return self._exists(APPLIED)
+
+
+class _StoreState:
+    """A state a backend keeps itself (``store.writeback_state()``, e.g. pgvector's side tables).
+
+    Such a state must offer ``load_originals``, ``save_originals`` (adds ids; saved ones keep
+    their first original), ``delete_originals``, ``load_pending``, ``save_pending``,
+    ``save_progress`` and ``clear_pending``. Everything else :class:`WriteBack` uses has a
+    default here, taken from the state when it has it: ``lock`` (a :class:`StoreLock`-like
+    object; default: the in-process lock of the store object), and ``load_applied`` /
+    ``save_applied`` / ``load_meta`` / ``save_meta`` / ``pending_meta``. Without
+    ``load_applied`` the state does not know what it wrote, so documents changed by someone
+    else are not detected (:attr:`verifies` is false).
+    """
+
+    def __init__(self, inner: Any, owner: object):
+        self._inner = inner
+        self.root = getattr(inner, "root", None)
+        lock = getattr(inner, "lock", None)
+        self.lock: StoreLock = lock if lock is not None else _memory_of(owner)[LOCK_FILE]
+        self.verifies = callable(getattr(inner, "load_applied", None))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def has_pending(self) -> bool:
+        return self._inner.load_pending() is not None
+
+    def pending_summary(self) -> tuple[str, int, int] | None:
+        pending = self._inner.load_pending()
+        return None if pending is None else (pending[0], len(pending[1]), pending[3])
+
+    def _load_progress(self) -> int:
+        pending = self._inner.load_pending()
+        return 0 if pending is None else int(pending[4])
+
+    def save_pending(
+        self,
+        kind: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        batch_size: int,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if callable(getattr(self._inner, "pending_meta", None)):
+            self._inner.save_pending(kind, ids, vectors, batch_size, meta)
+        else:
+            self._inner.save_pending(kind, ids, vectors, batch_size)
+
+    def pending_meta(self) -> dict[str, Any]:
+        got = getattr(self._inner, "pending_meta", None)
+        return got() if callable(got) else {}
+
+    def count_originals(self) -> int:
+        loaded = self._inner.load_originals()
+        return 0 if loaded is None else len(loaded[0])
+
+    def load_applied(self) -> tuple[list[str], np.ndarray] | None:
+        got = getattr(self._inner, "load_applied", None)
+        return got() if callable(got) else None
+
+    def save_applied(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        got = getattr(self._inner, "save_applied", None)
+        if callable(got):
+            got(ids, vectors)
+
+    def load_meta(self) -> dict[str, Any]:
+        got = getattr(self._inner, "load_meta", None)
+        return (got() or {}) if callable(got) else {}
+
+    def save_meta(self, meta: dict[str, Any]) -> None:
+        got = getattr(self._inner, "save_meta", None)
+        if callable(got):
+            got(meta)
+
+    def finish_apply(self, meta: dict[str, Any]) -> None:
+        got = getattr(self._inner, "finish_apply", None)
+        if callable(got):
+            got(meta)
+            return
+        self.save_meta(meta)
+        self._inner.clear_pending()
+
+    def finish_restore(self) -> None:
+        got = getattr(self._inner, "finish_restore", None)
+        if callable(got):
+            got()
+            return
+        self._inner.delete_originals()
+        self._inner.clear_pending()
+
+    def clean_temp_files(self) -> int:
+        return 0
+
+    def has_temp_files(self) -> bool:
+        return False
+
+
+def _close(current: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per row: whether ``current`` is ``reference`` up to the drift tolerance."""
+    if current.shape != reference.shape:
+        return np.zeros(current.shape[0], dtype=bool)
+    diff = np.linalg.norm(current - reference, axis=1)
+    return diff <= DRIFT_RTOL * np.linalg.norm(reference, axis=1) + DRIFT_ATOL
+
+
+def _shown(ids: Sequence[str]) -> str:
+    more = f" and {len(ids) - _N_SHOWN} more" if len(ids) > _N_SHOWN else ""
+    return f"{list(ids[:_N_SHOWN])!r}{more}"
+
+
+_UNSET: Any = object()
+
 
 class WriteBack:
     """Writes tuned vectors into a store without ever losing the originals.
 
+    Every call that writes (``apply``, ``restore``, ``resume``, ``discard_pending``) and
+    ``read_corpus`` holds the store's writer lock, so one writer works on a store at a time,
+    across threads and processes (through a lock file in ``state_dir``); a second one waits up
+    to ``lock_timeout`` seconds, then gets :class:`StoreBusyError` naming the first.
+
     Args:
         store: any :class:`~nudge_rag.EmbeddingStore`.
-        state_dir: folder for ``originals.npz``, ``pending.npz`` and ``progress.json``
-            (created on first write). ``None`` keeps that state in memory, shared by every
-            ``WriteBack`` over the same store object (``store.state_owner`` where the backend
-            has one): fine for in-memory stores, which are lost with the process anyway.
+        state_dir: folder for ``originals.npz``, the plans, ``progress.json``, ``meta.json``
+            and ``writer.lock`` (created on first write). ``None`` keeps that state in
+            memory, shared by every ``WriteBack`` over the same store object
+            (``store.state_owner`` where the backend has one): fine for in-memory stores,
+            which are lost with the process anyway. Every writer of one store must use the
+            same ``state_dir``.
         batch_size: ids written per ``set_vectors`` call.
         show_progress: show a tqdm bar while writing.
+        lock_timeout: seconds to wait for another writer of the same store; ``0`` (default)
+            fails at once with :class:`StoreBusyError`, ``None`` waits as long as it takes.
+
+    Attributes:
+        last_report: the :class:`WriteReport` of the last ``apply``/``restore``/``resume``.
 
     Example:
         >>> wb = WriteBack(store, state_dir="index_dir/nudge")   # doctest: +SKIP
         >>> ids, corpus = wb.read_corpus()        # originals, even after an earlier fit
         >>> wb.apply(changed_ids, changed_vectors)
+        >>> wb.status().next_step
         >>> wb.restore()                          # every original back
     """
 
@@ -217,6 +598,7 @@ class WriteBack:
         *,
         batch_size: int = 512,
         show_progress: bool = False,
+        lock_timeout: float | None = 0.0,
     ):
         if not isinstance(store, EmbeddingStore):
             from nudge_rag.backends import backend_for
@@ -226,13 +608,52 @@ class WriteBack:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.show_progress = show_progress
-        self._state = _State(self.state_dir, getattr(store, "state_owner", self))
+        self.lock_timeout = _check_timeout(lock_timeout)
+        owner = getattr(store, "state_owner", store)
+        own_state = getattr(store, "writeback_state", None)
+        if self.state_dir is None and callable(own_state):
+            # The store keeps the state itself (pgvector: side tables in its database).
+            self._state: Any = _StoreState(own_state(), owner)
+        else:
+            self._state = _State(self.state_dir, owner)
+        self._lock: StoreLock = self._state.lock
+        self.last_report: WriteReport | None = None
+        if self._state.has_temp_files():  # left by a killed writer: remove unless one is busy
+            with contextlib.suppress(StoreBusyError), self.locked("clean up"):
+                pass
+
+    # ------------------------------------------------------------------ the lock
+    @contextlib.contextmanager
+    def locked(self, what: str = "write", *, timeout: float | None = _UNSET) -> Iterator[None]:
+        """Hold this store's writer lock for a ``with`` block (re-entrant in one thread).
+
+        ``tune_store`` holds it from reading the corpus to the last write, so a fit's read,
+        solve and write are one step that no other writer can come between.
+
+        Args:
+            what: what the block does, recorded for other writers' messages.
+            timeout: seconds to wait; default :attr:`lock_timeout`.
+
+        Raises:
+            StoreBusyError: another thread or process holds it.
+        """
+        timeout = self.lock_timeout if timeout is _UNSET else _check_timeout(timeout)
+        try:
+            self._lock.acquire(what, timeout)
+        except LockBusy as err:
+            raise StoreBusyError(str(err), err.holder) from None
+        try:
+            if self._lock.depth == 1:
+                self._state.clean_temp_files()
+            yield
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ reading
     @property
     def has_pending(self) -> bool:
         """Whether an interrupted write-back or restore waits for ``resume()``."""
-        return self._state.load_pending() is not None
+        return self._state.has_pending()
 
     def moved_ids(self) -> list[str]:
         """Ids whose originals are saved (the rows an earlier fit may have moved)."""
@@ -246,8 +667,42 @@ class WriteBack:
             return [], np.zeros((0, 0), dtype=np.float32)
         return loaded
 
+    def status(self) -> WriteBackStatus:
+        """Where this store's write-back stands, and what to do next (``.next_step``).
+
+        Reads the state only: it takes no lock, so it never gets in a writer's way (while one
+        works, the counts may be a moment old).
+        """
+        try:
+            summary = self._state.pending_summary()
+        except WriteBackError:  # unreadable plan: resume() names the file
+            summary = ("unreadable", 0, 1)
+        done = self._state._load_progress() if summary is not None else 0
+        meta = self._state.load_meta()
+        holder = self._lock.holder_now()
+        n_originals = self._state.count_originals()
+        gamma = meta.get("gamma")
+        return WriteBackStatus(
+            state_dir=self.state_dir,
+            tuned=n_originals > 0,
+            n_originals=n_originals,
+            n_tuned=meta.get("n_tuned"),
+            pending=None if summary is None else summary[0],
+            pending_ids=0 if summary is None else summary[1],
+            batches_done=done,
+            batches_total=0 if summary is None else -(-summary[1] // max(summary[2], 1)),
+            variant=meta.get("variant"),
+            gamma=None if gamma is None else float(gamma),
+            method=meta.get("method"),
+            applied_at=meta.get("applied_at"),
+            locked_by=None if holder is None else describe_holder(holder),
+        )
+
     def read_corpus(self, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
         """Read the store's vectors with saved originals in place of tuned ones.
+
+        A document someone else changed since this write-back wrote it reads as its current
+        vector (it is the new original; the next ``apply`` drops the stale record).
 
         Args:
             ids: which ids to read (default: ``store.list_ids()``).
@@ -255,36 +710,60 @@ class WriteBack:
         Returns:
             ``(ids, (n, dim) float32)``: the vectors a fresh fit must start from.
         """
-        ids = list(self.store.list_ids()) if ids is None else list(ids)
-        if not ids:
-            return ids, np.zeros((0, 0), dtype=np.float32)
-        blocks = [
-            np.asarray(self.store.get_vectors(ids[s : s + self.batch_size]), dtype=np.float32)
-            for s in range(0, len(ids), self.batch_size)
-        ]
-        corpus = np.concatenate(blocks, axis=0)
-        loaded = self._state.load_originals()
-        if loaded is not None:
+        with self.locked("read"):
+            ids = list(self.store.list_ids()) if ids is None else list(ids)
+            if not ids:
+                return ids, np.zeros((0, 0), dtype=np.float32)
+            corpus = self._read(ids)
+            loaded = self._state.load_originals()
+            if loaded is None:
+                return ids, corpus
             orig_ids, orig_vecs = loaded
             rows = row_index(ids)
             pairs = [(rows[i], k) for k, i in enumerate(orig_ids) if i in rows]
-            if pairs:
-                dst, src = map(np.asarray, zip(*pairs))
-                if orig_vecs.shape[1] != corpus.shape[1]:
-                    msg = (
-                        f"saved originals have {orig_vecs.shape[1]} dimensions, but the store "
-                        f"holds {corpus.shape[1]}-dimensional vectors; state at {self.state_dir}"
-                    )
-                    raise WriteBackError(msg)
-                corpus[dst] = orig_vecs[src]
-        return ids, corpus
+            if not pairs:
+                return ids, corpus
+            dst, src = (np.asarray(a, dtype=np.int64) for a in zip(*pairs))
+            refs = self._references(orig_ids, orig_vecs)
+            ours = self._ours([ids[d] for d in dst], corpus[dst], refs)
+            corpus[dst[ours]] = orig_vecs[src[ours]]
+            if not ours.all():
+                changed = [ids[d] for d in dst[~ours]]
+                logger.info(
+                    "%d document(s) were changed by someone else since they were tuned; their "
+                    "current vectors are read as originals: %s",
+                    len(changed),
+                    _shown(changed),
+                )
+            return ids, corpus
 
     # ------------------------------------------------------------------ writing
-    def apply(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+    def apply(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        base: np.ndarray | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> WriteReport:
         """Make the store hold ``vectors`` for ``ids`` and originals for every other saved id.
 
+        Args:
+            ids: the ids to write.
+            vectors: ``(len(ids), dim)`` float array of their new vectors.
+            base: optional ``(len(ids), dim)`` float array: the vectors the new ones were
+                computed from (what :meth:`read_corpus` gave). An id whose stored vector
+                (or saved original) is no longer its ``base`` changed while the fit ran: it
+                is left as it is and reported in ``skipped_ids``.
+            info: what to record in ``meta.json`` about this fit (``variant``, ``gamma``...).
+
+        Returns:
+            A :class:`WriteReport` (also :attr:`last_report`).
+
         Raises:
+            StoreBusyError: another writer holds the store.
             WriteBackError: a plan from an interrupted call is pending, or a batch failed.
+            KeyError: an id that is not in the store (nothing written).
             ValueError: shapes or values that cannot be written.
         """
         ids = [str(i) for i in ids]
@@ -298,100 +777,367 @@ class WriteBack:
         if len(set(ids)) != len(ids):
             msg = "ids passed to apply() must be unique"
             raise ValueError(msg)
-        self._refuse_if_pending()
-
-        loaded = self._state.load_originals()
-        orig_ids, orig_vecs = loaded if loaded is not None else ([], None)
-        known = set(orig_ids)
-        new_ids = [i for i in ids if i not in known]
-        if new_ids:
-            # Reading raises KeyError for unknown ids before anything is written.
-            current = np.concatenate(
-                [
-                    np.asarray(
-                        self.store.get_vectors(new_ids[s : s + self.batch_size]), dtype=np.float32
-                    )
-                    for s in range(0, len(new_ids), self.batch_size)
-                ]
-            )
-            if current.shape[1] != vectors.shape[1]:
-                msg = (
-                    f"vectors have {vectors.shape[1]} dimensions, but the store holds "
-                    f"{current.shape[1]}-dimensional vectors"
-                )
+        if base is not None:
+            base = np.asarray(base, dtype=np.float32)
+            if base.shape != vectors.shape:
+                msg = f"base must have the shape of vectors {vectors.shape}, got {base.shape}"
                 raise ValueError(msg)
-            all_ids = list(orig_ids) + new_ids
-            all_vecs = current if orig_vecs is None else np.concatenate([orig_vecs, current])
-            self._state.save_originals(all_ids, all_vecs)
-            logger.info("saved originals of %d new id(s) (%d in all)", len(new_ids), len(all_ids))
-        elif orig_vecs is not None and vectors.shape[0] and orig_vecs.shape[1] != vectors.shape[1]:
+        with self.locked("apply"):
+            report = self._apply(ids, vectors, base, dict(info or {}))
+        self.last_report = report
+        return report
+
+    def _apply(
+        self, ids: list[str], vectors: np.ndarray, base: np.ndarray | None, info: dict[str, Any]
+    ) -> WriteReport:
+        self._refuse_if_pending()
+        # Reading raises KeyError for unknown ids before anything is written.
+        current = self._read(ids)
+        if ids and current.shape[1] != vectors.shape[1]:
             msg = (
-                f"vectors have {vectors.shape[1]} dimensions, "
-                f"but the saved originals have {orig_vecs.shape[1]}"
+                f"vectors have {vectors.shape[1]} dimensions, but the store holds "
+                f"{current.shape[1]}-dimensional vectors"
             )
             raise ValueError(msg)
-
-        # Rows moved earlier but not now go back to their originals.
-        target = set(ids)
-        back = [k for k, i in enumerate(orig_ids) if i not in target]
-        plan_ids = ids + [orig_ids[k] for k in back]
-        plan_vecs = vectors if not back else np.concatenate([vectors, orig_vecs[np.asarray(back)]])
-        self._state.save_pending("apply", plan_ids, plan_vecs, self.batch_size)
+        loaded = self._state.load_originals()
+        orig_ids, orig_vecs = loaded if loaded is not None else ([], None)
+        target = row_index(ids)
+        # Which saved records still describe what the store holds.
+        rest = [k for k, i in enumerate(orig_ids) if i not in target]
+        rest_ids = [orig_ids[k] for k in rest]
+        rest_cur, present = self._read_present(rest_ids)
+        keep = np.ones(len(orig_ids), dtype=bool)
+        missing = [i for i, p in zip(rest_ids, present) if not p]
+        if orig_vecs is not None:
+            refs = self._references(orig_ids, orig_vecs)
+            rest_idx = np.asarray(rest, dtype=np.int64)
+            keep[rest_idx[~present]] = False
+            ours_rest = self._ours(rest_ids, rest_cur, refs)
+            keep[rest_idx[present & ~ours_rest]] = False
+            in_target = np.asarray(
+                [k for k, i in enumerate(orig_ids) if i in target], dtype=np.int64
+            )
+            t_rows = np.asarray([target[orig_ids[k]] for k in in_target], dtype=np.int64)
+            ours_t = self._ours([ids[r] for r in t_rows], current[t_rows], refs)
+            keep[in_target[~ours_t]] = False
+        gone = set(missing)
+        drifted = [i for i, k in zip(orig_ids, keep) if not k and i not in gone]
+        # The vector each id's tuned vector must have been computed from.
+        kept = {orig_ids[k]: k for k in range(len(orig_ids)) if keep[k]}
+        expected = current.copy()
+        known_rows = [(r, kept[i]) for r, i in enumerate(ids) if i in kept]
+        if known_rows:
+            r_idx, k_idx = (np.asarray(a, dtype=np.int64) for a in zip(*known_rows))
+            expected[r_idx] = orig_vecs[k_idx]
+        write = np.ones(len(ids), dtype=bool)
+        if base is not None and ids:
+            write = _close(base, expected)
+        skipped = [i for i, w in zip(ids, write) if not w]
+        # New originals: kept records, plus the current vector of every id written anew.
+        fresh = [r for r, i in enumerate(ids) if write[r] and i not in kept]
+        new_ids = [orig_ids[k] for k in range(len(orig_ids)) if keep[k]]
+        parts = [] if orig_vecs is None else [orig_vecs[keep]]
+        if fresh:
+            new_ids += [ids[r] for r in fresh]
+            parts.append(current[np.asarray(fresh, dtype=np.int64)])
+        if fresh or not keep.all():
+            all_vecs = (
+                np.concatenate(parts) if parts else np.zeros((0, vectors.shape[1]), np.float32)
+            )
+            self._state.save_originals(new_ids, all_vecs)
+            logger.info("saved originals of %d new id(s) (%d in all)", len(fresh), len(new_ids))
+        self._report_dropped(drifted, missing)
+        # Rows moved earlier but not now (or skipped now) go back to their originals.
+        w_idx = np.flatnonzero(write)
+        back = [kept[i] for i in kept if i not in target or not write[target[i]]]
+        plan_ids = [ids[r] for r in w_idx] + [orig_ids[k] for k in back]
+        blocks = [vectors[w_idx]] if w_idx.size else []
+        if back:
+            blocks.append(orig_vecs[np.asarray(back, dtype=np.int64)])
+        plan_vecs = np.concatenate(blocks) if blocks else vectors[:0]
+        meta = {
+            **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
+            "n_tuned": int(w_idx.size),
+        }
+        self._state.save_pending("apply", plan_ids, plan_vecs, self.batch_size, meta)
         self._run_plan("apply", plan_ids, plan_vecs, self.batch_size, start=0)
+        if skipped:
+            logger.warning(
+                "%d document(s) changed while the fit ran (not the vector it started from): "
+                "left as they are, not tuned: %s",
+                len(skipped),
+                _shown(skipped),
+            )
+        return WriteReport("apply", len(plan_ids), drifted, skipped, missing)
 
     def resume(self) -> bool:
         """Finish an interrupted ``apply()`` or ``restore()``.
 
+        Rows someone else changed since the plan was saved are left as they are (reported
+        in :attr:`last_report`), so a plan whose store was recreated (another dimension,
+        other ids) finishes instead of failing again.
+
         Returns:
             ``True`` if a pending plan was completed, ``False`` if there was none.
+
+        Raises:
+            StoreBusyError: another writer holds the store.
+            WriteBackError: a batch failed again (the plan stays pending).
         """
-        pending = self._state.load_pending()
-        if pending is None:
-            return False
-        kind, ids, vectors, batch_size, done = pending
-        logger.info("resuming %s: %d id(s), from batch %d", kind, len(ids), done)
-        self._run_plan(kind, ids, vectors, batch_size, start=done)
-        return True
+        with self.locked("resume"):
+            pending = self._state.load_pending()
+            if pending is None:
+                return False
+            kind, ids, vectors, batch_size, done = pending
+            logger.info("resuming %s: %d id(s), from batch %d", kind, len(ids), done)
+            start = min(done * batch_size, len(ids))
+            todo = ids[start:]
+            current, present = self._read_present(todo)
+            loaded = self._state.load_originals()
+            orig_ids, orig_vecs = loaded if loaded is not None else ([], None)
+            ours = self._ours(todo, current, self._references(orig_ids, orig_vecs))
+            skip = np.zeros(len(ids), dtype=bool)
+            skip[start:] = ~(present & ours)
+            missing = [i for i, p in zip(todo, present) if not p]
+            drifted = [i for i, p, o in zip(todo, present, ours) if p and not o]
+            if (missing or drifted) and kind == "apply" and orig_vecs is not None:
+                gone = set(missing) | set(drifted)
+                keep = np.asarray([i not in gone for i in orig_ids], dtype=bool)
+                self._state.save_originals([i for i in orig_ids if i not in gone], orig_vecs[keep])
+            self._report_dropped(drifted, missing, restoring=kind == "restore")
+            self._run_plan(kind, ids, vectors, batch_size, start=done, skip=skip)
+            self.last_report = WriteReport(
+                "resume", int(len(ids) - start - skip.sum()), drifted, [], missing
+            )
+            return True
 
     def restore(self) -> int:
         """Write every saved original back into the store, then forget the originals.
 
-        A pending plan is superseded. Ids that are no longer in the store are skipped.
+        A pending plan is superseded. Ids that are no longer in the store, and documents
+        someone else changed since this write-back wrote them, are left as they are (a
+        WARNING names them; :attr:`last_report` lists them).
 
         Returns:
             How many vectors were restored.
+
+        Raises:
+            StoreBusyError: another writer holds the store.
+            WriteBackError: a batch failed (call ``restore()`` or ``resume()`` again).
         """
-        loaded = self._state.load_originals()
-        if loaded is None:
-            if self._state.load_pending() is not None:
-                self._state.clear_pending()
-            logger.info("nothing to restore: no originals saved")
-            return 0
-        ids, vectors = loaded
-        present = set(self.store.list_ids())
-        keep = [k for k, i in enumerate(ids) if i in present]
-        if len(keep) != len(ids):
+        with self.locked("restore"):
+            loaded = self._state.load_originals()
+            if loaded is None:
+                if self._state.has_pending():
+                    self._state.clear_pending()
+                self._state.finish_restore()
+                logger.info("nothing to restore: no originals saved")
+                self.last_report = WriteReport("restore")
+                return 0
+            ids, vectors = loaded
+            current, present = self._read_present(ids)
+            ours = self._ours(ids, current, self._references(ids, vectors))
+            keep = present & ours
+            missing = [i for i, p in zip(ids, present) if not p]
+            drifted = [i for i, p, o in zip(ids, present, ours) if p and not o]
+            self._report_dropped(drifted, missing, restoring=True)
+            self._absorb_pending()
+            ids = [i for i, k in zip(ids, keep) if k]
+            vectors = vectors[keep]
+            self._state.save_pending("restore", ids, vectors, self.batch_size)
+            self._run_plan("restore", ids, vectors, self.batch_size, start=0)
+            self.last_report = WriteReport("restore", len(ids), drifted, [], missing)
+            return len(ids)
+
+    def discard_pending(self) -> bool:
+        """Drop an interrupted plan without writing anything; the originals stay saved.
+
+        For a plan that cannot finish (``resume()`` keeps failing, e.g. the store refuses the
+        writes). Every id keeps holding its original or the plan's vector, and those vectors
+        are remembered as written, so a later ``restore()`` still puts every original back,
+        and a fit starts from them.
+
+        Returns:
+            ``True`` if a plan was dropped, ``False`` if none was pending.
+
+        Raises:
+            StoreBusyError: another writer holds the store.
+        """
+        with self.locked("discard_pending"):
+            if not self._state.has_pending():
+                return False
+            try:
+                summary = self._state.pending_summary() or ("plan", 0, 1)
+            except WriteBackError:  # unreadable: _absorb_pending says so
+                summary = ("plan", 0, 1)
+            self._absorb_pending()
+            self._state.clear_pending()
+            where = self.state_dir if self.state_dir is not None else "memory"
             logger.warning(
-                "restore: %d saved id(s) are no longer in the store", len(ids) - len(keep)
+                "discarded the pending %s of %d id(s); the originals stay in %s. Some stored "
+                "vectors may still be tuned: restore() puts every original back",
+                summary[0],
+                summary[1],
+                where,
             )
-        ids = [ids[k] for k in keep]
-        vectors = vectors[np.asarray(keep, dtype=np.int64)]
-        self._state.save_pending("restore", ids, vectors, self.batch_size)
-        self._run_plan("restore", ids, vectors, self.batch_size, start=0)
-        return len(ids)
+            return True
 
     # ------------------------------------------------------------------ internals
+    def _read(self, ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors of ``ids`` in batches (``KeyError`` for an unknown id)."""
+        if not ids:
+            return np.zeros((0, 0), dtype=np.float32)
+        blocks = [
+            np.asarray(self.store.get_vectors(ids[s : s + self.batch_size]), dtype=np.float32)
+            for s in range(0, len(ids), self.batch_size)
+        ]
+        return np.concatenate(blocks, axis=0)
+
+    def _read_present(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors of ``ids`` and whether each is in the store (absent rows are 0)."""
+        present = np.ones(len(ids), dtype=bool)
+        if not ids:
+            return np.zeros((0, 0), dtype=np.float32), present
+        blocks: list[np.ndarray] = []
+        listed: set[str] | None = None
+        for s in range(0, len(ids), self.batch_size):
+            batch = list(ids[s : s + self.batch_size])
+            try:
+                blocks.append(np.asarray(self.store.get_vectors(batch), dtype=np.float32))
+                continue
+            except KeyError as err:
+                unknown = getattr(err, "ids", None)
+                if not unknown:
+                    listed = set(self.store.list_ids()) if listed is None else listed
+                    unknown = [i for i in batch if i not in listed]
+            gone = set(unknown)
+            here = [i for i in batch if i not in gone]
+            mask = np.asarray([i not in gone for i in batch], dtype=bool)
+            present[s : s + len(batch)] = mask
+            got = np.asarray(self.store.get_vectors(here), dtype=np.float32) if here else None
+            blocks.append(_scatter(got, mask))
+        dim = max((b.shape[1] for b in blocks if b.ndim == 2), default=0)
+        blocks = [
+            b if b.shape[1] == dim else np.zeros((b.shape[0], dim), np.float32) for b in blocks
+        ]
+        return np.concatenate(blocks, axis=0), present
+
+    def _references(
+        self, orig_ids: Sequence[str], orig_vecs: np.ndarray | None
+    ) -> list[tuple[Sequence[str], np.ndarray]] | None:
+        """Every vector this write-back may have left in the store, or ``None`` if unknown."""
+        if not getattr(self._state, "verifies", True):
+            return None
+        refs: list[tuple[Sequence[str], np.ndarray]] = []
+        if orig_vecs is not None:
+            refs.append((orig_ids, orig_vecs))
+        applied = self._state.load_applied()
+        try:
+            pending = self._state.load_pending() if self._state.has_pending() else None
+        except WriteBackError:
+            return None  # an unreadable plan: its vectors are unknown
+        if applied is None and pending is None and orig_vecs is not None:
+            self._log_unverified()
+            return None  # state written before plans were kept: cannot tell
+        if self._state.load_meta().get("unverified"):
+            self._log_unverified()
+            return None
+        if applied is not None:
+            refs.append(applied)
+        if pending is not None:
+            refs.append((pending[1], pending[2]))
+        return refs
+
+    def _log_unverified(self) -> None:
+        logger.info(
+            "the write-back state of %s does not record every vector it wrote (written by an "
+            "older nudge-rag, or a dropped plan): documents changed by someone else cannot be "
+            "told apart until the next completed fit or restore",
+            self._lock.name,
+        )
+
+    @staticmethod
+    def _ours(
+        ids: Sequence[str],
+        current: np.ndarray,
+        refs: list[tuple[Sequence[str], np.ndarray]] | None,
+    ) -> np.ndarray:
+        """Per id: whether its stored vector ``current`` is one of ``refs`` (all: ``None``)."""
+        if refs is None:
+            return np.ones(len(ids), dtype=bool)
+        if not ids:
+            return np.zeros(0, dtype=bool)
+        ours = np.zeros(len(ids), dtype=bool)
+        pos = row_index(ids)
+        for ref_ids, ref_vecs in refs:
+            idx = np.fromiter((pos.get(i, -1) for i in ref_ids), dtype=np.int64, count=len(ref_ids))
+            hit = np.flatnonzero(idx >= 0)
+            if hit.size == 0 or ref_vecs.shape[1] != current.shape[1]:
+                continue
+            close = _close(current[idx[hit]], ref_vecs[hit])
+            ours[idx[hit[close]]] = True
+        return ours
+
+    def _absorb_pending(self) -> None:
+        """Remember a pending plan's vectors as written (before it is superseded or dropped)."""
+        try:
+            pending = self._state.load_pending()
+        except WriteBackError as err:
+            logger.warning(
+                "%s. Dropping it; until the next completed fit or restore, documents changed "
+                "by someone else cannot be told apart from tuned ones",
+                err,
+            )
+            self._state.save_meta({**self._state.load_meta(), "unverified": True})
+            return
+        if pending is None:
+            return
+        applied = self._state.load_applied()
+        ids, vectors = pending[1], pending[2]
+        if applied is not None and applied[1].shape[1:] == vectors.shape[1:]:
+            ids = list(applied[0]) + list(ids)
+            vectors = np.concatenate([applied[1], vectors])
+        self._state.save_applied(ids, vectors)
+
+    def _report_dropped(
+        self, drifted: list[str], missing: list[str], *, restoring: bool = False
+    ) -> None:
+        if missing:
+            logger.warning(
+                "%d saved id(s) are no longer in the store; their originals are dropped: %s",
+                len(missing),
+                _shown(missing),
+            )
+        if drifted:
+            logger.warning(
+                "%d document(s) were changed by someone else since nudge-rag wrote them "
+                "(edited, deleted and re-added, or the collection was recreated): %s; their "
+                "stale saved originals are dropped: %s",
+                len(drifted),
+                "not restored, left as they are"
+                if restoring
+                else "their current vectors count as their originals now",
+                _shown(drifted),
+            )
+
     def _refuse_if_pending(self) -> None:
-        if self._state.load_pending() is not None:
+        if self._state.has_pending():
             where = f" (state in {self.state_dir})" if self.state_dir else ""
             msg = (
-                "an interrupted write-back is pending" + where + ": call resume() to finish it "
-                "or restore() to undo it before writing again"
+                "an interrupted write-back is pending" + where + ": call resume() to finish it, "
+                "restore() to undo it, or discard_pending() to drop it, before writing again"
             )
             raise WriteBackError(msg)
 
     def _run_plan(
-        self, kind: str, ids: list[str], vectors: np.ndarray, batch_size: int, start: int
+        self,
+        kind: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        batch_size: int,
+        start: int,
+        *,
+        skip: np.ndarray | None = None,
     ) -> None:
         n_batches = -(-len(ids) // batch_size)
         bar = None
@@ -402,20 +1148,28 @@ class WriteBack:
                 bar = tqdm(total=n_batches, initial=start, desc=f"nudge {kind}", unit="batch")
             except ImportError:  # pragma: no cover - tqdm is optional
                 bar = None
+        written = 0
         try:
             for b in range(start, n_batches):
                 sl = slice(b * batch_size, (b + 1) * batch_size)
+                batch_ids, batch_vecs = ids[sl], vectors[sl]
+                if skip is not None and skip[sl].any():
+                    take = np.flatnonzero(~skip[sl])
+                    batch_ids, batch_vecs = [batch_ids[t] for t in take], batch_vecs[take]
                 try:
-                    self.store.set_vectors(ids[sl], vectors[sl])
+                    if batch_ids:
+                        self.store.set_vectors(batch_ids, batch_vecs)
                 except Exception as err:
                     where = f" State is in {self.state_dir}." if self.state_dir else ""
                     msg = (
                         f"{kind} stopped at batch {b + 1} of {n_batches} "
                         f"({type(err).__name__}: {err}). "
                         "Every id holds either its original or its new vector; call resume() to "
-                        f"finish or restore() to put the originals back.{where}"
+                        "finish or restore() to put the originals back (discard_pending() drops "
+                        f"the plan and keeps the originals).{where}"
                     )
                     raise WriteBackError(msg) from err
+                written += len(batch_ids)
                 self._state.save_progress(b + 1)
                 if bar is not None:
                     bar.update(1)
@@ -423,6 +1177,25 @@ class WriteBack:
             if bar is not None:
                 bar.close()
         if kind == "restore":
-            self._state.delete_originals()
-        self._state.clear_pending()
-        logger.info("%s complete: %d vector(s) written", kind, len(ids))
+            self._state.finish_restore()
+        else:
+            self._state.finish_apply(self._state.pending_meta())
+        logger.info("%s complete: %d vector(s) written", kind, written)
+
+
+def _scatter(got: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+    """Rows of ``got`` placed where ``mask`` is true, zeros elsewhere."""
+    dim = got.shape[1] if got is not None and got.ndim == 2 else 0
+    out = np.zeros((mask.size, dim), dtype=np.float32)
+    if got is not None and dim:
+        out[mask] = got
+    return out
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        msg = f"lock_timeout must be a number of seconds >= 0 or None (wait), got {timeout!r}"
+        raise ValueError(msg)
+    return float(timeout)
