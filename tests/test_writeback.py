@@ -211,3 +211,293 @@ def test_array_store_roundtrip(store, tmp_path):
     again = ArrayStore.load(tmp_path / "s.npz")
     assert again.ids == store.ids and again.distance == "cosine"
     assert_array_equal(again.vectors, store.vectors)
+
+
+# ---------------------------------------------------------------------- issue 14
+import json  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+
+from nudge_rag import StateDirError, StoreBusyError, StoreTuner  # noqa: E402
+from nudge_rag._writeback import APPLIED, META, PROGRESS  # noqa: E402
+
+
+def tuned(n, dim=8, value=0.25):
+    v = np.full((n, dim), value, np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_edited_document_is_left_as_is_by_restore_and_reported(store, tmp_path, on_disk, caplog):
+    before = store.vectors.copy()
+    wb = WriteBack(store, tmp_path / "s" if on_disk else None)
+    wb.apply(["d1", "d2", "d3"], tuned(3))
+    edit = unit(np.random.default_rng(9), 1)
+    store.set_vectors(["d2"], edit)  # the user edits d2 (someone else's write)
+    with caplog.at_level(logging.WARNING, logger="nudge_rag._writeback"):
+        assert wb.restore() == 2
+    assert_array_equal(store.get_vectors(["d2"]), edit)  # the edit stays
+    assert_array_equal(store.vectors[[1, 3]], before[[1, 3]])
+    assert wb.last_report.drifted_ids == ["d2"]
+    assert "1 document(s) were changed by someone else" in caplog.text and "'d2'" in caplog.text
+    assert wb.moved_ids() == []
+
+
+def test_fit_reads_an_edited_document_as_its_new_original(store):
+    wb = WriteBack(store)
+    wb.apply(["d1", "d2"], tuned(2))
+    edit = unit(np.random.default_rng(3), 1)
+    store.set_vectors(["d2"], edit)
+    ids, corpus = wb.read_corpus()
+    assert_array_equal(corpus[ids.index("d2")], edit[0])  # not the stale original
+    report = wb.apply(["d2"], tuned(1, value=0.5), base=corpus[[ids.index("d2")]])
+    assert report.drifted_ids == ["d2"] and report.skipped_ids == []
+    got_ids, originals = wb.originals()
+    assert_array_equal(originals[got_ids.index("d2")], edit[0])  # the edit is the original now
+    wb.restore()
+    assert_array_equal(store.get_vectors(["d2"]), edit)
+
+
+def test_apply_skips_a_document_changed_while_the_fit_ran(store):
+    wb = WriteBack(store)
+    ids, corpus = wb.read_corpus()
+    edit = unit(np.random.default_rng(4), 1)
+    store.set_vectors(["d5"], edit)  # changed between the read and the write
+    report = wb.apply(["d4", "d5"], tuned(2), base=corpus[[4, 5]])
+    assert report.skipped_ids == ["d5"]
+    assert_array_equal(store.get_vectors(["d5"]), edit)
+    assert wb.moved_ids() == ["d4"]
+
+
+def test_a_deleted_saved_id_is_dropped_not_a_stuck_plan(store, tmp_path):
+    wb = WriteBack(store, tmp_path)
+    wb.apply(["d1", "d2"], tuned(2))
+    keep = [i for i in store.ids if i != "d2"]
+    smaller = ArrayStore(keep, store.get_vectors(keep))  # d2 deleted
+    again = WriteBack(smaller, tmp_path)
+    report = again.apply(["d3"], tuned(1))  # plans d1 back; d2 is gone
+    assert report.missing_ids == ["d2"] and not again.has_pending
+    assert again.restore() == 2
+
+
+def test_restore_after_the_store_is_recreated_with_another_dimension(tmp_path, caplog):
+    rng = np.random.default_rng(5)
+    ids = [f"d{i}" for i in range(10)]
+    wb = WriteBack(ArrayStore(ids, unit(rng, 10)), tmp_path)
+    wb.apply(ids[:4], tuned(4))
+    recreated = ArrayStore(ids, unit(rng, 10, dim=16))  # same ids, another model
+    snapshot = recreated.vectors.copy()
+    wb2 = WriteBack(recreated, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert wb2.restore() == 0  # nothing of the old collection can go back
+    assert sorted(wb2.last_report.drifted_ids) == ids[:4]
+    assert not wb2.has_pending and wb2.moved_ids() == []
+    assert_array_equal(recreated.vectors, snapshot)
+    wb2.apply(ids[:2], tuned(2, dim=16))  # a fit works again
+    assert wb2.restore() == 2
+    assert_array_equal(recreated.vectors, snapshot)
+
+
+def test_a_plan_stuck_on_a_recreated_store_resumes_or_restores(tmp_path):
+    """The state an older version left (a pending restore of 8-dim vectors) is recoverable."""
+    rng = np.random.default_rng(6)
+    ids = [f"d{i}" for i in range(10)]
+    old = FlakyStore(ids, unit(rng, 10), fail_on=1)
+    wb = WriteBack(old, tmp_path, batch_size=2)
+    with pytest.raises(WriteBackError):
+        wb.apply(ids[:4], tuned(4))
+    recreated = ArrayStore(ids, unit(rng, 10, dim=16))
+    wb2 = WriteBack(recreated, tmp_path, batch_size=2)
+    assert wb2.resume() is True  # every row changed: skipped, the plan completes
+    assert not wb2.has_pending
+    assert wb2.restore() == 0 and wb2.moved_ids() == []
+
+
+def test_discard_pending_keeps_the_originals_and_restore_still_works(tmp_path, caplog):
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 20)
+    store = FlakyStore([f"d{i}" for i in range(20)], vectors, fail_on=3)
+    wb = WriteBack(store, tmp_path, batch_size=4)
+    wb.apply(["d0", "d1"], tuned(2))  # a completed fit
+    with pytest.raises(WriteBackError, match=r"discard_pending\(\)"):
+        wb.apply([f"d{i}" for i in range(12)], tuned(12, value=0.5))  # stops at batch 2
+    status = wb.status()
+    assert status.pending == "apply" and status.batches_done == 1 and status.batches_total == 3
+    assert "discard_pending()" in status.next_step
+    with caplog.at_level(logging.WARNING):
+        assert wb.discard_pending() is True
+    assert "the originals stay in" in caplog.text
+    assert (tmp_path / ORIGINALS).exists() and not (tmp_path / PENDING).exists()
+    assert wb.discard_pending() is False
+    # rows the dropped plan wrote are still known as ours: all originals come back
+    assert wb.restore() == 12
+    assert_array_equal(store.vectors, vectors)
+    assert wb.last_report.drifted_ids == []
+
+
+def test_discard_pending_with_an_unreadable_plan(store, tmp_path):
+    wb = WriteBack(store, tmp_path)
+    before = store.vectors.copy()
+    wb.apply(["d1"], tuned(1))
+    (tmp_path / PENDING).write_bytes(b"garbage")
+    with pytest.raises(WriteBackError, match="cannot read write-back state file"):
+        wb.resume()
+    assert wb.status().pending == "unreadable"
+    assert wb.discard_pending() is True
+    assert wb.restore() == 1
+    assert_array_equal(store.vectors, before)
+
+
+def test_restore_supersedes_a_pending_plan_and_its_rows_are_not_drift(tmp_path):
+    rng = np.random.default_rng(8)
+    vectors = unit(rng, 12)
+    store = FlakyStore([f"d{i}" for i in range(12)], vectors, fail_on=2)
+    wb = WriteBack(store, tmp_path, batch_size=2)
+    with pytest.raises(WriteBackError):
+        wb.apply([f"d{i}" for i in range(6)], tuned(6))
+    store.fail_on = 3  # the restore fails too, at its first batch: d0, d1 keep the dropped
+    store.calls = 2  # plan's vectors, which the next restore must still recognise
+    with pytest.raises(WriteBackError):
+        wb.restore()
+    store.fail_on = -1
+    assert wb.restore() == 6
+    assert_array_equal(store.vectors, vectors)
+    assert wb.last_report.drifted_ids == []
+
+
+def test_state_from_an_older_version_restores_without_drift_checks(store, tmp_path):
+    before = store.vectors.copy()
+    wb = WriteBack(store, tmp_path)
+    wb.apply(["d1", "d2"], tuned(2))
+    (tmp_path / APPLIED).unlink()  # what nudge-rag 0.1 left: originals only
+    (tmp_path / META).unlink()
+    assert WriteBack(store, tmp_path).restore() == 2
+    assert_array_equal(store.vectors, before)
+
+
+def test_status_through_a_fit_and_a_restore(store, tmp_path):
+    wb = WriteBack(store, tmp_path)
+    empty = wb.status()
+    assert not empty.tuned and empty.pending is None and empty.locked_by is None
+    assert empty.next_step.startswith("the store holds its original vectors")
+    q, answers = make_pairs(store)
+    result = tune_store(wb, NudgeN(gamma=0.2), q, answers)
+    status = wb.status()
+    assert status.tuned and status.n_originals == len(result.changed_ids)
+    assert status.n_tuned == len(result.changed_ids)
+    assert status.variant == "n" and status.gamma == pytest.approx(0.2)
+    assert status.applied_at and status.state_dir == tmp_path
+    assert json.loads((tmp_path / META).read_text())["variant"] == "n"
+    wb.restore()
+    assert not wb.status().tuned and wb.status().applied_at is None
+
+
+def test_temp_files_of_a_killed_writer_are_removed_on_next_open(store, tmp_path):
+    wb = WriteBack(store, tmp_path)
+    wb.apply(["d1"], tuned(1))
+    left = [tmp_path / ".progress.json.k3j2.tmp", tmp_path / ".originals.npz.x9.tmp"]
+    for path in left:
+        path.write_bytes(b"partial")
+    other = tmp_path / ".notes.tmp"  # not a state file: not ours to delete
+    other.write_text("mine")
+    WriteBack(store, tmp_path)
+    assert not any(p.exists() for p in left) and other.exists()
+    assert (tmp_path / ORIGINALS).exists()
+
+
+def test_temp_files_are_kept_while_another_writer_holds_the_lock(store, tmp_path):
+    wb = WriteBack(store, tmp_path)
+    wb.apply(["d1"], tuned(1))
+    tmp = tmp_path / ".pending.npz.a1.tmp"
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with WriteBack(store, tmp_path).locked("apply"):
+            tmp.write_bytes(b"being written")
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    held.wait(10)
+    WriteBack(store, tmp_path)  # must not delete the busy writer's temp file
+    assert tmp.exists()
+    release.set()
+    t.join()
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_second_writer_gets_store_busy_naming_the_holder(store, tmp_path, on_disk):
+    state = tmp_path / "s" if on_disk else None
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with WriteBack(store, state).locked("fit"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder, name="tuner-A")
+    t.start()
+    held.wait(10)
+    try:
+        wb = WriteBack(store, state)
+        with pytest.raises(StoreBusyError, match=r"locked by pid \d+ on host .*tuner-A, fit"):
+            wb.restore()
+        with pytest.raises(StoreBusyError, match="after waiting 0.2 s") as err:
+            WriteBack(store, state, lock_timeout=0.2).restore()
+        assert err.value.holder["thread"] == "tuner-A"
+        assert "tuner-A" in wb.status().locked_by
+        assert isinstance(err.value, WriteBackError)
+    finally:
+        release.set()
+        t.join()
+    assert wb.status().locked_by is None
+    assert WriteBack(store, state, lock_timeout=None).restore() == 0
+
+
+def test_bounded_wait_succeeds_when_the_holder_finishes(store, tmp_path):
+    held = threading.Event()
+
+    def holder():
+        with WriteBack(store, tmp_path).locked("fit"):
+            held.set()
+            threading.Event().wait(0.3)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    WriteBack(store, tmp_path, lock_timeout=10).apply(["d1"], tuned(1))
+    t.join()
+    assert WriteBack(store, tmp_path).moved_ids() == ["d1"]
+
+
+@pytest.mark.parametrize("bad", [-1, "3", True, float("nan")])
+def test_lock_timeout_is_checked(store, bad):
+    with pytest.raises(ValueError, match="lock_timeout must be a number of seconds >= 0"):
+        WriteBack(store, lock_timeout=bad)
+
+
+def test_lock_is_reentrant_within_a_thread(store, tmp_path):
+    wb = WriteBack(store, tmp_path)
+    with wb.locked("outer"), wb.locked("inner"):
+        wb.apply(["d1"], tuned(1))
+        assert WriteBack(store, tmp_path).restore() == 1  # same thread, same folder
+
+
+def test_bad_state_dir_is_refused_before_any_embedding(store, tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    calls = []
+    with pytest.raises(StateDirError, match="exists and is not a folder"):
+        tuner = StoreTuner(store, state_dir=afile)
+        tuner.tune([("q", "d1")], embed=lambda texts: calls.append(texts) or np.ones((1, 8)))
+    assert calls == []
+
+
+def test_progress_file_name_is_unchanged(store, tmp_path):
+    """The SIGKILL suite and users' scripts know the state files by name."""
+    wb = WriteBack(store, tmp_path)
+    wb.apply(["d1"], tuned(1))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {ORIGINALS, APPLIED, META, "writer.lock"} <= names
+    assert PENDING not in names and PROGRESS not in names
