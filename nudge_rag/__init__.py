@@ -7,6 +7,7 @@ scipy only; framework adapters live in ``llama_index_nudge`` and ``langchain_nud
 """
 
 from nudge_rag._data import (
+    DataFileError,
     EmbeddedDataset,
     EmbeddedSplit,
     RetrievalDataset,
@@ -54,6 +55,7 @@ from nudge_rag.backends import ArrayStore, backend_for
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataFileError",
     "ArrayStore",
     "BaseEmbeddingStore",
     "DEFAULT_GAMMAS",

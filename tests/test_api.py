@@ -6,6 +6,7 @@ import nudge_rag
 import nudge_rag.backends
 
 EXPECTED = [
+    "DataFileError",
         "ArrayStore",
         "BaseEmbeddingStore",
         "DEFAULT_GAMMAS",
