@@ -23,7 +23,8 @@ Stores (``--store``, comma-separated):
 
 * ``milvus``: a Milvus Lite file ``<dir>/milvus_<docs>x<dim>/store.db`` with an exact ``FLAT``
   COSINE collection, tuned through ``MilvusBackend.from_uri`` (whole-row upserts, a flush
-  per batch). The Milvus Lite server runs in its own process, outside the RSS numbers.
+  per batch). Milvus Lite 3.2.2 serves the file from inside the Python process (its gRPC
+  server logs there), so held/added include the Milvus Lite engine's own memory.
 
     python benchmarks/store_scale.py --store milvus --docs 200000 --dim 384
 """
@@ -172,7 +173,7 @@ def milvus_fill(corpus: Path, folder: Path) -> float:
 def milvus_child(args, queries: tuple) -> dict:
     """Open the Milvus Lite file, tune it through ``MilvusBackend`` (whole-row upserts, flush).
 
-    The Milvus Lite server is a separate process: its memory is not in the RSS numbers.
+    Milvus Lite runs inside this process: the RSS numbers include its engine.
     """
     from nudge_rag.backends import MilvusBackend
 
