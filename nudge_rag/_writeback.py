@@ -471,7 +471,8 @@ class _StoreState:
         return getattr(self._inner, name)
 
     def has_pending(self) -> bool:
-        return self._inner.load_pending() is not None
+        got = getattr(self._inner, "has_pending", None)  # cheaper than reading the plan
+        return bool(got()) if callable(got) else self._inner.load_pending() is not None
 
     def pending_summary(self) -> tuple[str, int, int] | None:
         pending = self._inner.load_pending()

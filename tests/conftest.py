@@ -111,3 +111,92 @@ def chroma_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):  # CI installs the test extra: a server that cannot start is a bug
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class PgServer:
+    """PostgreSQL 16 + pgvector from the ``pgserver`` wheel, on a unix socket in ``folder``.
+
+    ``kill()`` crashes it (``pg_ctl stop -m immediate``: every backend ends at once, no
+    checkpoint) and ``restart()`` brings it back on the same socket and data (crash
+    recovery), so a test can take the database away in the middle of a write-back.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder, self.server, self.url = folder, None, ""
+
+    def start(self) -> None:
+        import warnings
+
+        import psycopg
+
+        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            self.server = pgserver.get_server(self.folder / "data", cleanup_mode="delete")
+        self.url = self.server.get_uri()
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+    def kill(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(
+            ["-w", "-m", "immediate", "stop"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+        )
+
+    def restart(self) -> None:
+        with self.server._lock:
+            self.server.ensure_postgres_running()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A running :class:`PgServer`, started once per test session and always stopped.
+
+    Skips (with the reason) when ``pgserver`` / ``psycopg`` are missing or the server cannot
+    start, except in CI (``$CI`` set), where that fails.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
+            warnings.simplefilter("ignore")
+            import pgserver  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as err:
+        _skip_or_fail(f"PostgreSQL tests need pgserver and psycopg (nudge-rag[test]): {err}")
+    server = PgServer(tmp_path_factory.mktemp("pgserver"))
+    try:
+        server.start()
+    except Exception as err:  # noqa: BLE001 - any failure to start is reported the same way
+        server.stop()
+        _skip_or_fail(f"pgserver could not start PostgreSQL: {type(err).__name__}: {err}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server) -> str:
+    """Connection URL of the session's PostgreSQL 16 + pgvector server (``vector`` created).
+
+    A libpq URL on a unix socket (``postgresql://postgres:@/postgres?host=<dir>``) for
+    psycopg; SQLAlchemy takes it as ``postgresql+psycopg://...``. One server serves every
+    test: give each test its own tables / collections (unique names), or its own database.
+    """
+    return pg_server.url

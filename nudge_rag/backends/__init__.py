@@ -8,6 +8,8 @@ lives here once, and :func:`backend_for` finds the backend for a framework's sto
   ``InMemoryVectorStore``, LlamaIndex's ``SimpleVectorStore``;
 * :mod:`~nudge_rag.backends.chroma`: a ``chromadb`` collection (embedded or HTTP);
 * :mod:`~nudge_rag.backends.qdrant`: a Qdrant collection (local or server).
+* :mod:`~nudge_rag.backends.pgvector`: a pgvector table (LangChain ``PGVector``, LlamaIndex
+  ``PGVectorStore``, or a URL and a table); originals in side tables of the same database.
 * :mod:`~nudge_rag.backends.faiss`: a flat FAISS index (LangChain ``FAISS``, LlamaIndex
   ``FaissVectorStore`` / ``FaissMapVectorStore``).
 * :mod:`~nudge_rag.backends.milvus`: a Milvus collection (Milvus Lite ``.db`` or a server).
@@ -34,6 +36,7 @@ from nudge_rag.backends.memory import (
     SimpleVectorStoreBackend,
 )
 from nudge_rag.backends.milvus import MilvusBackend
+from nudge_rag.backends.pgvector import PgVectorBackend
 from nudge_rag.backends.qdrant import QdrantBackend
 
 #: Former names, kept for code written against nudge-rag 0.1.
@@ -48,6 +51,7 @@ __all__ = [
     "InMemoryVectorStoreBackend",
     "LanceDBBackend",
     "MilvusBackend",
+    "PgVectorBackend",
     "QdrantBackend",
     "QdrantCollectionStore",
     "STATE_FOLDER",

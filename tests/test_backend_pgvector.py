@@ -1,0 +1,131 @@
+"""The pgvector backend on a real PostgreSQL 16 + pgvector server (the session's ``pg_url``).
+
+A plain table of unit vectors with text and metadata: the metric read from the index's
+operator class, reads in the order asked, unknown ids, in-place writes that keep the other
+columns, ``nearest`` against a numpy brute force (no index: exact), and a ``WriteBack`` whose
+state lives in the database: fit, then restore from a fresh backend (another process's view).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from nudge_rag import NudgeN, UnknownIdError, WriteBack, resolve_state_dir, tune_store
+
+psycopg = pytest.importorskip("psycopg")
+from nudge_rag.backends.pgvector import PgVectorBackend  # noqa: E402
+
+N_DOCS, DIM = 60, 8
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def docs() -> np.ndarray:
+    return _unit(np.random.default_rng(0).standard_normal((N_DOCS, DIM)))
+
+
+def _table(url: str, docs: np.ndarray, opclass: str | None) -> str:
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {name} (id text PRIMARY KEY, body text, meta jsonb, "
+            f"embedding vector({DIM}))"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY {name} (id, body, meta, embedding) FROM STDIN") as cp,
+        ):
+            for k, row in enumerate(docs):
+                cp.write_row((f"d{k}", f"body {k}", f'{{"k": {k}}}', str(row.tolist())))
+        if opclass:
+            conn.execute(f"CREATE INDEX ON {name} USING hnsw (embedding {opclass})")
+    return name
+
+
+@pytest.mark.parametrize(
+    ("opclass", "distance"),
+    [("vector_cosine_ops", "cosine"), ("vector_ip_ops", "dot"), ("vector_l2_ops", "l2")],
+)
+def test_distance_from_index(pg_url, docs, opclass, distance):
+    with PgVectorBackend.from_url(pg_url, table=_table(pg_url, docs, opclass)) as store:
+        assert store.distance == distance
+        assert store.is_remote and store.default_state_dir() is None
+
+
+def test_no_index_needs_distance(pg_url, docs):
+    table = _table(pg_url, docs, None)
+    with pytest.raises(ValueError, match="pass distance="):
+        PgVectorBackend.from_url(pg_url, table=table)
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        PgVectorBackend.from_url(pg_url, table=table, id_column="nope", distance="cosine")
+
+
+def test_read_write_search(pg_url, docs):
+    table = _table(pg_url, docs, None)
+    store = PgVectorBackend.from_url(pg_url, table=table, distance="cosine", page_size=7)
+    ids = store.list_ids()
+    assert sorted(ids) == sorted(f"d{k}" for k in range(N_DOCS)) and store.count() == N_DOCS
+    rows = [int(i[1:]) for i in ids]
+    np.testing.assert_array_equal(store.get_vectors(ids), docs[rows])  # float32, exact
+    np.testing.assert_array_equal(store.get_vectors(ids[::-1]), docs[rows][::-1])
+    with pytest.raises(UnknownIdError, match="'nope'"):
+        store.get_vectors([ids[0], "nope"])
+    new = np.eye(DIM, dtype=np.float32)[:3]
+    store.set_vectors(["d0", "d1", "d2"], new)
+    store.set_vectors(["d0", "d1", "d2"], new)  # idempotent
+    np.testing.assert_array_equal(store.get_vectors(["d0", "d1", "d2"]), new)
+    with pytest.raises(UnknownIdError):
+        store.set_vectors(["d3", "nope"], new[:2])
+    np.testing.assert_array_equal(store.get_vectors(["d3"]), docs[3:4])  # rolled back
+    current = docs.copy()
+    current[:3] = new
+    queries = _unit(np.random.default_rng(1).standard_normal((5, DIM)))
+    for k in (1, 5, N_DOCS + 3):
+        got_ids, got = store.nearest(queries, k)
+        scores = queries @ current.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, N_DOCS)]
+        for q in range(queries.shape[0]):
+            assert got_ids[q] == [f"d{j}" for j in order[q]]
+            np.testing.assert_allclose(got[q, : order.shape[1]], scores[q, order[q]], atol=1e-5)
+            assert np.isneginf(got[q, order.shape[1] :]).all()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(f"SELECT body, meta FROM {table} WHERE id = 'd1'").fetchone() == (
+            "body 1",
+            {"k": 1},
+        )
+    store.close()
+
+
+def test_writeback_state_in_the_database(pg_url, docs):
+    table = _table(pg_url, docs, "vector_cosine_ops")
+    store = PgVectorBackend.from_url(pg_url, table=table)
+    assert resolve_state_dir(store) is None  # no folder needed: the database keeps the state
+    rng = np.random.default_rng(2)
+    answered = [f"d{k}" for k in range(12)]
+    queries = _unit(docs[:12] + 0.4 * rng.standard_normal((12, DIM)).astype(np.float32))
+    results = {}
+    for mode in ("read", "store"):
+        wb = WriteBack(store, batch_size=5)
+        res = tune_store(wb, NudgeN(gamma=0.3), queries, [[a] for a in answered], passive=mode)
+        results[mode] = store.get_vectors(answered)
+        assert sorted(res.changed_ids) == sorted(answered)
+        # a fresh backend (another process) finds the originals in the database
+        other = PgVectorBackend.from_url(pg_url, table=table)
+        assert sorted(WriteBack(other).moved_ids()) == sorted(answered)
+        assert WriteBack(other).restore() == len(answered)
+        other.close()
+        np.testing.assert_array_equal(store.get_vectors(answered), docs[:12])
+    np.testing.assert_allclose(results["read"], results["store"], atol=1e-6)
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute(f"SELECT body, meta FROM {table} WHERE id = 'd4'").fetchone()
+        assert row == ("body 4", {"k": 4})
+        assert conn.execute(
+            "SELECT count(*) FROM nudge_originals WHERE target = %s", (store.target,)
+        ).fetchone() == (0,)
+    store.close()
