@@ -233,10 +233,11 @@ def _write(
     start = perf_counter()
     changed = [ids[r] for r in solver.changed_rows_.tolist()]
     base = None if corpus is None else corpus[solver.changed_rows_]
+    method = str(solver.gamma_chosen_by_)
     info = {
         "variant": "m" if isinstance(solver, NudgeM) else "n",
         "gamma": float(solver.gamma_),
-        "method": str(getattr(solver, "method_", "")),
+        "method": method,
     }
     report = writeback.apply(changed, solver.changed_embeddings_, base=base, info=info)
     if report.skipped_ids:
@@ -250,7 +251,7 @@ def _write(
         gamma=solver.gamma_,
         val_score=solver.val_score_,
         n_docs=len(ids),
-        method=str(solver.gamma_chosen_by_),
+        method=method,
         n_folds=int(solver.n_folds_),
         n_train_queries=int(solver.n_train_queries_),
         n_val_queries=int(solver.n_val_queries_),
@@ -296,7 +297,7 @@ def _tune_store_side(
     rows = row_index(ids)
     train = QuerySet.from_ids(train_embeddings, train_answer_ids, rows, name="train answer ids")
     val = passive = None
-    k = int(getattr(solver, "val_k", 1))
+    k = solver.val_k if isinstance(solver, NudgeN) else 1
     if val_embeddings is not None:
         val_embeddings = np.asarray(val_embeddings, dtype=np.float32)
         val = QuerySet.from_ids(val_embeddings, val_answer_ids, rows, name="val answer ids")

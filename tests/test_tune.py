@@ -129,3 +129,12 @@ def test_store_side_cross_validation_matches_reading_everything(cls):
     assert side.val_score == pytest.approx(full.val_score)
     assert_allclose(b_store.vectors, a_store.vectors, atol=1e-6)
     assert b_store.read <= {d for a in ta for d in a}
+
+
+def test_status_records_how_gamma_was_chosen():
+    store, tq, ta, _, _ = store_and_pairs(3)
+    wb = WriteBack(ArrayStore(store.ids, store.vectors))
+    result = tune_store(wb, NudgeN(), tq, ta)
+    status = wb.status()
+    assert (status.variant, status.method) == ("n", "cv") == ("n", result.method)
+    assert status.gamma == result.gamma
