@@ -18,9 +18,9 @@ def join(a, b):
     return QuerySet(np.concatenate([a.embeddings, b.embeddings]), (indptr, indices))
 
 
-def fold_sets(train, n_folds, seed, max_queries=None):
-    """(rest, fold) query sets of each fold, as the solver deals them."""
-    folds = _Folds(train.n_queries, n_folds, max_queries, seed)
+def fold_sets(train, n_folds, seed, max_queries=None, n_repeats=1):
+    """(rest, fold) query sets of each fold (of every repetition), as the solver deals them."""
+    folds = _Folds(train.n_queries, n_folds, max_queries, seed, n_repeats)
     everyone = np.arange(train.n_queries)
     return [
         (train.subset(np.setdiff1d(everyone, rows)), train.subset(rows)) for rows in folds.members
@@ -51,6 +51,40 @@ def test_folds_are_reproducible_from_the_seed():
     assert_array_equal(np.sort(np.concatenate(a.members)), np.arange(103))
     sizes = [m.size for m in a.members]
     assert max(sizes) - min(sizes) <= 1 and len(sizes) == 10
+
+
+def test_repeated_folds_deal_every_query_once_per_repetition():
+    plain = _Folds(103, 10, None, 7)
+    repeated = _Folds(103, 10, None, 7, n_repeats=3)
+    assert repeated.n_folds == 10 and repeated.n_splits == 30 and repeated.n_repeats == 3
+    # the first repetition is the plain K-fold deal of the same seed
+    for x, y in zip(plain.members, repeated.members[:10]):
+        assert_array_equal(x, y)
+    for r in range(3):
+        deal = repeated.members[10 * r : 10 * (r + 1)]
+        assert_array_equal(np.sort(np.concatenate(deal)), np.arange(103))
+    # later repetitions deal differently
+    assert not all(np.array_equal(x, y) for x, y in zip(deal, plain.members))
+    for members, positions in zip(repeated.members, repeated.positions):
+        assert_array_equal(repeated.held[positions], members)
+
+
+@pytest.mark.parametrize(
+    ("n_train", "max_queries", "repeats", "expected"),
+    [
+        (200, 10_000, 5, 5),
+        (200, 500, 5, 2),
+        (200, 100, 5, 1),
+        (200, None, 3, 3),
+        (200, 10_000, 1, 1),
+    ],
+)
+def test_repetitions_stop_at_the_held_out_cap(n_train, max_queries, repeats, expected):
+    """As many repetitions as keep the queries scored in all within cv_max_queries."""
+    docs, train, _ = make_task(n_train=n_train)
+    solver = NudgeN(cv_max_queries=max_queries, cv_repeats=repeats).fit(docs, train)
+    assert solver.n_cv_repeats_ == expected
+    assert solver.cv_fold_scores_.shape[0] == 10 * expected
 
 
 def test_fit_is_reproducible_from_the_seed():
@@ -87,6 +121,8 @@ def test_fewer_queries_than_folds():
         ({"cv": 1}, ValueError, "cv must be None or a number of folds >= 2"),
         ({"cv": 2.5}, TypeError, "cv"),
         ({"cv_max_queries": 0}, ValueError, "cv_max_queries"),
+        ({"cv_repeats": 0}, ValueError, "cv_repeats"),
+        ({"cv_repeats": 1.5}, TypeError, "cv_repeats"),
         ({"refit_on_val": "yes"}, TypeError, "refit_on_val must be True or False"),
         ({"val_fraction": 1.0}, ValueError, r"val_fraction must be in \(0, 1\)"),
     ],
@@ -108,7 +144,8 @@ class CrossValidationBehaviour:
         assert solver.n_folds_ == 10
         n = solver.cv_gammas_.size
         assert solver.cv_scores_.shape == solver.cv_std_.shape == (n,)
-        assert solver.cv_fold_scores_.shape == (10, n)
+        assert solver.n_cv_repeats_ == _base.DEFAULT_REPEATS
+        assert solver.cv_fold_scores_.shape == (10 * solver.n_cv_repeats_, n)
         assert np.all(np.diff(solver.cv_gammas_) >= 0)
         assert_allclose(solver.cv_std_, solver.cv_fold_scores_.std(axis=0))
         at = np.flatnonzero(solver.cv_gammas_ == solver.gamma_)
@@ -214,18 +251,20 @@ class CrossValidationBehaviour:
 class TestNudgeNCrossValidation(CrossValidationBehaviour):
     cls = NudgeN
 
-    @pytest.mark.parametrize("seed", [0, 1])
-    def test_curve_equals_fits_on_each_fold(self, seed):
+    @pytest.mark.parametrize(("seed", "repeats"), [(0, 1), (1, 1), (0, 3)])
+    def test_curve_equals_fits_on_each_fold(self, seed, repeats):
         """The shared-work folds score exactly like separate fits on (rest, fold)."""
         docs, train, _ = make_task(seed=seed)
-        cv = NudgeN(random_state=seed).fit(docs, train)
+        cv = NudgeN(random_state=seed, cv_repeats=repeats).fit(docs, train)
+        assert cv.n_cv_repeats_ == repeats
         hits = np.zeros(len(DEFAULT_GAMMAS))
-        for f, (rest, fold) in enumerate(fold_sets(train, 10, seed)):
+        for f, (rest, fold) in enumerate(fold_sets(train, 10, seed, n_repeats=repeats)):
             one = NudgeN().fit(docs, rest, fold)
             fold_scores = np.array([one.gamma_scores_[g] for g in DEFAULT_GAMMAS])
-            assert_allclose(cv.cv_fold_scores_[f], fold_scores, atol=1e-12)
+            # (repetitions share each query's scores: float32 rounding of a tie may cost one)
+            assert_allclose(cv.cv_fold_scores_[f], fold_scores, atol=1.01 / fold.n_queries)
             hits += fold_scores * fold.n_queries
-        assert_allclose(cv.cv_scores_, hits / train.n_queries, atol=1e-12)
+        assert_allclose(cv.cv_scores_, hits / (repeats * train.n_queries), atol=1e-3)
         assert_allclose(cv.cv_gammas_, DEFAULT_GAMMAS)
 
     def test_recall_at_k_curve_equals_fits_on_each_fold(self):
@@ -248,7 +287,7 @@ class TestNudgeNCrossValidation(CrossValidationBehaviour):
         solver = NudgeN().fit(docs, train)
         scores, folds = solver.cv_scores_, solver.cv_fold_scores_
         best = int(np.argmax(scores))
-        se = folds[:, best].std() / np.sqrt(folds.shape[0] - 1)
+        se = folds[:, best].std() / np.sqrt(solver.n_folds_ - 1)  # one repetition's error
         expected = np.flatnonzero(scores >= scores[best] - 0.5 * se - 1e-12).max()
         assert solver.gamma_ == solver.cv_gammas_[expected] >= solver.cv_gammas_[best]
 
@@ -265,14 +304,14 @@ class TestNudgeNCrossValidation(CrossValidationBehaviour):
 class TestNudgeMCrossValidation(CrossValidationBehaviour):
     cls = NudgeM
 
-    def brute_force(self, docs, train, gammas, n_folds=10, seed=0):
+    def brute_force(self, docs, train, gammas, n_folds=10, seed=0, n_repeats=1):
         """Hit@1 over all folds at each gamma, from separate fixed-gamma fits per fold."""
         hits = np.zeros(len(gammas))
-        for rest, fold in fold_sets(train, n_folds, seed):
+        for rest, fold in fold_sets(train, n_folds, seed, n_repeats=n_repeats):
             for i, g in enumerate(gammas):
                 score = NudgeM(gamma=float(g)).fit(docs, rest, fold).val_score_
                 hits[i] += round(score * fold.n_queries)
-        return hits / train.n_queries
+        return hits / (n_repeats * train.n_queries)
 
     def test_combined_sweep_equals_brute_force_grid_search(self, monkeypatch):
         """The one sweep over all folds' intervals is exact: no grid point beats it.
@@ -282,22 +321,22 @@ class TestNudgeMCrossValidation(CrossValidationBehaviour):
         """
         monkeypatch.setattr(_base, "CV_TOLERANCE", 0.0)  # the plain maximum
         docs, train, _ = make_task(n_docs=150, n_train=120)
-        cv = NudgeM().fit(docs, train)
-        assert cv.gamma_ > 0
+        cv = NudgeM(cv_repeats=2).fit(docs, train)  # over the folds of both repetitions
+        assert cv.gamma_ > 0 and cv.n_cv_repeats_ == 2
         grid = np.linspace(0, 3 * cv.gamma_, 31)
-        brute = self.brute_force(docs, train, grid)
+        brute = self.brute_force(docs, train, grid, n_repeats=2)
         assert brute.max() <= cv.val_score_ + 1e-12
-        right = self.brute_force(docs, train, [cv.gamma_ * (1 + 1e-5)])
+        right = self.brute_force(docs, train, [cv.gamma_ * (1 + 1e-5)], n_repeats=2)
         # (float32 rounding of a tie can cost one query there, as with an explicit val)
-        assert right[0] >= cv.val_score_ - 1 / train.n_queries - 1e-12
+        assert right[0] >= cv.val_score_ - 1 / (2 * train.n_queries) - 1e-12
 
     def test_curve_equals_brute_force_on_its_grid(self):
         docs, train, _ = make_task(n_docs=150, n_train=120)
-        cv = NudgeM().fit(docs, train)
+        cv = NudgeM(cv_repeats=2).fit(docs, train)
         assert cv.cv_gammas_.size == 41 and cv.cv_gammas_[20] == cv.gamma_
         # the curve counts a pair on [low, high): step just right of each point
-        brute = self.brute_force(docs, train, cv.cv_gammas_ * (1 + 1e-6) + 1e-9)
-        assert_allclose(brute, cv.cv_scores_, atol=1.5 / train.n_queries)
+        brute = self.brute_force(docs, train, cv.cv_gammas_ * (1 + 1e-6) + 1e-9, n_repeats=2)
+        assert_allclose(brute, cv.cv_scores_, atol=1.5 / (2 * train.n_queries))
         assert np.mean(np.abs(brute - cv.cv_scores_) < 1e-12) > 0.9
 
     def test_gamma_is_within_half_a_standard_error_of_the_best(self):
@@ -339,3 +378,19 @@ def test_no_held_out_query_can_win(cls):
     solver = cls(cv=2).fit(docs, QuerySet(q, [[1], [0]]))
     assert solver.gamma_ == 0 and solver.changed_rows_.size == 0
     assert solver.val_score_ == 0
+
+
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+def test_repetitions_sharing_scores_change_nothing(cls, monkeypatch):
+    """Repeated folds reuse each held-out query's scores (T corrected per fold): the same
+    curve as scoring every fold from scratch, up to float32 rounding of a tie."""
+    from nudge_rag._solver import _cv
+
+    docs, train, _ = make_task(seed=5)
+    shared = cls(cv_repeats=4).fit(docs, train)
+    monkeypatch.setattr(_cv, "SHARED_SCORES", 0)
+    alone = cls(cv_repeats=4).fit(docs, train)
+    assert shared.gamma_ == pytest.approx(alone.gamma_, rel=1e-4)
+    assert np.abs(shared.cv_fold_scores_ - alone.cv_fold_scores_).max() <= 1.01 / 20
+    assert np.mean(shared.cv_fold_scores_ == alone.cv_fold_scores_) > 0.95
+    assert_allclose(shared.embeddings_, alone.embeddings_, atol=1e-4)

@@ -28,6 +28,12 @@ Solver = TypeVar("Solver", bound="_NudgeBase")
 #: Folds of the cross-validation that chooses gamma when no ``val`` is given.
 DEFAULT_FOLDS = 10
 
+#: Repetitions of the K-fold deal (each a new seeded deal of the same queries), at most: the
+#: curves of all repetitions are pooled, so gamma depends less on how one deal fell. Fewer
+#: are run when the repetitions would score more than ``cv_max_queries`` held-out queries in
+#: all (a large training set gets one), so the cost of choosing gamma stays bounded.
+DEFAULT_REPEATS = 3
+
 #: At most this many training queries are held out over all folds (the paper caps
 #: validation at 10,000 queries): the cost of choosing gamma stops growing with the
 #: training set, while every query is still used by the final fit.
@@ -72,6 +78,7 @@ class _NudgeBase:
         gamma: float | None = None,
         cv: int | None = DEFAULT_FOLDS,
         cv_max_queries: int | None = CV_MAX_QUERIES,
+        cv_repeats: int = DEFAULT_REPEATS,
         refit_on_val: bool = False,
         val_fraction: float = 0.1,
         random_state: int | None = 0,
@@ -81,6 +88,7 @@ class _NudgeBase:
         self.gamma = gamma
         self.cv = cv
         self.cv_max_queries = cv_max_queries
+        self.cv_repeats = cv_repeats
         self.refit_on_val = refit_on_val
         self.val_fraction = val_fraction
         self.random_state = random_state
@@ -277,6 +285,7 @@ def fit_solver(
         if solver.cv_max_queries is None
         else check_positive_int(solver.cv_max_queries, "cv_max_queries")
     )
+    max_repeats = check_positive_int(solver.cv_repeats, "cv_repeats")
     val_fraction = _check_fraction(solver.val_fraction)
     refit_on_val = _check_bool(solver.refit_on_val, "refit_on_val")
     train_qs = _as_queryset(train, "train").checked(n_docs, dim, "train")
@@ -310,7 +319,11 @@ def fit_solver(
         )
     folds = None
     if method == "cv":
-        folds = _Folds(train_qs.n_queries, n_folds, max_queries, solver.random_state)
+        n_repeats = max_repeats
+        if max_queries is not None:  # every deal scores each held-out query once
+            n_held = max(min(train_qs.n_queries, max_queries), 1)
+            n_repeats = max(1, min(max_repeats, max_queries // n_held))
+        folds = _Folds(train_qs.n_queries, n_folds, max_queries, solver.random_state, n_repeats)
         if folds.n_folds < 2:
             msg = (
                 f"train has {train_qs.n_queries} query with answers: cross-validating gamma "
@@ -318,8 +331,9 @@ def fit_solver(
             )
             raise ValueError(msg)
         logger.info(
-            "cross-validating gamma: %d folds over %d of %d training queries",
+            "cross-validating gamma: %d folds x %d repetitions over %d of %d training queries",
             folds.n_folds,
+            folds.n_repeats,
             folds.n_held,
             train_qs.n_queries,
         )
@@ -362,6 +376,7 @@ def fit_solver(
     )
     solver.gamma_chosen_by_ = method
     solver.n_folds_ = 0 if folds is None else folds.n_folds
+    solver.n_cv_repeats_ = 0 if folds is None else folds.n_repeats
     solver.cv_gammas_ = None if curve is None else curve.gammas
     solver.cv_scores_ = None if curve is None else curve.scores
     solver.cv_std_ = None if curve is None else curve.std
@@ -378,7 +393,9 @@ def fit_solver(
     return solver
 
 
-def cv_choice(gammas: np.ndarray, scores: np.ndarray, fold_scores: np.ndarray) -> int:
+def cv_choice(
+    gammas: np.ndarray, scores: np.ndarray, fold_scores: np.ndarray, n_folds: int | None = None
+) -> int:
     """Index of the cross-validated gamma among increasing candidates ``gammas``.
 
     The best mean score's smallest gamma, moved up to the largest gamma whose mean score is
@@ -388,10 +405,14 @@ def cv_choice(gammas: np.ndarray, scores: np.ndarray, fold_scores: np.ndarray) -
     Args:
         gammas: ``(n,)`` increasing candidates.
         scores: ``(n,)`` mean scores over all held-out queries.
-        fold_scores: ``(n_folds, n)`` per-fold scores.
+        fold_scores: ``(n_splits, n)`` per-fold scores (the folds of every repetition).
+        n_folds: folds per repetition (default: one repetition, ``fold_scores.shape[0]``).
+            The standard error is that of one repetition's mean, the spread of all folds'
+            scores over ``sqrt(n_folds - 1)``: repetitions of the same queries are not
+            independent evidence, so they make the curve steadier, not the error smaller.
     """
     best = int(np.argmax(scores))
-    n_folds = fold_scores.shape[0]
+    n_folds = fold_scores.shape[0] if n_folds is None else n_folds
     if gammas[best] == 0 or n_folds < 2:
         return best
     se = float(fold_scores[:, best].std()) / np.sqrt(n_folds - 1)

@@ -16,7 +16,7 @@ import numpy as np
 from nudge_rag._queryset import QuerySet
 from nudge_rag._solver import _limits
 from nudge_rag._solver._base import _Curve, _NudgeBase, cv_choice
-from nudge_rag._solver._cv import _Folds, iter_folds
+from nudge_rag._solver._cv import _Folds, _SharedScores, iter_folds
 from nudge_rag._solver._problem import _Problem, _Sums
 from nudge_rag._solver._progress import progress_bar
 from nudge_rag._solver._scoring import _val_recall, _Validation
@@ -46,6 +46,11 @@ class NudgeM(_NudgeBase):
             (default 10,000, as the paper caps validation; a seeded random subset, the others
             always train), so that choosing gamma costs no more at a million queries than
             at ten thousand; ``None`` holds out every query. The final fit still uses all.
+        cv_repeats: the K-fold deal is repeated up to this many times (default 3), each
+            time with a new seeded deal of the same queries, and the curves of all
+            repetitions are pooled before gamma is chosen: gamma then depends much less on
+            how one deal fell. Only as many repetitions run as keep the held-out queries
+            scored in all within ``cv_max_queries`` (1,702 queries: 3; 4,000: 2; 10,000: 1).
         refit_on_val: after choosing gamma on ``val`` (or on the ``val_fraction`` split when
             ``cv=None``), fit again on train and val together with that gamma, so that every
             labelled pair moves documents. Use it when the validation pairs are the same kind
@@ -67,13 +72,14 @@ class NudgeM(_NudgeBase):
         gamma_chosen_by_: how gamma was set: ``"cv"`` (cross-validation), ``"val"``
             (``val``, or the ``val_fraction`` split) or ``"fixed"`` (``gamma``).
         n_folds_: folds used (0 unless ``"cv"``).
+        n_cv_repeats_: repetitions of the K-fold deal (0 unless ``"cv"``).
         n_train_queries_: queries the final fit used.
         n_val_queries_: queries gamma was chosen on (held out over all folds for ``"cv"``).
         cv_gammas_: ``(41,)`` float64 gammas from 0 to ``2 * gamma_`` (``gamma_`` in the
             middle) where the curve is reported (``None`` unless ``"cv"``).
         cv_scores_: ``(41,)`` mean validation hit@1 there over all held-out queries.
         cv_std_: ``(41,)`` standard deviation of the per-fold scores.
-        cv_fold_scores_: ``(n_folds, 41)`` each fold's score.
+        cv_fold_scores_: ``(n_folds * n_cv_repeats_, 41)`` each fold's score.
     """
 
     similarity: ClassVar[str] = "dot"
@@ -127,17 +133,27 @@ class NudgeM(_NudgeBase):
         """
         n_moved = problem.n_train_rows
         parts = []
+        shared = _SharedScores(problem, folds) if _SharedScores.usable(problem, folds) else None
         with progress_bar(
-            folds.n_folds, "nudge-rag: cross-validation folds", problem.show_progress, "fold"
+            folds.n_splits, "nudge-rag: cross-validation folds", problem.show_progress, "fold"
         ) as bar:
             for fold in iter_folds(problem, folds):
                 _, w = _direction(fold.sums)
                 view = fold.validation(problem, w)
+                if shared is not None:  # T = q.w = -(q.g) / |g|
+                    s_f, t_f = shared.scores(problem, fold)
+                    norm = fold.sums.norm
+                    scale = np.where(norm > 0, -1.0 / np.where(norm > 0, norm, 1.0), 0.0)
+                    t_f *= scale.astype(np.float32)
+                    view.preset(s_f, t_f)
                 intervals = _pair_intervals(view, n_moved)
-                parts.append((fold.positions[view.qrows], *intervals))
+                of_pair = np.full(view.qrows.size, fold.index, dtype=np.int64)
+                parts.append((fold.positions[view.qrows], of_pair, *intervals))
                 del view, w
                 bar.update()
-        held_of_pair, low, high, ok, s_x, g_x = (np.concatenate(x) for x in zip(*parts))
+        held_of_pair, fold_of_pair, low, high, ok, s_x, g_x = (
+            np.concatenate(x) for x in zip(*parts)
+        )
         del parts
         n_held = folds.n_held
         stop_above = None
@@ -146,8 +162,9 @@ class NudgeM(_NudgeBase):
         queries = problem.train.embeddings[folds.held]
         passive_top = problem.stream(queries, 1, stop_above, start=passive_scores)
         low, high, ok = _with_passive(passive_top[held_of_pair, 0], low, high, ok, s_x, g_x)
-        low, high, fold = low[ok], high[ok], folds.of_query()[held_of_pair[ok]]
-        sizes = [m.size for m in folds.members]
+        low, high, fold = low[ok], high[ok], fold_of_pair[ok]
+        sizes = folds.sizes
+        n_scored = sum(sizes)  # each held-out query once per repetition
         gamma, score = 0.0, 0.0
         values, counts = _coverage(low, high)
         finite = np.isfinite(values)
@@ -155,8 +172,8 @@ class NudgeM(_NudgeBase):
         if values.size and counts.max() > 0:
             # Every stretch of the sweep, scored per fold: cv_choice picks one of them.
             fold_scores = _fold_scores(values, low, high, fold, sizes)
-            scores = np.minimum(counts, n_held) / n_held
-            best = cv_choice(values, scores, fold_scores)
+            scores = np.minimum(counts, n_scored) / n_scored
+            best = cv_choice(values, scores, fold_scores, folds.n_folds)
             gamma, score = float(values[best]), float(scores[best])
         return gamma, score, _interval_curve(gamma, low, high, fold, sizes)
 

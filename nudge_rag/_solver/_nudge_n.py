@@ -24,11 +24,12 @@ from nudge_rag._solver import _limits
 from nudge_rag._solver._base import (
     CV_MAX_QUERIES,
     DEFAULT_FOLDS,
+    DEFAULT_REPEATS,
     _Curve,
     _NudgeBase,
     cv_choice,
 )
-from nudge_rag._solver._cv import _Folds, iter_folds
+from nudge_rag._solver._cv import _Folds, _SharedScores, iter_folds
 from nudge_rag._solver._problem import _Problem, _Sums
 from nudge_rag._solver._progress import progress_bar
 from nudge_rag._solver._scoring import BlockHits, _val_recall, _Validation
@@ -63,6 +64,11 @@ class NudgeN(_NudgeBase):
             (default 10,000, as the paper caps validation; a seeded random subset, the others
             always train), so that choosing gamma costs no more at a million queries than
             at ten thousand; ``None`` holds out every query. The final fit still uses all.
+        cv_repeats: the K-fold deal is repeated up to this many times (default 3), each
+            time with a new seeded deal of the same queries, and the curves of all
+            repetitions are pooled before gamma is chosen: gamma then depends much less on
+            how one deal fell. Only as many repetitions run as keep the held-out queries
+            scored in all within ``cv_max_queries`` (1,702 queries: 3; 4,000: 2; 10,000: 1).
         refit_on_val: after choosing gamma on ``val`` (or on the ``val_fraction`` split when
             ``cv=None``), fit again on train and val together with that gamma, so that every
             labelled pair moves documents. Use it when the validation pairs are the same kind
@@ -85,6 +91,7 @@ class NudgeN(_NudgeBase):
         gamma_chosen_by_: how gamma was set: ``"cv"`` (cross-validation), ``"val"``
             (``val``, or the ``val_fraction`` split) or ``"fixed"`` (``gamma``).
         n_folds_: folds used (0 unless ``"cv"``).
+        n_cv_repeats_: repetitions of the K-fold deal (0 unless ``"cv"``).
         n_train_queries_: queries the final fit used.
         n_val_queries_: queries gamma was chosen on (held out over all folds for ``"cv"``).
         cv_gammas_: ``(n_candidates,)`` float64 candidates, increasing (``None`` unless
@@ -92,7 +99,7 @@ class NudgeN(_NudgeBase):
         cv_scores_: ``(n_candidates,)`` mean validation recall@``val_k`` of each over all
             held-out queries.
         cv_std_: ``(n_candidates,)`` standard deviation of the per-fold scores.
-        cv_fold_scores_: ``(n_folds, n_candidates)`` each fold's score.
+        cv_fold_scores_: ``(n_folds * n_cv_repeats_, n_candidates)`` each fold's score.
 
     Example:
         >>> train = QuerySet(train_q, train_answers)  # doctest: +SKIP
@@ -113,6 +120,7 @@ class NudgeN(_NudgeBase):
         val_k: int = 1,
         cv: int | None = DEFAULT_FOLDS,
         cv_max_queries: int | None = CV_MAX_QUERIES,
+        cv_repeats: int = DEFAULT_REPEATS,
         refit_on_val: bool = False,
         val_fraction: float = 0.1,
         random_state: int | None = 0,
@@ -123,6 +131,7 @@ class NudgeN(_NudgeBase):
             gamma=gamma,
             cv=cv,
             cv_max_queries=cv_max_queries,
+            cv_repeats=cv_repeats,
             refit_on_val=refit_on_val,
             val_fraction=val_fraction,
             random_state=random_state,
@@ -186,26 +195,32 @@ class NudgeN(_NudgeBase):
         # scoring queries that cannot win.
         stop_above = None
         if problem.n_passive * folds.n_held > _limits.EARLY_STOP_SCORES:
-            stop_above = np.empty(folds.n_held, dtype=np.float32)
+            # A query held out in several repetitions: the largest of its folds' bounds.
+            stop_above = np.full(folds.n_held, -np.inf, dtype=np.float32)
             for fold in iter_folds(problem, folds):
                 arc = _Path(v, fold.sums, candidates).arc
                 view = fold.validation(problem, fold.sums.g)
-                stop_above[fold.positions] = _answer_bounds(view, n_tr, arc, pairwise=True)
+                bound = _answer_bounds(view, n_tr, arc, pairwise=True)
+                np.maximum(stop_above[fold.positions], bound, out=bound)
+                stop_above[fold.positions] = bound
         queries = problem.train.embeddings[folds.held]
         passive_top = problem.stream(queries, k, stop_above, start=passive_scores)
         # Pass 2: each fold's validation curve.
-        hits = np.zeros((folds.n_folds, len(candidates)))
+        shared = _SharedScores(problem, folds) if _SharedScores.usable(problem, folds) else None
+        hits = np.zeros((folds.n_splits, len(candidates)))
         with progress_bar(
-            folds.n_folds, "nudge-rag: cross-validation folds", problem.show_progress, "fold"
+            folds.n_splits, "nudge-rag: cross-validation folds", problem.show_progress, "fold"
         ) as bar:
             for fold in iter_folds(problem, folds):
                 path = _Path(v, fold.sums, candidates)
                 view = fold.validation(problem, fold.sums.g)
+                if shared is not None:
+                    view.preset(*shared.scores(problem, fold))
                 top = passive_top[fold.positions]
                 hits[fold.index] = _val_recall(view, top, n_tr, path.coeffs, path.block_hits(k))
                 bar.update()
-        curve = _pooled_curve(candidates, hits, [m.size for m in folds.members])
-        best = cv_choice(curve.gammas, curve.scores, curve.fold_scores)
+        curve = _pooled_curve(candidates, hits, folds.sizes)
+        best = cv_choice(curve.gammas, curve.scores, curve.fold_scores, folds.n_folds)
         self.gamma_scores_ = dict(zip(curve.gammas.tolist(), curve.scores.tolist()))
         return float(curve.gammas[best]), float(curve.scores[best]), curve
 

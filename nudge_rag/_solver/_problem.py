@@ -31,11 +31,14 @@ class _Sums(NamedTuple):
         g: ``(n_train_rows, dim)`` float32: the sum of the training queries each row answers.
         norm: ``(n_train_rows,)`` float32 ``|g|``.
         dot_v: ``(n_train_rows,)`` float32 ``g . v`` (``v`` the unit document row).
+        rescaled: int64 rows whose sum float32 loses, rescaled to unit norm (only their
+            direction matters); usually empty.
     """
 
     g: np.ndarray
     norm: np.ndarray
     dot_v: np.ndarray
+    rescaled: np.ndarray = np.zeros(0, dtype=np.int64)
 
 
 class _Problem:
@@ -106,8 +109,8 @@ class _Problem:
         del assign
         # v = unit active rows, with |g| and g.v computed while each block is in cache.
         self.v, g_norm, g_dot_v = _gather_unit_rows(docs, self.active, g)
-        _rescale_tiny_sums(g, g_norm, g_dot_v, self.v, np.arange(self.n_train_rows))
-        self.sums = _Sums(g, g_norm, g_dot_v)
+        tiny = _rescale_tiny_sums(g, g_norm, g_dot_v, self.v, np.arange(self.n_train_rows))
+        self.sums = _Sums(g, g_norm, g_dot_v, tiny)
 
     @property
     def n_passive(self) -> int:
@@ -138,8 +141,8 @@ class _Problem:
         norm, dot_v = self.sums.norm.copy(), self.sums.dot_v.copy()
         norm[rows] = np.sqrt(np.einsum("ij,ij->i", part, part))
         dot_v[rows] = np.einsum("ij,ij->i", part, self.v[rows])
-        _rescale_tiny_sums(g, norm, dot_v, self.v, rows)
-        return _Sums(g, norm, dot_v)
+        tiny = _rescale_tiny_sums(g, norm, dot_v, self.v, rows)
+        return _Sums(g, norm, dot_v, tiny)
 
     def check_passive_rows(self) -> None:
         """Raise ``ValueError`` for a passive row that holds NaN/inf or is all zeros.
@@ -279,16 +282,16 @@ def _gather_unit_rows(
 
 def _rescale_tiny_sums(
     g: np.ndarray, g_norm: np.ndarray, g_dot_v: np.ndarray, v: np.ndarray, rows: np.ndarray
-) -> None:
+) -> np.ndarray:
     """Rescale, in the arrays being built, the sums at ``rows`` that float32 loses.
 
     Their squares underflow (and ``1 / |g|`` may overflow): only their direction matters,
-    so those rows are rescaled to unit norm; ``g = 0`` stays 0.
+    so those rows are rescaled to unit norm; ``g = 0`` stays 0. Returns the rows rescaled.
     """
     norm = g_norm[rows]
     tiny = rows[~np.isfinite(norm) | (norm < 1e-18)]
     if not tiny.size:
-        return
+        return tiny
     g64 = g[tiny].astype(np.float64)
     norms = np.linalg.norm(g64, axis=1)
     nonzero = norms > 0
@@ -296,6 +299,7 @@ def _rescale_tiny_sums(
     g[tiny] = g64.astype(np.float32)
     g_norm[tiny] = np.where(nonzero, 1.0, 0.0)
     g_dot_v[tiny] = np.einsum("ij,ij->i", g[tiny], v[tiny])
+    return tiny
 
 
 def _row_norms(block: np.ndarray, sq: np.ndarray | None = None) -> np.ndarray:

@@ -64,6 +64,11 @@ class _Validation:
             self._whole = (s, t)
         return s, t
 
+    def preset(self, s: np.ndarray, t: np.ndarray) -> None:
+        """Use ``(S, T)`` computed elsewhere for the whole set (one block; see block_scores)."""
+        assert self.n_queries * (self.v.shape[0] + 1) <= _limits.BLOCK_ELEMENTS
+        self._whole = (s, t)
+
     def pair_scores(self, pairwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(n_pairs,)`` ``S`` and ``T`` of each validation query with its answer row.
 

@@ -141,11 +141,13 @@ def test_qdrant_in_memory(corpus):
     client.close()
 
 
-@pytest.mark.parametrize(("variant", "floor"), [("n", 0.443), ("m", 0.42)])
+@pytest.mark.parametrize(("variant", "floor"), [("n", 0.448), ("m", 0.423)])
 def test_one_set_of_pairs_cross_validates(corpus, variant, floor):
-    """``fit(train pairs)`` with no validation pairs: 10-fold CV, then a fit on every pair.
+    """``fit(train pairs)`` with no validation pairs: repeated 10-fold CV, then a fit on
+    every pair (issue targets: NUDGE-N >= 44.8, NUDGE-M >= 42.3).
 
-    Measured: NUDGE-N 44.5 at the default seed (45.4, 45.4, 45.4, 45.3 at seeds 1-4).
+    Measured: NUDGE-N 45.4 at the default seed (45.4, 45.4, 45.4, 45.1 at seeds 1-4);
+    NUDGE-M 44.2 on the arrays. ``benchmarks/one_set_of_pairs.py --frameworks`` prints all.
     """
     ds = corpus["ds"]
     ids = list(ds.doc_ids)
@@ -163,6 +165,7 @@ def test_one_set_of_pairs_cross_validates(corpus, variant, floor):
         after = _ndcg(retriever, ds, {d: r for r, d in enumerate(ids)})
         method = retriever.tune_result.method
         assert retriever.tune_result.n_folds == 10
+        assert retriever.tune_result.solver.n_cv_repeats_ == 3
     logger.warning("NUDGE-%s, train pairs only: nDCG@10 %.4f (%s)", variant.upper(), after, method)
     assert method == "cv"
     assert after >= floor
