@@ -173,6 +173,7 @@ def report_data(
         "gamma": float(result.gamma),
         "gamma_chosen_by": method,
         "n_folds": n_folds,
+        "n_cv_repeats": int(getattr(solver, "n_cv_repeats_", 0) or 0),
         "val_metric": _val_metric(solver),
         "val_score": None if result.val_score is None else float(result.val_score),
         "curve": _curve(solver),
@@ -268,6 +269,7 @@ def _markdown(data: Mapping[str, Any], png: str | None) -> str:
         f"document vectors toward the questions they answer (step size gamma = "
         f"**{data['gamma']:.4g}**, chosen by {chosen_by}"
         + (f", {data['n_folds']} folds" if data["n_folds"] else "")
+        + (f" x {data['n_cv_repeats']} deals" if data.get("n_cv_repeats", 0) > 1 else "")
         + "). The embedding model is unchanged; only the vectors in the store moved."
     )
     if data["dry_run"]:

@@ -577,6 +577,7 @@ def _tune_summary(
         "gamma": float(result.gamma),
         "gamma_chosen_by": result.method or getattr(result.solver, "gamma_chosen_by_", ""),
         "n_folds": int(result.n_folds or getattr(result.solver, "n_folds_", 0) or 0),
+        "n_cv_repeats": int(getattr(result.solver, "n_cv_repeats_", 0) or 0),
         "val_score": result.val_score,
         "rows_moved": len(changed),
         "n_docs": int(result.n_docs),
@@ -600,6 +601,8 @@ def _print_tune(out: _Out, s: dict[str, Any], evaluations: dict, args: argparse.
     chosen = how.get(s["gamma_chosen_by"], s["gamma_chosen_by"] or "validation")
     if s["n_folds"]:
         chosen += f", {s['n_folds']} folds"
+        if s.get("n_cv_repeats", 0) > 1:
+            chosen += f" x {s['n_cv_repeats']} deals"
     verb = "would move" if s["dry_run"] else "moved"
     out.say(
         f"{'dry run: ' if s['dry_run'] else ''}{s['variant']} on {s['store']} "
