@@ -6,6 +6,7 @@ kernel drops a ``flock`` when its process ends, however it ends (SIGKILL include
 lock of a dead process never blocks anyone. While it is held the file records who holds it
 (pid, host, thread, since when, doing what), for the error the next writer gets; a record
 left behind by a writer that died is reported (at INFO) by the next one to take the lock.
+A writer that has to wait for another one says so (at INFO, naming the holder).
 
 Inside one process an ``RLock`` per folder comes first, so threads wait for each other too
 (a ``flock`` alone would not stop two threads on a filesystem that emulates it with POSIX
@@ -159,12 +160,10 @@ class StoreLock:
             msg = f"lock_timeout must be >= 0 seconds or None (wait), got {timeout!r}"
             raise ValueError(msg)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if timeout is None:
-            got = self._rlock.acquire()
-        elif timeout == 0:
-            got = self._rlock.acquire(blocking=False)
-        else:
-            got = self._rlock.acquire(timeout=timeout)
+        got = self._rlock.acquire(blocking=False)
+        if not got and timeout != 0:  # another thread of this process holds it: wait
+            self._log_wait(dict(self.holder) if self.holder else None, timeout)
+            got = self._rlock.acquire() if timeout is None else self._rlock.acquire(timeout=timeout)
         if not got:
             holder = dict(self.holder) if self.holder else None
             raise LockBusy(self._busy_message(holder, timeout), holder)
@@ -192,6 +191,14 @@ class StoreLock:
         self._rlock.release()
 
     # ------------------------------------------------------------------ internals
+    def _log_wait(self, holder: dict[str, Any] | None, timeout: float | None) -> None:
+        logger.info(
+            "waiting for the writer lock of %s (%s), held by %s",
+            self.name,
+            "as long as it takes" if timeout is None else f"up to {timeout:g} s",
+            describe_holder(holder),
+        )
+
     def _busy_message(self, holder: dict[str, Any] | None, timeout: float | None) -> str:
         waited = f" after waiting {timeout:g} s" if timeout else ""
         return (
@@ -227,6 +234,8 @@ class StoreLock:
                 os.close(fd)
                 holder = _read_record(path)
                 raise LockBusy(self._busy_message(holder, timeout), holder)
+            if sleep == _POLL_S[0]:  # the first miss: another process holds it
+                self._log_wait(_read_record(path), timeout)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             time.sleep(sleep if left is None else min(sleep, left))
             sleep = min(sleep * 2, _POLL_S[1])

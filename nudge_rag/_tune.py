@@ -497,13 +497,22 @@ class StoreTuner:
     def preflight(self, solver: NudgeN | NudgeM | None = None) -> tuple[list[str], int]:
         """Every check that needs no embedding: pending write-back, metric, a non-empty store.
 
-        Call it before paying for questions (an LLM, an embedding API).
+        Call it before paying for questions (an LLM, an embedding API). The pending check
+        holds the writer lock: a plan another writer is writing right now is not an
+        interrupted one (that writer is waited for, up to ``lock_timeout``, or this call
+        raises :class:`~nudge_rag.StoreBusyError`).
 
         Returns:
             ``(ids, dim)``: the store's ids and the dimension of its vectors.
+
+        Raises:
+            StoreBusyError: another fit, restore or resume of this store is running.
+            WriteBackError: an interrupted write-back is pending.
         """
         solver = self.new_solver() if solver is None else solver
-        if self.writeback.has_pending:
+        with self.writeback.locked("preflight"):
+            pending = self.writeback.has_pending
+        if pending:
             msg = (
                 "an interrupted write-back is pending for this store: call resume() to finish "
                 "it or restore() to undo it before tuning again"

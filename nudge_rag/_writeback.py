@@ -172,26 +172,33 @@ class WriteBackStatus:
 
 
 _MEMORY_LOCK = threading.Lock()
-_MEMORY_STATES: dict[int, tuple[Any, dict[str, Any]]] = {}
+_MEMORY_STATES: dict[tuple[int, str | None], tuple[Any, dict[str, Any]]] = {}
 
 
 def _memory_of(owner: object) -> dict[str, Any]:
-    """The in-memory write-back state of ``owner`` (a store object), shared by every user of it.
+    """The in-memory write-back state of ``owner``, shared by every user of it.
 
-    Kept while ``owner`` lives (a weak reference where the object allows one, else a strong one).
+    ``owner`` is what a backend's ``state_owner`` names: the store object itself (an
+    ``InMemoryVectorStore``), or a pair ``(client, collection name)`` for a collection that
+    several wrapper objects can reach through one client object (Chroma, Qdrant in memory).
+    Kept while that object lives (a weak reference where it allows one, else a strong one).
     Holds the state's writer lock under ``LOCK_FILE``.
     """
-    key = id(owner)
+    if isinstance(owner, tuple) and len(owner) == 2:
+        anchor, collection = owner[0], str(owner[1])
+    else:
+        anchor, collection = owner, None
+    key = (id(anchor), collection)
     with _MEMORY_LOCK:
         got = _MEMORY_STATES.get(key)
-        if got is not None and got[0]() is owner:
+        if got is not None and got[0]() is anchor:
             return got[1]
         try:
-            ref: Any = weakref.ref(owner, lambda _ref, key=key: _MEMORY_STATES.pop(key, None))
+            ref: Any = weakref.ref(anchor, lambda _ref, key=key: _MEMORY_STATES.pop(key, None))
         except TypeError:  # no weak references: hold it (the state is small next to the store)
-            ref = lambda owner=owner: owner  # noqa: E731
-        name = f"{getattr(owner, 'name', None) or type(owner).__name__} (state in memory)"
-        memory: dict[str, Any] = {LOCK_FILE: StoreLock(None, name)}
+            ref = lambda anchor=anchor: anchor  # noqa: E731
+        label = collection or getattr(anchor, "name", None) or type(anchor).__name__
+        memory: dict[str, Any] = {LOCK_FILE: StoreLock(None, f"{label} (state in memory)")}
         _MEMORY_STATES[key] = (ref, memory)
         return memory
 
@@ -572,10 +579,11 @@ class WriteBack:
         store: any :class:`~nudge_rag.EmbeddingStore`.
         state_dir: folder for ``originals.npz``, the plans, ``progress.json``, ``meta.json``
             and ``writer.lock`` (created on first write). ``None`` keeps that state in
-            memory, shared by every ``WriteBack`` over the same store object
-            (``store.state_owner`` where the backend has one): fine for in-memory stores,
-            which are lost with the process anyway. Every writer of one store must use the
-            same ``state_dir``.
+            memory, shared by every ``WriteBack`` over the same store (``store.state_owner``
+            where the backend has one: the store object, or ``(client, collection name)``
+            for a collection several wrappers reach through one client): fine for
+            in-memory stores, which are lost with the process anyway. Every writer of one
+            store must use the same ``state_dir``.
         batch_size: ids written per ``set_vectors`` call.
         show_progress: show a tqdm bar while writing.
         lock_timeout: seconds to wait for another writer of the same store; ``0`` (default)
@@ -620,7 +628,8 @@ class WriteBack:
         self._lock: StoreLock = self._state.lock
         self.last_report: WriteReport | None = None
         if self._state.has_temp_files():  # left by a killed writer: remove unless one is busy
-            with contextlib.suppress(StoreBusyError), self.locked("clean up"):
+            # (never wait here: a writer at work may be writing them right now)
+            with contextlib.suppress(StoreBusyError), self.locked("clean up", timeout=0):
                 pass
 
     # ------------------------------------------------------------------ the lock

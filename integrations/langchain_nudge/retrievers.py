@@ -25,6 +25,7 @@ from nudge_rag import (
     StoreTuner,
     TuneResult,
     WriteBack,
+    WriteBackStatus,
     backend_for,
     tune_from_feedback,
 )
@@ -137,6 +138,10 @@ class NudgeRetriever(BaseRetriever):
         feedback_store_name: the store name queries are logged under (default: the store's,
             e.g. the Chroma collection); retrievers sharing a log must use distinct names for
             distinct stores.
+        lock_timeout: seconds a fit, restore or resume waits for another writer of the same
+            store (another retriever, engine or process; one writer at a time): ``0``
+            (default) raises :class:`nudge_rag.StoreBusyError` at once, ``None`` waits as
+            long as it takes.
 
     Unknown keyword arguments are refused (a typo would otherwise be ignored silently).
     """
@@ -156,6 +161,7 @@ class NudgeRetriever(BaseRetriever):
     show_progress: bool = False
     feedback_log: FeedbackLog | None = Field(default=None, alias="feedback", exclude=True)
     feedback_store_name: str | None = None
+    lock_timeout: float | None = Field(default=0.0, ge=0)
 
     _tuner: StoreTuner | None = PrivateAttr(default=None)
     _feedback_store: str | None = PrivateAttr(default=None)
@@ -180,6 +186,7 @@ class NudgeRetriever(BaseRetriever):
                 batch_size=self.batch_size,
                 embed_batch_size=self.embed_batch_size,
                 show_progress=self.show_progress,
+                lock_timeout=self.lock_timeout,
                 framework="langchain",
             )
         return self._tuner
@@ -472,9 +479,7 @@ class NudgeRetriever(BaseRetriever):
         Returns:
             ``self``.
         """
-        self.tuner.tune_embedded(
-            train_embeddings, train_answer_ids, val_embeddings, val_answer_ids
-        )
+        self.tuner.tune_embedded(train_embeddings, train_answer_ids, val_embeddings, val_answer_ids)
         return self
 
     def restore(self) -> int:
@@ -492,3 +497,21 @@ class NudgeRetriever(BaseRetriever):
             ``True`` if a pending write-back was completed.
         """
         return self.tuner.resume()
+
+    def discard_pending(self) -> bool:
+        """Drop an interrupted write-back that cannot finish; the originals stay saved.
+
+        See :meth:`nudge_rag.WriteBack.discard_pending`: ``restore()`` still puts every
+        original back afterwards.
+
+        Returns:
+            ``True`` if a pending plan was dropped.
+        """
+        return self.tuner.discard_pending()
+
+    def status(self) -> WriteBackStatus:
+        """Where this store's write-back stands: :meth:`nudge_rag.WriteBack.status`.
+
+        Tuned or not, a pending plan, who holds the writer lock, how gamma was chosen.
+        """
+        return self.tuner.status()

@@ -39,6 +39,7 @@ from nudge_rag import (
     RetrievalDataset,
     StoreTuner,
     TuneResult,
+    WriteBackStatus,
     normalize_pairs,
     tune_from_feedback,
 )
@@ -154,13 +155,14 @@ class NudgeFinetuneEngine:
         embed_model: the model the index embeds queries with.
         train_pairs: ``[(query_text, node_id), ...]``, a dataset with ``.queries``,
             ``.corpus``, ``.relevant_docs``, or a path to one saved as JSON.
-        val_pairs: optional validation pairs in the same forms; without them the solver
-            holds out ``val_fraction`` of the training queries to choose gamma.
+        val_pairs: optional validation pairs in the same forms; without them gamma is
+            cross-validated on the training pairs (10 folds, 3 deals), then every training
+            pair is used.
         variant: ``"n"`` (NUDGE-N) or ``"m"`` (NUDGE-M).
         solver_params: keyword arguments of :class:`nudge_rag.NudgeN` / :class:`~nudge_rag.NudgeM`
             (e.g. ``{"gamma": 0.1}``).
-        state_dir: where originals are kept: ``"auto"`` (see above), a folder, or ``None``
-            (memory).
+        state_dir: where originals are kept: ``"auto"`` (see above; ``None`` means the same),
+            a folder, or ``"memory"``.
         persist_dir: the folder the index is persisted to, used by ``state_dir="auto"``.
         query_embedding: ``"text"`` (default: questions embedded in batches with
             ``get_text_embedding_batch``, right for symmetric models such as MiniLM) or
@@ -168,6 +170,9 @@ class NudgeFinetuneEngine:
             use it for models with a query instruction, e.g. BGE/E5 with one configured).
         batch_size: vectors per read/write request.
         docstore: where node ids without a stored vector are looked up, to say so in errors.
+        lock_timeout: seconds a finetune, restore or resume waits for another writer of the
+            same store (another engine, retriever or process; one writer at a time): ``0``
+            (default) raises :class:`nudge_rag.StoreBusyError` at once, ``None`` waits.
 
     Example:
         >>> engine = NudgeFinetuneEngine.from_index(index, train_pairs=pairs)  # doctest: +SKIP
@@ -193,6 +198,7 @@ class NudgeFinetuneEngine:
         embed_batch_size: int = 64,
         docstore: Any = None,
         show_progress: bool = False,
+        lock_timeout: float | None = 0.0,
     ):
         if not isinstance(embed_model, BaseEmbedding):
             msg = (
@@ -213,6 +219,7 @@ class NudgeFinetuneEngine:
             batch_size=batch_size,
             embed_batch_size=embed_batch_size,
             show_progress=show_progress,
+            lock_timeout=lock_timeout,
             explain_unknown=self._explain_unknown,
             framework="llama-index",
         )
@@ -449,6 +456,18 @@ class NudgeFinetuneEngine:
             ``True`` if one was pending.
         """
         return self.tuner.resume()
+
+    def discard_pending(self) -> bool:
+        """Drop an interrupted write-back that cannot finish; the originals stay saved.
+
+        See :meth:`nudge_rag.WriteBack.discard_pending`: ``restore()`` still puts every
+        original back afterwards. Returns ``True`` if a pending plan was dropped.
+        """
+        return self.tuner.discard_pending()
+
+    def status(self) -> WriteBackStatus:
+        """Where this store's write-back stands: :meth:`nudge_rag.WriteBack.status`."""
+        return self.tuner.status()
 
 
 # ---------------------------------------------------------------------- dataset mode

@@ -74,6 +74,17 @@ class ChromaBackend(BaseEmbeddingStore):
             raise ValueError(msg)
         return _CHROMA_SPACES[space]
 
+    @property
+    def state_owner(self) -> object:
+        """``(client, collection name)``: whom originals kept in memory belong to.
+
+        Every wrapper (LangChain's ``Chroma``, LlamaIndex's ``ChromaVectorStore``) and every
+        ``get_collection`` result over one collection of one client shares them; Chroma's
+        clients of one in-memory or persistent system share that client object.
+        """
+        client = getattr(self.collection, "_client", None)
+        return self.collection if client is None else (client, self.name)
+
     def count(self) -> int:
         """Number of stored vectors."""
         return int(self.collection.count())

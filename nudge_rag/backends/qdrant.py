@@ -96,6 +96,15 @@ class QdrantBackend(BaseEmbeddingStore):
             msg = f"{text!r} is not a Qdrant point id (a UUID or an unsigned integer)"
             raise KeyError(msg) from err
 
+    @property
+    def state_owner(self) -> object:
+        """``(client, collection name)``: whom originals kept in memory belong to.
+
+        Every wrapper over this collection of one ``QdrantClient`` (its local storage or
+        server connection) shares them.
+        """
+        return (getattr(self.client, "_client", self.client), self.collection_name)
+
     def count(self) -> int:
         """Number of points."""
         return int(self.client.count(self.collection_name, exact=True).count)
