@@ -1241,7 +1241,9 @@ def tune_from_feedback(
     """
     lock_key = store if store is not None else "*"
     with log.tune_lock(lock_key):
-        if tuner.writeback.has_pending:
+        with tuner.writeback.locked("feedback"):  # a plan being written now is not pending
+            pending = tuner.writeback.has_pending
+        if pending:
             if not resume:
                 from nudge_rag._writeback import WriteBackError
 
