@@ -13,6 +13,8 @@ this script opens it from the path / port in the arguments, runs the fit through
 * ``{"at": "inside_set", "batch": k, "part": m}``: the k-th ``set_vectors`` writes its first
   ``m`` rows through the real store, then the process dies.
 * ``None``: no hook (the parent may kill it at a random time; ``slow`` sleeps per batch).
+* ``{"at": "pg_commit" | "pg_after" | "pg_partial", ...}``: pgvector only (state in
+  side tables, no files): before / after a transaction's COMMIT (``install_pg_hooks``).
 
 The same module builds the data and opens the stores for the parent (``open_target``), so the
 parent and the child agree on ids, vectors and training queries.
@@ -26,6 +28,7 @@ import signal
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +228,8 @@ class Target:
 def open_target(args: dict[str, Any]) -> Target:
     if args["store"] == "faiss_folder":
         return open_faiss_target(args)
+    if args["store"] == "pgvector":
+        return PgTarget(args)
     return Target(args)
 
 
@@ -335,6 +340,140 @@ def open_faiss_target(args: dict[str, Any]) -> FaissTarget:
     return FaissTarget(args)
 
 
+# ---------------------------------------------------------------------- PostgreSQL + pgvector
+PG_TABLE = "faults_docs"  # the plain table (``"core"``); LangChain's is its own
+
+
+def pg_url_for(url: str, database: str) -> str:
+    """The libpq URL ``url`` (``postgresql://user:pw@/db?host=...``) with another database."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def make_pg_database(url: str) -> None:
+    """Fill the (empty) database at ``url`` with ``make_data()`` twice, text and metadata too.
+
+    * ``faults_docs`` (``id`` text key, ``body``, ``meta`` jsonb, ``embedding vector(8)``)
+      with an HNSW ``vector_cosine_ops`` index: the plain table the core API tunes;
+    * LangChain's ``PGVector`` collection ``faults`` (``langchain_pg_embedding``).
+
+    Every connection is closed at the end, so the database can serve as a template.
+    """
+    import psycopg
+    from langchain_helpers import LookupEmbeddings
+    from langchain_postgres import PGVector
+    from langchain_postgres.vectorstores import DistanceStrategy
+
+    data = make_data()
+    ids = doc_ids("pgvector")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(
+            f"CREATE TABLE {PG_TABLE} (id text PRIMARY KEY, body text, meta jsonb, "
+            f"embedding vector({DIM}))"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY {PG_TABLE} (id, body, meta, embedding) FROM STDIN") as copy,
+        ):
+            for k, (doc_id, vec) in enumerate(zip(ids, data["docs"])):
+                copy.write_row((doc_id, f"document {k}", json.dumps({"i": k}), str(vec.tolist())))
+        conn.execute(f"CREATE INDEX ON {PG_TABLE} USING hnsw (embedding vector_cosine_ops)")
+    store = PGVector(
+        embeddings=LookupEmbeddings({}),
+        connection=_sqlalchemy_url(url),
+        collection_name=COLLECTION,
+        distance_strategy=DistanceStrategy.COSINE,
+        use_jsonb=True,
+    )
+    store.add_embeddings(
+        [f"document {k}" for k in range(N_DOCS)],
+        [v.tolist() for v in data["docs"]],
+        metadatas=[{"i": k} for k in range(N_DOCS)],
+        ids=ids,
+    )
+    store._engine.dispose()
+
+
+def pg_text(args: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """``(id, text, metadata["i"])`` of every row of the target's table, sorted by id."""
+    import psycopg
+
+    if args.get("framework", "core") == "langchain":
+        query = (
+            "SELECT e.id::text, e.document, (e.cmetadata->>'i')::int FROM langchain_pg_embedding e "
+            "JOIN langchain_pg_collection c ON c.uuid = e.collection_id WHERE c.name = %s"
+        )
+        params: tuple[Any, ...] = (COLLECTION,)
+    else:
+        query = f"SELECT id, body, (meta->>'i')::int FROM {PG_TABLE}"
+        params = ()
+    with psycopg.connect(args["url"], autocommit=True) as conn:
+        return sorted(conn.execute(query, params).fetchall())
+
+
+class PgTarget(Target):
+    """A pgvector table in the database ``args["url"]``; the state in its side tables.
+
+    ``"core"``: ``WriteBack`` over ``PgVectorBackend.from_url(url, table="faults_docs")``;
+    ``"langchain"``: ``NudgeRetriever`` over LangChain's ``PGVector`` collection ``faults``.
+    """
+
+    def __init__(self, args: dict[str, Any]):
+        self.args = args
+        self.framework = args.get("framework", "core")
+        self.batch_size = int(args.get("batch_size", 3))
+        self.qdrant = None
+        self.collection = None
+        self.vectorstore = None
+        self.obj = self._build()
+
+    def _build(self):
+        data = make_data(**self.args.get("data", {}))
+        url = self.args["url"]
+        if self.framework == "core":
+            from nudge_rag import WriteBack
+            from nudge_rag.backends.pgvector import PgVectorBackend
+
+            store = PgVectorBackend.from_url(url, table=PG_TABLE)
+            return WriteBack(store, batch_size=self.batch_size)
+        if self.framework != "langchain":
+            msg = f"pgvector fault targets are 'core' or 'langchain', got {self.framework!r}"
+            raise ValueError(msg)
+        from langchain_helpers import LookupEmbeddings
+        from langchain_nudge import NudgeRetriever
+        from langchain_postgres import PGVector
+        from langchain_postgres.vectorstores import DistanceStrategy
+
+        emb = LookupEmbeddings(data["questions"], default=np.ones(DIM) / DIM**0.5)
+        self.vectorstore = PGVector(
+            embeddings=emb,
+            connection=_sqlalchemy_url(url),
+            collection_name=COLLECTION,
+            distance_strategy=DistanceStrategy.COSINE,
+            use_jsonb=True,
+            create_extension=False,
+        )
+        return NudgeRetriever(
+            vectorstore=self.vectorstore,
+            k=5,
+            solver_params={"gamma": GAMMA},
+            batch_size=self.batch_size,
+        )
+
+    def close(self) -> None:
+        self.store.close()
+        if self.vectorstore is not None:
+            self.vectorstore._engine.dispose()
+            self.vectorstore = None
+
+
 # ---------------------------------------------------------------------- hooks
 def _die() -> None:
     sys.stdout.flush()
@@ -379,10 +518,75 @@ def install_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -> N
         wbmod.os.replace = replace  # the os module itself: atomic_save_npz and progress
 
 
+def install_pg_hooks(target: Target, kill: dict[str, Any] | None) -> None:
+    """Kill points of the pgvector target, whose state is in side tables (no files):
+
+    * ``{"at": "pg_commit", "method": M, "nth": n}``: the n-th call of ``M`` (a method of the
+      ``PgVectorState``: ``save_originals``, ``save_pending``, ``finish_apply``; or the
+      backend's ``set_vectors``, i.e. batch n) has run every statement of its transaction,
+      and the process dies before the COMMIT;
+    * ``{"at": "pg_after", "method": M, "nth": n}``: the n-th call of ``M`` returned (its
+      transaction committed), e.g. ``save_progress`` n: batch n's progress is recorded;
+    * ``{"at": "pg_partial", "batch": k, "part": m}``: batch k's real UPDATE of its first
+      ``m`` rows runs inside an open transaction, and the process dies before the COMMIT.
+    """
+    if not kill or not str(kill.get("at", "")).startswith("pg_"):
+        return
+    import psycopg
+
+    store = target.store
+    if kill["at"] == "pg_partial":
+        real_set = store.set_vectors
+        seen = {"n": 0}
+
+        def partial_set(ids, vectors):
+            seen["n"] += 1
+            if seen["n"] == int(kill["batch"]):
+                part = int(kill["part"])
+                with store._connection().transaction():
+                    real_set(list(ids)[:part], np.asarray(vectors)[:part])  # a savepoint
+                    _die()
+            real_set(ids, vectors)
+
+        store.set_vectors = partial_set
+        return
+    method, nth = kill["method"], int(kill.get("nth", 1))
+    owner = store if method == "set_vectors" else target.writeback._state._inner
+    real = getattr(owner, method)
+    flags = {"calls": 0, "armed": False, "depth": 0}
+
+    def wrapper(*a, **kw):
+        flags["calls"] += 1
+        hit = flags["calls"] == nth
+        flags["armed"] = hit and kill["at"] == "pg_commit"
+        out = real(*a, **kw)
+        if hit:
+            _die()  # pg_after; for pg_commit the transaction hook has died already
+        return out
+
+    setattr(owner, method, wrapper)
+    real_transaction = psycopg.Connection.transaction
+
+    @contextmanager
+    def transaction(self, *a, **kw):
+        flags["depth"] += 1
+        try:
+            with real_transaction(self, *a, **kw) as tx:
+                yield tx
+                if flags["armed"] and flags["depth"] == 1:
+                    _die()  # every statement ran; the COMMIT has not been sent
+        finally:
+            flags["depth"] -= 1
+
+    psycopg.Connection.transaction = transaction
+
+
 def main(argv: list[str]) -> int:
     args = json.loads(argv[1])
     target = open_target(args)
     install_hooks(target, args.get("kill"), float(args.get("slow", 0.0)))
+    if args["store"] == "pgvector":
+        install_pg_hooks(target, args.get("kill"))
     print("ready", flush=True)
     target.fit()
     target.close()

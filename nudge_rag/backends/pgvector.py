@@ -74,6 +74,10 @@ _STATE_TABLES = (
     "nudge_locks",
 )
 _STATE_PAGE = 5000  # rows per statement when the state is read or written
+#: State steps that only run while a plan is pending (a failure there: resume() goes on).
+_PLAN_STEPS = frozenset(
+    {"record the write-back progress", "finish the write-back", "finish the restore"}
+)
 _MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 
 T = TypeVar("T")
@@ -181,6 +185,9 @@ class PgVectorBackend(BaseEmbeddingStore):
     written. An ANN index whose operator class differs from ``distance`` is reported at
     WARNING: the framework's queries cannot use it.
 
+    One backend holds one connection; threads sharing the backend take turns on it (a
+    reader's :meth:`nearest` waits for a write-back batch's transaction, never runs in it).
+
     Args:
         url: a libpq connection string (``postgresql://user:pw@host:5432/db``, or
             ``postgresql://user@/db?host=/socket/dir``); ``postgresql+psycopg://`` is accepted.
@@ -225,6 +232,7 @@ class PgVectorBackend(BaseEmbeddingStore):
         self.page_size = int(page_size)
         self.connect_timeout = int(connect_timeout)
         self._conn: Any = None
+        self._io_lock = threading.RLock()  # one thread at a time on the connection
         self._vector_oid = 0
         self._key_of: dict[str, Any] = {}  # id -> key, when ids are not the key
         self._more_keys: dict[str, list[Any]] = {}  # ids held by several rows
@@ -321,7 +329,8 @@ class PgVectorBackend(BaseEmbeddingStore):
         psycopg = _psycopg()
         for attempt in (1, 2):
             try:
-                return work(self._connection())
+                with self._io_lock:  # threads take turns: a transaction is not interleaved
+                    return work(self._connection())
             except psycopg.OperationalError as err:
                 if not (self._conn is None or self._conn.closed or self._conn.broken):
                     raise  # the server answered (e.g. a deadlock): not a lost connection
@@ -337,9 +346,10 @@ class PgVectorBackend(BaseEmbeddingStore):
 
     def close(self) -> None:
         """Close the database connection (it reopens on the next call)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._io_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def __enter__(self) -> PgVectorBackend:
         return self
@@ -772,10 +782,18 @@ class PgVectorState:
         try:
             yield
         except ConnectionError as err:
+            if what in _PLAN_STEPS:  # a plan is pending: resume() finishes it
+                then = "call resume() once the server is reachable."
+            else:  # e.g. the originals or the plan could not be saved: maybe no plan yet
+                then = (
+                    "once the server is reachable, status() says what to do: resume() if a "
+                    "write-back is pending, otherwise nothing was written: run the fit (or "
+                    "restore()) again."
+                )
             msg = (
                 f"cannot {what} for {self.target} ({err}). The write-back state in the "
                 "database is as it was before this step, and every id holds its original or "
-                "its new vector: call resume() once the server is reachable."
+                f"its new vector: {then}"
             )
             raise WriteBackError(msg) from err
 
@@ -1157,21 +1175,25 @@ class PgVectorLock:
         self._rlock.release()
 
     def holder_now(self) -> dict[str, Any] | None:
-        """Who holds the lock now (``None``: free), without taking it."""
+        """Who holds the lock now (``None``: free), without taking it.
+
+        Asked on a short-lived connection of its own: the backend this lock was made for may
+        have been closed since, or be writing in another thread.
+        """
         if self.holder is not None:
             return dict(self.holder)
         query = (
             "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
             "classid = %s::int4::oid AND objid = %s::int4::oid AND objsubid = 2"
         )
+        psycopg = _psycopg()
         try:
-            if not self.backend._run(
-                "read the lock", lambda c: c.execute(query, self._keys).fetchone()
-            ):
-                return None
-        except ConnectionError:
+            with self.backend._connect() as conn:
+                if not conn.execute(query, self._keys).fetchone():
+                    return None
+                return self._record(conn) or {}
+        except psycopg.OperationalError:
             return None
-        return self._record() or {}
 
     # internals -----------------------------------------------------------------
     def _busy(self, holder: dict[str, Any] | None, timeout: float | None) -> str:
@@ -1184,20 +1206,17 @@ class PgVectorLock:
             "to finish, or pass lock_timeout=<seconds> to wait for it."
         )
 
-    def _record(self) -> dict[str, Any] | None:
+    def _record(self, conn: Any) -> dict[str, Any] | None:
+        """Who holds the lock, as its holder recorded in ``nudge_locks`` (read on ``conn``)."""
         table = f'"{self.backend.schema}"."nudge_locks"'
         query = sql_format(self.backend.schema, "SELECT holder FROM {} WHERE target = %s")
-
-        def work(conn: Any) -> dict[str, Any] | None:
+        try:
             if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
                 return None
             row = conn.execute(query, (self.name,)).fetchone()
-            return dict(row[0]) if row and isinstance(row[0], dict) else None
-
-        try:
-            return self.backend._run("read the lock holder", work)
-        except ConnectionError:
+        except _psycopg().OperationalError:
             return None
+        return dict(row[0]) if row and isinstance(row[0], dict) else None
 
     def _lock_db(self, what: str, deadline: float | None, timeout: float | None) -> None:
         backend = self.backend
@@ -1225,7 +1244,7 @@ class PgVectorLock:
         sleep = 0.01
         while not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._keys).fetchone()[0]:
             if deadline is not None and time.monotonic() >= deadline:
-                holder = self._record()
+                holder = self._record(conn)
                 raise LockBusy(self._busy(holder, timeout), holder)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             time.sleep(sleep if left is None else min(sleep, left))
