@@ -27,14 +27,27 @@ Stores (``--store``, comma-separated):
   server logs there), so held/added include the Milvus Lite engine's own memory.
 
     python benchmarks/store_scale.py --store milvus --docs 200000 --dim 384
+
+* ``pgvector``: PostgreSQL 16 + pgvector from the ``pgserver`` wheel, started by this script
+  in a temporary folder under ``--dir`` and stopped (and deleted) at the end; a plain table
+  ``pgvector_<docs>x<dim> (id text PRIMARY KEY, text text, embedding vector(dim))`` per size,
+  filled with one binary ``COPY`` (then ``VACUUM ANALYZE``), no ANN index: the store mode's
+  kNN is an exact sequential scan. Tuned through ``PgVectorBackend.from_url(...,
+  distance="cosine")``, with the write-back state (originals, plan) in side tables of the
+  same database, as the backend keeps it by default. The server runs in its own processes,
+  so held/added are the Python process only (the server's memory is not counted).
+
+    python benchmarks/store_scale.py --store pgvector --docs 50000,200000 --dim 384
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,12 +83,16 @@ def answer_ids(split) -> list[list[str]]:
     return [[str(j) for j in ind[ptr[q] : ptr[q + 1]]] for q in range(len(ptr) - 1)]
 
 
-def measure(store, args, queries: tuple) -> dict:
-    """Reset the peak RSS, run ``tune_store`` on ``store``, restore; the numbers."""
+def measure(store, args, queries: tuple, *, state_in_store: bool = False) -> dict:
+    """Reset the peak RSS, run ``tune_store`` on ``store``, restore; the numbers.
+
+    The write-back state goes to a folder under ``--dir``, or, with ``state_in_store``, where
+    the store keeps it itself (``WriteBack`` without ``state_dir``: PostgreSQL's side tables).
+    """
     from nudge_rag import NudgeN, WriteBack, tune_store
 
     train_emb, train_ids, val_emb, val_ids = queries
-    state = Path(args.dir) / f"state_{args.store}_{args.mode}"
+    state = None if state_in_store else Path(args.dir) / f"state_{args.store}_{args.mode}"
     wb = WriteBack(store, state, batch_size=args.batch)
     held = reset_peak()
     t = time.perf_counter()
@@ -159,7 +176,9 @@ def milvus_fill(corpus: Path, folder: Path) -> float:
     client.create_collection("docs", schema=schema, index_params=params)
     for s in range(0, emb.shape[0], 10_000):
         block = np.asarray(emb[s : s + 10_000], dtype=np.float32)
-        rows = [{"pk": str(s + k), "text": f"doc {s + k}", "vector": v} for k, v in enumerate(block)]
+        rows = [
+            {"pk": str(s + k), "text": f"doc {s + k}", "vector": v} for k, v in enumerate(block)
+        ]
         client.insert("docs", rows)
     client.flush("docs")
     client.close()
@@ -185,10 +204,125 @@ def milvus_child(args, queries: tuple) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ PostgreSQL + pgvector
+_PG: dict = {}  # this run's one server: started by the first fill, stopped by pgvector_stop
+PG_COPY_ROWS = 10_000
+
+
+def pgvector_server(work: Path) -> str:
+    """Start PostgreSQL (pgserver) in a new temporary folder under ``work`` once; its URL."""
+    if "url" not in _PG:
+        import warnings
+
+        import psycopg
+
+        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
+            warnings.simplefilter("ignore")
+            import pgserver
+
+        data = Path(tempfile.mkdtemp(prefix="pgserver_", dir=work))
+        _PG["server"] = pgserver.get_server(data, cleanup_mode="delete")
+        _PG["url"] = _PG["server"].get_uri()
+        with psycopg.connect(_PG["url"], autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    return _PG["url"]
+
+
+def pgvector_stop() -> None:
+    """Stop this run's server and delete its folder (if one was started)."""
+    server = _PG.pop("server", None)
+    _PG.pop("url", None)
+    if server is not None:
+        server.cleanup()
+
+
+def _copy_block(start: int, block) -> bytes:
+    """Rows ``(id, text, embedding)`` in PostgreSQL's binary COPY format.
+
+    Each row: a field count, then per field a length and the bytes; a ``vector`` is pgvector's
+    binary form (int16 dim, int16 0, big-endian float32s), built for the whole block at once.
+    """
+    import numpy as np
+
+    n, dim = block.shape
+    vec = np.empty((n, dim + 2), dtype=">u4")
+    vec[:, 0] = 4 + 4 * dim  # field length
+    vec[:, 1] = dim << 16  # dim, unused
+    vec[:, 2:] = np.ascontiguousarray(block, dtype=">f4").view(">u4")
+    vec_bytes, width = vec.tobytes(), 4 * (dim + 2)
+    parts = []
+    for k in range(n):
+        doc_id = str(start + k).encode()
+        text = f"doc {start + k}".encode()
+        parts.append(
+            struct.pack(">hi", 3, len(doc_id))
+            + doc_id
+            + struct.pack(">i", len(text))
+            + text
+            + vec_bytes[k * width : (k + 1) * width]
+        )
+    return b"".join(parts)
+
+
+def pgvector_fill(corpus: Path, folder: Path) -> float:
+    """A table of the corpus on this run's server (one binary COPY); seconds it took.
+
+    Ids are the row numbers as text (the primary key); no vector index (exact search).
+    ``<folder>/store.json`` tells the child processes the URL and the table.
+    """
+    import numpy as np
+    import psycopg
+
+    url = pgvector_server(folder.parent)
+    table = folder.name
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    emb = np.load(corpus, mmap_mode="r")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(
+            f"CREATE TABLE {table} (id text PRIMARY KEY, text text, "
+            f"embedding vector({emb.shape[1]}))"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY {table} (id, text, embedding) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
+            for s in range(0, emb.shape[0], PG_COPY_ROWS):
+                copy.write(_copy_block(s, np.asarray(emb[s : s + PG_COPY_ROWS])))
+            copy.write(struct.pack(">h", -1))
+        conn.execute(f"VACUUM ANALYZE {table}")
+    (folder / "store.json").write_text(json.dumps({"url": url, "table": table}))
+    return time.perf_counter() - t
+
+
+def pgvector_child(args, queries: tuple) -> dict:
+    """Open the table through ``PgVectorBackend.from_url``; write-back state in the database."""
+    from nudge_rag.backends import PgVectorBackend
+
+    info = json.loads((Path(args.store_path) / "store.json").read_text())
+    t = time.perf_counter()
+    store = counting(PgVectorBackend).from_url(info["url"], table=info["table"], distance="cosine")
+    open_s = time.perf_counter() - t
+    out = {
+        **measure(store, args, queries, state_in_store=True),
+        "open_s": open_s,
+        "count": store.count(),
+    }
+    store.close()
+    return out
+
+
 STORES = {
     # name: (fill(corpus, folder) -> seconds, child(args, queries) -> numbers, label)
     "faiss": (faiss_fill, faiss_child, "FAISS IndexFlatIP (write-through)"),
     "milvus": (milvus_fill, milvus_child, "Milvus Lite FLAT COSINE (whole-row upsert + flush)"),
+    "pgvector": (
+        pgvector_fill,
+        pgvector_child,
+        "PostgreSQL + pgvector, no index, cosine (UPDATE per batch)",
+    ),
 }
 
 
@@ -215,46 +349,10 @@ def child(args) -> None:
     print(json.dumps(STORES[args.store][1](args, queries)))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--store", default="faiss", help=f"comma-separated: {','.join(STORES)}")
-    p.add_argument("--docs", default="200000", help="comma-separated corpus sizes")
-    p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--answered", type=int, default=20_000)
-    p.add_argument("--modes", default="read,store")
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--dir", default="/tmp/nudge-rag-store-scale")
-    p.add_argument("--timeout", type=int, default=1200, help="seconds per child run")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--mode", help=argparse.SUPPRESS)
-    p.add_argument("--corpus", help=argparse.SUPPRESS)
-    p.add_argument("--store-path", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.child:
-        child(args)
-        return 0
-
+def run_sizes(args, work: Path) -> int:
+    """Fill each store at each size and measure every mode in a child; print the rows."""
     from nudge_rag import write_memmap_corpus
 
-    work = Path(args.dir)
-    work.mkdir(parents=True, exist_ok=True)
-    n_train, n_val = query_counts(args.answered)
-    cmdline = (
-        f"python benchmarks/store_scale.py --store {args.store} --docs {args.docs} "
-        f"--dim {args.dim} --answered {args.answered} --modes {args.modes}"
-    )
-    print(f"### `{cmdline}` (load avg {load_avg()})\n")
-    print(
-        f"{args.answered} answer documents, {n_train} train / {n_val} val queries at every "
-        f"size; write-back batches of {args.batch}\n"
-    )
-    print(
-        "| store | docs | fill s | mode | tune_store s | read / solve / write s | vectors read "
-        "| rows moved | write-back rows/s | held MiB | added MiB | gamma | val score |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in args.docs.split(",")]:
         corpus = work / f"corpus_{n}x{args.dim}.npy"
         if not corpus.exists():
@@ -307,6 +405,53 @@ def main(argv=None) -> int:
                     f"load {load_avg()}",
                     file=sys.stderr,
                 )
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--store", default="faiss", help=f"comma-separated: {','.join(STORES)}")
+    p.add_argument("--docs", default="200000", help="comma-separated corpus sizes")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--answered", type=int, default=20_000)
+    p.add_argument("--modes", default="read,store")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--dir", default="/tmp/nudge-rag-store-scale")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per child run")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--corpus", help=argparse.SUPPRESS)
+    p.add_argument("--store-path", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    n_train, n_val = query_counts(args.answered)
+    cmdline = (
+        f"python benchmarks/store_scale.py --store {args.store} --docs {args.docs} "
+        f"--dim {args.dim} --answered {args.answered} --modes {args.modes}"
+    )
+    print(f"### `{cmdline}` (load avg {load_avg()})\n")
+    print(
+        f"{args.answered} answer documents, {n_train} train / {n_val} val queries at every "
+        f"size; write-back batches of {args.batch}\n"
+    )
+    print(
+        "| store | docs | fill s | mode | tune_store s | read / solve / write s | vectors read "
+        "| rows moved | write-back rows/s | held MiB | added MiB | gamma | val score |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    try:
+        code = run_sizes(args, work)
+    finally:
+        pgvector_stop()  # the benchmark's PostgreSQL, if one was started
+    if code:
+        return code
     print(f"\nload avg after: {load_avg()}")
     return 0
 
