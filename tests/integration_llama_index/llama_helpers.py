@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,6 @@ if str(REPO / "integrations") not in sys.path:
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
 from llama_index.core.llms import CompletionResponse, CustomLLM, LLMMetadata  # noqa: E402
 from pydantic import BaseModel, PrivateAttr  # noqa: E402
-
-from nudge_rag import evaluate  # noqa: E402
 
 DATA_DIR = Path(
     os.environ.get("NUDGE_RAG_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
@@ -134,39 +131,4 @@ class FixedLLM(CustomLLM):
 
 
 # ---------------------------------------------------------------------- nfcorpus end to end
-def split_pairs(ds, name: str) -> list[tuple[str, str]]:
-    """``(question text, doc id)`` for every relevant document of split ``name`` of ``ds``."""
-    split = ds.split(name)
-    rel = split.relevance
-    return [
-        (split.query_texts[q], ds.doc_ids[int(row)])
-        for q in range(split.n_queries)
-        for row in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]
-    ]
-
-
-def query_vectors(ds) -> dict[str, np.ndarray]:
-    """Every split's question texts -> their stored MiniLM vectors (for a lookup double)."""
-    table: dict[str, np.ndarray] = {}
-    for split in ds.splits.values():
-        table.update(zip(split.query_texts, split.query_embeddings, strict=True))
-    return table
-
-
-def exact_ndcg(ds, doc_vectors: np.ndarray, k: int = 10) -> float:
-    """Test nDCG@``k`` of an exact inner-product search over ``doc_vectors`` (rows = doc ids)."""
-    test = ds.test
-    scores = test.query_embeddings @ np.asarray(doc_vectors, dtype=np.float32).T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return evaluate(top, test.relevance, k=k)[f"ndcg@{k}"]
-
-
-def ranked_ndcg(ds, ranked_ids: Sequence[Sequence[str]], k: int = 10) -> float:
-    """Test nDCG@``k`` of the doc ids a retriever returned for each test query, in order."""
-    test = ds.test
-    row_of_id = {doc_id: row for row, doc_id in enumerate(ds.doc_ids)}
-    rows = np.full((test.n_queries, k), -1, dtype=np.int64)
-    for q, ids in enumerate(ranked_ids):
-        hits = [row_of_id[i] for i in list(ids)[:k]]
-        rows[q, : len(hits)] = hits
-    return evaluate(rows, test.relevance, k=k)[f"ndcg@{k}"]
+from nfcorpus_eval import exact_ndcg, query_vectors, ranked_ndcg, split_pairs  # noqa: E402, F401 (re-exported)
