@@ -138,9 +138,10 @@ class NudgeM(_NudgeBase):
             folds.n_splits, "nudge-rag: cross-validation folds", problem.show_progress, "fold"
         ) as bar:
             for fold in iter_folds(problem, folds):
-                _, w = _direction(fold.sums)
-                view = fold.validation(problem, w)
-                if shared is not None:  # T = q.w = -(q.g) / |g|
+                if shared is None:
+                    view = fold.validation(problem, _direction(fold.sums)[1])
+                else:  # T = q.w = -(q.g) / |g|, from the shared scores (w itself is not needed)
+                    view = fold.validation(problem, fold.sums.g)
                     s_f, t_f = shared.scores(problem, fold)
                     norm = fold.sums.norm
                     scale = np.where(norm > 0, -1.0 / np.where(norm > 0, norm, 1.0), 0.0)
@@ -149,7 +150,7 @@ class NudgeM(_NudgeBase):
                 intervals = _pair_intervals(view, n_moved)
                 of_pair = np.full(view.qrows.size, fold.index, dtype=np.int64)
                 parts.append((fold.positions[view.qrows], of_pair, *intervals))
-                del view, w
+                del view
                 bar.update()
         held_of_pair, fold_of_pair, low, high, ok, s_x, g_x = (
             np.concatenate(x) for x in zip(*parts)
