@@ -90,9 +90,7 @@ def normalize_pairs(pairs: Pairs, name: str = "pairs") -> list[tuple[str, str]]:
             out.extend((question, _check_doc_id(d, name, f"of {where}")) for d in ids)
     elif isinstance(pairs, Iterable):
         for k, item in enumerate(pairs):
-            if not (
-                isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2
-            ):
+            if not (isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2):
                 msg = f"{name}[{k}] must be a (question, doc_id) pair, got {item!r:.80}"
                 raise ValueError(msg)
             question = _check_question(item[0], name, f"{k}")

@@ -39,7 +39,7 @@ import os
 import threading
 import weakref
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -210,6 +210,9 @@ class _State:
     ``_load_json``, ``_save_json``) plus :attr:`lock`, so a backend can keep the same state
     elsewhere (e.g. in its database) by overriding them.
     """
+
+    #: files and memory have no transactions: WriteBack writes a batch, then its progress
+    write_batch: Callable[[str, int, list[str], np.ndarray], None] | None = None
 
     def __init__(self, root: str | os.PathLike | None, owner: object):
         self.root = Path(root) if root is not None else None
@@ -457,14 +460,22 @@ class _State:
 class _StoreState:
     """A state a backend keeps itself (``store.writeback_state()``, e.g. pgvector's side tables).
 
-    Such a state must offer ``load_originals``, ``save_originals`` (adds ids; saved ones keep
-    their first original), ``delete_originals``, ``load_pending``, ``save_pending``,
+    Such a state must offer ``load_originals``, ``save_originals`` (makes the saved originals
+    exactly the ids given), ``delete_originals``, ``load_pending``, ``save_pending``,
     ``save_progress`` and ``clear_pending``. Everything else :class:`WriteBack` uses has a
     default here, taken from the state when it has it: ``lock`` (a :class:`StoreLock`-like
     object; default: the in-process lock of the store object), and ``load_applied`` /
     ``save_applied`` / ``load_meta`` / ``save_meta`` / ``pending_meta``. Without
     ``load_applied`` the state does not know what it wrote, so documents changed by someone
     else are not detected (:attr:`verifies` is false).
+
+    A state that lives where the vectors do may also offer ``write_batch(kind, batches_done,
+    ids, vectors)``: write one batch of the plan into the store, together with the progress
+    and (for ``"apply"``) the originals of its rows that have none saved yet, copied from the
+    rows themselves, all in one transaction. :class:`WriteBack` then calls it instead of
+    ``store.set_vectors`` + ``save_progress``, and saves no new originals before the plan:
+    a batch can only commit with its originals, and a row whose batch did not commit still
+    holds its original.
     """
 
     def __init__(self, inner: Any, owner: object):
@@ -476,6 +487,11 @@ class _StoreState:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    @property
+    def write_batch(self) -> Callable[[str, int, list[str], np.ndarray], None] | None:
+        got = getattr(self._inner, "write_batch", None)
+        return got if callable(got) else None
 
     def has_pending(self) -> bool:
         got = getattr(self._inner, "has_pending", None)  # cheaper than reading the plan
@@ -847,10 +863,15 @@ class WriteBack:
         fresh = [r for r, i in enumerate(ids) if write[r] and i not in kept]
         new_ids = [orig_ids[k] for k in range(len(orig_ids)) if keep[k]]
         parts = [] if orig_vecs is None else [orig_vecs[keep]]
-        if fresh:
-            new_ids += [ids[r] for r in fresh]
-            parts.append(current[np.asarray(fresh, dtype=np.int64)])
-        if fresh or not keep.all():
+        if self._state.write_batch is not None:
+            # Each batch's transaction saves its rows' new originals (copied from the rows);
+            # only the records that no longer hold are dropped here.
+            if not keep.all():
+                self._state.save_originals(new_ids, parts[0] if parts else vectors[:0])
+        elif fresh or not keep.all():
+            if fresh:
+                new_ids += [ids[r] for r in fresh]
+                parts.append(current[np.asarray(fresh, dtype=np.int64)])
             all_vecs = (
                 np.concatenate(parts) if parts else np.zeros((0, vectors.shape[1]), np.float32)
             )
@@ -906,6 +927,11 @@ class WriteBack:
             loaded = self._state.load_originals()
             orig_ids, orig_vecs = loaded if loaded is not None else ([], None)
             ours = self._ours(todo, current, self._references(orig_ids, orig_vecs))
+            if kind == "apply" and self._state.write_batch is not None:
+                # A row with no saved original is in a batch that never committed: it still
+                # holds its original, which its batch's transaction will save.
+                saved = set(orig_ids)
+                ours |= np.fromiter((i not in saved for i in todo), dtype=bool, count=len(todo))
             skip = np.zeros(len(ids), dtype=bool)
             skip[start:] = ~(present & ours)
             missing = [i for i, p in zip(todo, present) if not p]
@@ -1159,6 +1185,7 @@ class WriteBack:
             except ImportError:  # pragma: no cover - tqdm is optional
                 bar = None
         written = 0
+        write_batch = self._state.write_batch  # the batch, its originals and progress at once
         try:
             for b in range(start, n_batches):
                 sl = slice(b * batch_size, (b + 1) * batch_size)
@@ -1167,7 +1194,9 @@ class WriteBack:
                     take = np.flatnonzero(~skip[sl])
                     batch_ids, batch_vecs = [batch_ids[t] for t in take], batch_vecs[take]
                 try:
-                    if batch_ids:
+                    if write_batch is not None:
+                        write_batch(kind, b + 1, batch_ids, batch_vecs)
+                    elif batch_ids:
                         self.store.set_vectors(batch_ids, batch_vecs)
                 except Exception as err:
                     where = f" State is in {self.state_dir}." if self.state_dir else ""
@@ -1180,7 +1209,8 @@ class WriteBack:
                     )
                     raise WriteBackError(msg) from err
                 written += len(batch_ids)
-                self._state.save_progress(b + 1)
+                if write_batch is None:
+                    self._state.save_progress(b + 1)
                 if bar is not None:
                     bar.update(1)
         finally:

@@ -518,40 +518,53 @@ def install_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -> N
         wbmod.os.replace = replace  # the os module itself: atomic_save_npz and progress
 
 
-def install_pg_hooks(target: Target, kill: dict[str, Any] | None) -> None:
+def install_pg_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -> None:
     """Kill points of the pgvector target, whose state is in side tables (no files):
 
     * ``{"at": "pg_commit", "method": M, "nth": n}``: the n-th call of ``M`` (a method of the
-      ``PgVectorState``: ``save_originals``, ``save_pending``, ``finish_apply``; or the
-      backend's ``set_vectors``, i.e. batch n) has run every statement of its transaction,
-      and the process dies before the COMMIT;
+      ``PgVectorState``: ``save_pending``, ``write_batch`` (batch n with its originals and
+      progress), ``finish_apply``) has run every statement of its transaction, and the
+      process dies before the COMMIT;
     * ``{"at": "pg_after", "method": M, "nth": n}``: the n-th call of ``M`` returned (its
-      transaction committed), e.g. ``save_progress`` n: batch n's progress is recorded;
-    * ``{"at": "pg_partial", "batch": k, "part": m}``: batch k's real UPDATE of its first
-      ``m`` rows runs inside an open transaction, and the process dies before the COMMIT.
+      transaction committed), e.g. ``write_batch`` n: batch n is written and recorded;
+    * ``{"at": "pg_partial", "batch": k, "part": m}``: batch k's real transaction for its
+      first ``m`` rows runs inside an open transaction, and the process dies before the COMMIT.
+
+    ``slow`` sleeps before each batch (the write-back goes through ``write_batch``, not
+    ``set_vectors``).
     """
+    state = target.writeback._state._inner
+    if slow:
+        real_batch = state.write_batch
+
+        def slow_batch(*a, **kw):
+            time.sleep(slow)
+            return real_batch(*a, **kw)
+
+        state.write_batch = slow_batch
     if not kill or not str(kill.get("at", "")).startswith("pg_"):
         return
     import psycopg
 
     store = target.store
     if kill["at"] == "pg_partial":
-        real_set = store.set_vectors
+        real_write = state.write_batch
         seen = {"n": 0}
 
-        def partial_set(ids, vectors):
+        def partial_batch(kind, done, ids, vectors):
             seen["n"] += 1
             if seen["n"] == int(kill["batch"]):
                 part = int(kill["part"])
                 with store._connection().transaction():
-                    real_set(list(ids)[:part], np.asarray(vectors)[:part])  # a savepoint
+                    # a savepoint: part of the batch, its originals and progress
+                    real_write(kind, done, list(ids)[:part], np.asarray(vectors)[:part])
                     _die()
-            real_set(ids, vectors)
+            real_write(kind, done, ids, vectors)
 
-        store.set_vectors = partial_set
+        state.write_batch = partial_batch
         return
     method, nth = kill["method"], int(kill.get("nth", 1))
-    owner = store if method == "set_vectors" else target.writeback._state._inner
+    owner = store if method == "set_vectors" else state
     real = getattr(owner, method)
     flags = {"calls": 0, "armed": False, "depth": 0}
 
@@ -586,7 +599,7 @@ def main(argv: list[str]) -> int:
     target = open_target(args)
     install_hooks(target, args.get("kill"), float(args.get("slow", 0.0)))
     if args["store"] == "pgvector":
-        install_pg_hooks(target, args.get("kill"))
+        install_pg_hooks(target, args.get("kill"), float(args.get("slow", 0.0)))
     print("ready", flush=True)
     target.fit()
     target.close()

@@ -129,3 +129,96 @@ def test_writeback_state_in_the_database(pg_url, docs):
             "SELECT count(*) FROM nudge_originals WHERE target = %s", (store.target,)
         ).fetchone() == (0,)
     store.close()
+
+
+def _set_row(url: str, table: str, doc_id: str, vector: np.ndarray) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f"UPDATE {table} SET embedding = %s::vector WHERE id = %s",
+            (str(vector.tolist()), doc_id),
+        )
+
+
+def _saved(url: str, target: str) -> dict[str, np.ndarray]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, embedding::text FROM nudge_originals WHERE target = %s", (target,)
+        ).fetchall()
+    return {i: np.asarray(eval(e), dtype=np.float32) for i, e in rows}  # noqa: S307
+
+
+def test_each_batch_saves_the_originals_of_its_rows(pg_url, docs):
+    """A batch's transaction copies its rows' originals from the rows themselves: a row the
+    user edits while the plan is written gets that edit back from restore(), not the vector
+    read before the plan; a refit keeps first originals, drops the record of a row the user
+    edited after it was tuned, and restore() gives every original back."""
+    table = _table(pg_url, docs, "vector_cosine_ops")
+    store = PgVectorBackend.from_url(pg_url, table=table)
+    rng = np.random.default_rng(3)
+    edit = _unit(docs[[9, 3]] + 0.3 * rng.standard_normal((2, DIM)).astype(np.float32))
+
+    def fit(answered: list[str], hook=None) -> list[str]:
+        idx = [int(a[1:]) for a in answered]
+        queries = _unit(docs[idx] + 0.4 * rng.standard_normal((len(idx), DIM)).astype(np.float32))
+        wb = WriteBack(store, batch_size=4)
+        if hook is not None:
+            real = wb._state.write_batch
+
+            def write_batch(kind, done, ids, vectors):
+                hook(done, ids)
+                real(kind, done, ids, vectors)
+
+            wb._state._inner.write_batch = write_batch
+        res = tune_store(wb, NudgeN(gamma=0.3), queries, [[a] for a in answered])
+        return sorted(res.changed_ids)
+
+    first = [f"d{k}" for k in range(12)]
+
+    def user_edits_a_later_batch(done, ids):
+        if done == 2:  # batch 1 is committed; d9 (batch 3) still holds its original
+            _set_row(pg_url, table, "d9", edit[0])
+
+    fit(first, user_edits_a_later_batch)
+    saved = _saved(pg_url, store.target)
+    assert sorted(saved) == sorted(first)
+    np.testing.assert_array_equal(saved["d9"], edit[0])  # what the row held when written
+    np.testing.assert_array_equal(saved["d0"], docs[0])
+    # The user edits a tuned row; the refit tunes d3 again, d20-d23 anew, d8-d11 go back.
+    _set_row(pg_url, table, "d3", edit[1])
+    second = [f"d{k}" for k in range(8)] + [f"d{k}" for k in range(20, 24)]
+    assert fit(second) == sorted(second)
+    saved = _saved(pg_url, store.target)
+    assert sorted(saved) == sorted(set(first) | set(second))
+    np.testing.assert_array_equal(saved["d3"], edit[1])  # the edit is its original now
+    np.testing.assert_array_equal(saved["d0"], docs[0])  # first originals are kept
+    np.testing.assert_array_equal(store.get_vectors(["d10"]), docs[[10]])  # moved back
+    assert WriteBack(store).restore() == len(saved)
+    expected = docs.copy()
+    expected[[9, 3]] = edit
+    np.testing.assert_array_equal(store.get_vectors([f"d{k}" for k in range(N_DOCS)]), expected)
+    assert _saved(pg_url, store.target) == {}
+    store.close()
+
+
+def test_a_batch_is_not_written_without_the_writer_lock(pg_url, docs):
+    """write_batch checks, in its own transaction, that this process holds the advisory lock:
+    called without it (or after the server freed it), nothing is written."""
+    from nudge_rag import WriteBackError
+
+    table = _table(pg_url, docs, "vector_cosine_ops")
+    store = PgVectorBackend.from_url(pg_url, table=table)
+    wb = WriteBack(store)
+    state = wb._state._inner
+    with wb.locked("apply"):
+        state.save_pending("apply", ["d1"], docs[[2]], 1)
+    with pytest.raises(WriteBackError, match="writer lock of .* was lost"):
+        state.write_batch("apply", 1, ["d1"], docs[[2]])
+    np.testing.assert_array_equal(store.get_vectors(["d1"]), docs[[1]])
+    assert _saved(pg_url, store.target) == {}
+    with wb.locked("apply"):
+        state.write_batch("apply", 1, ["d1"], docs[[2]])
+    np.testing.assert_array_equal(store.get_vectors(["d1"]), docs[[2]])
+    np.testing.assert_array_equal(_saved(pg_url, store.target)["d1"], docs[1])
+    assert wb.status().batches_done == 1
+    assert wb.discard_pending() and wb.restore() == 1
+    store.close()

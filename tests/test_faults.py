@@ -179,8 +179,11 @@ def check_consistent(args: dict, ref: dict) -> np.ndarray:
     return is_tuned & ~is_orig
 
 
-def finish(args: dict, ref: dict, branch: str, *, plan_expected: bool | None) -> None:
-    """``resume()`` to the uninterrupted result, or ``restore()`` to the originals."""
+def finish(
+    args: dict, ref: dict, branch: str, *, plan_expected: bool | None, n_saved: int = N_MOVED
+) -> None:
+    """``resume()`` to the uninterrupted result, or ``restore()`` to the originals (``n_saved``
+    of them saved: a store whose batches save their own originals has only those it wrote)."""
     target = fc.open_target(args)
     try:
         pending = target.writeback.has_pending
@@ -191,7 +194,7 @@ def finish(args: dict, ref: dict, branch: str, *, plan_expected: bool | None) ->
             assert resumed == pending
             assert not target.writeback.has_pending
         else:
-            assert target.restore() == N_MOVED
+            assert target.restore() == n_saved
             assert not target.writeback.has_pending
             assert target.writeback.moved_ids() == []
     finally:

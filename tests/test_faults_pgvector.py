@@ -5,10 +5,10 @@ The write-back state of a pgvector table lives in side tables of its own databas
 kill points are transactions, not file renames. A child process (``tests/fault_child.py``,
 ``PgTarget``) tunes a table through the core API (``WriteBack`` + ``tune_store`` on
 ``PgVectorBackend.from_url``) or LangChain's ``PGVector`` through ``NudgeRetriever`` and
-SIGKILLs itself: inside the originals' transaction or after its COMMIT, inside the plan's
-transaction or after it, after k batches, inside batch k (its UPDATE ran, or only its first m
-rows, and the COMMIT was never sent), after a batch's progress, inside the last transaction
-(plan -> applied), or when the parent kills it at a seeded random moment.
+SIGKILLs itself: inside the plan's transaction or after it, after batch k's transaction
+(its rows, the originals of those rows and its progress commit together), inside it (its
+UPDATE ran, or only its first m rows, and the COMMIT was never sent), inside the last
+transaction (plan -> applied), or when the parent kills it at a seeded random moment.
 
 Each case runs in its own database, copied from one template (``CREATE DATABASE ...
 TEMPLATE``), so every case starts from identical rows and ids. After each kill: the same ids
@@ -44,7 +44,6 @@ import fault_child as fc  # noqa: E402
 from test_faults import (  # noqa: E402
     N_BATCHES,
     N_MOVED,
-    _kid,
     check_consistent,
     finish,
     read,
@@ -170,37 +169,32 @@ def _after(method: str, nth: int = 1) -> dict:
     return {"at": "pg_after", "method": method, "nth": nth}
 
 
-# (kill, rows tuned when it hits, batches recorded as done; None: no plan pending)
+# (kill, rows tuned when it hits, batches recorded as done; None: no plan pending). A first
+# fit saves no originals before its plan: each batch's transaction copies its rows' originals,
+# so the originals saved are always exactly the rows tuned.
 PRE_PLAN = [
-    (_commit("save_originals"), 0, None),  # the originals' transaction never commits
-    (_after("save_originals"), 0, None),  # originals committed, no plan yet
     (_commit("save_pending"), 0, None),  # the plan's transaction never commits
 ]
 IN_PLAN = [
     (_after("save_pending"), 0, 0),  # plan committed, nothing written
-    *(({"at": "after_set", "batch": k}, BATCH * k, k - 1) for k in (1, 5)),
+    # batch k (rows, originals, progress) committed
+    *((_after("write_batch", k), BATCH * k, k) for k in (1, 4)),
     # batch k's UPDATE ran (all its rows, or its first m) but never committed
-    *((_commit("set_vectors", k), BATCH * (k - 1), k - 1) for k in (2, 4)),
+    *((_commit("write_batch", k), BATCH * (k - 1), k - 1) for k in (2, 4)),
     ({"at": "pg_partial", "batch": 3, "part": 2}, 2 * BATCH, 2),
-    # m rows committed on their own (a store without transactions would do that)
-    ({"at": "inside_set", "batch": 2, "part": 1}, BATCH + 1, 1),
-    (_after("save_progress", 5), N_MOVED, N_BATCHES),  # the last batch's progress recorded
+    (_after("write_batch", 5), N_MOVED, N_BATCHES),  # the last batch committed
     (_commit("finish_apply"), N_MOVED, N_BATCHES),  # every batch written, plan not yet applied
 ]
 
 
 def _pid(kill: dict) -> str:
-    return (
-        _kid(kill)
-        if kill["at"] in ("after_set", "inside_set")
-        else "-".join(str(kill[k]) for k in ("at", "method", "nth", "batch", "part") if k in kill)
-    )
+    return "-".join(str(kill[k]) for k in ("at", "method", "nth", "batch", "part") if k in kill)
 
 
-CASES = [("core", *case) for case in PRE_PLAN + IN_PLAN]  # 3 + 9
-# LangChain (each child ~3 s): batch 3 half written, uncommitted (then resume); batch 2's
-# UPDATE not committed (then restore); originals committed, no plan (then a new fit)
-CASES += [("langchain", *case) for case in (IN_PLAN[5], IN_PLAN[3], PRE_PLAN[1])]
+CASES = [("core", *case) for case in PRE_PLAN + IN_PLAN]  # 1 + 8
+# LangChain (each child ~3 s): batch 3 half written, uncommitted (then resume); batch 2 not
+# committed (then restore); the plan not committed (then a new fit)
+CASES += [("langchain", *case) for case in (IN_PLAN[5], IN_PLAN[3], PRE_PLAN[0])]
 
 
 @pytest.mark.parametrize(
@@ -215,11 +209,11 @@ def test_killed(framework, kill, n_tuned, done, new_db):
     wait_for_sessions_to_end(args["url"])
     tuned = check_consistent(args, ref)
     assert int(tuned.sum()) == n_tuned  # each batch is one transaction: all or nothing
-    saved = 0 if kill == _commit("save_originals") else N_MOVED  # that COMMIT never happened
-    assert pending_progress(args) == (None if done is None else "apply", done or 0, saved)
+    # ... with its originals and its progress
+    assert pending_progress(args) == (None if done is None else "apply", done or 0, n_tuned)
     assert fc.pg_text(args) == TEXT
     branch = "resume" if CASES.index((framework, kill, n_tuned, done)) % 2 == 0 else "restore"
-    finish(args, ref, branch, plan_expected=done is not None)
+    finish(args, ref, branch, plan_expected=done is not None, n_saved=n_tuned)
     _, vectors = read(args)
     if branch == "resume" and done is not None:
         assert np.array_equal(vectors, ref["tuned"])  # exactly the uninterrupted result
@@ -245,8 +239,9 @@ def test_timed_kill(seed, new_db):
     delay = random.Random(seed).uniform(0.0, 0.1 + N_BATCHES * 0.03)
     run_child(args, None, delay=delay, slow=0.03)
     wait_for_sessions_to_end(args["url"])
-    check_consistent(args, ref)
-    finish(args, ref, "resume" if seed % 2 else "restore", plan_expected=None)
+    n_saved = pending_progress(args)[2]
+    assert int(check_consistent(args, ref).sum()) == n_saved  # originals = rows tuned
+    finish(args, ref, "resume" if seed % 2 else "restore", plan_expected=None, n_saved=n_saved)
     assert fc.pg_text(args) == TEXT
 
 
@@ -299,15 +294,16 @@ def test_readers_get_k_results_during_a_write_back(framework, reader, new_db):
         def query(_q):
             return [d.id for d in target.obj.invoke(next(questions), k=K)]
 
-    real_set = target.store.set_vectors
+    state = target.writeback._state._inner
+    real_batch = state.write_batch
     committed: list[float] = []
 
-    def slow_set(ids, vectors):
+    def slow_batch(*a, **kw):
         time.sleep(0.05)
-        real_set(ids, vectors)
+        real_batch(*a, **kw)
         committed.append(time.monotonic())
 
-    target.store.set_vectors = slow_set
+    state.write_batch = slow_batch
     stop, errors, seen = threading.Event(), [], []
     thread = threading.Thread(target=_reader, args=(query, known, stop, errors, seen))
     thread.start()
@@ -343,24 +339,28 @@ def _healthy(server, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
-@pytest.mark.parametrize("when", ["before_batch_3", "saving_the_plan"])
+@pytest.mark.parametrize("when", ["before_batch_3", "restarted_before_batch_3", "saving_the_plan"])
 def test_server_killed_mid_writeback(when, pg_server, new_db):
     """The server dies before batch 3 (or while the plan is saved): a WriteBackError that says
-    what to do; after a restart a new process finishes to the uninterrupted result."""
+    what to do; after a restart a new process finishes to the uninterrupted result. A server
+    that is back at once has freed the writer lock: the writer stops instead of reconnecting
+    and going on unprotected."""
     ref = reference("core", new_db)
     args = new_args(new_db(), "core")
     target = fc.open_target(args)
     state = target.writeback._state._inner
-    if when == "before_batch_3":
-        real_set, calls = target.store.set_vectors, []
+    if when != "saving_the_plan":
+        real_batch, calls = state.write_batch, []
 
-        def set_vectors(ids, vectors):
-            calls.append(len(ids))
+        def write_batch(*a, **kw):
+            calls.append(1)
             if len(calls) == 3:
                 pg_server.kill()
-            real_set(ids, vectors)
+                if when == "restarted_before_batch_3":
+                    _healthy(pg_server)
+            real_batch(*a, **kw)
 
-        target.store.set_vectors = set_vectors
+        state.write_batch = write_batch
     else:
         real_save = state.save_pending
 
@@ -375,20 +375,24 @@ def test_server_killed_mid_writeback(when, pg_server, new_db):
     finally:
         _healthy(pg_server)  # the session's server serves other test files too
     message = str(info.value)
-    assert "public.faults_docs" in message and "***@" in message  # the store, no password
-    assert "OperationalError" in message  # what the driver said, as text
+    assert "public.faults_docs" in message
+    if when != "restarted_before_batch_3":
+        assert "***@" in message  # the server, without its password
+        assert "OperationalError" in message  # what the driver said, as text
     target.close()
-    if when == "before_batch_3":
+    if when != "saving_the_plan":
         assert "apply stopped at batch 3 of 5" in message
         assert "call resume() to finish or restore() to put the originals back" in message
+        if when == "restarted_before_batch_3":
+            assert "writer lock of public.faults_docs was lost" in message
         assert check_consistent(args, ref).sum() == 2 * BATCH  # batches 1 and 2 committed
-        assert pending_progress(args) == ("apply", 2, N_MOVED)
+        assert pending_progress(args) == ("apply", 2, 2 * BATCH)
         finish(args, ref, "resume", plan_expected=True)
     else:
         assert "cannot save the write-back plan" in message
         assert "nothing was written: run the fit (or restore()) again" in message
         assert not check_consistent(args, ref).any()
-        assert pending_progress(args) == (None, 0, N_MOVED)  # the originals were committed
+        assert pending_progress(args) == (None, 0, 0)  # no originals before the plan
         again = fc.open_target(args)
         try:
             assert again.resume() is False

@@ -70,9 +70,7 @@ class QdrantStore(QdrantBackend):
 
     def __init__(self, vectorstore: Any, *, page_size: int = 1000):
         made = _qdrant.from_langchain(vectorstore)  # refuses SPARSE mode
-        super().__init__(
-            made.client, made.collection_name, made.vector_name, page_size=page_size
-        )
+        super().__init__(made.client, made.collection_name, made.vector_name, page_size=page_size)
         self.vectorstore = vectorstore
 
 
@@ -181,8 +179,6 @@ class ReAddStore(BaseEmbeddingStore):
                 )
             finally:
                 setattr(self.vectorstore, self._attr, original)
-
-
 
 
 # ====================================================================== registry

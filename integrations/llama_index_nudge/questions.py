@@ -90,8 +90,7 @@ def questions_from_metadata(
         )
     if malformed:  # one summary, not one line per node
         logger.warning(
-            "%d node(s) skipped: metadata[%r] is not a string or list of strings, e.g. node "
-            "%s: %s",
+            "%d node(s) skipped: metadata[%r] is not a string or list of strings, e.g. node %s: %s",
             len(malformed),
             key,
             *malformed[0],

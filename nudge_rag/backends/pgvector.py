@@ -18,7 +18,9 @@ The write-back state (originals, pending plan, progress) lives in side tables of
 database and schema (``nudge_originals``, ``nudge_pending``, ``nudge_plans``, keyed by
 ``<schema>.<table>[/<collection>]``), each step one transaction: the database's atomicity
 instead of temp files and renames, and a ``restore()`` works from any process that can reach
-the database. :meth:`PgVectorBackend.writeback_state` hands it to :class:`~nudge_rag.WriteBack`
+the database. Each batch's transaction also copies its rows' originals and records its
+progress (:meth:`PgVectorState.write_batch`), so a row is never tuned without its original.
+:meth:`PgVectorBackend.writeback_state` hands the state to :class:`~nudge_rag.WriteBack`
 whenever no ``state_dir`` is given.
 
 ``psycopg`` (3) is imported on first use only: ``pip install 'nudge-rag[postgres]'``.
@@ -76,7 +78,17 @@ _STATE_TABLES = (
 _STATE_PAGE = 5000  # rows per statement when the state is read or written
 #: State steps that only run while a plan is pending (a failure there: resume() goes on).
 _PLAN_STEPS = frozenset(
-    {"record the write-back progress", "finish the write-back", "finish the restore"}
+    {
+        "record the write-back progress",
+        "write a batch of the plan",
+        "finish the write-back",
+        "finish the restore",
+    }
+)
+#: Whether the two-key advisory lock ``(classid, objid)`` is held by the session ``pid``.
+_HELD = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+    "classid = %s::int4::oid AND objid = %s::int4::oid AND objsubid = 2 AND pid = %s"
 )
 _MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 
@@ -608,9 +620,23 @@ class PgVectorBackend(BaseEmbeddingStore):
         Nothing else in the rows changes. An id that is not in the table rolls the whole
         batch back and raises :class:`~nudge_rag.UnknownIdError`.
         """
+        self._update(ids, vectors)
+
+    def _update(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        also: Callable[[Any, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """:meth:`set_vectors`, with ``also(conn, params)`` run first in the same transaction.
+
+        ``params`` holds ``keys`` (the rows' primary keys as text, one per id first, in the
+        order of ``ids``; then extra rows of ids held by several rows), ``ids`` and the
+        collection filter's parameters.
+        """
         ids = [str(i) for i in ids]
         matrix = as_rows(ids, vectors)
-        if not ids:
+        if not ids and also is None:
             return
         if not np.isfinite(matrix).all():
             msg = f"vectors for {self.name} hold NaN or inf; nothing was written"
@@ -626,12 +652,15 @@ class PgVectorBackend(BaseEmbeddingStore):
             params = {
                 **self._filter_params,
                 "keys": [str(k) for k in keys],
+                "ids": ids,
                 "vectors": _VectorRows(_vector_array(matrix[rows], self._vector_oid)),
             }
 
             def work(conn: Any, params: dict[str, Any] = params, n: int = len(keys)) -> bool:
                 with conn.transaction():
-                    done = conn.execute(query, params).fetchall()
+                    if also is not None:
+                        also(conn, params)
+                    done = conn.execute(query, params).fetchall() if n else []
                     if len(done) == n:
                         return True
                     raise psycopg.Rollback  # an unknown id: nothing of this batch is written
@@ -749,11 +778,11 @@ class PgVectorState:
     Implements what :class:`~nudge_rag.WriteBack` keeps (the methods of its file state), each
     method one transaction, so a crash leaves the old or the new state, never half of one:
 
-    * ``nudge_originals(target, id, embedding)``: the original of every id a fit moved;
-      committed before the plan that changes those rows is saved;
+    * ``nudge_originals(target, id, embedding)``: the original of every id a fit moved,
+      copied from the row in the transaction that first tunes it (:meth:`write_batch`);
     * ``nudge_pending(target, pos, id, embedding)`` and ``nudge_plans(target, kind,
       batch_size, n_rows, batches_done, meta)``: the plan being written and how far it got
-      (each batch's progress is committed after the batch);
+      (each batch's progress is committed with the batch);
     * ``nudge_applied(target, pos, id, embedding)``: the last completed plan, i.e. what this
       write-back put in the table (how documents changed by someone else are recognized);
       ``nudge_meta(target, meta)``: what the last fit was (variant, gamma, time);
@@ -762,7 +791,8 @@ class PgVectorState:
       session ends, however it ends).
 
     ``target`` is ``<schema>.<table>[/<collection>]``. The tables are created in the table's
-    schema by the first writer; reading a database without them finds no state.
+    schema by the first writer; reading a database without them finds no state. Every
+    write checks, in its transaction, that this process's session still holds the lock.
     """
 
     def __init__(self, backend: PgVectorBackend):
@@ -913,6 +943,7 @@ class PgVectorState:
         def work(conn: Any) -> None:
             self.create(conn)
             with conn.transaction():
+                self.lock.check_held(conn)
                 self._replace_rows(conn, table, ids, vectors)
 
         self._do(what, work)
@@ -1046,10 +1077,48 @@ class PgVectorState:
         def work(conn: Any) -> None:
             self.create(conn)
             with conn.transaction():
+                self.lock.check_held(conn)
                 self._replace_rows(conn, "nudge_pending", ids, vectors)
                 conn.execute(upsert, params)
 
         self._do("save the write-back plan", work)
+
+    def write_batch(
+        self, kind: str, batches_done: int, ids: Sequence[str], vectors: np.ndarray
+    ) -> None:
+        """Batch ``batches_done`` of the plan, in one transaction with what protects it.
+
+        The transaction (a) checks that this process still holds the writer lock (a server
+        restart frees it: then nothing is written and :class:`~nudge_rag.WriteBackError` says
+        so), (b) for ``"apply"``, copies the stored vector of every row of the batch that has
+        no saved original into ``nudge_originals`` (a row tuned earlier keeps its first
+        original), (c) records the progress, and (d) updates the rows. A crash at any point
+        leaves all of it or none of it: no row is ever tuned without its original saved, and
+        no batch is written twice.
+        """
+        originals = self.backend._sql(
+            "INSERT INTO {originals} (target, id, embedding) "
+            "SELECT %(target)s, q.id, t.{emb} FROM unnest(%(keys)s::text[], %(ids)s::text[]) "
+            "AS q(key, id) JOIN {t} AS t ON t.{key} = q.key::{key_type} WHERE {filter} "
+            "ON CONFLICT (target, id) DO NOTHING",
+            originals=self._names["nudge_originals"],
+        )
+        progress = self._sql(
+            "UPDATE {nudge_plans} SET batches_done = %(done)s WHERE target = %(target)s"
+        )
+        n = len(ids)
+
+        def protect(conn: Any, params: dict[str, Any]) -> None:
+            self.lock.check_held(conn)
+            if kind == "apply" and n:
+                # the first len(ids) keys are the ids' own rows (extra rows of an id follow)
+                conn.execute(
+                    originals, {**params, "keys": params["keys"][:n], "target": self.target}
+                )
+            conn.execute(progress, {"target": self.target, "done": int(batches_done)})
+
+        with self._failure("write a batch of the plan"):
+            self.backend._update(ids, vectors, also=protect)
 
     def save_progress(self, batches_done: int) -> None:
         """Record that the first ``batches_done`` batches of the plan are written."""
@@ -1074,6 +1143,7 @@ class PgVectorState:
         def work(conn: Any) -> None:
             if self._exists(conn):
                 with conn.transaction():
+                    self.lock.check_held(conn)
                     self._delete_all(conn, ("nudge_plans", "nudge_pending"))
 
         self._do("clear the write-back plan", work)
@@ -1096,6 +1166,7 @@ class PgVectorState:
         def work(conn: Any) -> None:
             self.create(conn)
             with conn.transaction():
+                self.lock.check_held(conn)
                 self._delete_all(conn, ("nudge_applied",))
                 conn.execute(copy, params)
                 conn.execute(upsert, params)
@@ -1109,6 +1180,7 @@ class PgVectorState:
         def work(conn: Any) -> None:
             if self._exists(conn):
                 with conn.transaction():
+                    self.lock.check_held(conn)
                     self._delete_all(
                         conn,
                         ("nudge_originals", "nudge_applied", "nudge_meta")
@@ -1134,6 +1206,7 @@ class PgVectorLock:
         self._rlock = threading.RLock()
         self._depth = 0
         self._conn: Any = None
+        self._pid: int | None = None  # the server process of the session holding the lock
         self.holder: dict[str, Any] | None = None
 
     @property
@@ -1167,6 +1240,25 @@ class PgVectorLock:
             self._rlock.release()
             raise
 
+    def check_held(self, conn: Any) -> None:
+        """Raise :class:`~nudge_rag.WriteBackError` unless this lock's session holds it now.
+
+        Asked on ``conn`` (inside the caller's transaction), so a batch commits only while its
+        writer holds the lock. The server frees an advisory lock when the session holding it
+        ends, e.g. when the server restarts: the writer must stop then (another one may have
+        started), not reconnect and go on.
+        """
+        pid = self._pid if self._conn is not None else None
+        if pid is not None and conn.execute(_HELD, (*self._keys, pid)).fetchone():
+            return
+        msg = (
+            f"the writer lock of {self.name} was lost (its PostgreSQL session ended: the server "
+            "restarted, or the session was terminated), so this writer stopped before writing "
+            "more: another writer may have started. Every id holds its original or its new "
+            "vector; once the server is reachable, call resume() (status() says what is pending)"
+        )
+        raise WriteBackError(msg)
+
     def release(self) -> None:
         """Give back one :meth:`acquire`; the last one frees the advisory lock."""
         self._depth -= 1
@@ -1182,10 +1274,7 @@ class PgVectorLock:
         """
         if self.holder is not None:
             return dict(self.holder)
-        query = (
-            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-            "classid = %s::int4::oid AND objid = %s::int4::oid AND objsubid = 2"
-        )
+        query = _HELD.replace(" AND pid = %s", "")
         psycopg = _psycopg()
         try:
             with self.backend._connect() as conn:
@@ -1228,6 +1317,7 @@ class PgVectorLock:
             )
             raise WriteBackError(msg) from err
         self._conn = conn
+        self._pid = conn.info.backend_pid
         try:
             self._wait_db(conn, what, deadline, timeout)
         except _psycopg().OperationalError as err:

@@ -11,14 +11,13 @@ from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
 from langchain_nudge import (
-    ChromaStore,
     InMemoryStore,
     NudgeRetriever,
-    QdrantStore,
     ReAddStore,
     store_for,
 )
 from numpy.testing import assert_allclose
+
 from nudge_rag.backends import ChromaBackend, QdrantBackend
 
 TEXTS = [f"passage {i}" for i in range(10)]

@@ -13,7 +13,6 @@ import logging
 import numpy as np
 from llama_helpers import LookupEmbedding, stored, toy_nodes, toy_pairs
 from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
-
 from llama_index_nudge import NudgeFinetuneEngine
 
 GAMMA = {"gamma": 0.3}
