@@ -38,6 +38,30 @@ __all__ = ["QUERY_ID_KEY", "NudgeRetriever"]
 QUERY_ID_KEY = "nudge_query_id"
 
 
+def _lancedb_ids(vectorstore: Any) -> None:
+    """Wrap a langchain-community ``LanceDB``'s ``results_to_docs`` to set ``Document.id``.
+
+    That wrapper builds its Documents from the text and metadata columns only, although every
+    search result holds the id column (``_id_key``). Only this object changes, once, and only
+    documents without an id get one.
+    """
+    if type(vectorstore).__name__ != "LanceDB" or "results_to_docs" in vars(vectorstore):
+        return
+    real = vectorstore.results_to_docs
+    id_key = getattr(vectorstore, "_id_key", "id")
+
+    def results_to_docs(results: Any, score: bool = False) -> Any:
+        out = real(results, score=score)
+        if id_key in results.schema.names:
+            for item, doc_id in zip(out, results[id_key].to_pylist()):
+                doc = item[0] if isinstance(item, tuple) else item
+                if doc.id is None and doc_id is not None:
+                    doc.id = str(doc_id)
+        return out
+
+    vectorstore.results_to_docs = results_to_docs
+
+
 class NudgeRetriever(BaseRetriever):
     """Retriever over a vector store whose document embeddings NUDGE fine-tunes in place.
 
@@ -91,8 +115,11 @@ class NudgeRetriever(BaseRetriever):
 
             docs = retriever.invoke("capital of France", k=2)
 
-    Returned documents carry their store id in ``Document.id`` (for Qdrant it is copied from
-    ``metadata["_id"]``).
+    Returned documents carry their store id in ``Document.id``, also from the wrappers that
+    leave it out: langchain-qdrant (copied from ``metadata["_id"]``), langchain-milvus (from
+    the primary-key field in the metadata, ``"pk"`` by default) and langchain-community's
+    ``LanceDB`` (its ``results_to_docs`` is wrapped, on that store object only, to set
+    ``Document.id`` from the table's id column). Feedback needs those ids.
 
     Use as retriever:
         .. code-block:: python
@@ -207,12 +234,18 @@ class NudgeRetriever(BaseRetriever):
         return self.tuner.result_ if self._tuner is not None else None
 
     # ------------------------------------------------------------------ search
-    @staticmethod
-    def _with_ids(docs: list[Document]) -> list[Document]:
-        """Copy ``metadata["_id"]`` (where langchain-qdrant puts it) to ``Document.id``."""
+    def model_post_init(self, context: Any, /) -> None:
+        """Make the wrapper's search results carry ids where it drops them (LanceDB)."""
+        super().model_post_init(context)
+        _lancedb_ids(self.vectorstore)
+
+    def _with_ids(self, docs: list[Document]) -> list[Document]:
+        """Set ``Document.id`` from the metadata key the wrapper puts the id in, if none."""
+        # langchain-milvus: the primary-key field; langchain-qdrant: "_id"
+        key = getattr(self.vectorstore, "_primary_field", None) or "_id"
         for doc in docs:
-            if doc.id is None and doc.metadata.get("_id") is not None:
-                doc.id = str(doc.metadata["_id"])
+            if doc.id is None and doc.metadata.get(key) is not None:
+                doc.id = str(doc.metadata[key])
         return docs
 
     def _search_args(self, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -234,3 +234,57 @@ class TestLoggingRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return QUESTIONS[0]
+
+
+# ---------------------------------------------------------------------- stores without ids
+def _milvus_store(tmp_path):
+    pytest.importorskip("langchain_milvus")
+    from langchain_milvus import Milvus
+
+    store = Milvus(
+        CountingEmbeddings(_vectors()),
+        collection_name="fb",
+        connection_args={"uri": str(tmp_path / "m.db"), "db_name": "default"},
+        index_params={"metric_type": "COSINE", "index_type": "FLAT", "params": {}},
+    )
+    store.add_texts(TEXTS, ids=IDS, metadatas=[{"i": i} for i in range(N)])
+    return store
+
+
+def _lancedb_store(tmp_path):
+    lancedb = pytest.importorskip("lancedb")
+    from langchain_community.vectorstores import LanceDB
+
+    store = LanceDB(
+        connection=lancedb.connect(tmp_path / "lance"),
+        embedding=CountingEmbeddings(_vectors()),
+        table_name="fb",
+    )
+    store.add_texts(TEXTS, ids=IDS, metadatas=[{"i": i} for i in range(N)])
+    return store
+
+
+def _faiss_store(tmp_path):
+    pytest.importorskip("faiss")
+    from langchain_community.vectorstores import FAISS
+
+    return FAISS.from_texts(
+        TEXTS, CountingEmbeddings(_vectors()), ids=IDS, metadatas=[{"i": i} for i in range(N)]
+    )
+
+
+@pytest.mark.parametrize("make", [_milvus_store, _lancedb_store, _faiss_store])
+def test_feedback_on_stores_whose_wrapper_drops_ids(make, tmp_path):
+    """langchain-milvus puts the id in metadata["pk"] and LangChain's LanceDB leaves it out:
+    the retriever's documents still carry Document.id, so feedback reaches the store rows."""
+    store = make(tmp_path)
+    retriever = _retriever(tmp_path, store=store)
+    docs = retriever.invoke(QUESTIONS[2])
+    plain = store.similarity_search(QUESTIONS[2], k=4)  # the wrapper's own search
+    assert [d.page_content for d in docs] == [d.page_content for d in plain]
+    assert [d.id for d in docs] == [IDS[d.metadata["i"]] for d in docs]  # each row's own id
+    _thumbs_up(retriever)
+    retriever.fit_from_feedback()
+    result = retriever.tune_result
+    assert result.changed_ids and set(result.changed_ids) <= set(IDS)
+    assert retriever.restore() == len(result.changed_ids)

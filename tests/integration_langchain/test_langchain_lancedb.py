@@ -46,8 +46,9 @@ def _ndcg(retriever: NudgeRetriever, ds, row_of_id: dict[str, int]) -> float:
     test = ds.test
     rows = np.full((test.n_queries, K), -1, dtype=np.int64)
     for q, docs in enumerate(retriever.batch(list(test.query_texts), k=K)):
-        # LangChain's LanceDB returns no Document.id: the id is kept in the metadata here
-        rows[q, : len(docs)] = [row_of_id[d.metadata["doc_id"]] for d in docs]
+        # LangChain's LanceDB drops the id column; the retriever sets Document.id from it
+        assert all(d.id == d.metadata["doc_id"] for d in docs)
+        rows[q, : len(docs)] = [row_of_id[d.id] for d in docs]
     return evaluate(rows, test.relevance, k=K)["ndcg@10"]
 
 

@@ -129,8 +129,9 @@ def _ndcg(retriever: NudgeRetriever, ds, row_of_id: dict[str, int]) -> float:
     test = ds.test
     rows = np.full((test.n_queries, K), -1, dtype=np.int64)
     for q, docs in enumerate(retriever.batch(list(test.query_texts), k=K)):
-        # langchain-milvus puts the primary key in metadata["pk"], not Document.id
-        rows[q, : len(docs)] = [row_of_id[d.metadata["pk"]] for d in docs]
+        # langchain-milvus puts the primary key in metadata["pk"]; the retriever copies it
+        assert all(d.id == d.metadata["pk"] for d in docs)
+        rows[q, : len(docs)] = [row_of_id[d.id] for d in docs]
     return evaluate(rows, test.relevance, k=K)["ndcg@10"]
 
 
