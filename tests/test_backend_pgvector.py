@@ -222,3 +222,45 @@ def test_a_batch_is_not_written_without_the_writer_lock(pg_url, docs):
     assert wb.status().batches_done == 1
     assert wb.discard_pending() and wb.restore() == 1
     store.close()
+
+
+def test_resume_saves_the_originals_of_batches_that_never_committed(pg_url, docs):
+    """Killed after batch 1: only batch 1's rows have originals. resume() writes the rest,
+    each batch copying its rows' originals first, so a row the user edited in between is
+    tuned and its edit becomes the original that restore() gives back."""
+    from nudge_rag import WriteBackError
+
+    table = _table(pg_url, docs, "vector_cosine_ops")
+    store = PgVectorBackend.from_url(pg_url, table=table)
+    rng = np.random.default_rng(4)
+    answered = [f"d{k}" for k in range(12)]
+    queries = _unit(docs[:12] + 0.4 * rng.standard_normal((12, DIM)).astype(np.float32))
+    wb = WriteBack(store, batch_size=4)
+    state = wb._state._inner
+    real = state.write_batch
+
+    def killed_at_batch_2(kind, done, ids, vectors):
+        if done == 2:
+            raise RuntimeError("killed")
+        real(kind, done, ids, vectors)
+
+    state.write_batch = killed_at_batch_2
+    with pytest.raises(WriteBackError, match="apply stopped at batch 2 of 3"):
+        tune_store(wb, NudgeN(gamma=0.3), queries, [[a] for a in answered])
+    _, plan_ids, plan_vecs, _, done = state.load_pending()
+    assert done == 1 and sorted(_saved(pg_url, store.target)) == sorted(plan_ids[:4])
+    edited = plan_ids[9]  # in batch 3: never written, no original saved
+    edit = _unit(rng.standard_normal((1, DIM)))[0]
+    _set_row(pg_url, table, edited, edit)
+    again = WriteBack(PgVectorBackend.from_url(pg_url, table=table))
+    assert again.resume() is True
+    np.testing.assert_array_equal(store.get_vectors(plan_ids), plan_vecs)  # the whole plan
+    saved = _saved(pg_url, store.target)
+    assert sorted(saved) == sorted(plan_ids)
+    np.testing.assert_array_equal(saved[edited], edit)
+    assert again.restore() == len(plan_ids)
+    expected = docs.copy()
+    expected[int(edited[1:])] = edit
+    np.testing.assert_array_equal(store.get_vectors([f"d{k}" for k in range(N_DOCS)]), expected)
+    again.store.close()
+    store.close()

@@ -1,12 +1,15 @@
 """The write-back against a model, under random fits, restores, kills and the user's edits.
 
 A Hypothesis state machine drives one store (LangChain's ``InMemoryVectorStore``, state in
-memory; an in-memory Chroma collection, state in a folder) through ``StoreTuner``: fits of
-random training pairs, ``restore()``, ``resume()``, ``discard_pending()``, and the user's
+memory; an in-memory Chroma collection, state in a folder; a PostgreSQL + pgvector table,
+state in side tables whose originals each batch's transaction saves) through
+``StoreTuner``: fits of random training pairs, ``restore()``, ``resume()``,
+``discard_pending()``, and the user's
 own changes (a document updated in place, deleted and added again under its id, deleted,
 or a new one added). A *kill* makes ``set_vectors`` write the first ``m`` rows of its
-``k``-th batch and then raise (through a store that delegates to the real one); afterwards
-the tuner is built anew, as the next process would.
+``k``-th batch and then raise (through a store that delegates to the real one; for
+pgvector the ``k``-th batch's transaction dies before its COMMIT); afterwards the tuner is
+built anew, as the next process would.
 
 The model knows each document's current original (what it was added or edited to) and every
 vector a fit may have written for it; a fit's vectors come from an independent run of the
@@ -109,6 +112,31 @@ class KillableStore(BaseEmbeddingStore):
     def get_vectors(self, ids):
         return self.inner.get_vectors(ids)
 
+    @property
+    def writeback_state(self) -> Any:
+        """The inner store's own state (pgvector), its batch transaction killable: the k-th
+        ``write_batch`` dies before its COMMIT, so none of that batch is written."""
+        make = getattr(self.inner, "writeback_state", None)
+        if make is None:
+            raise AttributeError("writeback_state")
+
+        def state() -> Any:
+            inner = make()
+            real = inner.write_batch
+
+            def write_batch(kind, done, ids, vectors) -> None:
+                self.calls += 1
+                if self.kill_at is not None and self.calls == self.kill_at[0]:
+                    self.kill_at, self.killed = None, True
+                    msg = f"killed inside batch {self.calls}, before its COMMIT"
+                    raise Killed(msg)
+                real(kind, done, ids, vectors)
+
+            inner.write_batch = write_batch
+            return inner
+
+        return state
+
     def set_vectors(self, ids, vectors) -> None:
         self.calls += 1
         if self.kill_at is not None and self.calls == self.kill_at[0]:
@@ -188,6 +216,56 @@ class ChromaStore:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
+class PgStore:
+    """A table in the session's PostgreSQL + pgvector; the write-back state in side tables of
+    the same database (each batch saves its rows' originals in its own transaction); the
+    user's changes are SQL statements."""
+
+    url = ""  # the session server, set by the test
+    state_dir = None  # the backend keeps the state itself
+    per_batch = True
+
+    def __init__(self, ids: list[str], vectors: np.ndarray):
+        import psycopg
+
+        self.table = f"s_{uuid.uuid4().hex[:12]}"
+        self.backends: list[Any] = []
+        self.conn = psycopg.connect(self.url, autocommit=True)
+        self.conn.execute(
+            f"CREATE TABLE {self.table} (id text PRIMARY KEY, body text, embedding vector({DIM}))"
+        )
+        for doc_id, vector in zip(ids, vectors, strict=True):
+            self.add(doc_id, vector)
+
+    def backend(self) -> Any:
+        from nudge_rag.backends import PgVectorBackend
+
+        made = PgVectorBackend.from_url(self.url, table=self.table, distance="cosine")
+        self.backends.append(made)
+        return made
+
+    def add(self, doc_id: str, vector: np.ndarray) -> None:
+        self.conn.execute(
+            f"INSERT INTO {self.table} (id, body, embedding) VALUES (%s, %s, %s::vector)",
+            (doc_id, f"{doc_id}, new", str(vector.tolist())),
+        )
+
+    def update(self, doc_id: str, vector: np.ndarray) -> None:
+        self.conn.execute(
+            f"UPDATE {self.table} SET embedding = %s::vector, body = %s WHERE id = %s",
+            (str(vector.tolist()), f"{doc_id}, ed", doc_id),
+        )
+
+    def delete(self, doc_id: str) -> None:
+        self.conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (doc_id,))
+
+    def close(self) -> None:
+        for made in self.backends:
+            made.close()
+        self.conn.execute(f"DROP TABLE {self.table}")
+        self.conn.close()
+
+
 # ---------------------------------------------------------------------- the machine
 class WriteBackMachine(RuleBasedStateMachine):
     """One store, one tuner (built anew after every kill), and the model of both."""
@@ -200,6 +278,7 @@ class WriteBackMachine(RuleBasedStateMachine):
         ids = [f"doc-{k}" for k in range(N_DOCS)]
         vectors = unit(self.rng, N_DOCS)
         self.store = self.store_class(ids, vectors)
+        self.reader: Any = None  # one backend for the invariant's reads
         self.orig: dict[str, np.ndarray] = dict(zip(ids, vectors, strict=True))
         self.tuned: dict[str, list[np.ndarray]] = {i: [] for i in ids}  # may be stored too
         self.expect: dict[str, np.ndarray] | None = dict(self.orig)  # exact, when known
@@ -304,9 +383,20 @@ class WriteBackMachine(RuleBasedStateMachine):
             self.after_kill()
             COUNTS["killed fit"] += 1
             self.drop_stale()
-            self.saved |= set(want)
+            if getattr(self.store, "per_batch", False):
+                # Only the committed batches saved originals: exactly the rows now tuned.
+                stored = self.stored()
+                written = {i for i, v in want.items() if np.abs(stored[i] - v).max() <= ATOL}
+                COUNTS["killed fit with batches committed"] += bool(written)
+                COUNTS["killed fit before its first batch"] += not written
+                targets = self.saved | set(want)
+                self.saved |= written
+                assert set(self.tuner.writeback.moved_ids()) == self.saved
+            else:
+                self.saved |= set(want)
+                targets = self.saved
             self.pending, self.touched = "apply", set()
-            self.targets = {i: want.get(i, self.orig[i]) for i in self.saved}
+            self.targets = {i: want.get(i, self.orig[i]) for i in targets}
             for doc_id, vector in want.items():
                 self.tuned[doc_id].append(vector)
             self.expect = None
@@ -366,6 +456,13 @@ class WriteBackMachine(RuleBasedStateMachine):
             self.restored()
         elif self.pending == "apply":
             COUNTS["resumed fit"] += 1
+            if getattr(self.store, "per_batch", False):
+                # A row whose batch never committed has no saved original: whatever it holds
+                # now (the user's edit too) is its original, saved by its batch, then tuned.
+                fresh = {i for i in self.targets if i in self.orig and i not in self.saved}
+                COUNTS["resume tuned an edited row without original"] += bool(fresh & self.touched)
+                self.touched -= fresh
+                self.saved |= fresh
             self.expect = {
                 i: self.targets[i] if i in self.targets and i not in self.touched else v
                 for i, v in self.orig.items()
@@ -422,14 +519,18 @@ class WriteBackMachine(RuleBasedStateMachine):
             self.expect[doc_id] = vector
 
     # the invariant ---------------------------------------------------------------------
+    def stored(self) -> dict[str, np.ndarray]:
+        if self.reader is None:
+            self.reader = self.store.backend()
+        ids = self.reader.list_ids()
+        return dict(zip(ids, self.reader.get_vectors(ids), strict=True)) if ids else {}
+
     @invariant()
     def every_vector_is_an_original_a_tuned_value_or_the_users(self) -> None:
         if not hasattr(self, "store"):
             return
-        backend = self.store.backend()
-        ids = backend.list_ids()
-        assert sorted(ids) == sorted(self.orig), "the store's documents are not the user's"
-        stored = dict(zip(ids, backend.get_vectors(ids), strict=True))
+        stored = self.stored()
+        assert sorted(stored) == sorted(self.orig), "the store's documents are not the user's"
         for doc_id, vector in stored.items():
             if self.expect is not None:
                 assert np.abs(vector - self.expect[doc_id]).max() <= ATOL, (doc_id, "expected")
@@ -448,14 +549,20 @@ class ChromaMachine(WriteBackMachine):
     store_class = ChromaStore
 
 
-@pytest.mark.parametrize("store", ["InMemoryVectorStore", "chroma"])
-def test_writeback_never_loses_an_original(store):
+class PgMachine(WriteBackMachine):
+    store_class = PgStore
+
+
+@pytest.mark.parametrize("store", ["InMemoryVectorStore", "chroma", "pgvector"])
+def test_writeback_never_loses_an_original(store, request):
     if store == "chroma":
         pytest.importorskip("chromadb")
+    elif store == "pgvector":
+        PgStore.url = request.getfixturevalue("pg_url")
     else:
         pytest.importorskip("langchain_core")
     COUNTS.clear()
-    machine = ChromaMachine if store == "chroma" else WriteBackMachine
+    machine = {"chroma": ChromaMachine, "pgvector": PgMachine}.get(store, WriteBackMachine)
     run_state_machine_as_test(machine, settings=SETTINGS)
     # the runs really went through kills, resumes, edits and drift (not only happy paths)
     for what in (
