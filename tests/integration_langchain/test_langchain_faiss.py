@@ -24,7 +24,14 @@ import faiss  # noqa: E402
 from langchain_community.docstore.in_memory import InMemoryDocstore  # noqa: E402
 from langchain_community.vectorstores import FAISS  # noqa: E402
 from langchain_community.vectorstores.utils import DistanceStrategy  # noqa: E402
-from langchain_helpers import LookupEmbeddings, toy_vectors  # noqa: E402
+from langchain_helpers import (  # noqa: E402
+    LookupEmbeddings,
+    exact_ndcg,
+    query_vectors,
+    ranked_ndcg,
+    split_pairs,
+    toy_vectors,
+)
 from langchain_nudge import NudgeRetriever  # noqa: E402
 
 from nudge_rag import (  # noqa: E402
@@ -32,7 +39,6 @@ from nudge_rag import (  # noqa: E402
     NudgeN,
     UnsupportedStoreError,
     backend_for,
-    evaluate,
 )
 from nudge_rag.backends import FaissBackend  # noqa: E402
 from nudge_rag.backends.faiss import from_langchain  # noqa: E402
@@ -210,22 +216,9 @@ def test_write_through_folder(toy, tmp_path):
 K = 10
 
 
-def _split_pairs(ds, name: str) -> list[tuple[str, str]]:
-    split = ds.split(name)
-    rel = split.relevance
-    return [
-        (split.query_texts[q], ds.doc_ids[int(row)])
-        for q in range(split.n_queries)
-        for row in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]
-    ]
-
-
-def _ndcg(retriever: NudgeRetriever, ds, row_of_id: dict[str, int]) -> float:
-    test = ds.test
-    rows = np.full((test.n_queries, K), -1, dtype=np.int64)
-    for q, docs in enumerate(retriever.batch(list(test.query_texts), k=K)):
-        rows[q, : len(docs)] = [row_of_id[d.id] for d in docs]
-    return evaluate(rows, test.relevance, k=K)["ndcg@10"]
+def _ndcg(retriever: NudgeRetriever, ds) -> float:
+    results = retriever.batch(list(ds.test.query_texts), k=K)
+    return ranked_ndcg(ds, [[d.id for d in docs] for docs in results], K)
 
 
 @pytest.fixture(scope="module")
@@ -233,35 +226,24 @@ def nf(nfcorpus):
     """nfcorpus, its embeddings double, and NudgeN's scores on the arrays (exact top-10)."""
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    table = {}
-    for name in ("train", "dev", "test"):
-        split = ds.split(name)
-        table.update(zip(split.query_texts, split.query_embeddings, strict=True))
-    test = ds.test
-
-    def exact(doc_vectors: np.ndarray) -> float:
-        top = np.argsort(-(test.query_embeddings @ doc_vectors.T), axis=1, kind="stable")[:, :K]
-        return evaluate(top, test.relevance, k=K)["ndcg@10"]
-
     solver = NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset())
     return {
         "ds": ds,
         "docs": docs,
-        "embeddings": LookupEmbeddings(table),
-        "tuned": exact(solver.embeddings_),
-        "untuned": exact(docs),
+        "embeddings": LookupEmbeddings(query_vectors(ds)),
+        "tuned": exact_ndcg(ds, solver.embeddings_, K),
+        "untuned": exact_ndcg(ds, docs, K),
     }
 
 
 def _before_after_restored(store: FAISS, nf, label: str, **kwargs) -> tuple[float, ...]:
     ds = nf["ds"]
     retriever = NudgeRetriever(vectorstore=store, k=K, **kwargs)
-    row_of_id = {doc_id: k for k, doc_id in enumerate(ds.doc_ids)}
-    before = _ndcg(retriever, ds, row_of_id)
-    retriever.fit(_split_pairs(ds, "train"), val_pairs=_split_pairs(ds, "dev"))
-    after = _ndcg(retriever, ds, row_of_id)
+    before = _ndcg(retriever, ds)
+    retriever.fit(split_pairs(ds, "train"), val_pairs=split_pairs(ds, "dev"))
+    after = _ndcg(retriever, ds)
     retriever.restore()
-    restored = _ndcg(retriever, ds, row_of_id)
+    restored = _ndcg(retriever, ds)
     logger.warning(
         "LangChain %s nDCG@10: before %.4f, after %.4f (arrays %.4f), restored %.4f",
         label,

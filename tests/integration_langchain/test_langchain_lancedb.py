@@ -22,50 +22,38 @@ pytest.importorskip("langchain_community", reason="langchain-community holds Lan
 import lancedb  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from langchain_community.vectorstores import LanceDB  # noqa: E402
-from langchain_helpers import LookupEmbeddings  # noqa: E402
+from langchain_helpers import (  # noqa: E402
+    LookupEmbeddings,
+    exact_ndcg,
+    query_vectors,
+    ranked_ndcg,
+    split_pairs,
+)
 from langchain_nudge import NudgeRetriever  # noqa: E402
 
-from nudge_rag import MetricMismatchError, NudgeN, backend_for, evaluate  # noqa: E402
+from nudge_rag import MetricMismatchError, NudgeN, backend_for  # noqa: E402
 from nudge_rag.backends import LanceDBBackend  # noqa: E402
 
 logger = logging.getLogger(__name__)
 K = 10
 
 
-def _split_pairs(ds, name: str) -> list[tuple[str, str]]:
-    split = ds.split(name)
-    rel = split.relevance
-    return [
-        (split.query_texts[q], ds.doc_ids[int(row)])
-        for q in range(split.n_queries)
-        for row in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]
-    ]
-
-
-def _ndcg(retriever: NudgeRetriever, ds, row_of_id: dict[str, int]) -> float:
-    test = ds.test
-    rows = np.full((test.n_queries, K), -1, dtype=np.int64)
-    for q, docs in enumerate(retriever.batch(list(test.query_texts), k=K)):
+def _ndcg(retriever: NudgeRetriever, ds) -> float:
+    ranked = []
+    for docs in retriever.batch(list(ds.test.query_texts), k=K):
         # LangChain's LanceDB drops the id column; the retriever sets Document.id from it
         assert all(d.id == d.metadata["doc_id"] for d in docs)
-        rows[q, : len(docs)] = [row_of_id[d.id] for d in docs]
-    return evaluate(rows, test.relevance, k=K)["ndcg@10"]
+        ranked.append([d.id for d in docs])
+    return ranked_ndcg(ds, ranked, K)
 
 
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    table = {}
-    for name in ("train", "dev", "test"):
-        split = ds.split(name)
-        table.update(zip(split.query_texts, split.query_embeddings, strict=True))
-    test = ds.test
-
-    def exact(doc_vectors: np.ndarray) -> float:
-        top = np.argsort(-(test.query_embeddings @ doc_vectors.T), axis=1, kind="stable")[:, :K]
-        return evaluate(top, test.relevance, k=K)["ndcg@10"]
-
-    tuned = exact(NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_)
+    table = query_vectors(ds)
+    tuned = exact_ndcg(
+        ds, NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_, K
+    )
     ids = list(ds.doc_ids)
     data = pa.table(
         {
@@ -84,15 +72,14 @@ def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     assert isinstance(backend, LanceDBBackend)
     assert backend.distance == "l2"  # distance="cosine" does not change the ranking
     with pytest.raises(MetricMismatchError, match="dot product"):
-        NudgeRetriever(vectorstore=store, variant="m").fit(_split_pairs(ds, "train")[:20])
+        NudgeRetriever(vectorstore=store, variant="m").fit(split_pairs(ds, "train")[:20])
     retriever = NudgeRetriever(vectorstore=store, k=K)
-    row_of_id = {doc_id: k for k, doc_id in enumerate(ids)}
-    before = _ndcg(retriever, ds, row_of_id)
-    retriever.fit(_split_pairs(ds, "train"), val_pairs=_split_pairs(ds, "dev"))
+    before = _ndcg(retriever, ds)
+    retriever.fit(split_pairs(ds, "train"), val_pairs=split_pairs(ds, "dev"))
     assert retriever.writeback.state_dir == tmp_path / "lance" / "nudge_state" / "nf"
-    after = _ndcg(retriever, ds, row_of_id)
+    after = _ndcg(retriever, ds)
     retriever.restore()
-    restored = _ndcg(retriever, ds, row_of_id)
+    restored = _ndcg(retriever, ds)
     logger.warning(
         "LangChain LanceDB flat/l2 nDCG@10: before %.4f, after %.4f (arrays %.4f), restored %.4f",
         before,
@@ -100,7 +87,7 @@ def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
         tuned,
         restored,
     )
-    assert before == pytest.approx(exact(docs), abs=0.002)
+    assert before == pytest.approx(exact_ndcg(ds, docs, K), abs=0.002)
     assert after == pytest.approx(tuned, abs=0.005)
     assert restored == pytest.approx(before, abs=0.002)
     np.testing.assert_array_equal(backend.get_vectors(ids), docs)

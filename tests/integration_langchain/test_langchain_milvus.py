@@ -19,11 +19,18 @@ import pytest
 pytest.importorskip("langchain_milvus", reason="langchain-milvus is needed for these tests")
 pytest.importorskip("milvus_lite", reason="milvus-lite is needed for these tests")
 
-from langchain_helpers import LookupEmbeddings, toy_vectors  # noqa: E402
+from langchain_helpers import (  # noqa: E402
+    LookupEmbeddings,
+    exact_ndcg,
+    query_vectors,
+    ranked_ndcg,
+    split_pairs,
+    toy_vectors,
+)
 from langchain_milvus import Milvus  # noqa: E402
 from langchain_nudge import NudgeRetriever  # noqa: E402
 
-from nudge_rag import MetricMismatchError, NudgeN, backend_for, evaluate  # noqa: E402
+from nudge_rag import MetricMismatchError, NudgeN, backend_for  # noqa: E402
 from nudge_rag.backends import MilvusBackend  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -115,55 +122,36 @@ def test_fit_restore_keeps_text_and_metadata(toy, tmp_path):
 
 
 # ---------------------------------------------------------------------- nfcorpus
-def _split_pairs(ds, name: str) -> list[tuple[str, str]]:
-    split = ds.split(name)
-    rel = split.relevance
-    return [
-        (split.query_texts[q], ds.doc_ids[int(row)])
-        for q in range(split.n_queries)
-        for row in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]
-    ]
-
-
-def _ndcg(retriever: NudgeRetriever, ds, row_of_id: dict[str, int]) -> float:
-    test = ds.test
-    rows = np.full((test.n_queries, K), -1, dtype=np.int64)
-    for q, docs in enumerate(retriever.batch(list(test.query_texts), k=K)):
+def _ndcg(retriever: NudgeRetriever, ds) -> float:
+    ranked = []
+    for docs in retriever.batch(list(ds.test.query_texts), k=K):
         # langchain-milvus puts the primary key in metadata["pk"]; the retriever copies it
         assert all(d.id == d.metadata["pk"] for d in docs)
-        rows[q, : len(docs)] = [row_of_id[d.id] for d in docs]
-    return evaluate(rows, test.relevance, k=K)["ndcg@10"]
+        ranked.append([d.id for d in docs])
+    return ranked_ndcg(ds, ranked, K)
 
 
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    table = {}
-    for name in ("train", "dev", "test"):
-        split = ds.split(name)
-        table.update(zip(split.query_texts, split.query_embeddings, strict=True))
-    test = ds.test
-
-    def exact(doc_vectors: np.ndarray) -> float:
-        top = np.argsort(-(test.query_embeddings @ doc_vectors.T), axis=1, kind="stable")[:, :K]
-        return evaluate(top, test.relevance, k=K)["ndcg@10"]
-
-    tuned = exact(NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_)
+    table = query_vectors(ds)
+    tuned = exact_ndcg(
+        ds, NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_, K
+    )
     ids = list(ds.doc_ids)
     metadatas = [{"row": k} for k in range(len(ids))]
     store = _milvus(
         tmp_path / "nf.db", LookupEmbeddings(table), ds.doc_texts, docs, ids, metadatas, name="nf"
     )
     retriever = NudgeRetriever(vectorstore=store, k=K)
-    row_of_id = {doc_id: k for k, doc_id in enumerate(ids)}
     # Milvus Lite answers a search in ~0.1 s here, so the untuned and restored rankings are
     # computed exactly from the vectors read back from the store; the tuned one goes through
     # the retriever (the FLAT index is exact search too).
-    before = exact(retriever.store.get_vectors(ids))
-    retriever.fit(_split_pairs(ds, "train"), val_pairs=_split_pairs(ds, "dev"))
-    after = _ndcg(retriever, ds, row_of_id)
+    before = exact_ndcg(ds, retriever.store.get_vectors(ids), K)
+    retriever.fit(split_pairs(ds, "train"), val_pairs=split_pairs(ds, "dev"))
+    after = _ndcg(retriever, ds)
     retriever.restore()
-    restored = exact(retriever.store.get_vectors(ids))
+    restored = exact_ndcg(ds, retriever.store.get_vectors(ids), K)
     logger.warning(
         "LangChain Milvus Lite FLAT/COSINE nDCG@10: before %.4f, after %.4f (arrays %.4f), "
         "restored %.4f",
@@ -172,7 +160,7 @@ def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
         tuned,
         restored,
     )
-    assert before == pytest.approx(exact(docs), abs=0.002)
+    assert before == pytest.approx(exact_ndcg(ds, docs, K), abs=0.002)
     assert after == pytest.approx(tuned, abs=0.005)
     assert restored == pytest.approx(before, abs=0.002)
     np.testing.assert_allclose(retriever.store.get_vectors(ids), docs, rtol=0, atol=1e-7)

@@ -13,11 +13,10 @@ import uuid
 import numpy as np
 import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_helpers import LookupEmbeddings
+from langchain_helpers import LookupEmbeddings, exact_ndcg, query_vectors, ranked_ndcg, split_pairs
 from langchain_nudge import NudgeRetriever
 
 from nudge_rag import NudgeM, NudgeN
-from nudge_rag._metrics import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -29,56 +28,37 @@ def corpus(nfcorpus):
     """Texts, ids, embeddings double and the reference scores from the arrays."""
     ds = nfcorpus
     vectors = dict(zip(ds.doc_texts, np.asarray(ds.doc_embeddings), strict=True))
-    for name in ("train", "dev", "test"):
-        split = ds.split(name)
-        vectors.update(zip(split.query_texts, split.query_embeddings, strict=True))
+    vectors.update(query_vectors(ds))
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    test = ds.test
-
-    def exact_ndcg(doc_vectors: np.ndarray) -> float:
-        scores = test.query_embeddings @ doc_vectors.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
-        return evaluate(top, test.relevance, k=K)["ndcg@10"]
-
     solver = NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset())
     return {
         "ds": ds,
         "embeddings": LookupEmbeddings(vectors),
-        "untuned": exact_ndcg(docs),
-        "tuned": exact_ndcg(solver.embeddings_),
+        "untuned": exact_ndcg(ds, docs, K),
+        "tuned": exact_ndcg(ds, solver.embeddings_, K),
     }
 
 
-def _pairs(ds, split_name: str, id_of_row) -> list[tuple[str, str]]:
-    split = ds.split(split_name)
-    rel = split.relevance
-    return [
-        (split.query_texts[q], id_of_row(int(row)))
-        for q in range(split.n_queries)
-        for row in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]
-    ]
+def _pairs(ds, split_name: str, ids: list[str]) -> list[tuple[str, str]]:
+    """``split_pairs`` naming each document by its id in the store (``ids[row]``)."""
+    store_id = dict(zip(ds.doc_ids, ids, strict=True))
+    return [(text, store_id[doc_id]) for text, doc_id in split_pairs(ds, split_name)]
 
 
-def _ndcg(retriever: NudgeRetriever, ds, row_of_id) -> float:
-    test = ds.test
-    rows = np.full((test.n_queries, K), -1, dtype=np.int64)
-    results = retriever.batch(list(test.query_texts), config={"max_concurrency": 4}, k=K)
-    for q, docs in enumerate(results):
-        rows[q, : len(docs)] = [row_of_id[d.id] for d in docs]
-    return evaluate(rows, test.relevance, k=K)["ndcg@10"]
+def _ndcg(retriever: NudgeRetriever, ds, ids: list[str]) -> float:
+    """Test nDCG@10 of the retriever; ``ids[row]`` is the store's id of ``ds.doc_ids[row]``."""
+    doc_id = dict(zip(ids, ds.doc_ids, strict=True))
+    results = retriever.batch(list(ds.test.query_texts), config={"max_concurrency": 4}, k=K)
+    return ranked_ndcg(ds, [[doc_id[d.id] for d in docs] for docs in results], K)
 
 
 def _check_store(retriever: NudgeRetriever, corpus, ids: list[str], label: str) -> None:
     ds = corpus["ds"]
-    row_of_id = {doc_id: row for row, doc_id in enumerate(ids)}
-    before = _ndcg(retriever, ds, row_of_id)
-    retriever.fit(
-        _pairs(ds, "train", ids.__getitem__),
-        val_pairs=_pairs(ds, "dev", ids.__getitem__),
-    )
-    after = _ndcg(retriever, ds, row_of_id)
+    before = _ndcg(retriever, ds, ids)
+    retriever.fit(_pairs(ds, "train", ids), val_pairs=_pairs(ds, "dev", ids))
+    after = _ndcg(retriever, ds, ids)
     retriever.restore()
-    restored = _ndcg(retriever, ds, row_of_id)
+    restored = _ndcg(retriever, ds, ids)
     logger.warning(
         "%s nDCG@10: before %.4f, after %.4f (arrays %.4f), restored %.4f",
         label,
@@ -155,14 +135,12 @@ def test_one_set_of_pairs_cross_validates(corpus, variant, floor):
     store.add_texts(ds.doc_texts, ids=ids)
     if variant == "m":  # InMemoryVectorStore scores by cosine: NUDGE-M is judged on the arrays
         solver = NudgeM().fit(np.asarray(ds.doc_embeddings, dtype=np.float32), ds.train.queryset())
-        scores = ds.test.query_embeddings @ solver.embeddings_.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
-        after = evaluate(top, ds.test.relevance, k=K)["ndcg@10"]
+        after = exact_ndcg(ds, solver.embeddings_, K)
         method = solver.gamma_chosen_by_
     else:
         retriever = NudgeRetriever(vectorstore=store, k=K)
-        retriever.fit(_pairs(ds, "train", ids.__getitem__))
-        after = _ndcg(retriever, ds, {d: r for r, d in enumerate(ids)})
+        retriever.fit(_pairs(ds, "train", ids))
+        after = _ndcg(retriever, ds, ids)
         method = retriever.tune_result.method
         assert retriever.tune_result.n_folds == 10
         assert retriever.tune_result.solver.n_cv_repeats_ == 3

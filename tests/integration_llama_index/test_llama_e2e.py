@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from llama_helpers import LookupEmbedding
+from llama_helpers import LookupEmbedding, query_vectors, ranked_ndcg, split_pairs
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index_nudge import DEFAULT_QUESTIONS_KEY, NudgeFinetuneEngine
@@ -34,9 +34,7 @@ def _questions_by_doc(split, n_docs: int) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def setup(nfcorpus):
     ds = nfcorpus
-    embed = LookupEmbedding()
-    for split in ds.splits.values():
-        embed.add(split.query_texts, split.query_embeddings)
+    embed = LookupEmbedding(query_vectors(ds))
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
     texts = ds.doc_texts
     by_doc = _questions_by_doc(ds.train, ds.n_docs)
@@ -58,14 +56,9 @@ def setup(nfcorpus):
                 excluded_llm_metadata_keys=[DEFAULT_QUESTIONS_KEY],
             )
         )
-    dev = ds.dev
-    val_pairs = [
-        (dev.query_texts[q], ds.doc_ids[row])
-        for q in range(dev.n_queries)
-        for row in dev.relevance.indices[dev.relevance.indptr[q] : dev.relevance.indptr[q + 1]]
-    ]
+    val_pairs = split_pairs(ds, "dev")
     # Reference: NudgeN on the arrays, exact cosine top-10.
-    solver = NudgeN().fit(docs, ds.train.queryset(), dev.queryset())
+    solver = NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset())
     test = ds.test
 
     def exact(doc_matrix):
@@ -85,13 +78,9 @@ def setup(nfcorpus):
 
 def _ndcg(index, setup) -> float:
     ds = setup["ds"]
-    rows = {doc_id: k for k, doc_id in enumerate(ds.doc_ids)}
     retriever = index.as_retriever(similarity_top_k=K)
-    retrieved = np.full((ds.test.n_queries, K), -1, dtype=np.int64)
-    for q, text in enumerate(ds.test.query_texts):
-        hits = [rows[n.node.node_id] for n in retriever.retrieve(text)]
-        retrieved[q, : len(hits)] = hits
-    return evaluate(retrieved, ds.test.relevance, K)["ndcg@10"]
+    ranked = [[n.node.node_id for n in retriever.retrieve(text)] for text in ds.test.query_texts]
+    return ranked_ndcg(ds, ranked, K)
 
 
 def _exact_ndcg(vectors: np.ndarray, setup) -> float:

@@ -21,13 +21,21 @@ pytest.importorskip("faiss", reason="faiss-cpu is needed for the FAISS tests")
 pytest.importorskip("llama_index.vector_stores.faiss", reason="llama-index-vector-stores-faiss")
 
 import faiss  # noqa: E402
-from llama_helpers import LookupEmbedding, toy_nodes, toy_pairs  # noqa: E402
+from llama_helpers import (  # noqa: E402
+    LookupEmbedding,
+    exact_ndcg,
+    query_vectors,
+    ranked_ndcg,
+    split_pairs,
+    toy_nodes,
+    toy_pairs,
+)
 from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage  # noqa: E402
 from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStore  # noqa: E402
 from llama_index_nudge import NudgeFinetuneEngine  # noqa: E402
 
-from nudge_rag import MetricMismatchError, NudgeN, backend_for, evaluate  # noqa: E402
+from nudge_rag import MetricMismatchError, NudgeN, backend_for  # noqa: E402
 from nudge_rag.backends import FaissBackend  # noqa: E402
 from nudge_rag.backends.faiss import for_index, from_llama_index_map  # noqa: E402
 
@@ -156,39 +164,19 @@ def test_map_store_from_index_and_write_through(toy, tmp_path):
 K = 10
 
 
-def _pairs(ds, name: str) -> list[tuple[str, str]]:
-    split = ds.split(name)
-    rel = split.relevance
-    return [
-        (split.query_texts[q], ds.doc_ids[int(row)])
-        for q in range(split.n_queries)
-        for row in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]
-    ]
-
-
 def _ndcg(index, ds) -> float:
-    rows = {doc_id: k for k, doc_id in enumerate(ds.doc_ids)}
     retriever = index.as_retriever(similarity_top_k=K)
-    retrieved = np.full((ds.test.n_queries, K), -1, dtype=np.int64)
-    for q, text in enumerate(ds.test.query_texts):
-        hits = [rows[n.node.node_id] for n in retriever.retrieve(text)]
-        retrieved[q, : len(hits)] = hits
-    return evaluate(retrieved, ds.test.relevance, K)["ndcg@10"]
+    ranked = [[n.node.node_id for n in retriever.retrieve(text)] for text in ds.test.query_texts]
+    return ranked_ndcg(ds, ranked, K)
 
 
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    embed = LookupEmbedding()
-    for split in ds.splits.values():
-        embed.add(split.query_texts, split.query_embeddings)
-    test = ds.test
-
-    def exact(doc_vectors: np.ndarray) -> float:
-        top = np.argsort(-(test.query_embeddings @ doc_vectors.T), axis=1, kind="stable")[:, :K]
-        return evaluate(top, test.relevance, K)["ndcg@10"]
-
-    reference = exact(NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_)
+    embed = LookupEmbedding(query_vectors(ds))
+    reference = exact_ndcg(
+        ds, NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_, K
+    )
     nodes = [
         TextNode(id_=doc_id, text=ds.doc_texts[k], embedding=docs[k].tolist())
         for k, doc_id in enumerate(ds.doc_ids)
@@ -203,8 +191,8 @@ def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     engine = NudgeFinetuneEngine(
         for_index(index),
         embed,
-        _pairs(ds, "train"),
-        val_pairs=_pairs(ds, "dev"),
+        split_pairs(ds, "train"),
+        val_pairs=split_pairs(ds, "dev"),
         persist_dir=folder,
     )
     engine.finetune()
@@ -218,7 +206,7 @@ def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
         reference,
         restored,
     )
-    assert before == pytest.approx(exact(docs), abs=0.002)
+    assert before == pytest.approx(exact_ndcg(ds, docs, K), abs=0.002)
     assert after == pytest.approx(reference, abs=0.005)
     assert restored == pytest.approx(before, abs=0.002)
     np.testing.assert_array_equal(_vectors(index), docs)  # originals back exactly
