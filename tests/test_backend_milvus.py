@@ -243,3 +243,28 @@ def test_milvus_store_mode_matches_read_mode(nfcorpus_dir, db):
     assert side.val_score == pytest.approx(read.val_score, abs=1e-4)
     assert sorted(side.changed_ids) == sorted(read.changed_ids)
     np.testing.assert_array_equal(store.get_vectors(doc_ids[:50]), emb[:50])
+
+
+def test_list_ids_pages_through_more_than_one_query_window(db):
+    """More keys than one 16,384-key page: every id once, in primary-key order, int keys too."""
+    client, path = db
+    n = 20_000
+    many = _unit(np.random.default_rng(5).standard_normal((n, DIM)))
+    name = "many"
+    if client.has_collection(name):
+        client.drop_collection(name)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("pk", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type="FLAT", metric_type="COSINE")
+    client.create_collection(name, schema=schema, index_params=params)
+    order = np.random.default_rng(6).permutation(n)  # inserted out of order
+    for s in range(0, n, 5000):
+        client.insert(name, [{"pk": int(k), "vector": many[k]} for k in order[s : s + 5000]])
+    client.flush(name)
+    store = MilvusBackend(client, name)
+    ids = store.list_ids()
+    assert ids == [str(k) for k in range(n)]
+    np.testing.assert_allclose(store.get_vectors(ids[-3:]), many[-3:], atol=TOL)
+    client.drop_collection(name)
