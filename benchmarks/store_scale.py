@@ -242,14 +242,10 @@ def _copy_block(start: int, block) -> bytes:
     Each row: a field count, then per field a length and the bytes; a ``vector`` is pgvector's
     binary form (int16 dim, int16 0, big-endian float32s), built for the whole block at once.
     """
-    import numpy as np
+    from nudge_rag.backends.pgvector import vector_fields
 
     n, dim = block.shape
-    vec = np.empty((n, dim + 2), dtype=">u4")
-    vec[:, 0] = 4 + 4 * dim  # field length
-    vec[:, 1] = dim << 16  # dim, unused
-    vec[:, 2:] = np.ascontiguousarray(block, dtype=">f4").view(">u4")
-    vec_bytes, width = vec.tobytes(), 4 * (dim + 2)
+    vec_bytes, width = vector_fields(block).tobytes(), 4 * (dim + 2)
     parts = []
     for k in range(n):
         doc_id = str(start + k).encode()

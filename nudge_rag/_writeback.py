@@ -462,8 +462,9 @@ class _StoreState:
 
     Such a state must offer ``load_originals``, ``save_originals`` (makes the saved originals
     exactly the ids given), ``delete_originals``, ``load_pending``, ``save_pending``,
-    ``save_progress`` and ``clear_pending``. Everything else :class:`WriteBack` uses has a
-    default here, taken from the state when it has it: ``lock`` (a :class:`StoreLock`-like
+    ``clear_pending`` and either ``save_progress`` or ``write_batch`` (below). Everything
+    else :class:`WriteBack` uses has a default here, taken from the state when it has it:
+    ``lock`` (a :class:`StoreLock`-like
     object; default: the in-process lock of the store object), and ``load_applied`` /
     ``save_applied`` / ``load_meta`` / ``save_meta`` / ``pending_meta``. Without
     ``load_applied`` the state does not know what it wrote, so documents changed by someone
@@ -863,20 +864,15 @@ class WriteBack:
         fresh = [r for r, i in enumerate(ids) if write[r] and i not in kept]
         new_ids = [orig_ids[k] for k in range(len(orig_ids)) if keep[k]]
         parts = [] if orig_vecs is None else [orig_vecs[keep]]
-        if self._state.write_batch is not None:
-            # Each batch's transaction saves its rows' new originals (copied from the rows);
-            # only the records that no longer hold are dropped here.
-            if not keep.all():
-                self._state.save_originals(new_ids, parts[0] if parts else vectors[:0])
-        elif fresh or not keep.all():
-            if fresh:
-                new_ids += [ids[r] for r in fresh]
-                parts.append(current[np.asarray(fresh, dtype=np.int64)])
-            all_vecs = (
-                np.concatenate(parts) if parts else np.zeros((0, vectors.shape[1]), np.float32)
-            )
-            self._state.save_originals(new_ids, all_vecs)
-            logger.info("saved originals of %d new id(s) (%d in all)", len(fresh), len(new_ids))
+        # A state that writes batches itself saves their rows' new originals in each batch's
+        # transaction (copied from the rows); here it only drops the records that no longer hold.
+        upfront = fresh if self._state.write_batch is None else []
+        if upfront or not keep.all():
+            if upfront:
+                new_ids += [ids[r] for r in upfront]
+                parts.append(current[np.asarray(upfront, dtype=np.int64)])
+            self._state.save_originals(new_ids, np.concatenate(parts))
+            logger.info("saved originals of %d new id(s) (%d in all)", len(upfront), len(new_ids))
         self._report_dropped(drifted, missing)
         # Rows moved earlier but not now (or skipped now) go back to their originals.
         w_idx = np.flatnonzero(write)

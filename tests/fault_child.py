@@ -103,14 +103,18 @@ class Target:
         self.batch_size = int(args.get("batch_size", 3))
         self.qdrant = None
         self.collection = None
-        if args["store"] == "qdrant_local":
+        self._connect()
+        self.obj = self._build()
+
+    def _connect(self) -> None:
+        """Open the client the backend reads through (Qdrant local, or Chroma)."""
+        if self.args["store"] == "qdrant_local":
             from qdrant_client import QdrantClient
 
-            self.qdrant = QdrantClient(path=args["path"])
+            self.qdrant = QdrantClient(path=self.args["path"])
         else:
-            self.chroma = chroma_client(args)
-            self.collection = self.chroma.get_collection(args["collection"])
-        self.obj = self._build()
+            self.chroma = chroma_client(self.args)
+            self.collection = self.chroma.get_collection(self.args["collection"])
 
     def _backend(self):
         from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
@@ -227,7 +231,7 @@ class Target:
 
 def open_target(args: dict[str, Any]) -> Target:
     if args["store"] == "faiss_folder":
-        return open_faiss_target(args)
+        return FaissTarget(args)
     if args["store"] == "pgvector":
         return PgTarget(args)
     return Target(args)
@@ -276,13 +280,8 @@ def make_faiss_folder(folder: Path, framework: str) -> None:
 class FaissTarget(Target):
     """A FAISS store loaded from its saved folder, written through to it (``folder=``)."""
 
-    def __init__(self, args: dict[str, Any]):
-        self.args = args
-        self.framework = args.get("framework", "core")
-        self.batch_size = int(args.get("batch_size", 3))
-        self.qdrant = None
-        self.collection = None
-        self.obj = self._build()
+    def _connect(self) -> None:
+        """No client: ``_build`` loads the saved folder."""
 
     def _backend(self):
         from nudge_rag.backends import faiss as faiss_backend
@@ -331,13 +330,6 @@ class FaissTarget(Target):
             solver_params={"gamma": GAMMA},
             batch_size=self.batch_size,
         )
-
-    def close(self) -> None:
-        pass
-
-
-def open_faiss_target(args: dict[str, Any]) -> FaissTarget:
-    return FaissTarget(args)
 
 
 # ---------------------------------------------------------------------- PostgreSQL + pgvector
@@ -425,14 +417,9 @@ class PgTarget(Target):
     ``"langchain"``: ``NudgeRetriever`` over LangChain's ``PGVector`` collection ``faults``.
     """
 
-    def __init__(self, args: dict[str, Any]):
-        self.args = args
-        self.framework = args.get("framework", "core")
-        self.batch_size = int(args.get("batch_size", 3))
-        self.qdrant = None
-        self.collection = None
+    def _connect(self) -> None:
+        """No client: ``_build`` connects through the backend (and LangChain's engine)."""
         self.vectorstore = None
-        self.obj = self._build()
 
     def _build(self):
         data = make_data(**self.args.get("data", {}))

@@ -346,14 +346,17 @@ def test_server_killed_mid_writeback(own_server, tmp_path, tmp_path_factory, tem
 K = 5
 
 
-def _reader(query, known: set[str], stop: threading.Event, errors: list, counts: list) -> None:
+def _reader(
+    query, known: set[str], stop: threading.Event, errors: list, seen: list, seconds: float = 10
+) -> None:
+    """Query random unit vectors until ``stop``; ``seen`` gets ``(time, number of results)``."""
     rng = np.random.default_rng(7)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + seconds
     try:
         while not stop.is_set() and time.monotonic() < deadline:
             q = rng.standard_normal(fc.DIM).astype(np.float32)
             got = query(q / np.linalg.norm(q))
-            counts.append(len(got))
+            seen.append((time.monotonic(), len(got)))
             assert len(got) >= K, f"query returned {len(got)} < {K} results"
             assert set(got) <= known, f"unknown ids {set(got) - known}"
     except Exception as err:  # noqa: BLE001 - reported by the test thread
@@ -388,8 +391,8 @@ def test_concurrent_readers(kind, request, tmp_path, templates):
         real_set(ids, vectors)
 
     target.store.set_vectors = slow_set
-    stop, errors, counts = threading.Event(), [], []
-    thread = threading.Thread(target=_reader, args=(query, known, stop, errors, counts))
+    stop, errors, seen = threading.Event(), [], []
+    thread = threading.Thread(target=_reader, args=(query, known, stop, errors, seen))
     thread.start()
     try:
         target.fit()
@@ -398,7 +401,7 @@ def test_concurrent_readers(kind, request, tmp_path, templates):
         thread.join(15)
         target.close()
     assert not errors, errors[0]
-    assert counts, "the reader never ran"
+    assert seen, "the reader never ran"
 
 
 READER_SCRIPT = """

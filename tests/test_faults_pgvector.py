@@ -44,6 +44,7 @@ import fault_child as fc  # noqa: E402
 from test_faults import (  # noqa: E402
     N_BATCHES,
     N_MOVED,
+    _reader,
     check_consistent,
     finish,
     read,
@@ -249,20 +250,6 @@ def test_timed_kill(seed, new_db):
 K = 5
 
 
-def _reader(query, known: set[str], stop: threading.Event, errors: list, seen: list) -> None:
-    rng = np.random.default_rng(7)
-    deadline = time.monotonic() + 20
-    try:
-        while not stop.is_set() and time.monotonic() < deadline:
-            q = rng.standard_normal(fc.DIM).astype(np.float32)
-            got = query(q / np.linalg.norm(q))
-            seen.append((time.monotonic(), len(got)))
-            assert len(got) >= K, f"query returned {len(got)} < {K} results"
-            assert set(got) <= known, f"unknown ids {set(got) - known}"
-    except Exception as err:  # noqa: BLE001 - reported by the test thread
-        errors.append(err)
-
-
 READERS = [
     ("core", "another_backend"),  # a second client of the table (HNSW index scan)
     ("core", "shared_backend"),  # the writer's own backend object, from another thread
@@ -305,7 +292,7 @@ def test_readers_get_k_results_during_a_write_back(framework, reader, new_db):
 
     state.write_batch = slow_batch
     stop, errors, seen = threading.Event(), [], []
-    thread = threading.Thread(target=_reader, args=(query, known, stop, errors, seen))
+    thread = threading.Thread(target=_reader, args=(query, known, stop, errors, seen, 20))
     thread.start()
     try:
         time.sleep(0.1)

@@ -21,7 +21,7 @@ def test_subclass_of_a_supported_store_uses_its_backend():
     from langchain_core.vectorstores import InMemoryVectorStore
 
     class MyStore(InMemoryVectorStore):
-        pass
+        """A user's subclass, registered nowhere."""
 
     store = MyStore(DeterministicFakeEmbedding(size=4))
     store.add_texts(["a", "b"], ids=["1", "2"])
@@ -64,24 +64,38 @@ def test_a_store_with_the_four_essentials_gets_defaults():
 
 
 def test_base_embedding_store_is_a_complete_store():
+    """Three methods make a store: the tuner reads through it, writes, and restores."""
+    ids = ["x", "y", "z"]
+    original = np.eye(3, dtype=np.float32)
+
     class Mine(BaseEmbeddingStore):
+        def __init__(self):
+            self.rows = dict(zip(ids, original.copy(), strict=True))
+
         def list_ids(self):
-            return ["x"]
+            return list(self.rows)
 
         def get_vectors(self, ids):
-            return np.ones((len(ids), 3), dtype=np.float32) / np.sqrt(3)
+            return np.stack([self.rows[i] for i in ids])
 
         def set_vectors(self, ids, vectors):
-            pass
+            self.rows.update(zip(ids, np.asarray(vectors, dtype=np.float32), strict=True))
 
     store = Mine()
     assert backend_for(store) is store
-    assert StoreTuner(store, state_dir="memory").store is store
+    tuner = StoreTuner(store, state_dir="memory", solver_params={"gamma": 0.3})
+    assert tuner.store is store and store.distance == "cosine"
+    query = np.array([[1.0, 1.0, 0.0]], dtype=np.float32) / np.sqrt(2)
+    assert tuner.tune_embedded(query, [["x"]]).changed_ids == ["x"]
+    assert store.rows["x"] @ query[0] > original[0] @ query[0]  # moved toward its question
+    np.testing.assert_array_equal(store.get_vectors(["y", "z"]), original[1:])
+    assert tuner.restore() == 1
+    np.testing.assert_array_equal(store.get_vectors(ids), original)
 
 
 def test_register_backend_for_a_new_class():
     class Custom:
-        pass
+        """A vector store class no integration knows."""
 
     made = ArrayStore(["a"], np.ones((1, 2), dtype=np.float32))
     register_backend(Custom, lambda vs: made, framework="langchain", extra="custom")

@@ -178,7 +178,7 @@ class MemoryStore:
         self.vectorstore.delete(ids=[doc_id])
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the store and its state live in this object."""
 
 
 class ChromaStore:

@@ -87,7 +87,7 @@ class MilvusBackend(BaseEmbeddingStore):
             it from the client's connection alias.
         search_params: ``search_params`` for :meth:`nearest` (e.g. ``{"params": {"ef": 400}}``);
             ``None`` uses the index's defaults.
-        page_size: rows per query / iterator batch.
+        page_size: ids per ``query`` call when vectors or rows are read.
         partial_update: write with ``upsert(partial_update=True)`` instead of whole rows (only
             where the Milvus version keeps the other fields: milvus-lite >= 3, Milvus >= 2.6).
 

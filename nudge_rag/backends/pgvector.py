@@ -79,17 +79,17 @@ _STATE_PAGE = 5000  # rows per statement when the state is read or written
 #: State steps that only run while a plan is pending (a failure there: resume() goes on).
 _PLAN_STEPS = frozenset(
     {
-        "record the write-back progress",
         "write a batch of the plan",
         "finish the write-back",
         "finish the restore",
     }
 )
-#: Whether the two-key advisory lock ``(classid, objid)`` is held by the session ``pid``.
-_HELD = (
+#: Whether the two-key advisory lock ``(classid, objid)`` is held (by the session ``pid``).
+_LOCKED = (
     "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-    "classid = %s::int4::oid AND objid = %s::int4::oid AND objsubid = 2 AND pid = %s"
+    "classid = %s::int4::oid AND objid = %s::int4::oid AND objsubid = 2"
 )
+_HELD = _LOCKED + " AND pid = %s"
 _MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 
 T = TypeVar("T")
@@ -132,13 +132,22 @@ def _vector_array(matrix: np.ndarray, vector_oid: int) -> bytes:
     An array is a header (ndim, flags, element type, length, lower bound) and per element a
     length and pgvector's ``vector_send`` form (int16 dim, int16 0, big-endian float32s).
     """
+    header = struct.pack(">iiIii", 1, 0, vector_oid, matrix.shape[0], 1)
+    return header + vector_fields(matrix).tobytes()
+
+
+def vector_fields(matrix: np.ndarray) -> np.ndarray:
+    """Each row as a length-prefixed binary ``vector`` value, ``(n, dim + 2)`` big-endian words.
+
+    The byte length, then ``vector_send`` (int16 dim, int16 0, float32s): what a binary array
+    element or a binary ``COPY`` field takes.
+    """
     n, dim = matrix.shape
-    header = struct.pack(">iiIii", 1, 0, vector_oid, n, 1)
-    body = np.empty((n, dim + 2), dtype=">u4")
-    body[:, 0] = 4 + 4 * dim
-    body[:, 1] = dim << 16
-    body[:, 2:] = np.ascontiguousarray(matrix, dtype=">f4").view(">u4")
-    return header + body.tobytes()
+    fields = np.empty((n, dim + 2), dtype=">u4")
+    fields[:, 0] = 4 + 4 * dim
+    fields[:, 1] = dim << 16
+    fields[:, 2:] = np.ascontiguousarray(matrix, dtype=">f4").view(">u4")
+    return fields
 
 
 def _parse_vectors(blob: bytes | None, n: int, where: str) -> np.ndarray:
@@ -1120,16 +1129,6 @@ class PgVectorState:
         with self._failure("write a batch of the plan"):
             self.backend._update(ids, vectors, also=protect)
 
-    def save_progress(self, batches_done: int) -> None:
-        """Record that the first ``batches_done`` batches of the plan are written."""
-        query = self._sql(
-            "UPDATE {nudge_plans} SET batches_done = %(done)s WHERE target = %(target)s"
-        )
-        self._do(
-            "record the write-back progress",
-            lambda c: c.execute(query, {"target": self.target, "done": int(batches_done)}),
-        )
-
     def _delete_all(self, conn: Any, tables: Sequence[str]) -> None:
         for table in tables:
             conn.execute(
@@ -1274,11 +1273,10 @@ class PgVectorLock:
         """
         if self.holder is not None:
             return dict(self.holder)
-        query = _HELD.replace(" AND pid = %s", "")
         psycopg = _psycopg()
         try:
             with self.backend._connect() as conn:
-                if not conn.execute(query, self._keys).fetchone():
+                if not conn.execute(_LOCKED, self._keys).fetchone():
                     return None
                 return self._record(conn) or {}
         except psycopg.OperationalError:
