@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._errors import EmbedderError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbedderError", "QuestionEmbedder", "load_embedder"]
@@ -29,10 +31,6 @@ _SPEC_HELP = (
     "expected 'sentence-transformers:NAME_OR_PATH' or a Python entry point 'module:attr' "
     "(a LangChain Embeddings, a LlamaIndex BaseEmbedding, or a callable list[str] -> vectors)"
 )
-
-
-class EmbedderError(ValueError):
-    """``--embed`` names no usable model (nothing was read or written)."""
 
 
 class QuestionEmbedder:

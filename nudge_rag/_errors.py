@@ -7,12 +7,25 @@ failures apart.
 
 from __future__ import annotations
 
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
 __all__ = [
+    "DataFileError",
     "DimensionMismatchError",
+    "EmbedderError",
+    "LockBusy",
     "MetricMismatchError",
+    "MetricUnknownError",
+    "NotFittedError",
     "StateDirError",
+    "StoreBusyError",
+    "StoreURIError",
+    "TuneInProgressError",
     "UnknownIdError",
     "UnsupportedStoreError",
+    "WriteBackError",
 ]
 
 
@@ -45,3 +58,88 @@ class StateDirError(ValueError):
 
 class UnsupportedStoreError(TypeError):
     """A vector store nudge-rag cannot read and write in place (the message lists those it can)."""
+
+
+class WriteBackError(RuntimeError):
+    """A write-back could not complete, or its saved state cannot be used.
+
+    The store is never left half-written: every id holds its original or its target vector,
+    and the message says whether to call ``resume()``, ``restore()`` or ``discard_pending()``.
+    """
+
+
+class StoreBusyError(WriteBackError):
+    """Another fit, restore or resume holds this store's writer lock; nothing was done.
+
+    Attributes:
+        holder: what the holder recorded (``pid``, ``host``, ``thread``, ``since``, ``what``),
+            or ``None`` when it left no record.
+    """
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.holder = holder
+
+
+class TuneInProgressError(RuntimeError):
+    """Another re-tune from this feedback log holds the store's tune lock (nothing was done)."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a fitted attribute is used before ``fit``."""
+
+
+class DataFileError(ValueError):
+    """A data file whose content is not what its format expects.
+
+    The message names the file, the line or byte offset where it applies, what was expected
+    and what came. It is a ``ValueError``, so ``except ValueError`` catches it.
+
+    Attributes:
+        path: the file.
+        line: the 1-based line number, or ``None`` when no line applies.
+        offset: the 0-based byte offset in the file, or ``None`` when unknown.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: str | PathLike[str] | None = None,
+        line: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.line = line
+        self.offset = offset
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the attributes through pickling
+        return (type(self), (str(self), self.path, self.line, self.offset))
+
+
+class LockBusy(RuntimeError):
+    """Another writer holds the lock (``_writeback`` turns it into ``StoreBusyError``).
+
+    Attributes:
+        holder: what the holder recorded (``pid``, ``host``, ``thread``, ``since``, ``what``),
+            or ``None`` when it could not be read.
+    """
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.holder = holder
+
+
+class StoreURIError(ValueError):
+    """``--store`` / ``--collection`` name no store that can be opened (nothing was touched)."""
+
+
+class EmbedderError(ValueError):
+    """``--embed`` names no usable model (nothing was read or written)."""
+
+
+class MetricUnknownError(ValueError):
+    """The store does not record how it ranks (e.g. a pgvector table with no ANN index).
+
+    Pass the metric: ``distance=`` in Python, ``--distance`` on the command line.
+    """

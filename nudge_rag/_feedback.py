@@ -40,7 +40,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from nudge_rag._errors import UnknownIdError
+from nudge_rag._errors import TuneInProgressError, UnknownIdError
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ DEFAULT_MERGE_TOLERANCE = 1e-3
 _N_SHOWN = 3
 _CHUNK = 500  # ids per ``IN (...)`` (SQLite allows 999 variables in old builds)
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}\Z")
-
-
-class TuneInProgressError(RuntimeError):
-    """Another re-tune from this feedback log holds the store's tune lock (nothing was done)."""
 
 
 class LogCounts(NamedTuple):

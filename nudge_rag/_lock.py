@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nudge_rag._errors import LockBusy
+
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows: only the in-process lock
@@ -41,19 +43,6 @@ __all__ = ["LOCK_FILE", "LockBusy", "StoreLock", "describe_holder", "file_lock"]
 
 LOCK_FILE = "writer.lock"
 _POLL_S = (0.01, 0.25)  # first and longest sleep between tries while waiting
-
-
-class LockBusy(RuntimeError):
-    """Another writer holds the lock (``_writeback`` turns it into ``StoreBusyError``).
-
-    Attributes:
-        holder: what the holder recorded (``pid``, ``host``, ``thread``, ``since``, ``what``),
-            or ``None`` when it could not be read.
-    """
-
-    def __init__(self, message: str, holder: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.holder = holder
 
 
 def _now() -> str:

@@ -9,7 +9,7 @@ gives the optional members sensible defaults, so a new backend implements five m
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -148,7 +148,13 @@ class BaseEmbeddingStore:
         return None
 
 
-def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None:
+def check_similarity(
+    similarity: str,
+    distance: str,
+    *,
+    unit_norm: bool,
+    hints: Callable[[Literal["cosine", "dot"]], str] | None = None,
+) -> None:
     """Refuse a solver/store pair whose scores would not agree.
 
     NUDGE-N (``similarity="cosine"``) writes unit-norm vectors, so it suits a cosine store, and
@@ -160,6 +166,9 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
         similarity: the solver's ``similarity`` attribute.
         distance: the store's ``distance``.
         unit_norm: whether every stored vector is unit-norm.
+        hints: ``kind -> "Chroma: ...; Qdrant: ..."``, how each store is made to score by
+            cosine or inner product, for the message (the tuning flow passes the stores'
+            specs' hints).
 
     Raises:
         MetricMismatchError: (a ``ValueError``) with the variant or store setting to use instead.
@@ -172,10 +181,7 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
             msg = (
                 f"NUDGE-M writes non-normalized vectors that must be scored by dot product, but "
                 f"the store scores by {distance}. Use NUDGE-N (variant='n' / NudgeN), or create "
-                "the collection with inner product (Chroma: metadata={'hnsw:space': 'ip'} or "
-                "configuration={'hnsw': {'space': 'ip'}}; Qdrant: Distance.DOT; FAISS: "
-                "IndexFlatIP, LangChain distance_strategy=MAX_INNER_PRODUCT without "
-                "normalize_L2; pgvector: inner-product distance; Milvus: metric_type='IP')."
+                "the collection with inner product" + (f" ({hints('dot')})." if hints else ".")
             )
             raise MetricMismatchError(msg)
         return
@@ -186,9 +192,8 @@ def check_similarity(similarity: str, distance: str, *, unit_norm: bool) -> None
         msg = (
             f"NUDGE-N writes unit-norm vectors, and the store scores by {distance}, which ranks "
             "like cosine only when every stored vector is unit-norm, but this store holds vectors "
-            "that are not. Normalize the stored vectors (LangChain FAISS: normalize_L2=True), "
-            "or use a cosine collection (Chroma: 'hnsw:space': 'cosine'; Qdrant: "
-            "Distance.COSINE; pgvector: cosine distance; Milvus: metric_type='COSINE')."
+            "that are not. Normalize the stored vectors, or use a cosine collection"
+            + (f" ({hints('cosine')})." if hints else ".")
         )
         raise MetricMismatchError(msg)
 

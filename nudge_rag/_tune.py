@@ -28,6 +28,7 @@ from nudge_rag._store import EmbeddingStore, check_similarity, rows_unit_norm
 from nudge_rag._validation import check_positive_int
 from nudge_rag._writeback import WriteBack, WriteBackError, WriteBackStatus
 from nudge_rag.backends import STATE_FOLDER, backend_for
+from nudge_rag.backends._spec import metric_hints
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,12 @@ def _tune_store(
     if not ids:
         msg = "the store is empty: add documents (with their embeddings) before tuning"
         raise ValueError(msg)
-    check_similarity(solver.similarity, str(store.distance), unit_norm=rows_unit_norm(corpus))
+    check_similarity(
+        solver.similarity,
+        str(store.distance),
+        unit_norm=rows_unit_norm(corpus),
+        hints=metric_hints,
+    )
     start = perf_counter()
     rows = row_index(ids)
     train = QuerySet.from_ids(train_embeddings, train_answer_ids, rows, name="train answer ids")
@@ -293,7 +299,12 @@ def _tune_store_side(
     timings: dict[str, float] = {}
     start = perf_counter()
     ids, corpus = writeback.read_corpus(active_ids)  # KeyError names unknown ids
-    check_similarity(solver.similarity, str(store.distance), unit_norm=rows_unit_norm(corpus))
+    check_similarity(
+        solver.similarity,
+        str(store.distance),
+        unit_norm=rows_unit_norm(corpus),
+        hints=metric_hints,
+    )
     rows = row_index(ids)
     train = QuerySet.from_ids(train_embeddings, train_answer_ids, rows, name="train answer ids")
     val = passive = None
@@ -519,7 +530,9 @@ class StoreTuner:
             )
             raise WriteBackError(msg)
         # The metric that depends only on settings; tune_store checks unit norms on the vectors.
-        check_similarity(solver.similarity, str(self.store.distance), unit_norm=True)
+        check_similarity(
+            solver.similarity, str(self.store.distance), unit_norm=True, hints=metric_hints
+        )
         ids = self.store.list_ids()
         if not ids:
             msg = "the store is empty: add documents (with their embeddings) before tuning"

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._errors import StoreBusyError, WriteBackError
 from nudge_rag._files import atomic_save_npz, atomic_write_json, fsync_dir
 from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
 from nudge_rag._queryset import row_index
@@ -71,27 +72,6 @@ STATE_FILES = (ORIGINALS, PENDING, PROGRESS, APPLIED, META)
 DRIFT_RTOL = 1e-3
 DRIFT_ATOL = 1e-6
 _N_SHOWN = 5
-
-
-class WriteBackError(RuntimeError):
-    """A write-back could not complete, or its saved state cannot be used.
-
-    The store is never left half-written: every id holds its original or its target vector,
-    and the message says whether to call ``resume()``, ``restore()`` or ``discard_pending()``.
-    """
-
-
-class StoreBusyError(WriteBackError):
-    """Another fit, restore or resume holds this store's writer lock; nothing was done.
-
-    Attributes:
-        holder: what the holder recorded (``pid``, ``host``, ``thread``, ``since``, ``what``),
-            or ``None`` when it left no record.
-    """
-
-    def __init__(self, message: str, holder: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.holder = holder
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from nudge_rag._errors import UnknownIdError, UnsupportedStoreError
 from nudge_rag._metrics import evaluate
 from nudge_rag._search import search
 from nudge_rag._solver import NudgeM, NudgeN
-from nudge_rag._store import BaseEmbeddingStore
+from nudge_rag._store import DISTANCES, BaseEmbeddingStore
 from nudge_rag._synthetic import make_retrieval_task
 from nudge_rag._validation import check_positive_int
 
@@ -324,7 +324,7 @@ class _StoreView(BaseEmbeddingStore):
 def _opened(args: argparse.Namespace) -> Iterator[Any]:
     from nudge_rag.backends._uri import open_store
 
-    opened = open_store(args.store, args.collection)
+    opened = open_store(args.store, args.collection, distance=getattr(args, "distance", None))
     try:
         yield opened
     finally:
@@ -913,15 +913,19 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _store_args(parser: argparse.ArgumentParser, state: bool = True) -> None:
+    from nudge_rag.backends._uri import supported_schemes
+
     parser.add_argument(
-        "--store",
-        required=True,
-        metavar="URI",
-        help="chroma:DIR, chroma+http://HOST:PORT, qdrant:DIR, qdrant+http://HOST:PORT, "
-        "faiss:DIR, postgresql://..., milvus:FILE.db, lancedb:DIR",
+        "--store", required=True, metavar="URI", help=", ".join(supported_schemes())
     )
     parser.add_argument(
         "--collection", metavar="NAME", help="collection or table (needed when there are several)"
+    )
+    parser.add_argument(
+        "--distance",
+        choices=DISTANCES,
+        help="how the store ranks, for a store that does not record it (a pgvector table "
+        "without an HNSW or IVFFlat index); a store that records it must agree",
     )
     if state:
         parser.add_argument(

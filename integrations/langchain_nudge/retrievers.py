@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from nudge_rag import (
     backend_for,
     tune_from_feedback,
 )
+from nudge_rag.backends import langchain_result_ids
 
 logger = logging.getLogger(__name__)
 
@@ -36,30 +37,6 @@ __all__ = ["QUERY_ID_KEY", "NudgeRetriever"]
 
 #: ``Document.metadata`` key holding the feedback log's query id of a returned document.
 QUERY_ID_KEY = "nudge_query_id"
-
-
-def _lancedb_ids(vectorstore: Any) -> None:
-    """Wrap a langchain-community ``LanceDB``'s ``results_to_docs`` to set ``Document.id``.
-
-    That wrapper builds its Documents from the text and metadata columns only, although every
-    search result holds the id column (``_id_key``). Only this object changes, once, and only
-    documents without an id get one.
-    """
-    if type(vectorstore).__name__ != "LanceDB" or "results_to_docs" in vars(vectorstore):
-        return
-    real = vectorstore.results_to_docs
-    id_key = getattr(vectorstore, "_id_key", "id")
-
-    def results_to_docs(results: Any, score: bool = False) -> Any:
-        out = real(results, score=score)
-        if id_key in results.schema.names:
-            for item, doc_id in zip(out, results[id_key].to_pylist()):
-                doc = item[0] if isinstance(item, tuple) else item
-                if doc.id is None and doc_id is not None:
-                    doc.id = str(doc_id)
-        return out
-
-    vectorstore.results_to_docs = results_to_docs
 
 
 class NudgeRetriever(BaseRetriever):
@@ -192,6 +169,7 @@ class NudgeRetriever(BaseRetriever):
 
     _tuner: StoreTuner | None = PrivateAttr(default=None)
     _feedback_store: str | None = PrivateAttr(default=None)
+    _set_ids: Callable[[list[Document]], None] | None = PrivateAttr(default=None)
 
     @field_validator("variant", mode="before")
     @classmethod
@@ -235,17 +213,14 @@ class NudgeRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ search
     def model_post_init(self, context: Any, /) -> None:
-        """Make the wrapper's search results carry ids where it drops them (LanceDB)."""
+        """Make the wrapper's search results carry ids where it drops them (the store's spec)."""
         super().model_post_init(context)
-        _lancedb_ids(self.vectorstore)
+        self._set_ids = langchain_result_ids(self.vectorstore)
 
     def _with_ids(self, docs: list[Document]) -> list[Document]:
-        """Set ``Document.id`` from the metadata key the wrapper puts the id in, if none."""
-        # langchain-milvus: the primary-key field; langchain-qdrant: "_id"
-        key = getattr(self.vectorstore, "_primary_field", None) or "_id"
-        for doc in docs:
-            if doc.id is None and doc.metadata.get(key) is not None:
-                doc.id = str(doc.metadata[key])
+        """Set ``Document.id`` where the wrapper leaves it out (its store's spec says how)."""
+        if self._set_ids is not None:
+            self._set_ids(docs)
         return docs
 
     def _search_args(self, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nudge_rag._errors import DataFileError
 
 logger = logging.getLogger(__name__)
 
@@ -33,34 +34,6 @@ __all__ = [
 ]
 
 N_SHOWN = 5  # ids named in an error message
-
-
-class DataFileError(ValueError):
-    """A data file whose content is not what its format expects.
-
-    The message names the file, the line or byte offset where it applies, what was expected
-    and what came. It is a ``ValueError``, so ``except ValueError`` catches it.
-
-    Attributes:
-        path: the file.
-        line: the 1-based line number, or ``None`` when no line applies.
-        offset: the 0-based byte offset in the file, or ``None`` when unknown.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        path: str | PathLike[str] | None = None,
-        line: int | None = None,
-        offset: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-        self.line = line
-        self.offset = offset
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep the attributes through pickling
-        return (type(self), (str(self), self.path, self.line, self.offset))
 
 
 def _error(

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 
+from nudge_rag._errors import NotFittedError
 from nudge_rag._queryset import QuerySet
 from nudge_rag._solver._cv import _Folds
 from nudge_rag._solver._problem import _normalize_into, _Problem
@@ -45,10 +46,6 @@ CV_MAX_QUERIES = 10_000
 #: as large a step; on nfcorpus dev this gained about 1 nDCG@10 point for both variants and
 #: on generated tasks it changed nothing.
 CV_TOLERANCE = 0.5
-
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a fitted attribute is used before ``fit``."""
 
 
 class _Curve(NamedTuple):

@@ -24,6 +24,7 @@ from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown
 from nudge_rag.backends._registry import (
     backend_for,
     backend_for_index,
+    langchain_result_ids,
     register_backend,
     supported_stores,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "as_rows",
     "backend_for",
     "backend_for_index",
+    "langchain_result_ids",
     "register_backend",
     "supported_stores",
     "to_cosine",

@@ -16,8 +16,15 @@ from typing import Any
 
 from nudge_rag._errors import UnsupportedStoreError
 from nudge_rag._store import EmbeddingStore
+from nudge_rag.backends._spec import store_specs
 
-__all__ = ["backend_for", "backend_for_index", "register_backend", "supported_stores"]
+__all__ = [
+    "backend_for",
+    "backend_for_index",
+    "langchain_result_ids",
+    "register_backend",
+    "supported_stores",
+]
 
 
 @dataclass(frozen=True)
@@ -27,68 +34,31 @@ class _Entry:
     factory: str | Callable[[Any], Any]  # "module:function" or a callable
     extra: str  # pip extra that installs it
     index_factory: str = ""  # "module:function" taking a LlamaIndex VectorStoreIndex, if needed
+    result_ids: str = ""  # "module:function" setting Document.id on search results
 
 
-_MEMORY = "nudge_rag.backends.memory"
-_CHROMA = "nudge_rag.backends.chroma"
-_QDRANT = "nudge_rag.backends.qdrant"
-_FAISS = "nudge_rag.backends.faiss"
-_PGVECTOR = "nudge_rag.backends.pgvector"
-_MILVUS = "nudge_rag.backends.milvus"
-_LANCEDB = "nudge_rag.backends.lancedb"
+def _spec_entries() -> dict[str, _Entry]:
+    """The entries the store modules declare (their ``SPEC``), by class path."""
+    entries = {}
+    for spec in store_specs():
+        for w in spec.wrappers:
 
-# class path -> entry. Adding a store: one line per framework wrapper, plus its module.
-_REGISTRY: dict[str, _Entry] = {
-    "langchain_core.vectorstores.in_memory.InMemoryVectorStore": _Entry(
-        "langchain", "InMemoryVectorStore", f"{_MEMORY}:from_langchain_in_memory", "langchain"
-    ),
-    "llama_index.core.vector_stores.simple.SimpleVectorStore": _Entry(
-        "llama-index", "SimpleVectorStore", f"{_MEMORY}:from_llama_index_simple", "llama-index"
-    ),
-    "langchain_chroma.vectorstores.Chroma": _Entry(
-        "langchain", "Chroma", f"{_CHROMA}:from_langchain", "chroma"
-    ),
-    "llama_index.vector_stores.chroma.base.ChromaVectorStore": _Entry(
-        "llama-index", "ChromaVectorStore", f"{_CHROMA}:from_llama_index", "chroma"
-    ),
-    "langchain_qdrant.qdrant.QdrantVectorStore": _Entry(
-        "langchain", "QdrantVectorStore", f"{_QDRANT}:from_langchain", "qdrant"
-    ),
-    "llama_index.vector_stores.qdrant.base.QdrantVectorStore": _Entry(
-        "llama-index", "QdrantVectorStore", f"{_QDRANT}:from_llama_index", "qdrant"
-    ),
-    "langchain_community.vectorstores.faiss.FAISS": _Entry(
-        "langchain", "FAISS", f"{_FAISS}:from_langchain", "faiss"
-    ),
-    "llama_index.vector_stores.faiss.base.FaissVectorStore": _Entry(
-        "llama-index",
-        "FaissVectorStore",
-        f"{_FAISS}:from_llama_index",
-        "faiss",
-        index_factory=f"{_FAISS}:for_index",  # its ids are positions; the index maps them
-    ),
-    "llama_index.vector_stores.faiss.map_store.FaissMapVectorStore": _Entry(
-        "llama-index", "FaissMapVectorStore", f"{_FAISS}:from_llama_index_map", "faiss"
-    ),
-    "langchain_postgres.vectorstores.PGVector": _Entry(
-        "langchain", "PGVector", f"{_PGVECTOR}:from_langchain", "postgres"
-    ),
-    "llama_index.vector_stores.postgres.base.PGVectorStore": _Entry(
-        "llama-index", "PGVectorStore", f"{_PGVECTOR}:from_llama_index", "postgres"
-    ),
-    "langchain_milvus.vectorstores.milvus.Milvus": _Entry(
-        "langchain", "Milvus", f"{_MILVUS}:from_langchain", "milvus"
-    ),
-    "llama_index.vector_stores.milvus.base.MilvusVectorStore": _Entry(
-        "llama-index", "MilvusVectorStore", f"{_MILVUS}:from_llama_index", "milvus"
-    ),
-    "langchain_community.vectorstores.lancedb.LanceDB": _Entry(
-        "langchain", "LanceDB", f"{_LANCEDB}:from_langchain", "lancedb"
-    ),
-    "llama_index.vector_stores.lancedb.base.LanceDBVectorStore": _Entry(
-        "llama-index", "LanceDBVectorStore", f"{_LANCEDB}:from_llama_index", "lancedb"
-    ),
-}
+            def qualified(name: str, module: str = spec.module) -> str:
+                return f"{module}:{name}" if name and ":" not in name else name
+
+            entries[w.class_path] = _Entry(
+                w.framework,
+                w.label,
+                qualified(w.factory),
+                w.extra or spec.extra,
+                qualified(w.index_factory),
+                qualified(w.result_ids),
+            )
+    return entries
+
+
+# class path -> entry: the store modules' specs, then register_backend() calls.
+_REGISTRY: dict[str, _Entry] = _spec_entries()
 
 
 def _class_path(cls: type) -> str:
@@ -126,12 +96,37 @@ def supported_stores(framework: str | None = None) -> list[str]:
     return sorted(out)
 
 
+def _function(path: str) -> Callable[..., Any]:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _entry(vector_store: Any) -> _Entry | None:
+    for cls in type(vector_store).__mro__:
+        entry = _REGISTRY.get(_class_path(cls))
+        if entry is not None:
+            return entry
+    return None
+
+
 def _build(entry: _Entry, vector_store: Any) -> EmbeddingStore:
     factory = entry.factory
     if isinstance(factory, str):
-        module, _, name = factory.partition(":")
-        factory = getattr(importlib.import_module(module), name)
+        factory = _function(factory)
     return factory(vector_store)
+
+
+def langchain_result_ids(vectorstore: Any) -> Callable[[list[Any]], None] | None:
+    """What sets ``Document.id`` on ``vectorstore``'s search results where the wrapper does not.
+
+    Stores whose LangChain wrapper leaves the id out declare a hook in their spec
+    (``Wrapper.result_ids``); it may also patch that store object once so that its results
+    carry ids. ``None`` when nothing needs to be done per search.
+    """
+    entry = _entry(vectorstore)
+    if entry is None or not entry.result_ids:
+        return None
+    return _function(entry.result_ids)(vectorstore)
 
 
 def backend_for(vector_store: Any, framework: str | None = None) -> EmbeddingStore:
@@ -146,10 +141,9 @@ def backend_for(vector_store: Any, framework: str | None = None) -> EmbeddingSto
         UnsupportedStoreError: (a ``TypeError``) no backend for this class; the message lists
             the supported stores and the extra that installs each.
     """
-    for cls in type(vector_store).__mro__:
-        entry = _REGISTRY.get(_class_path(cls))
-        if entry is not None:
-            return _build(entry, vector_store)
+    entry = _entry(vector_store)
+    if entry is not None:
+        return _build(entry, vector_store)
     if isinstance(vector_store, EmbeddingStore):
         return vector_store
     missing = [
@@ -175,15 +169,10 @@ def backend_for_index(index: Any) -> EmbeddingStore:
     positions (LlamaIndex's ``FaissVectorStore``), whose backend needs the index's map from
     position to node id.
     """
-    vector_store = index.vector_store
-    for cls in type(vector_store).__mro__:
-        entry = _REGISTRY.get(_class_path(cls))
-        if entry is not None and entry.index_factory:
-            module, _, name = entry.index_factory.partition(":")
-            return getattr(importlib.import_module(module), name)(index)
-        if entry is not None:
-            break
-    return backend_for(vector_store, "llama-index")
+    entry = _entry(index.vector_store)
+    if entry is not None and entry.index_factory:
+        return _function(entry.index_factory)(index)
+    return backend_for(index.vector_store, "llama-index")
 
 
 class _Completed:

@@ -1,15 +1,8 @@
 """Open a store from a URI, as the command line's ``--store URI [--collection NAME]`` does.
 
-=================================  ======================================================
-``chroma:DIR``                     a Chroma persistent folder (``PersistentClient``)
-``chroma+http://HOST:PORT``        a Chroma server (``HttpClient``; ``chroma+https://``)
-``qdrant:DIR``                     a Qdrant local folder (``QdrantClient(path=DIR)``)
-``qdrant+http://HOST:PORT``        a Qdrant server (``QdrantClient(url=...)``)
-``faiss:DIR``                      a LangChain ``FAISS.save_local`` folder
-``postgresql://USER@HOST/DB``      pgvector (LangChain's ``PGVector`` tables)
-``milvus:FILE.db``                 a Milvus Lite file
-``lancedb:DIR``                    a LanceDB folder
-=================================  ======================================================
+The forms come from the store modules' specs (:func:`supported_schemes`), e.g.
+``chroma:DIR``, ``chroma+http://HOST:PORT``, ``qdrant:DIR``, ``faiss:DIR``,
+``postgresql://USER@HOST/DB``, ``milvus:FILE.db``, ``lancedb:DIR``.
 
 A scheme is offered only when its backend module is installed with nudge-rag. Nothing is
 created: a folder that does not exist, a collection that is not there, or a server that does
@@ -28,15 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from nudge_rag._store import EmbeddingStore
+from nudge_rag._errors import MetricUnknownError, StoreURIError
+from nudge_rag._store import DISTANCES, EmbeddingStore
+from nudge_rag.backends._spec import Scheme, StoreSpec, store_specs
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["OpenedStore", "StoreURIError", "open_store", "supported_schemes"]
-
-
-class StoreURIError(ValueError):
-    """``--store`` / ``--collection`` name no store that can be opened (nothing was touched)."""
 
 
 @dataclass
@@ -46,7 +37,7 @@ class OpenedStore:
     Attributes:
         backend: the :class:`~nudge_rag.EmbeddingStore`.
         uri: the URI as given.
-        kind: ``"chroma"``, ``"qdrant"``, ``"faiss"``, ``"pgvector"``, ``"milvus"``, ``"lancedb"``.
+        kind: the store's spec name (``StoreSpec.name``).
         collection: the collection or table opened.
     """
 
@@ -72,38 +63,27 @@ class OpenedStore:
         self.close()
 
 
-# scheme -> (example, backend module that must exist, opener name)
-_SCHEMES: dict[str, tuple[str, str, str]] = {
-    "chroma": ("chroma:DIR", "chroma", "_open_chroma_dir"),
-    "chroma+http": ("chroma+http://HOST:PORT", "chroma", "_open_chroma_http"),
-    "chroma+https": ("chroma+https://HOST:PORT", "chroma", "_open_chroma_http"),
-    "qdrant": ("qdrant:DIR", "qdrant", "_open_qdrant_dir"),
-    "qdrant+http": ("qdrant+http://HOST:PORT", "qdrant", "_open_qdrant_http"),
-    "qdrant+https": ("qdrant+https://HOST:PORT", "qdrant", "_open_qdrant_http"),
-    "faiss": ("faiss:DIR", "faiss", "_open_faiss"),
-    "postgresql": ("postgresql://USER@HOST:PORT/DB", "pgvector", "_open_pgvector"),
-    "postgres": ("postgres://USER@HOST:PORT/DB", "pgvector", "_open_pgvector"),
-    "postgresql+psycopg": ("postgresql+psycopg://...", "pgvector", "_open_pgvector"),
-    "milvus": ("milvus:FILE.db", "milvus", "_open_milvus"),
-    "lancedb": ("lancedb:DIR", "lancedb", "_open_lancedb"),
-}
-
-
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(f"nudge_rag.backends.{module}") is not None
+def _schemes() -> dict[str, tuple[Scheme, StoreSpec]]:
+    """``scheme -> (its Scheme, its store's spec)``, from the store modules' specs."""
+    return {sch.scheme: (sch, spec) for spec in store_specs() for sch in spec.schemes}
 
 
 def supported_schemes() -> list[str]:
     """The ``--store`` forms this installation can open (``"chroma:DIR"``, ...)."""
-    return [example for example, module, _ in _SCHEMES.values() if _available(module)]
+    return [sch.form for sch, _ in _schemes().values()]
 
 
-def open_store(uri: str, collection: str | None = None) -> OpenedStore:
+def open_store(
+    uri: str, collection: str | None = None, *, distance: str | None = None
+) -> OpenedStore:
     """Open the store ``uri`` names (and its ``collection``) for reading and writing vectors.
 
     Args:
         uri: see the module docstring.
         collection: the collection or table; may be left out when the store has one.
+        distance: ``"cosine"``, ``"dot"`` or ``"l2"``: how the store ranks, for a store whose
+            metric cannot be read (a pgvector table without an HNSW or IVFFlat index). A
+            store that records its metric must agree with it.
 
     Raises:
         StoreURIError: unknown scheme (the supported ones listed), a folder or file that does
@@ -111,12 +91,24 @@ def open_store(uri: str, collection: str | None = None) -> OpenedStore:
             answer, or a missing client library (with the extra to install).
     """
     scheme, sep, rest = str(uri).partition(":")
-    scheme = scheme.lower()
-    if not sep or scheme not in _SCHEMES or not _available(_SCHEMES[scheme][1]):
-        msg = f"--store {uri!r}: unknown store; supported: {', '.join(supported_schemes())}"
+    found = _schemes().get(scheme.lower()) if sep else None
+    if found is None:
+        shown = _redact(str(uri))
+        msg = f"--store {shown!r}: unknown store; supported: {', '.join(supported_schemes())}"
         raise StoreURIError(msg)
-    opener = globals()[_SCHEMES[scheme][2]]
-    return opener(uri, scheme, rest, collection)
+    if distance is not None and distance not in DISTANCES:
+        msg = f"--distance: expected one of {', '.join(DISTANCES)}, got {distance!r}"
+        raise StoreURIError(msg)
+    sch, spec = found
+    opened = spec.function(sch.opener)(uri, sch.scheme, rest, collection, distance)
+    if distance is not None and opened.backend.distance != distance:
+        opened.close()
+        msg = (
+            f"--distance {distance}: {opened.kind} collection {opened.collection!r} scores by "
+            f"{opened.backend.distance} (read from the store); leave --distance out"
+        )
+        raise StoreURIError(msg)
+    return opened
 
 
 # ---------------------------------------------------------------------- helpers
@@ -171,7 +163,9 @@ def _chroma_backend(client: Any, collection: str | None, uri: str) -> tuple[Any,
     return ChromaBackend(client.get_collection(name)), name
 
 
-def _open_chroma_dir(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_chroma_dir(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     path = _folder(rest, uri, "Chroma persist folder")
     if not path.is_dir() or not (path / "chroma.sqlite3").is_file():
         msg = f"--store {uri}: {path} is not a Chroma persist folder (no chroma.sqlite3)"
@@ -186,7 +180,9 @@ def _open_chroma_dir(uri: str, scheme: str, rest: str, collection: str | None) -
     return OpenedStore(backend, uri, "chroma", name)
 
 
-def _open_chroma_http(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_chroma_http(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     parts = urlsplit(uri.split("+", 1)[1])
     if not parts.hostname:
         msg = f"--store {uri!r}: expected chroma+http://HOST:PORT"
@@ -255,7 +251,9 @@ def _qdrant(client: Any, collection: str | None, uri: str) -> OpenedStore:
     return OpenedStore(backend, uri, "qdrant", str(name), client.close)
 
 
-def _open_qdrant_dir(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_qdrant_dir(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     path = _folder(rest, uri, "Qdrant local folder")
     if not path.is_dir() or not (path / "collection").is_dir():
         msg = f"--store {uri}: {path} is not a Qdrant local folder (no collection/ inside)"
@@ -269,7 +267,9 @@ def _open_qdrant_dir(uri: str, scheme: str, rest: str, collection: str | None) -
     return _qdrant(client, collection, uri)
 
 
-def _open_qdrant_http(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_qdrant_http(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     url = uri.split("+", 1)[1]
     qdrant_client = _import("qdrant_client", "qdrant", uri)
     try:
@@ -282,7 +282,9 @@ def _open_qdrant_http(uri: str, scheme: str, rest: str, collection: str | None) 
 
 
 # ---------------------------------------------------------------------- FAISS
-def _open_faiss(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_faiss(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     """A LangChain ``FAISS.save_local`` folder (``<name>.faiss`` + ``<name>.pkl``).
 
     The backend writes through to the saved index file, so the folder itself is tuned
@@ -323,7 +325,9 @@ class _NoEmbeddings:
 
 
 # ---------------------------------------------------------------------- pgvector
-def _open_pgvector(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_pgvector(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     """A pgvector table (``--collection data_<name>``) or LangChain collection (its name)."""
     _import("psycopg", "postgres", uri)
     from nudge_rag.backends.pgvector import PgVectorBackend
@@ -335,12 +339,21 @@ def _open_pgvector(uri: str, scheme: str, rest: str, collection: str | None) -> 
             "table (LlamaIndex: data_<table_name>)"
         )
         raise StoreURIError(msg)
+    unknown_metric = (
+        f"--store {shown} --collection {collection}: the table has no HNSW or IVFFlat index "
+        "to read the metric from; pass --distance cosine, dot or l2 (how your queries rank: "
+        "<=>, <#> or <->)"
+    )
     try:
         try:
-            backend = PgVectorBackend.from_url(uri, table=collection)
+            backend = PgVectorBackend.from_url(uri, table=collection, distance=distance)
+        except MetricUnknownError as err:
+            raise StoreURIError(unknown_metric) from err
         except ValueError as table_err:
             try:
-                backend = PgVectorBackend.from_url(uri, collection=collection)
+                backend = PgVectorBackend.from_url(uri, collection=collection, distance=distance)
+            except MetricUnknownError as err:
+                raise StoreURIError(unknown_metric) from err
             except ValueError as coll_err:
                 msg = (
                     f"--store {shown}: {collection!r} is neither a table "
@@ -358,7 +371,9 @@ def _open_pgvector(uri: str, scheme: str, rest: str, collection: str | None) -> 
 
 
 # ---------------------------------------------------------------------- Milvus Lite
-def _open_milvus(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_milvus(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     """A Milvus Lite ``.db`` file; ``--collection NAME`` or ``NAME:VECTOR_FIELD``."""
     path = _folder(rest, uri, "Milvus Lite .db file")
     pymilvus = _import("pymilvus", "milvus", uri)
@@ -392,7 +407,9 @@ def _open_milvus(uri: str, scheme: str, rest: str, collection: str | None) -> Op
 
 
 # ---------------------------------------------------------------------- LanceDB
-def _open_lancedb(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_lancedb(
+    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+) -> OpenedStore:
     """A LanceDB folder; ``--collection`` is the table."""
     path = _folder(rest, uri, "LanceDB folder")
     lancedb = _import("lancedb", "lancedb", uri)

@@ -16,6 +16,7 @@ import numpy as np
 
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
+from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
 
 __all__ = ["ChromaBackend"]
 
@@ -179,3 +180,41 @@ def from_langchain(vectorstore: Any) -> ChromaBackend:
 def from_llama_index(vector_store: Any) -> ChromaBackend:
     """Registry factory for LlamaIndex's ``ChromaVectorStore`` (``client`` is the collection)."""
     return ChromaBackend(vector_store.client)
+
+
+SPEC = StoreSpec(
+    name="chroma",
+    label="Chroma",
+    extra="chroma",
+    wrappers=(
+        Wrapper("langchain_chroma.vectorstores.Chroma", "langchain", "from_langchain"),
+        Wrapper(
+            "llama_index.vector_stores.chroma.base.ChromaVectorStore",
+            "llama-index",
+            "from_llama_index",
+        ),
+    ),
+    schemes=(
+        Scheme(
+            "chroma",
+            "chroma:DIR",
+            "nudge_rag.backends._uri:_open_chroma_dir",
+            "a Chroma persist folder (PersistentClient)",
+        ),
+        Scheme(
+            "chroma+http",
+            "chroma+http://HOST:PORT",
+            "nudge_rag.backends._uri:_open_chroma_http",
+            "a Chroma server (HttpClient)",
+        ),
+        Scheme(
+            "chroma+https",
+            "chroma+https://HOST:PORT",
+            "nudge_rag.backends._uri:_open_chroma_http",
+            "a Chroma server over TLS",
+        ),
+    ),
+    cosine_hint="metadata={'hnsw:space': 'cosine'} or configuration={'hnsw': {'space': 'cosine'}}",
+    dot_hint="metadata={'hnsw:space': 'ip'} or configuration={'hnsw': {'space': 'ip'}}",
+    after_writes="nothing: Chroma updates its HNSW index in place on upsert",
+)

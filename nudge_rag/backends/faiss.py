@@ -63,6 +63,7 @@ import numpy as np
 from nudge_rag._errors import MetricMismatchError, UnsupportedStoreError
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
+from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -592,3 +593,35 @@ def for_index(index: Any, *, folder: str | os.PathLike | None = None) -> FaissBa
     return from_llama_index(
         vector_store, folder=folder, nodes_dict=lambda: index.index_struct.nodes_dict
     )
+
+
+SPEC = StoreSpec(
+    name="faiss",
+    label="FAISS",
+    extra="faiss",
+    wrappers=(
+        Wrapper("langchain_community.vectorstores.faiss.FAISS", "langchain", "from_langchain"),
+        Wrapper(
+            "llama_index.vector_stores.faiss.base.FaissVectorStore",
+            "llama-index",
+            "from_llama_index",
+            index_factory="for_index",  # its ids are positions; the index maps them
+        ),
+        Wrapper(
+            "llama_index.vector_stores.faiss.map_store.FaissMapVectorStore",
+            "llama-index",
+            "from_llama_index_map",
+        ),
+    ),
+    schemes=(
+        Scheme(
+            "faiss",
+            "faiss:DIR",
+            "nudge_rag.backends._uri:_open_faiss",
+            "a LangChain FAISS.save_local folder",
+        ),
+    ),
+    cosine_hint="IndexFlatIP over normalized vectors (LangChain: normalize_L2=True)",
+    dot_hint="IndexFlatIP, LangChain distance_strategy=MAX_INNER_PRODUCT without normalize_L2",
+    after_writes="nothing for flat indexes; the saved files are rewritten atomically",
+)

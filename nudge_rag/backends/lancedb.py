@@ -19,6 +19,7 @@ import numpy as np
 from nudge_rag._errors import UnknownIdError
 from nudge_rag._store import DISTANCES, BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
+from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -384,3 +385,59 @@ def from_llama_index(vector_store: Any) -> LanceDBBackend:
             "refine_factor": getattr(vector_store, "refine_factor", None),
         },
     )
+
+
+def langchain_result_ids(vectorstore: Any) -> None:
+    """Wrap a langchain-community ``LanceDB``'s ``results_to_docs`` to set ``Document.id``.
+
+    That wrapper builds its Documents from the text and metadata columns only, although every
+    search result holds the id column (``_id_key``). Only this object changes, once, and only
+    documents without an id get one. Returns ``None``: the results then carry their ids.
+    """
+    if "results_to_docs" in vars(vectorstore):
+        return None
+    real = vectorstore.results_to_docs
+    id_key = getattr(vectorstore, "_id_key", "id")
+
+    def results_to_docs(results: Any, score: bool = False) -> Any:
+        out = real(results, score=score)
+        if id_key in results.schema.names:
+            for item, doc_id in zip(out, results[id_key].to_pylist()):
+                doc = item[0] if isinstance(item, tuple) else item
+                if doc.id is None and doc_id is not None:
+                    doc.id = str(doc_id)
+        return out
+
+    vectorstore.results_to_docs = results_to_docs
+    return None
+
+
+SPEC = StoreSpec(
+    name="lancedb",
+    label="LanceDB",
+    extra="lancedb",
+    wrappers=(
+        Wrapper(
+            "langchain_community.vectorstores.lancedb.LanceDB",
+            "langchain",
+            "from_langchain",
+            result_ids="langchain_result_ids",
+        ),
+        Wrapper(
+            "llama_index.vector_stores.lancedb.base.LanceDBVectorStore",
+            "llama-index",
+            "from_llama_index",
+        ),
+    ),
+    schemes=(
+        Scheme(
+            "lancedb",
+            "lancedb:DIR",
+            "nudge_rag.backends._uri:_open_lancedb",
+            "a LanceDB folder (--collection: the table)",
+        ),
+    ),
+    cosine_hint="distance_type='cosine' (LangChain: distance='cosine')",
+    dot_hint="distance_type='dot'",
+    after_writes="each write is a new table version (old versions stay until cleaned up)",
+)

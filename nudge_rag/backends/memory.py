@@ -18,6 +18,7 @@ from nudge_rag._queryset import row_index
 from nudge_rag._store import DISTANCES, BaseEmbeddingStore, Distance
 from nudge_rag._validation import check_matrix
 from nudge_rag.backends._common import as_rows, unknown_ids
+from nudge_rag.backends._spec import StoreSpec, Wrapper
 
 __all__ = ["ArrayStore", "InMemoryVectorStoreBackend", "SimpleVectorStoreBackend"]
 
@@ -253,3 +254,25 @@ def from_langchain_in_memory(vectorstore: Any) -> InMemoryVectorStoreBackend:
 def from_llama_index_simple(vector_store: Any) -> SimpleVectorStoreBackend:
     """Registry factory for LlamaIndex's ``SimpleVectorStore``."""
     return SimpleVectorStoreBackend(vector_store)
+
+
+SPEC = StoreSpec(
+    name="memory",
+    label="In memory",
+    extra="langchain",
+    wrappers=(
+        Wrapper(
+            "langchain_core.vectorstores.in_memory.InMemoryVectorStore",
+            "langchain",
+            "from_langchain_in_memory",
+        ),
+        Wrapper(
+            "llama_index.core.vector_stores.simple.SimpleVectorStore",
+            "llama-index",
+            "from_llama_index_simple",
+            extra="llama-index",
+        ),
+    ),
+    cosine_hint="InMemoryVectorStore and SimpleVectorStore rank by cosine",
+    restore="bit-exact (float32); originals in memory unless state_dir= is given",
+)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 from nudge_rag._errors import UnsupportedStoreError
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
+from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -437,3 +438,50 @@ def from_llama_index(vector_store: Any) -> MilvusBackend:
         uri=None,
         search_params=_search_params(getattr(vector_store, "search_config", None)),
     )
+
+
+def langchain_result_ids(vectorstore: Any) -> Callable[[list[Any]], None]:
+    """Set ``Document.id`` of langchain-milvus results from the primary-key field.
+
+    langchain-milvus leaves ``Document.id`` empty and puts the key in
+    ``metadata[<primary field>]`` (``"pk"`` by default).
+    """
+    key = getattr(vectorstore, "_primary_field", None) or "pk"
+
+    def set_ids(docs: list[Any]) -> None:
+        for doc in docs:
+            if doc.id is None and doc.metadata.get(key) is not None:
+                doc.id = str(doc.metadata[key])
+
+    return set_ids
+
+
+SPEC = StoreSpec(
+    name="milvus",
+    label="Milvus",
+    extra="milvus",
+    wrappers=(
+        Wrapper(
+            "langchain_milvus.vectorstores.milvus.Milvus",
+            "langchain",
+            "from_langchain",
+            result_ids="langchain_result_ids",
+        ),
+        Wrapper(
+            "llama_index.vector_stores.milvus.base.MilvusVectorStore",
+            "llama-index",
+            "from_llama_index",
+        ),
+    ),
+    schemes=(
+        Scheme(
+            "milvus",
+            "milvus:FILE.db",
+            "nudge_rag.backends._uri:_open_milvus",
+            "a Milvus Lite file (--collection NAME or NAME:VECTOR_FIELD)",
+        ),
+    ),
+    cosine_hint="metric_type='COSINE'",
+    dot_hint="metric_type='IP'",
+    after_writes="a flush after each batch of upserts",
+)

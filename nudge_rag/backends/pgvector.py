@@ -43,9 +43,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from nudge_rag._errors import MetricUnknownError, WriteBackError
 from nudge_rag._store import BaseEmbeddingStore
-from nudge_rag._writeback import WriteBackError
 from nudge_rag.backends._common import as_rows, unknown_ids
+from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -493,6 +494,38 @@ class PgVectorBackend(BaseEmbeddingStore):
 
         return self._run("read the indexes", work)
 
+    def refresh_index(self) -> None:
+        """``VACUUM (ANALYZE)`` the table when an HNSW or IVFFlat index serves it.
+
+        An in-place ``UPDATE`` leaves the old row version in the table and in its ANN index
+        until a vacuum. An HNSW graph whose neighbours are dead rows returns fewer than ``k``
+        live rows (nfcorpus: nDCG@10 32.2 before a fit, 23.7 after ``restore()``, some
+        ``LIMIT 10`` searches with 0 rows) until autovacuum gets to the table. The write-back
+        calls this after the last batch of a fit and of a restore, so the index serves the
+        new vectors at once. It runs outside any transaction (``VACUUM`` cannot run in one);
+        a failure is logged as a WARNING and leaves the vectors as written.
+        """
+        if not self.ann_indexes():
+            return
+        started = time.monotonic()
+
+        def work(conn: Any) -> None:
+            conn.execute(self._sql("VACUUM (ANALYZE) {t}"))
+
+        try:
+            self._run("vacuum the table", work)
+        except Exception as err:  # noqa: BLE001 - the vectors are written; only the index lags
+            logger.warning(
+                "%s: VACUUM (ANALYZE) after the write-back failed (%s: %s). The vectors are "
+                "written, but the ANN index may return fewer rows until the table is "
+                "vacuumed: run VACUUM (ANALYZE) on it.",
+                self.name,
+                type(err).__name__,
+                err,
+            )
+            return
+        logger.info("%s: VACUUM (ANALYZE) in %.1f s", self.name, time.monotonic() - started)
+
     def _read_distance(self, distance: str | None) -> str:
         indexes = self.ann_indexes()
         self._has_hnsw = any(method == "hnsw" for _, method, _ in indexes)
@@ -520,6 +553,7 @@ class PgVectorBackend(BaseEmbeddingStore):
                 f"{self.name} has no HNSW or IVFFlat index to read the metric from: pass "
                 "distance='cosine', 'dot' or 'l2' (how your queries rank: <=>, <#> or <->)"
             )
+            raise MetricUnknownError(msg)
         else:
             msg = f"{self.name} has indexes for {metrics}: pass distance= to choose one"
         raise ValueError(msg)
@@ -1172,6 +1206,7 @@ class PgVectorState:
                 self._delete_all(conn, ("nudge_plans", "nudge_pending"))
 
         self._do("finish the write-back", work)
+        self.backend.refresh_index()
 
     def finish_restore(self) -> None:
         """Every original is back: forget this target's state (one transaction)."""
@@ -1187,6 +1222,7 @@ class PgVectorState:
                     )
 
         self._do("finish the restore", work)
+        self.backend.refresh_index()
 
 
 class PgVectorLock:
@@ -1431,3 +1467,32 @@ def from_llama_index(vector_store: Any) -> PgVectorBackend:
     return PgVectorBackend(
         url, table=table, id_column="node_id", key_column="id", distance="cosine"
     )
+
+
+SPEC = StoreSpec(
+    name="pgvector",
+    label="pgvector",
+    extra="postgres",
+    wrappers=(
+        Wrapper("langchain_postgres.vectorstores.PGVector", "langchain", "from_langchain"),
+        Wrapper(
+            "llama_index.vector_stores.postgres.base.PGVectorStore",
+            "llama-index",
+            "from_llama_index",
+        ),
+    ),
+    schemes=tuple(
+        Scheme(
+            scheme,
+            f"{scheme}://USER@HOST:PORT/DB",
+            "nudge_rag.backends._uri:_open_pgvector",
+            "a PostgreSQL database with pgvector (--collection: the table or LangChain collection)",
+        )
+        for scheme in ("postgresql", "postgres", "postgresql+psycopg")
+    ),
+    cosine_hint="cosine distance (<=>, an index with vector_cosine_ops)",
+    dot_hint="inner-product distance (<#>, an index with vector_ip_ops)",
+    after_writes="VACUUM (ANALYZE) after a fit and after a restore when an HNSW or IVFFlat "
+    "index serves the column, so the index stops returning dead row versions",
+    restore="bit-exact (float32); originals in side tables of the same database",
+)

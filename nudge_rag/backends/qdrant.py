@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
+from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
 
 __all__ = ["QdrantBackend"]
 
@@ -227,3 +228,60 @@ def from_llama_index(vector_store: Any) -> QdrantBackend:
     # Reading the collection's vector format sets ``dense_vector_name`` on old layouts.
     vector_name = getattr(vector_store, "dense_vector_name", "text-dense")
     return QdrantBackend(vector_store.client, vector_store.collection_name, vector_name)
+
+
+def langchain_result_ids(vectorstore: Any) -> Callable[[list[Any]], None]:
+    """Set ``Document.id`` of langchain-qdrant results from ``metadata["_id"]``.
+
+    Older langchain-qdrant releases copy the point id into the metadata only.
+    """
+
+    def set_ids(docs: list[Any]) -> None:
+        for doc in docs:
+            if doc.id is None and doc.metadata.get("_id") is not None:
+                doc.id = str(doc.metadata["_id"])
+
+    return set_ids
+
+
+SPEC = StoreSpec(
+    name="qdrant",
+    label="Qdrant",
+    extra="qdrant",
+    wrappers=(
+        Wrapper(
+            "langchain_qdrant.qdrant.QdrantVectorStore",
+            "langchain",
+            "from_langchain",
+            result_ids="langchain_result_ids",
+        ),
+        Wrapper(
+            "llama_index.vector_stores.qdrant.base.QdrantVectorStore",
+            "llama-index",
+            "from_llama_index",
+        ),
+    ),
+    schemes=(
+        Scheme(
+            "qdrant",
+            "qdrant:DIR",
+            "nudge_rag.backends._uri:_open_qdrant_dir",
+            "a Qdrant local folder (QdrantClient(path=DIR))",
+        ),
+        Scheme(
+            "qdrant+http",
+            "qdrant+http://HOST:PORT",
+            "nudge_rag.backends._uri:_open_qdrant_http",
+            "a Qdrant server",
+        ),
+        Scheme(
+            "qdrant+https",
+            "qdrant+https://HOST:PORT",
+            "nudge_rag.backends._uri:_open_qdrant_http",
+            "a Qdrant server over TLS",
+        ),
+    ),
+    cosine_hint="Distance.COSINE",
+    dot_hint="Distance.DOT",
+    after_writes="nothing: Qdrant re-indexes upserted points itself",
+)
