@@ -436,3 +436,7 @@ def _redact(uri: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return parts._replace(netloc=netloc).geturl()
     return uri
+
+
+#: The helpers an opener in a store module uses (the names say what they check).
+choose, existing_path, need = _choose, _folder, _import

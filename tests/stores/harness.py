@@ -1,0 +1,161 @@
+"""One harness for every store: how to make a filled store the way its users do.
+
+A :class:`StoreKind` makes a store holding given documents (ids, texts, metadata, vectors)
+through the framework wrapper its users run, in one *configuration* (exact search, or the
+ANN index users build: ``"hnsw"``, ``"ivfflat"``, ...), and says what the contract may expect
+of it (ids it accepts, how exactly ``restore`` gives vectors back). A store's test file is
+its ``StoreKind`` and a subclass of :class:`~tests.stores.contract.StoreContract`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+_HERE = Path(__file__).resolve().parent
+for _path in (_HERE.parent, _HERE.parent / "integration_langchain"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from langchain_helpers import LookupEmbeddings  # noqa: E402
+
+#: Ids every store with free-form string ids must keep exactly.
+ODD_IDS = [
+    "it's",
+    'say "hi"',
+    "two\nlines",
+    "tab\there",
+    "back\\slash",
+    "emoji 😀🚀",
+    "ümlaut-ß",
+    "x" * 300,
+    "semi;colon -- DROP TABLE t",
+    "%s %(x)s {}",
+]
+
+
+@dataclass
+class Docs:
+    """Documents to put in a store: ids, texts, metadata and ``(n, dim)`` float32 vectors."""
+
+    ids: list[str]
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+    vectors: np.ndarray
+    queries: Mapping[str, np.ndarray] = field(default_factory=dict)  # question -> vector
+
+    def embeddings(self) -> LookupEmbeddings:
+        """A lookup "model" serving the documents' and questions' vectors by text."""
+        table = dict(zip(self.texts, self.vectors, strict=True))
+        table.update(self.queries)
+        default = np.zeros(self.vectors.shape[1], dtype=np.float32)
+        default[0] = 1.0  # wrappers probe the dimension with a text of their own
+        return LookupEmbeddings(table, default=default)
+
+
+@dataclass
+class Made:
+    """A filled store: the framework wrapper users hold, and how the CLI names it.
+
+    Attributes:
+        store: the LangChain ``VectorStore`` or LlamaIndex ``BasePydanticVectorStore``.
+        framework: ``"langchain"`` or ``"llama-index"``.
+        uri: the CLI's ``--store`` (``None``: not on the command line).
+        collection: the CLI's ``--collection``.
+        close: releases the store's client.
+    """
+
+    store: Any
+    framework: str = "langchain"
+    uri: str | None = None
+    collection: str | None = None
+    close: Callable[[], None] = lambda: None
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(id, text, metadata)`` of the wrapper's own top ``k`` for ``vector``."""
+        vector = np.asarray(vector, dtype=np.float32).tolist()
+        if self.framework == "langchain":
+            from nudge_rag.backends import langchain_result_ids
+
+            set_ids = langchain_result_ids(self.store)  # as NudgeRetriever does, first
+            docs = self.store.similarity_search_by_vector(vector, k=k)
+            if set_ids is not None:
+                set_ids(docs)
+            return [(str(d.id), d.page_content, dict(d.metadata)) for d in docs]
+        from llama_index.core.vector_stores.types import VectorStoreQuery
+
+        result = self.store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=k))
+        return [(n.node_id, n.get_content(), dict(n.metadata)) for n in result.nodes]
+
+
+class StoreKind:
+    """How to make one store, and what the contract expects of it.
+
+    Attributes:
+        name: the store's spec name.
+        configs: the index configurations users run (the first is the default one).
+        approximate: configurations whose search is approximate (ANN).
+        odd_ids: whether ids are free-form strings (else the store assigns them).
+        restore_atol: how close ``restore`` gets to the original float32 vectors.
+        refused: configuration -> the message (regex) of the error that refuses it before
+            anything is written.
+        module_needed: the client module; tests skip (naming the extra) where it is missing.
+        extra: the pip extra that installs the store.
+    """
+
+    name: ClassVar[str] = ""
+    configs: ClassVar[tuple[str, ...]] = ("exact",)
+    approximate: ClassVar[frozenset[str]] = frozenset()
+    odd_ids: ClassVar[bool] = True
+    restore_atol: ClassVar[float] = 0.0
+    refused: ClassVar[Mapping[str, str]] = {}
+    module_needed: ClassVar[str] = ""
+    extra: ClassVar[str] = ""
+
+    def skip_if_missing(self) -> None:
+        """Skip with the extra's name when the store's client is not installed."""
+        if self.module_needed:
+            pytest.importorskip(self.module_needed, reason=f"pip install 'nudge-rag[{self.extra}]'")
+
+    def make(self, tmp_path: Path, docs: Docs, config: str, request: Any) -> Made:
+        """A store holding ``docs`` in configuration ``config``."""
+        raise NotImplementedError
+
+    def set_search(self, made: Made, config: str) -> None:
+        """Set the search settings of ``config`` on the wrapper (default: nothing)."""
+
+    def ann_slack(self, config: str) -> float:
+        """How much more an ANN configuration may lose to exact search after a fit (nDCG)."""
+        return 0.01
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to norm 1, float32."""
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def toy_docs(n: int = 60, dim: int = 16, seed: int = 0, ids: Sequence[str] | None = None) -> Docs:
+    """``n`` documents with random unit vectors, and two noisy questions per document."""
+    rng = np.random.default_rng(seed)
+    vectors = unit_rows(rng.standard_normal((n, dim)))
+    ids = list(ids) if ids is not None else [f"doc-{k}" for k in range(n)]
+    texts = [f"passage {k} of set {seed}" for k in range(n)]
+    metadatas = [{"row": k, "title": f"title {k}"} for k in range(n)]
+    queries = {}
+    for k in range(n):
+        for j in range(2):
+            q = vectors[k] + 0.6 * rng.standard_normal(dim).astype(np.float32)
+            queries[f"question {j} about passage {k}?"] = q / np.linalg.norm(q)
+    return Docs(ids, texts, metadatas, vectors, queries)
+
+
+def env_data_dir() -> Path:
+    """The shared data folder (``$NUDGE_RAG_DATA`` or ``../shared/data``)."""
+    return Path(os.environ.get("NUDGE_RAG_DATA", _HERE.parents[2] / "shared" / "data"))
