@@ -24,6 +24,7 @@ __all__ = [
     "DISTANCES",
     "Distance",
     "EmbeddingStore",
+    "IndexedEmbeddingStore",
     "SearchableEmbeddingStore",
     "UNIT_NORM_TOL",
     "check_similarity",
@@ -112,6 +113,20 @@ class SearchableEmbeddingStore(EmbeddingStore, Protocol):
             fewer than ``k`` came back). Stores that score otherwise convert (e.g. cosine
             distance ``d`` to ``1 - d``).
         """
+        ...
+
+
+@runtime_checkable
+class IndexedEmbeddingStore(Protocol):
+    """A store whose index needs work after in-place writes to keep serving well.
+
+    :class:`~nudge_rag.WriteBack` calls :meth:`refresh_index` once a fit, a restore or a resume
+    has written its last batch (pgvector: ``VACUUM (ANALYZE)``, so an HNSW or IVFFlat index
+    stops returning dead row versions).
+    """
+
+    def refresh_index(self) -> None:
+        """Bring the store's index up to date with the vectors just written."""
         ...
 
 

@@ -51,7 +51,7 @@ from nudge_rag._errors import StoreBusyError, WriteBackError
 from nudge_rag._files import atomic_save_npz, atomic_write_json, fsync_dir
 from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
 from nudge_rag._queryset import row_index
-from nudge_rag._store import EmbeddingStore
+from nudge_rag._store import EmbeddingStore, IndexedEmbeddingStore
 from nudge_rag._validation import check_matrix, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -1197,6 +1197,8 @@ class WriteBack:
         else:
             self._state.finish_apply(self._state.pending_meta())
         logger.info("%s complete: %d vector(s) written", kind, written)
+        if isinstance(self.store, IndexedEmbeddingStore):  # e.g. pgvector: VACUUM (ANALYZE)
+            self.store.refresh_index()
 
 
 def _scatter(got: np.ndarray | None, mask: np.ndarray) -> np.ndarray:

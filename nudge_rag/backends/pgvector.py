@@ -500,9 +500,10 @@ class PgVectorBackend(BaseEmbeddingStore):
         An in-place ``UPDATE`` leaves the old row version in the table and in its ANN index
         until a vacuum. An HNSW graph whose neighbours are dead rows returns fewer than ``k``
         live rows (nfcorpus: nDCG@10 32.2 before a fit, 23.7 after ``restore()``, some
-        ``LIMIT 10`` searches with 0 rows) until autovacuum gets to the table. The write-back
-        calls this after the last batch of a fit and of a restore, so the index serves the
-        new vectors at once. It runs outside any transaction (``VACUUM`` cannot run in one);
+        ``LIMIT 10`` searches with 0 rows) until autovacuum gets to the table.
+        :class:`~nudge_rag.WriteBack` calls this after the last batch of a fit, a restore and
+        a resume (:class:`~nudge_rag.IndexedEmbeddingStore`), so the index serves the new
+        vectors at once. It runs outside any transaction (``VACUUM`` cannot run in one);
         a failure is logged as a WARNING and leaves the vectors as written.
         """
         if not self.ann_indexes():
@@ -1206,7 +1207,6 @@ class PgVectorState:
                 self._delete_all(conn, ("nudge_plans", "nudge_pending"))
 
         self._do("finish the write-back", work)
-        self.backend.refresh_index()
 
     def finish_restore(self) -> None:
         """Every original is back: forget this target's state (one transaction)."""
@@ -1222,7 +1222,6 @@ class PgVectorState:
                     )
 
         self._do("finish the restore", work)
-        self.backend.refresh_index()
 
 
 class PgVectorLock:

@@ -57,13 +57,15 @@ class StoreContract:
     def made(self, kind, config, tmp_path, request) -> Made:
         if config in kind.refused:
             pytest.skip("refused configuration: test_refused_configuration covers it")
-        made = kind.make(tmp_path, toy_docs(), config, request)
+        docs = toy_docs()
+        made = kind.make(tmp_path, docs, config, request)
+        made.docs = docs
         yield made
         made.close()
 
     # ------------------------------------------------------------------ reads and writes
     def test_reads_in_any_order(self, made, tmp_path):
-        docs = toy_docs()
+        docs = made.docs
         backend = backend_for(made.store)
         assert sorted(backend.list_ids()) == sorted(docs.ids)
         assert backend.count() == len(docs.ids)
@@ -74,7 +76,7 @@ class StoreContract:
         assert backend.distance in ("cosine", "l2", "dot")
 
     def test_write_in_place_keeps_text_and_metadata(self, made, kind):
-        docs = toy_docs()
+        docs = made.docs
         backend = backend_for(made.store)
         moved = docs.ids[::3]
         new = np.roll(docs.vectors[::3], 1, axis=1)  # other unit vectors
@@ -91,7 +93,7 @@ class StoreContract:
                 assert metadata.get(key) == value
 
     def test_unknown_ids_are_named(self, made):
-        docs = toy_docs()
+        docs = made.docs
         backend = backend_for(made.store)
         with pytest.raises(KeyError, match="no-such-doc"):
             backend.get_vectors([docs.ids[0], "no-such-doc"])
@@ -99,7 +101,7 @@ class StoreContract:
             backend.set_vectors(["no-such-doc"], docs.vectors[:1])
 
     def test_nudge_m_is_refused_on_a_cosine_store_before_writing(self, made, tmp_path):
-        docs = toy_docs()
+        docs = made.docs
         backend = backend_for(made.store)
         if backend.distance == "dot":
             pytest.skip("an inner-product store takes NUDGE-M")
@@ -110,7 +112,7 @@ class StoreContract:
         np.testing.assert_allclose(backend.get_vectors(docs.ids), docs.vectors, atol=1e-6)
 
     def test_nearest_agrees_with_exact_search(self, made, kind, config):
-        docs = toy_docs()
+        docs = made.docs
         backend = backend_for(made.store)
         if not isinstance(backend, SearchableEmbeddingStore):
             pytest.skip("the backend reads every vector instead (no store-side search)")
@@ -129,7 +131,7 @@ class StoreContract:
 
     # ------------------------------------------------------------------ the write-back
     def test_tune_then_restore(self, made, kind, tmp_path):
-        docs = toy_docs()
+        docs = made.docs
         backend = backend_for(made.store)
         queries, answers = _pairs(docs)
         tuner = StoreTuner(made.store, state_dir=tmp_path / "state")
@@ -147,7 +149,7 @@ class StoreContract:
         assert not tuner.writeback.status().tuned
 
     def test_a_second_writer_is_refused(self, made, tmp_path):
-        docs = toy_docs()
+        docs = made.docs
         queries, answers = _pairs(docs)
         first = StoreTuner(made.store, state_dir=tmp_path / "state")
         second = StoreTuner(made.store, state_dir=tmp_path / "state", lock_timeout=0)
@@ -171,7 +173,7 @@ class StoreContract:
         np.testing.assert_allclose(backend.get_vectors(docs.ids), docs.vectors, atol=1e-6)
 
     def test_restore_keeps_a_users_edit(self, made, kind, tmp_path):
-        docs = toy_docs()
+        docs = made.docs
         queries, answers = _pairs(docs)
         tuner = StoreTuner(made.store, state_dir=tmp_path / "state", solver_params={"gamma": 0.5})
         result = tuner.tune_embedded(queries, answers)
@@ -214,6 +216,44 @@ class StoreContract:
         finally:
             made.close()
 
+    def test_command_line_tune_status_restore(self, made, kind, tmp_path, monkeypatch, capsys):
+        if made.uri is None:
+            pytest.skip("not on the command line")
+        import json
+
+        from nudge_rag.cli import main
+
+        docs = made.docs
+        queries, answers = _pairs(docs)
+        texts = list(docs.queries)
+        for name, rows in (("train", slice(0, None, 2)), ("dev", slice(1, None, 2))):
+            lines = [
+                json.dumps({"question": q, "doc_ids": a})
+                for q, a in zip(texts[rows], answers[rows])
+            ]
+            (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        lookup = tmp_path / "questions.npz"
+        np.savez(lookup, texts=np.asarray(texts), vectors=queries)
+        monkeypatch.setenv("NUDGE_CLI_QUESTIONS", str(lookup))
+        monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+        store = ["--store", made.uri, "--collection", made.collection, *made.cli_args]
+        state = ["--state-dir", str(tmp_path / "cli_state")]
+        tune = ["tune", *store, *state, "--pairs", str(tmp_path / "train.jsonl")]
+        tune += ["--val-pairs", str(tmp_path / "dev.jsonl"), "--gamma", "0.5", "--json"]
+        tune += ["--embed", "test_cli_stores:LookupEmbeddings", "--progress", "off"]
+        assert main(tune) == 0, capsys.readouterr().err
+        tuned = json.loads(capsys.readouterr().out)
+        backend = backend_for(made.store)
+        assert not np.allclose(backend.get_vectors(docs.ids), docs.vectors, atol=1e-4)
+        assert main(["status", *store, *state, "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["tuned"] is True, status
+        assert main(["restore", *store, *state]) == 0, capsys.readouterr().err
+        np.testing.assert_allclose(
+            backend.get_vectors(docs.ids), docs.vectors, rtol=0, atol=kind.restore_atol
+        )
+        assert tuned
+
     def test_refused_configuration(self, kind, config, tmp_path, request):
         if config not in kind.refused:
             pytest.skip("a supported configuration")
@@ -239,20 +279,22 @@ class StoreContract:
         vectors = np.asarray(ds.doc_embeddings, dtype=np.float32)
         ids = list(ds.doc_ids)
         docs = Docs(
-            ids,
+            list(ids),
             [f"[{i}] {t}" for i, t in zip(ids, ds.doc_texts)],  # unique texts
             [{"row": k} for k in range(len(ids))],
             vectors,
             query_vectors(ds),
         )
         made = kind.make(tmp_path, docs, config, request)
+        to_store = dict(zip(ids, docs.ids))  # the store's own ids (rowids) where it gives them
+        to_ds = dict(zip(docs.ids, ids))
         try:
             tuner = StoreTuner(made.store, state_dir=tmp_path / "st")
             test = ds.test
 
             def ndcg() -> float:
                 kind.set_search(made, config)
-                hits = [[h[0] for h in made.search(q, K)] for q in test.query_embeddings]
+                hits = [[to_ds[h[0]] for h in made.search(q, K)] for q in test.query_embeddings]
                 assert min(len(h) for h in hits) == K, "a query got fewer than k results"
                 return ranked_ndcg(ds, hits, K)
 
@@ -260,12 +302,12 @@ class StoreContract:
             before = ndcg()
             tuner.tune_embedded(
                 train.query_embeddings,
-                _answer_ids(ds, train),
+                _answer_ids(ds, train, to_store),
                 dev.query_embeddings,
-                _answer_ids(ds, dev),
+                _answer_ids(ds, dev, to_store),
             )
             after = ndcg()
-            tuned = tuner.store.get_vectors(ids)
+            tuned = tuner.store.get_vectors(docs.ids)
             exact_after = exact_ndcg(ds, tuned)
             fitted = NudgeN().fit(vectors, train.queryset(), dev.queryset())
             arrays = exact_ndcg(ds, fitted.embeddings_)
@@ -286,7 +328,9 @@ class StoreContract:
             )
             assert exact_after == pytest.approx(arrays, abs=0.005)
             if config in kind.approximate:
-                assert restored == pytest.approx(before, abs=0.005)
+                # no worse than before (the planner may pick a sequential scan once the
+                # table is analyzed: then better, exact)
+                assert restored >= before - 0.005
                 loss_before, loss_after = exact_before - before, exact_after - after
                 assert loss_after <= loss_before + kind.ann_slack(config)
             else:
@@ -297,10 +341,10 @@ class StoreContract:
             made.close()
 
 
-def _answer_ids(ds, split) -> list[list[str]]:
+def _answer_ids(ds, split, to_store: dict[str, str]) -> list[list[str]]:
     rel = split.relevance
     return [
-        [ds.doc_ids[int(r)] for r in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]]
+        [to_store[ds.doc_ids[int(r)]] for r in rel.indices[rel.indptr[q] : rel.indptr[q + 1]]]
         for q in range(split.n_queries)
     ]
 
@@ -312,4 +356,3 @@ def backend_vectors_of(docs: Docs, ids: list[str]) -> np.ndarray:
 
 
 __all__ = ["StoreContract", "K"]
-del Path

@@ -77,6 +77,8 @@ class Made:
     uri: str | None = None
     collection: str | None = None
     close: Callable[[], None] = lambda: None
+    cli_args: tuple[str, ...] = ()  # more --store arguments the CLI needs (e.g. --distance)
+    docs: Docs | None = None  # what it holds, with the ids the store gave them
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[str, str, dict[str, Any]]]:
         """``(id, text, metadata)`` of the wrapper's own top ``k`` for ``vector``."""
