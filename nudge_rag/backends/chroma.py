@@ -124,8 +124,13 @@ class ChromaBackend(BaseEmbeddingStore):
         """``collection.update`` of the embeddings only; documents and metadata stay."""
         ids = list(ids)
         matrix = as_rows(ids, vectors)
-        if ids:
-            self.collection.update(ids=ids, embeddings=matrix)
+        if not ids:
+            return
+        # Chroma's update skips unknown ids with a log line: check first, write nothing then
+        found = set(self.collection.get(ids=ids, include=[])["ids"])
+        if len(found) != len(set(ids)):
+            raise unknown_ids(ids, found, f"Chroma collection {self.name!r}")
+        self.collection.update(ids=ids, embeddings=matrix)
 
     def nearest(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """The collection's own (HNSW) kNN: ids and cosine similarity per query row."""

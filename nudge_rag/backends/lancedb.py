@@ -203,12 +203,24 @@ class LanceDBBackend(BaseEmbeddingStore):
         path = Path(uri.removeprefix("file://"))
         return path.parent / STATE_FOLDER / self.name
 
+    def _latest(self) -> None:
+        """Read the table's latest version: another handle (or process) may have written.
+
+        A LanceDB table handle keeps the version it was opened at; without this, a backend
+        opened before a fit would go on reading the old vectors.
+        """
+        checkout = getattr(self.table, "checkout_latest", None)
+        if callable(checkout):
+            checkout()
+
     def count(self) -> int:
         """Number of rows."""
+        self._latest()
         return int(self.table.count_rows())
 
     def list_ids(self) -> list[str]:
         """All ids as text, scanned ``page_size`` rows at a time, in storage order."""
+        self._latest()
         reader = self.table.search().select([self.id_column]).limit(None).to_batches(self.page_size)
         ids: list[str] = []
         for batch in reader:
@@ -236,6 +248,7 @@ class LanceDBBackend(BaseEmbeddingStore):
         ids = [str(i) for i in ids]
         if not ids:
             return np.zeros((0, max(self.dim, 0)), dtype=np.float32)
+        self._latest()
         found: dict[str, np.ndarray] = {}
         for start in range(0, len(ids), self.page_size):
             block = ids[start : start + self.page_size]
@@ -300,6 +313,7 @@ class LanceDBBackend(BaseEmbeddingStore):
         result = self.table.merge_insert(self.id_column).when_matched_update_all().execute(data)
         updated = getattr(result, "num_updated_rows", None)
         if updated is not None and int(updated) < len(ids):
+            self.get_vectors(ids)  # raises the error naming the missing ids
             msg = (
                 f"LanceDB table {self.name!r}: {len(ids) - int(updated)} of {len(ids)} ids were "
                 "not found, so their vectors were not written"

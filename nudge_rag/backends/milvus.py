@@ -10,6 +10,7 @@ searches with ``client.search``. ``pymilvus`` is imported only by :meth:`MilvusB
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -305,7 +306,13 @@ class MilvusBackend(BaseEmbeddingStore):
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), self.page_size):
             keys = [self._key(i) for i in ids[start : start + self.page_size]]
-            for row in self.client.query(self.collection_name, ids=keys, output_fields=fields):
+            # the filter is written here: pymilvus's ids= does not escape "\" in string keys
+            literals = ", ".join(
+                json.dumps(k, ensure_ascii=False) if isinstance(k, str) else str(int(k))
+                for k in keys
+            )
+            where = f"{self.primary_field} in [{literals}]"
+            for row in self.client.query(self.collection_name, filter=where, output_fields=fields):
                 found[str(row[self.primary_field])] = row
         if len(found) != len(set(ids)):
             raise unknown_ids(ids, found, f"Milvus collection {self.collection_name!r}")

@@ -80,8 +80,11 @@ class Made:
     cli_args: tuple[str, ...] = ()  # more --store arguments the CLI needs (e.g. --distance)
     docs: Docs | None = None  # what it holds, with the ids the store gave them
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[str, str, dict[str, Any]]]:
-        """``(id, text, metadata)`` of the wrapper's own top ``k`` for ``vector``."""
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[str, Any, Any]]:
+        """``(id, text, metadata)`` of the wrapper's own top ``k`` for ``vector``.
+
+        Text and metadata are ``None`` where the vector store does not hold them.
+        """
         vector = np.asarray(vector, dtype=np.float32).tolist()
         if self.framework == "langchain":
             from nudge_rag.backends import langchain_result_ids
@@ -94,6 +97,8 @@ class Made:
         from llama_index.core.vector_stores.types import VectorStoreQuery
 
         result = self.store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=k))
+        if result.nodes is None:  # SimpleVectorStore: text and metadata live in the docstore
+            return [(i, None, None) for i in result.ids]
         return [(n.node_id, n.get_content(), dict(n.metadata)) for n in result.nodes]
 
 

@@ -1,0 +1,57 @@
+"""FAISS through LangChain's ``FAISS``: a flat inner-product index over normalized vectors,
+and an ``IndexIVFFlat`` (``nlist`` = 4 * sqrt(n), default ``nprobe`` = 1) as users build it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .contract import StoreContract
+from .harness import Made, StoreKind
+
+
+class FaissKind(StoreKind):
+    name = "faiss"
+    configs = ("flat", "ivf")
+    approximate = frozenset({"ivf"})
+    module_needed = "faiss"
+    extra = "faiss"
+
+    def make(self, tmp_path, docs, config, request) -> Made:
+        import faiss
+        from langchain_community.docstore.in_memory import InMemoryDocstore
+        from langchain_community.vectorstores import FAISS
+        from langchain_community.vectorstores.utils import DistanceStrategy
+
+        dim = docs.vectors.shape[1]
+        if config == "flat":
+            index = faiss.IndexFlatIP(dim)
+        else:
+            # FAISS's rule of thumb, with the 39 training points a list it asks for
+            nlist = max(1, min(int(4 * np.sqrt(len(docs.ids))), len(docs.ids) // 39))
+            index = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
+            )
+            index.train(docs.vectors)
+        store = FAISS(
+            docs.embeddings(),
+            index,
+            InMemoryDocstore(),
+            {},
+            normalize_L2=True,
+            distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+        )
+        store.add_embeddings(
+            list(zip(docs.texts, docs.vectors.tolist())), metadatas=docs.metadatas, ids=docs.ids
+        )
+        if config == "flat":
+            folder = tmp_path / "faiss"
+            store.save_local(str(folder))
+            return Made(store, "langchain", f"faiss:{folder}", "index")
+        return Made(store, "langchain")
+
+    def set_search(self, made, config) -> None:
+        pass
+
+
+class TestFaiss(StoreContract):
+    KIND = FaissKind

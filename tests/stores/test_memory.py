@@ -1,0 +1,36 @@
+"""LangChain's ``InMemoryVectorStore`` and LlamaIndex's ``SimpleVectorStore`` (exact cosine)."""
+
+from __future__ import annotations
+
+from .contract import StoreContract
+from .harness import Made, StoreKind
+
+
+class MemoryKind(StoreKind):
+    name = "memory"
+    configs = ("langchain", "llama-index")
+    module_needed = "langchain_core"
+    extra = "langchain"
+
+    def make(self, tmp_path, docs, config, request) -> Made:
+        if config == "langchain":
+            from langchain_core.vectorstores import InMemoryVectorStore
+
+            store = InMemoryVectorStore(docs.embeddings())
+            store.add_texts(docs.texts, metadatas=docs.metadatas, ids=docs.ids)
+            return Made(store, "langchain")
+        from llama_index.core.schema import TextNode
+        from llama_index.core.vector_stores import SimpleVectorStore
+
+        store = SimpleVectorStore()
+        store.add(
+            [
+                TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
+                for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors)
+            ]
+        )
+        return Made(store, "llama-index")
+
+
+class TestMemory(StoreContract):
+    KIND = MemoryKind

@@ -1,0 +1,42 @@
+"""Qdrant through LangChain's ``QdrantVectorStore`` on a local folder (exact search)."""
+
+from __future__ import annotations
+
+from .contract import StoreContract
+from .harness import Made, StoreKind
+
+
+class QdrantKind(StoreKind):
+    name = "qdrant"
+    configs = ("local",)
+    module_needed = "langchain_qdrant"
+    extra = "qdrant"
+    odd_ids = False  # Qdrant point ids are unsigned integers or UUIDs
+
+    def make(self, tmp_path, docs, config, request) -> Made:
+        import uuid
+
+        from langchain_qdrant import QdrantVectorStore
+        from qdrant_client import QdrantClient, models
+
+        folder = tmp_path / "qdrant"
+        client = QdrantClient(path=str(folder))
+        client.create_collection(
+            "contract",
+            vectors_config=models.VectorParams(
+                size=docs.vectors.shape[1], distance=models.Distance.COSINE
+            ),
+        )
+        store = QdrantVectorStore(client, "contract", embedding=docs.embeddings())
+        docs.ids[:] = [str(uuid.uuid5(uuid.NAMESPACE_URL, i)) for i in docs.ids]
+        for s in range(0, len(docs.ids), 2000):
+            store.add_texts(
+                docs.texts[s : s + 2000],
+                metadatas=docs.metadatas[s : s + 2000],
+                ids=docs.ids[s : s + 2000],
+            )
+        return Made(store, "langchain", None, "contract", client.close)
+
+
+class TestQdrant(StoreContract):
+    KIND = QdrantKind
