@@ -51,13 +51,13 @@ class Docs:
     vectors: np.ndarray
     queries: Mapping[str, np.ndarray] = field(default_factory=dict)  # question -> vector
 
-    def embeddings(self) -> LookupEmbeddings:
+    def embeddings(self, as_arrays: bool = False) -> LookupEmbeddings:
         """A lookup "model" serving the documents' and questions' vectors by text."""
         table = dict(zip(self.texts, self.vectors, strict=True))
         table.update(self.queries)
         default = np.zeros(self.vectors.shape[1], dtype=np.float32)
         default[0] = 1.0  # wrappers probe the dimension with a text of their own
-        return LookupEmbeddings(table, default=default)
+        return LookupEmbeddings(table, default=default, as_arrays=as_arrays)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """FAISS through LangChain's ``FAISS``: a flat inner-product index over normalized vectors,
-and an ``IndexIVFFlat`` (``nlist`` = 4 * sqrt(n), default ``nprobe`` = 1) as users build it."""
+an ``IndexIVFFlat`` (``nlist`` = 4 * sqrt(n), default ``nprobe`` = 1) as users build it, and
+an ``IndexHNSWFlat``, which cannot be updated in place and is refused."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from .harness import Made, StoreKind
 
 class FaissKind(StoreKind):
     name = "faiss"
-    configs = ("flat", "ivf")
+    configs = ("flat", "ivf", "hnsw")
     approximate = frozenset({"ivf"})
+    # an HNSW graph cannot move a vector in place: refused before anything is written,
+    # naming the index types that can
+    refused = {"hnsw": "IndexFlatIP / IndexFlatL2"}
     module_needed = "faiss"
     extra = "faiss"
 
@@ -25,6 +29,8 @@ class FaissKind(StoreKind):
         dim = docs.vectors.shape[1]
         if config == "flat":
             index = faiss.IndexFlatIP(dim)
+        elif config == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         else:
             # FAISS's rule of thumb, with the 39 training points a list it asks for
             nlist = max(1, min(int(4 * np.sqrt(len(docs.ids))), len(docs.ids) // 39))
