@@ -41,6 +41,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from nudge_rag._errors import UnknownIdError
+from nudge_rag._masking import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ class _Postgres(_Sql):
         self.url = url
 
     def __repr__(self) -> str:
-        return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", self.url)  # no password
+        return mask_secrets(self.url)  # no password, no secret parameters
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self.url, autocommit=True)

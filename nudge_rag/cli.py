@@ -32,6 +32,7 @@ import numpy as np
 
 from nudge_rag._data import EmbeddedDataset, load_embedded
 from nudge_rag._errors import UnknownIdError, UnsupportedStoreError
+from nudge_rag._masking import MaskSecretsFilter, mask_secrets
 from nudge_rag._metrics import evaluate
 from nudge_rag._search import search
 from nudge_rag._solver import NudgeM, NudgeN
@@ -230,10 +231,12 @@ def _one_line(err: BaseException) -> str:
 
 def _exit_status(err: BaseException) -> int:
     """2 for bad usage or input (nothing was written), 1 for other failures."""
-    from nudge_rag._writeback import WriteBackError
+    from nudge_rag._writeback import WriteBackError, WrongStateError
 
     if isinstance(err, CliError):
         return err.status
+    if isinstance(err, WrongStateError):  # refused before anything was done
+        return 2
     if isinstance(err, WriteBackError):
         return 1
     if isinstance(err, (ValueError, KeyError, FileNotFoundError, NotADirectoryError)):
@@ -324,7 +327,7 @@ class _StoreView(BaseEmbeddingStore):
 def _opened(args: argparse.Namespace) -> Iterator[Any]:
     from nudge_rag.backends._uri import open_store
 
-    opened = open_store(args.store, args.collection)
+    opened = open_store(args.store, args.collection, trust_pickle=args.trust_pickle)
     try:
         yield opened
     finally:
@@ -372,7 +375,10 @@ def _saved_state(args: argparse.Namespace, store: Any) -> tuple[Any, str | None]
         return WriteBack(store, None), f"side tables in the store's database ({store.name})"
     if folder is None:
         return None, None
-    return (WriteBack(store, folder) if folder.is_dir() else None), str(folder)
+    if not folder.is_dir():
+        WriteBack(store, folder).check_state()  # originals kept elsewhere? (creates nothing)
+        return None, str(folder)
+    return WriteBack(store, folder), str(folder)
 
 
 def _check_known(pairs: Any, known: set[str] | None, store: Any, option: str) -> None:
@@ -789,6 +795,9 @@ def _tuner_for_state(args: argparse.Namespace, store: Any) -> Any:
         msg = f"no state folder known for {store.name!r}: give --state-dir"
         raise CliError(msg)
     if folder is not None and not folder.is_dir():
+        from nudge_rag._writeback import WriteBack
+
+        WriteBack(store, folder).check_state()  # originals kept elsewhere? (creates nothing)
         return None
     return StoreTuner(store, state_dir=folder or "auto", batch_size=args.batch_size)
 
@@ -922,6 +931,13 @@ def _store_args(parser: argparse.ArgumentParser, state: bool = True) -> None:
     )
     parser.add_argument(
         "--collection", metavar="NAME", help="collection or table (needed when there are several)"
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="faiss:DIR only: allow loading the folder's index.pkl, a Python pickle "
+        "(LangChain's docstore). Loading a pickle runs whatever code it holds, so it is "
+        "refused unless you pass this; pass it only for a folder you made or trust",
     )
     if state:
         parser.add_argument(
@@ -1150,6 +1166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # no password or token in any log line
+        if not any(isinstance(f, MaskSecretsFilter) for f in handler.filters):
+            handler.addFilter(MaskSecretsFilter())
     out = _Out(quiet=args.quiet, progress=args.progress)
     try:
         return _COMMANDS[args.command](args, out)
@@ -1163,7 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logger.exception("%s failed", args.command)
         status = _exit_status(err)
-        message = _one_line(err)
+        message = mask_secrets(_one_line(err))
         if "resume()" in message and "restore()" in message:  # the library's words for the CLI's
             message += f" [from the command line: '{PROG} resume' or '{PROG} restore']"
         print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -98,12 +98,17 @@ def supported_schemes() -> list[str]:
     return [example for example, module, _ in _SCHEMES.values() if _available(module)]
 
 
-def open_store(uri: str, collection: str | None = None) -> OpenedStore:
+def open_store(
+    uri: str, collection: str | None = None, *, trust_pickle: bool = False
+) -> OpenedStore:
     """Open the store ``uri`` names (and its ``collection``) for reading and writing vectors.
 
     Args:
         uri: see the module docstring.
         collection: the collection or table; may be left out when the store has one.
+        trust_pickle: allow unpickling a FAISS folder's ``index.pkl`` (LangChain's
+            docstore). A pickle runs whatever code it holds when loaded: pass ``True`` only
+            for a folder you made or whose maker you trust (CLI: ``--trust-pickle``).
 
     Raises:
         StoreURIError: unknown scheme (the supported ones listed), a folder or file that does
@@ -116,6 +121,8 @@ def open_store(uri: str, collection: str | None = None) -> OpenedStore:
         msg = f"--store {uri!r}: unknown store; supported: {', '.join(supported_schemes())}"
         raise StoreURIError(msg)
     opener = globals()[_SCHEMES[scheme][2]]
+    if opener is _open_faiss:
+        return _open_faiss(uri, scheme, rest, collection, trust_pickle=trust_pickle)
     return opener(uri, scheme, rest, collection)
 
 
@@ -282,11 +289,14 @@ def _open_qdrant_http(uri: str, scheme: str, rest: str, collection: str | None) 
 
 
 # ---------------------------------------------------------------------- FAISS
-def _open_faiss(uri: str, scheme: str, rest: str, collection: str | None) -> OpenedStore:
+def _open_faiss(
+    uri: str, scheme: str, rest: str, collection: str | None, *, trust_pickle: bool = False
+) -> OpenedStore:
     """A LangChain ``FAISS.save_local`` folder (``<name>.faiss`` + ``<name>.pkl``).
 
     The backend writes through to the saved index file, so the folder itself is tuned
     (no second ``save_local`` needed); ``--collection`` is ``save_local``'s ``index_name``.
+    ``<name>.pkl`` is a pickle: it is loaded only with ``trust_pickle=True``.
     """
     path = _folder(rest, uri, "FAISS save_local folder")
     name = collection or "index"
@@ -297,12 +307,20 @@ def _open_faiss(uri: str, scheme: str, rest: str, collection: str | None) -> Ope
             f"FAISS.save_local folder); index names there: {', '.join(have) or 'none'}"
         )
         raise StoreURIError(msg)
+    if not trust_pickle:
+        msg = (
+            f"--store {uri}: {path / (name + '.pkl')} is a Python pickle (LangChain's FAISS "
+            "docstore), and loading a pickle runs whatever code it holds. Nothing was read. "
+            "Add --trust-pickle (Python: open_store(..., trust_pickle=True)) only for a folder "
+            "you made or whose maker you trust."
+        )
+        raise StoreURIError(msg)
     _import("faiss", "faiss", uri)
     community = _import("langchain_community.vectorstores", "faiss", uri)
     from nudge_rag.backends.faiss import from_langchain
 
     try:
-        # index.pkl is a pickle (LangChain's format): only open folders you trust.
+        # index.pkl is a pickle (LangChain's format): the caller opted in (trust_pickle).
         store = community.FAISS.load_local(
             str(path), _NoEmbeddings(), index_name=name, allow_dangerous_deserialization=True
         )
@@ -413,9 +431,7 @@ def _open_lancedb(uri: str, scheme: str, rest: str, collection: str | None) -> O
 
 
 def _redact(uri: str) -> str:
-    """``uri`` without a password (for messages)."""
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return uri
+    """``uri`` without a password or secret parameters (for messages)."""
+    from nudge_rag._masking import mask_secrets
+
+    return mask_secrets(uri)

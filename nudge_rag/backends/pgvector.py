@@ -113,8 +113,10 @@ def _libpq_url(url: Any) -> str:
 
 
 def _where(url: str) -> str:
-    """``url`` without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """``url`` without its password or secret parameters, for messages."""
+    from nudge_rag._masking import mask_secrets
+
+    return mask_secrets(url)
 
 
 def _normalize_distance(distance: Any, what: str) -> str:
