@@ -67,7 +67,7 @@ from nudge_rag._identity import (
 from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
 from nudge_rag._queryset import row_index
 from nudge_rag._store import EmbeddingStore
-from nudge_rag._validation import check_matrix, check_positive_int
+from nudge_rag._validation import check_matrix, check_positive_int, check_storable_ids
 
 logger = logging.getLogger(__name__)
 
@@ -1081,6 +1081,7 @@ class WriteBack:
             ValueError: shapes or values that cannot be written.
         """
         ids = [str(i) for i in ids]
+        check_storable_ids(ids, "ids")
         vectors = check_matrix(vectors, "vectors", allow_empty=True)
         if len(ids) != vectors.shape[0]:
             msg = (

@@ -130,19 +130,58 @@ class PgServer:
     def __init__(self, folder: Path):
         self.folder, self.server, self.url = folder, None, ""
 
-    def start(self) -> None:
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> None:
+        """Start it and wait until it takes connections (retried within ``timeout`` s).
+
+        A busy machine can make ``pg_ctl start`` or the first connection slow: each attempt
+        waits for a connection with a growing pause, and a failed attempt starts again, all
+        within ``timeout`` seconds; the last error is raised.
+        """
         import warnings
 
         import psycopg
 
-        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
-            warnings.simplefilter("ignore")
-            import pgserver
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, attempts + 1):
+            try:
+                with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
+                    warnings.simplefilter("ignore")
+                    import pgserver
 
-            self.server = pgserver.get_server(self.folder / "data", cleanup_mode="delete")
-        self.url = self.server.get_uri()
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    if self.server is None:
+                        self.server = pgserver.get_server(
+                            self.folder / "data", cleanup_mode="delete"
+                        )
+                self.url = self.server.get_uri()
+                self.wait(deadline)
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                return
+            except Exception:
+                if attempt == attempts or time.monotonic() > deadline:
+                    raise
+                time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
+                if self.server is not None:
+                    try:
+                        self.restart()
+                    except Exception:  # noqa: BLE001 - the next attempt reports the error
+                        pass
+
+    def wait(self, deadline: float) -> None:
+        """Wait until the server takes connections, or raise the last error at ``deadline``."""
+        import psycopg
+
+        pause = 0.1
+        while True:
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def kill(self) -> None:
         from pgserver._commands import pg_ctl
@@ -156,6 +195,7 @@ class PgServer:
     def restart(self) -> None:
         with self.server._lock:
             self.server.ensure_postgres_running()
+        self.wait(time.monotonic() + 60)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -168,8 +208,23 @@ def pg_server(tmp_path_factory):
     """A running :class:`PgServer`, started once per test session and always stopped.
 
     Skips (with the reason) when ``pgserver`` / ``psycopg`` are missing or the server cannot
-    start, except in CI (``$CI`` set), where that fails.
+    start, except in CI (``$CI`` set), where that fails. Never kill or restart it: a test
+    that takes its server away uses :func:`own_pg_server` (other tests share this one).
     """
+    yield from _pg_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_pg_server(tmp_path_factory):
+    """A :class:`PgServer` of this test module alone, for tests that kill or restart it.
+
+    A module overrides ``pg_server`` (and ``pg_url``) with it, so that killing it never takes
+    the session's server away from the other test files.
+    """
+    yield from _pg_server(tmp_path_factory)
+
+
+def _pg_server(tmp_path_factory):
     import warnings
 
     try:

@@ -10,6 +10,7 @@ folder) and through Python (``StoreTuner``/``WriteBack`` with the wrong ``state_
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -219,3 +220,62 @@ def test_identity_moved_store_is_accepted_on_its_fingerprint(tmp_path):
     moved.location = "/third"  # type: ignore[attr-defined]
     with pytest.raises(WriteBackError, match="location differ"):
         WriteBack(moved, tmp_path / "s").restore()
+
+
+# ------------------------------------------------------------------------- exact names and ids
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [("MED-x\x00", "NUL"), ("a\x00b", "NUL"), ("lone\ud800", "lone surrogate")],
+)
+def test_ids_that_cannot_be_stored_exactly_are_refused_before_any_write(tmp_path, bad, why):
+    ids = ["d0", bad, "d2"]
+    rng = np.random.default_rng(1)
+    store = ArrayStore(ids, rng.normal(size=(3, 4)).astype(np.float32))
+    before = store.vectors.copy()
+    tuner = StoreTuner(store, state_dir=tmp_path / "s", solver_params={"gamma": 0.5})
+    embed = lambda texts: store.get_vectors([bad] * len(texts)) + 0.1  # noqa: E731
+    with pytest.raises(ValueError, match=rf"document id {re.escape(repr(bad))} contains a {why}"):
+        tuner.tune([("q1", bad), ("q2", bad), ("q3", "d0")], embed=embed)
+    assert_array_equal(store.vectors, before)
+    assert not (tmp_path / "s" / "originals.npz").exists()
+
+
+def test_pgvector_schema_with_a_double_quote_tunes_status_restores(pg_url, tmp_path):
+    psycopg = pytest.importorskip("psycopg")
+    from nudge_rag.backends.pgvector import PgVectorBackend
+
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"d{i}" for i in range(30)]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute('DROP SCHEMA IF EXISTS "we""ird" CASCADE')
+        conn.execute('CREATE SCHEMA "we""ird"')
+        conn.execute('CREATE TABLE "we""ird".t (id text PRIMARY KEY, embedding vector(8))')
+        with conn.cursor() as cur:
+            cur.executemany(
+                'INSERT INTO "we""ird".t VALUES (%s, %s::vector)',
+                [(i, str(v.tolist())) for i, v in zip(ids, vectors)],
+            )
+    pairs = [(f"q{k}", ids[k % 30]) for k in range(40)]
+    table = {f"q{k}": vectors[k % 30] + 0.2 * rng.normal(size=8) for k in range(40)}
+
+    def embed(texts):
+        return np.asarray([table[t] for t in texts], dtype=np.float32)
+
+    def read(backend):
+        return backend.get_vectors(ids)
+
+    with PgVectorBackend.from_url(pg_url, table='"we""ird".t', distance="cosine") as backend:
+        assert backend.schema == 'we"ird' and backend.table == "t"
+        before = read(backend)
+        result = StoreTuner(backend, solver_params={"gamma": 0.5}).tune(pairs, embed=embed)
+        assert result.changed_ids
+    with PgVectorBackend.from_url(pg_url, table='"we""ird".t', distance="cosine") as backend:
+        status = WriteBack(backend).status()  # the issue: "not tuned"
+        assert status.tuned and status.n_originals == len(result.changed_ids)
+        again = StoreTuner(backend, solver_params={"gamma": 0.5})
+        assert sorted(again.writeback.moved_ids()) == sorted(result.changed_ids)
+        assert again.restore() == len(result.changed_ids)
+        assert_array_equal(read(backend), before)
+        assert not WriteBack(backend).status().tuned
