@@ -463,7 +463,15 @@ class FeedbackLog:
             "busy_timeout": float(busy_timeout),
             "synchronous": str(synchronous).upper(),
         }
-        self._create_schema()
+        try:
+            self._create_schema()
+        except sqlite3.DatabaseError as err:  # e.g. "file is not a database"
+            self._db.close()
+            msg = (
+                f"location {location}: cannot use it as a SQLite feedback log ({err}); give a "
+                "new file name, or the log file an earlier FeedbackLog created"
+            )
+            raise ValueError(msg) from err
 
     @property
     def kind(self) -> str:
@@ -550,6 +558,8 @@ class FeedbackLog:
         if text is not None and not isinstance(text, str):
             msg = f"text must be a string or None, got {type(text).__name__}"
             raise TypeError(msg)
+        if text is not None:
+            text = _storable_text(text, "text")
         row = (
             qid,
             _as_time(at, "at"),
@@ -610,19 +620,25 @@ class FeedbackLog:
         weight = _weight(weight)
         event_id = uuid.uuid4().hex
         created = _as_time(at, "at")
-        with self._db.transaction(write=True) as cur:
-            cur.execute(
-                self._db.sql(f"SELECT shown FROM {self._queries} WHERE query_id = ?"), (qid,)
-            )
-            found = cur.fetchone()
-            _check_shown(qid, doc, None if found is None else json.loads(found[0]))
-            cur.execute(
-                self._db.sql(
-                    f"INSERT INTO {self._events} (event_id, query_id, doc_id, relevant, weight, "
-                    "created) VALUES (?, ?, ?, ?, ?, ?)"
-                ),
-                (event_id, qid, doc, int(bool(relevant)), weight, created),
-            )
+        try:
+            with self._db.transaction(write=True) as cur:
+                cur.execute(
+                    self._db.sql(f"SELECT shown FROM {self._queries} WHERE query_id = ?"), (qid,)
+                )
+                found = cur.fetchone()
+                _check_shown(qid, doc, None if found is None else json.loads(found[0]))
+                cur.execute(
+                    self._db.sql(
+                        f"INSERT INTO {self._events} (event_id, query_id, doc_id, relevant, "
+                        "weight, created) VALUES (?, ?, ?, ?, ?, ?)"
+                    ),
+                    (event_id, qid, doc, int(bool(relevant)), weight, created),
+                )
+        except Exception as err:
+            if not _foreign_key_violation(err):
+                raise
+            # purge() deleted the query between the check and the insert (PostgreSQL)
+            _check_shown(qid, doc, None)
         return event_id
 
     # ------------------------------------------------------------------ reading
@@ -819,27 +835,50 @@ class FeedbackLog:
             How many queries and events were added.
 
         Raises:
-            ValueError: a malformed line (its number is named); nothing was added.
+            ValueError: a malformed line, or one that is not UTF-8 text (file and line
+                named); nothing was added.
             nudge_rag.UnknownIdError: an event for a query that is neither in the file nor in
-                the log, or for a document that query did not show; nothing was added.
+                the log, or for a document that query did not show (checked against the shown
+                ids the log holds when the query was already there); ``file:line`` is named
+                and nothing was added.
         """
         if isinstance(source, (str, os.PathLike)):
-            with open(source, encoding="utf-8") as fh:
-                return self.import_jsonl(fh)
+            with open(source, "rb") as fh:
+                return self._import_lines(fh, str(source))
+        return self._import_lines(source, str(getattr(source, "name", "<stream>")))
+
+    def _import_lines(self, source: IO[Any], where: str) -> LogCounts:
         queries: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
-        shown_of: dict[str, list[str]] = {}
+        lines_of: dict[str, int] = {}  # event id -> line number, for messages
         for number, raw in enumerate(source, start=1):
+            if isinstance(raw, bytes):
+                try:
+                    raw = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    msg = (
+                        f"{where}, line {number}: not UTF-8 text ({err.reason} at byte "
+                        f"{err.start}); nothing was added"
+                    )
+                    raise ValueError(msg) from None
             if not raw.strip():
                 continue
             try:
                 line = json.loads(raw)
+                if not isinstance(line, dict):
+                    msg = f"expected a JSON object, got {type(line).__name__}"
+                    raise TypeError(msg)
                 kind = line["kind"]
                 if kind == "query":
                     vec = _query_vector(line["vector"])
                     shown = _id_list(line["shown_ids"], "shown_ids")
                     qid = _name(line["query_id"], "query_id")
                     text = line.get("text")
+                    if text is not None:
+                        if not isinstance(text, str):
+                            msg = f"text must be a string or null, got {type(text).__name__}"
+                            raise TypeError(msg)
+                        text = _storable_text(text, "text")
                     queries.append(
                         (
                             qid,
@@ -851,25 +890,28 @@ class FeedbackLog:
                             json.dumps(shown),
                         )
                     )
-                    shown_of[qid] = shown
                 elif kind == "feedback":
+                    relevant = line["relevant"]
+                    if not isinstance(relevant, bool):
+                        msg = f"relevant must be true or false, got {relevant!r}"
+                        raise TypeError(msg)
                     events.append(
                         (
                             _name(line["event_id"], "event_id"),
                             _name(line["query_id"], "query_id"),
                             _name(line["doc_id"], "doc_id"),
-                            int(bool(line["relevant"])),
+                            int(relevant),
                             _weight(line.get("weight", 1.0)),
                             _as_time(line["time"], "time"),
                         )
                     )
+                    lines_of[events[-1][0]] = number
                 else:
                     msg = f"unknown kind {kind!r} (expected 'query' or 'feedback')"
                     raise ValueError(msg)
             except (KeyError, TypeError, ValueError) as err:
-                if isinstance(err, UnknownIdError):
-                    raise
-                msg = f"line {number} of the JSON-lines import is malformed: {err}"
+                what = f"missing field {err}" if type(err) is KeyError else str(err)
+                msg = f"{where}, line {number}: malformed JSON-lines import line: {what}"
                 raise ValueError(msg) from err
         added_q = added_e = 0
         with self._db.transaction(write=True) as cur:
@@ -883,9 +925,12 @@ class FeedbackLog:
                     row,
                 )
                 added_q += max(cur.rowcount, 0)
-            missing = sorted({e[1] for e in events} - set(shown_of))
-            for s in range(0, len(missing), _CHUNK):
-                chunk = missing[s : s + _CHUNK]
+            # The shown ids the log holds (a query line that reuses a stored query id was
+            # skipped above: the stored row, not the file's, says what was shown).
+            shown_of: dict[str, list[str]] = {}
+            asked = sorted({e[1] for e in events})
+            for s in range(0, len(asked), _CHUNK):
+                chunk = asked[s : s + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 cur.execute(
                     self._db.sql(
@@ -895,7 +940,11 @@ class FeedbackLog:
                 )
                 shown_of.update((qid, json.loads(shown)) for qid, shown in cur.fetchall())
             for row in events:
-                _check_shown(row[1], row[2], shown_of.get(row[1]))
+                try:
+                    _check_shown(row[1], row[2], shown_of.get(row[1]))
+                except UnknownIdError as err:
+                    msg = f"{where}, line {lines_of[row[0]]}: {err}; nothing was added"
+                    raise UnknownIdError(msg, err.ids) from None
                 cur.execute(
                     self._db.sql(
                         f"INSERT INTO {self._events} (event_id, query_id, doc_id, relevant, "
@@ -930,6 +979,10 @@ class FeedbackLog:
 
         Returns:
             How many queries and feedback events were deleted.
+
+        Raises:
+            ValueError: not exactly one of the three; a negative or non-finite
+                ``older_than``.
         """
         given = [n for n, v in (("older_than", older_than), ("before", before),
                                 ("query_ids", query_ids)) if v is not None]  # fmt: skip
@@ -953,6 +1006,12 @@ class FeedbackLog:
                     if isinstance(older_than, timedelta)
                     else _as_time(older_than, "older_than")
                 )
+                if not (math.isfinite(seconds) and seconds >= 0):
+                    msg = (
+                        f"older_than must be an age >= 0 (a timedelta or seconds), got "
+                        f"{older_than!r}: a negative age would delete what was just logged"
+                    )
+                    raise ValueError(msg)
                 cutoff = time.time() - seconds
             else:
                 cutoff = _as_time(before, "before")
@@ -995,6 +1054,22 @@ def _name(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         msg = f"{name} must be a non-empty string, got {value!r}"
         raise ValueError(msg) if isinstance(value, str) else TypeError(msg)
+    return _storable_text(value, name)
+
+
+def _storable_text(value: str, name: str) -> str:
+    """``value`` if both back ends store it exactly: no NUL, no lone surrogate."""
+    if "\x00" in value:
+        msg = (
+            f"{name} {value!r} contains a NUL character, which PostgreSQL cannot store in text "
+            "(and SQLite would not give back the same way); remove it"
+        )
+        raise ValueError(msg)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = f"{name} {value!r} contains a lone surrogate: not valid Unicode text, not stored"
+        raise ValueError(msg) from None
     return value
 
 
@@ -1032,6 +1107,13 @@ def _query_vector(vector: Any) -> np.ndarray:
         msg = "vector holds NaN or inf"
         raise ValueError(msg)
     return np.ascontiguousarray(vec)
+
+
+def _foreign_key_violation(err: BaseException) -> bool:
+    """Whether ``err`` is a database's foreign-key violation (the query row is gone)."""
+    if type(err).__name__ == "ForeignKeyViolation":  # psycopg.errors
+        return True
+    return isinstance(err, sqlite3.IntegrityError) and "FOREIGN KEY" in str(err).upper()
 
 
 def _check_shown(query_id: str, doc_id: str, shown: list[str] | None) -> None:

@@ -82,20 +82,28 @@ class StoreIdentity:
             dim=int(dim) if isinstance(dim, int) and not isinstance(dim, bool) else None,
         )
 
+    @property
+    def named(self) -> bool:
+        """Whether the collection is a real name (not the class name a nameless store has)."""
+        return bool(self.collection) and self.collection != self.kind
+
     def conflicts(self, other: StoreIdentity) -> list[str]:
-        """What differs between two identities that both know it (kind, collection, dim)."""
+        """What surely differs: the collection (both named) or the dimension (both known)."""
         out = []
-        if self.kind and other.kind and self.kind != other.kind:
-            out.append("kind")
-        if self.collection != other.collection:
+        if self.named and other.named and self.collection != other.collection:
             out.append("collection")
         if self.dim is not None and other.dim is not None and self.dim != other.dim:
             out.append("dimension")
         return out
 
-    def moved(self, other: StoreIdentity) -> bool:
-        """Whether both know their location and it differs."""
-        return bool(self.location and other.location and self.location != other.location)
+    def moved(self, other: StoreIdentity) -> list[str]:
+        """What may differ for the same data: the backend class or the location."""
+        out = []
+        if self.kind and other.kind and self.kind != other.kind:
+            out.append("kind")
+        if self.location and other.location and self.location != other.location:
+            out.append("location")
+        return out
 
 
 def _unwrap(store: Any) -> Any:

@@ -851,22 +851,26 @@ class WriteBack:
             return
         theirs = StoreIdentity.from_dict(recorded)
         differs = theirs.conflicts(me)
-        if differs or (theirs.moved(me) and not self._fingerprint_matches(recorded)):
-            what = ", ".join(differs) or "location"
+        moved = theirs.moved(me)
+        if differs or (moved and not self._fingerprint_matches(recorded)):
+            what = ", ".join(differs or moved)
             msg = (
                 f"the state in {here} belongs to {theirs.describe()}, not to {me.describe()} "
                 f"({what} differ): open the store it was written for, or give this store its "
                 "own state folder. Nothing was written or dropped."
             )
             raise WrongStateError(msg)
-        if theirs.moved(me):
+        if moved:
             logger.info(
-                "%s moved from %s to %s (its saved originals match): state updated",
-                me.collection,
-                theirs.location,
-                me.location,
+                "the state in %s was written for %s; %s holds its saved ids with the vectors it "
+                "wrote: state updated",
+                here,
+                theirs.describe(),
+                me.describe(),
             )
-            self._state.save_identity({**recorded, "location": me.location})
+            self._state.save_identity(
+                {**recorded, "kind": me.kind, "location": me.location, "collection": me.collection}
+            )
 
     def _claimed_elsewhere(self) -> str | None:
         """A folder that the home says holds this store's originals, if not this one."""
