@@ -522,6 +522,13 @@ class FeedbackLog:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
             for statement in statements:
                 cur.execute(statement)
+            # which embedding model wrote each query vector (added to logs made before it)
+            if self.kind == "postgresql":
+                cur.execute(f"ALTER TABLE {q} ADD COLUMN IF NOT EXISTS embedder TEXT")
+            else:
+                cur.execute(f"PRAGMA table_info({q})")
+                if "embedder" not in {row[1] for row in cur.fetchall()}:
+                    cur.execute(f"ALTER TABLE {q} ADD COLUMN embedder TEXT")
 
     # ------------------------------------------------------------------ writing
     def log_query(
@@ -533,6 +540,7 @@ class FeedbackLog:
         store: str = "default",
         query_id: str | None = None,
         at: float | datetime | None = None,
+        embedder: str | None = None,
     ) -> str:
         """Record one query and what it showed.
 
@@ -543,6 +551,9 @@ class FeedbackLog:
             store: the store or collection searched (pairs are built per store).
             query_id: the id to use (e.g. the app's request id); default: a new UUID.
             at: when (Unix seconds or a datetime); default: now.
+            embedder: the identity of the model that embedded ``vector``
+                (:meth:`embedder_id`; the integrations give it), so that tuning never mixes
+                vectors of two models.
 
         Returns:
             The query id (give it to :meth:`feedback`).
@@ -560,6 +571,8 @@ class FeedbackLog:
             raise TypeError(msg)
         if text is not None:
             text = _storable_text(text, "text")
+        if embedder is not None:
+            embedder = _name(embedder, "embedder")
         row = (
             qid,
             _as_time(at, "at"),
@@ -568,12 +581,14 @@ class FeedbackLog:
             vec.shape[0],
             vec.tobytes(),
             json.dumps(shown),
+            embedder,
         )
         with self._db.transaction(write=True) as cur:
             cur.execute(
                 self._db.sql(
                     f"INSERT INTO {self._queries} (query_id, created, store, text, dim, vector, "
-                    "shown) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (query_id) DO NOTHING"
+                    "shown, embedder) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (query_id) DO NOTHING"
                 ),
                 row,
             )
@@ -752,6 +767,56 @@ class FeedbackLog:
             queries = cur.fetchall()
         return _build_pairs(events, queries, min_count, merge_tolerance)
 
+    # ------------------------------------------------------------------ embedders
+    #: The text every integration embeds to fingerprint its model (:meth:`embedder_id`).
+    PROBE_TEXT = "nudge-rag embedder probe: which model wrote these query vectors?"
+
+    @staticmethod
+    def embedder_id(name: str, probe_vector: Any) -> str:
+        """The identity of an embedding model: ``"<name>#<fingerprint>"``.
+
+        The fingerprint is a hash of the model's embedding of :attr:`PROBE_TEXT` (unit
+        length, rounded to 3 decimals so that the last bits of a GPU or a BLAS do not count),
+        so two models with one name but other weights differ, and one model has one identity.
+
+        Args:
+            name: a readable name (class and model name).
+            probe_vector: the model's embedding of :attr:`PROBE_TEXT`.
+        """
+        vec = _query_vector(probe_vector).astype(np.float64)
+        norm = float(np.linalg.norm(vec))
+        rounded = np.round(vec / (norm if norm > 0 else 1.0), 3) + 0.0  # no negative zero
+        digest = hashlib.sha256(rounded.astype("<f8").tobytes()).hexdigest()[:12]
+        return f"{_name(str(name), 'name')}#{digest}"
+
+    def embedders(
+        self, store: str | None = None, *, since: Any = None, until: Any = None
+    ) -> dict[str | None, int]:
+        """How many queries with feedback each embedding model wrote (``None``: not recorded).
+
+        Args:
+            store: only this store's queries.
+            since: only queries with feedback from then on (as :meth:`pairs`).
+            until: only queries with feedback before then.
+        """
+        start, end = _window_start(since), None if until is None else _as_time(until, "until")
+        conditions, params = [], []
+        for clause, value in (("q.store = ?", store), ("e.created >= ?", start),
+                              ("e.created < ?", end)):  # fmt: skip
+            if value is not None:
+                conditions.append(clause)
+                params.append(value)
+        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+        with self._db.transaction(write=False) as cur:
+            cur.execute(
+                self._db.sql(
+                    f"SELECT q.embedder, COUNT(DISTINCT q.query_id) FROM {self._events} e JOIN "
+                    f"{self._queries} q ON q.query_id = e.query_id{where} GROUP BY q.embedder"
+                ),
+                params,
+            )
+            return {row[0]: int(row[1]) for row in cur.fetchall()}
+
     # ------------------------------------------------------------------ export / import
     def export_jsonl(
         self, destination: str | os.PathLike | IO[str], *, store: str | None = None
@@ -783,14 +848,14 @@ class FeedbackLog:
         with self._db.transaction(write=False) as cur:
             cur.execute(
                 self._db.sql(
-                    f"SELECT q.query_id, q.created, q.store, q.text, q.dim, q.vector, q.shown "
-                    f"FROM {self._queries} q{where} ORDER BY q.created, q.query_id"
+                    f"SELECT q.query_id, q.created, q.store, q.text, q.dim, q.vector, q.shown, "
+                    f"q.embedder FROM {self._queries} q{where} ORDER BY q.created, q.query_id"
                 ),
                 params,
             )
             while rows := cur.fetchmany(1000):
-                for row in rows:
-                    got = _logged(row)
+                for full in rows:
+                    got, embedder = _logged(full[:7]), full[7]
                     line = {
                         "kind": "query",
                         "query_id": got.query_id,
@@ -800,6 +865,8 @@ class FeedbackLog:
                         "vector": got.vector.tolist(),
                         "shown_ids": got.shown_ids,
                     }
+                    if embedder is not None:
+                        line["embedder"] = embedder
                     destination.write(json.dumps(line) + "\n")
                 n_queries += len(rows)
             cur.execute(
@@ -879,6 +946,7 @@ class FeedbackLog:
                             msg = f"text must be a string or null, got {type(text).__name__}"
                             raise TypeError(msg)
                         text = _storable_text(text, "text")
+                    embedder = line.get("embedder")
                     queries.append(
                         (
                             qid,
@@ -888,6 +956,7 @@ class FeedbackLog:
                             vec.shape[0],
                             vec.tobytes(),
                             json.dumps(shown),
+                            None if embedder is None else _name(embedder, "embedder"),
                         )
                     )
                 elif kind == "feedback":
@@ -919,7 +988,7 @@ class FeedbackLog:
                 cur.execute(
                     self._db.sql(
                         f"INSERT INTO {self._queries} (query_id, created, store, text, dim, "
-                        "vector, shown) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "vector, shown, embedder) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT (query_id) DO NOTHING"
                     ),
                     row,
@@ -1282,6 +1351,35 @@ def _near_pairs(unit: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndar
 
 
 # ---------------------------------------------------------------------- tuning
+def _check_embedders(
+    log: FeedbackLog, store: str | None, since: Any, until: Any, embedder: str | None
+) -> None:
+    """Refuse to tune with query vectors of another embedding model (or of several)."""
+    counts = log.embedders(store, since=since, until=until)
+    known = {k: n for k, n in counts.items() if k is not None}
+    other = {k: n for k, n in known.items() if k != embedder} if embedder is not None else {}
+    mixed = embedder is None and len(known) > 1
+    if other or mixed:
+        where = f" of store {store!r}" if store is not None else ""
+        seen = ", ".join(f"{k} ({n} queries)" for k, n in sorted(known.items()))
+        now = f"the store's model is now {embedder}" if embedder else "one store needs one model"
+        msg = (
+            f"the feedback log{where} holds query vectors written by {seen}, but {now}: "
+            "vectors of two models cannot tune one store. Re-embed the logged questions with "
+            "the current model (log.pairs(...).as_text_pairs(), then tuner.tune(pairs, "
+            "embed=...)), or start a new log (FeedbackLog('<new file>')), or purge the old "
+            "queries (log.purge(before=<when the model changed>))"
+        )
+        raise ValueError(msg)
+    if embedder is not None and counts.get(None):
+        logger.warning(
+            "%d logged queries do not record which model embedded them (logged before "
+            "nudge-rag recorded it); they are assumed to be from %s",
+            counts[None],
+            embedder,
+        )
+
+
 def tune_from_feedback(
     tuner: Any,
     log: FeedbackLog,
@@ -1292,6 +1390,7 @@ def tune_from_feedback(
     min_count: float = 1.0,
     merge_tolerance: float | None = DEFAULT_MERGE_TOLERANCE,
     resume: bool = True,
+    embedder: str | None = None,
 ) -> Any:
     """Re-tune a store from the feedback in ``log``, from its original vectors.
 
@@ -1313,6 +1412,9 @@ def tune_from_feedback(
         merge_tolerance: the distance within which questions are merged.
         resume: first finish a write-back an earlier run left pending (killed mid-write);
             ``False`` raises :class:`~nudge_rag.WriteBackError` instead.
+        embedder: the identity (:meth:`FeedbackLog.embedder_id`) of the model the store's
+            documents are embedded with now. Queries logged by another model are refused
+            (their vectors live in another space); ``None`` refuses only a mix of models.
 
     Returns:
         The :class:`~nudge_rag.TuneResult`; its ``feedback_pairs`` attribute holds the pairs.
@@ -1322,6 +1424,7 @@ def tune_from_feedback(
         ValueError: no positive feedback to learn from (in the window).
         nudge_rag.WriteBackError: a pending write-back and ``resume=False``.
     """
+    _check_embedders(log, store, since, until, embedder)
     lock_key = store if store is not None else "*"
     with log.tune_lock(lock_key):
         with tuner.writeback.locked("feedback"):  # a plan being written now is not pending

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
+import time
 import uuid
 from datetime import timedelta
 
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 import nudge_rag._feedback as feedback_module
-from nudge_rag import FeedbackLog, UnknownIdError
+from nudge_rag import ArrayStore, FeedbackLog, StoreTuner, UnknownIdError, tune_from_feedback
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -162,3 +164,89 @@ def test_feedback_racing_purge_is_an_unknown_id(pg_url, monkeypatch):
         with pytest.raises(UnknownIdError, match="not in the feedback log"):
             log.feedback(qid, "a")
         assert calls == [(1, 0)] and log.counts() == (0, 0)
+
+
+# ------------------------------------------------------------------------- embedder identity
+def _logged_task(log, embedder, seed=0, n=30, store="s"):
+    rng = np.random.default_rng(seed)
+    docs = rng.standard_normal((40, 4)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    for k in range(n):
+        target = k % 40
+        vec = docs[target] + 0.3 * rng.standard_normal(4).astype(np.float32)
+        qid = log.log_query(vec, [f"d{target}", f"d{(target + 1) % 40}"], store=store,
+                            embedder=embedder)  # fmt: skip
+        log.feedback(qid, f"d{target}")
+    return ArrayStore([f"d{i}" for i in range(40)], docs)
+
+
+def test_embedder_id_is_a_name_and_a_stable_fingerprint():
+    probe = np.random.default_rng(0).standard_normal(16).astype(np.float32)
+    a = FeedbackLog.embedder_id("MiniLM", probe)
+    assert a.startswith("MiniLM#") and len(a) == len("MiniLM#") + 12
+    assert FeedbackLog.embedder_id("MiniLM", probe * 3 + 1e-8) == a  # scale, last bits
+    other = probe.copy()
+    other[0] += 0.5
+    assert FeedbackLog.embedder_id("MiniLM", other) != a  # same name, other weights
+
+
+def test_tuning_refuses_query_vectors_of_another_model(log):
+    store = _logged_task(log, "old-model#aaaaaaaaaaaa")
+    before = store.vectors.copy()
+    tuner = StoreTuner(store, state_dir="memory", solver_params={"gamma": 0.3})
+    with pytest.raises(ValueError, match=r"old-model#aaaaaaaaaaaa \(30 queries\).*new-model#b"):
+        tune_from_feedback(tuner, log, store="s", embedder="new-model#bbbbbbbbbbbb")
+    np.testing.assert_array_equal(store.vectors, before)  # nothing written
+    with pytest.raises(ValueError, match=r"Re-embed the logged questions .* start a new log"):
+        tune_from_feedback(tuner, log, store="s", embedder="new-model#bbbbbbbbbbbb")
+    result = tune_from_feedback(tuner, log, store="s", embedder="old-model#aaaaaaaaaaaa")
+    assert result.changed_ids
+
+
+def test_tuning_refuses_a_mix_of_models_and_the_window_counts(log):
+    store = _logged_task(log, "m1#111111111111", n=10)
+    tuner = StoreTuner(store, state_dir="memory", solver_params={"gamma": 0.3})
+    cut = time.time()
+    time.sleep(0.01)
+    _logged_task(log, "m2#222222222222", n=10)
+    assert log.embedders("s") == {"m1#111111111111": 10, "m2#222222222222": 10}
+    with pytest.raises(ValueError, match="m1#111111111111 .*m2#222222222222"):
+        tune_from_feedback(tuner, log, store="s")
+    # Feedback since the model changed is all of one model: accepted.
+    assert tune_from_feedback(tuner, log, store="s", since=cut, embedder="m2#222222222222")
+
+
+def test_embedder_survives_export_and_import(log, tmp_path):
+    _logged_task(log, "m1#111111111111", n=3)
+    path = tmp_path / "out.jsonl"
+    log.export_jsonl(path)
+    assert all(
+        json.loads(line).get("embedder") == "m1#111111111111"
+        for line in path.read_text().splitlines()
+        if json.loads(line)["kind"] == "query"
+    )
+    with FeedbackLog(tmp_path / "copy.db") as copy:
+        copy.import_jsonl(path)
+        assert copy.embedders() == {"m1#111111111111": 3}
+
+
+def test_a_log_written_before_embedders_were_recorded_is_upgraded(tmp_path, caplog):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the tables as nudge-rag 0.1 created them
+        conn.execute(
+            "CREATE TABLE nudge_queries (query_id TEXT PRIMARY KEY, created REAL NOT NULL, "
+            "store TEXT NOT NULL, text TEXT, dim INTEGER NOT NULL, vector BLOB NOT NULL, "
+            "shown TEXT NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE nudge_events (event_id TEXT PRIMARY KEY, query_id TEXT NOT NULL "
+            "REFERENCES nudge_queries (query_id) ON DELETE CASCADE, doc_id TEXT NOT NULL, "
+            "relevant INTEGER NOT NULL, weight REAL NOT NULL, created REAL NOT NULL)"
+        )
+    with FeedbackLog(path) as log:
+        store = _logged_task(log, None, n=12)
+        assert log.embedders("s") == {None: 12}
+        tuner = StoreTuner(store, state_dir="memory", solver_params={"gamma": 0.3})
+        with caplog.at_level("WARNING"):
+            tune_from_feedback(tuner, log, store="s", embedder="m#123456789012")
+        assert "12 logged queries do not record which model" in caplog.text
