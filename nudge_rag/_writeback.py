@@ -998,18 +998,20 @@ class WriteBack:
         meta = self._state.load_meta()
         holder = self._lock.holder_now()
         n_originals = self._state.count_originals()
-        gamma = meta.get("gamma")
+        where = self.state_dir / META if self.state_dir is not None else "the saved meta"
+        gamma = _meta_number(meta, "gamma", float, where)
+        n_tuned = _meta_number(meta, "n_tuned", int, where)
         return WriteBackStatus(
             state_dir=self.state_dir,
             tuned=n_originals > 0,
             n_originals=n_originals,
-            n_tuned=meta.get("n_tuned"),
+            n_tuned=n_tuned,
             pending=None if summary is None else summary[0],
             pending_ids=0 if summary is None else summary[1],
             batches_done=done,
             batches_total=0 if summary is None else -(-summary[1] // max(summary[2], 1)),
             variant=meta.get("variant"),
-            gamma=None if gamma is None else float(gamma),
+            gamma=gamma,
             method=meta.get("method"),
             applied_at=meta.get("applied_at"),
             locked_by=None if holder is None else describe_holder(holder),
@@ -1533,6 +1535,24 @@ class WriteBack:
         else:
             self._state.finish_apply(self._state.pending_meta())
         logger.info("%s complete: %d vector(s) written", kind, written)
+
+
+def _meta_number(meta: dict[str, Any], key: str, kind: type, where: Any) -> Any:
+    """``meta[key]`` as ``kind`` (``None`` if absent); a value that is not one is named."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        got = kind(value)
+        if np.isfinite(got):
+            return got
+    logger.warning(
+        "%s: %s is %r, not a number (the file was edited or damaged); shown as unknown",
+        where,
+        key,
+        value,
+    )
+    return None
 
 
 def _scatter(got: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
