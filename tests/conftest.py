@@ -49,7 +49,22 @@ class ChromaServer:
             self.port = sock.getsockname()[1]
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 120, attempts: int = 3) -> None:
+        """Start it and wait for its heartbeat; a process that dies is started again.
+
+        All attempts share ``timeout`` seconds (a busy machine can be slow to start one).
+        """
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, attempts + 1):
+            if self._start_once(deadline):
+                return
+            if attempt == attempts or time.monotonic() > deadline:
+                break
+            time.sleep(1.0 * attempt)
+        tail = (self.path / "server.log").read_text(errors="replace")[-2000:]
+        pytest.fail(f"chroma server did not start in {attempts} attempts: {tail}")
+
+    def _start_once(self, deadline: float) -> bool:
         import chromadb
 
         log = open(self.path / "server.log", "ab")  # noqa: SIM115 - owned by the process
@@ -68,16 +83,20 @@ class ChromaServer:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + timeout
+        pause = 0.2
         while True:
             try:
                 chromadb.HttpClient(host=self.host, port=self.port).heartbeat()
-                return
+                return True
             except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    tail = (self.path / "server.log").read_text(errors="replace")[-2000:]
-                    pytest.fail(f"chroma server did not start: {tail}")
-                time.sleep(0.3)
+                if self.proc.poll() is not None:
+                    self.proc = None
+                    return False
+                if time.monotonic() > deadline:
+                    self.stop(kill=True)
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 1.5, 2.0)
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:
