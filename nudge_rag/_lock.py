@@ -277,21 +277,26 @@ def _read_fd(fd: int) -> dict[str, Any] | None:
 def _open_lock_file(path: Path) -> int:
     """Open (or create) ``writer.lock`` without following a link.
 
-    A link (or any file that is not a regular one) put in its place is never written
-    through: it is removed (the link only, not what it points to) and a regular lock file is
-    made, with a WARNING.
+    A link (symbolic, or a hard link: a file with another name elsewhere), or any file that
+    is not a regular one, put in its place is never written through: it is removed (the
+    name only, not what it points to) and a regular lock file is made, with a WARNING.
     """
     try:
-        return open_regular(path, os.O_RDWR | os.O_CREAT)
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT)
     except UnsafeFileError as err:
         if path.is_dir() and not path.is_symlink():
             raise
-        logger.warning(
-            "%s; replaced it with a regular lock file (what it pointed to was not touched)",
-            err.strerror,
-        )
-        path.unlink()
-        return open_regular(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        problem = err.strerror
+    else:
+        if os.fstat(fd).st_nlink <= 1:
+            return fd
+        os.close(fd)
+        problem = f"{path} is a hard link (the same file has another name)"
+    logger.warning(
+        "%s; replaced it with a regular lock file (what it pointed to was not touched)", problem
+    )
+    path.unlink(missing_ok=True)
+    return open_regular(path, os.O_RDWR | os.O_CREAT)
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

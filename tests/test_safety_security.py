@@ -174,3 +174,17 @@ def test_feedback_log_and_pgvector_reprs_hide_secrets():
     url = "postgresql://me:pw1@db/x?password=pw2"
     for shown in (repr(_Postgres(url)), _where(url)):
         assert "pw1" not in shown and "pw2" not in shown, shown
+
+
+def test_a_lock_file_hard_link_is_replaced_never_truncated(tmp_path, caplog):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.link(victim, state / LOCK_FILE)
+    store = _store()
+    with caplog.at_level(logging.WARNING, logger="nudge_rag._lock"):
+        WriteBack(store, state).apply(["d1"], np.roll(store.get_vectors(["d1"]), 1, axis=1))
+    assert victim.read_text() == "precious data\n"
+    assert os.stat(state / LOCK_FILE).st_nlink == 1
+    assert "hard link" in caplog.text
