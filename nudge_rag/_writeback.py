@@ -875,10 +875,7 @@ class WriteBack:
     def _claimed_elsewhere(self) -> str | None:
         """A folder that the home says holds this store's originals, if not this one."""
         home = self._home if self._home is not None else self._state
-        try:
-            claim = home.load_claim()
-        except WriteBackError:
-            raise
+        claim = home.load_claim()
         if claim is None or same_folder(claim, self.state_dir):
             return None
         folder = Path(claim)
