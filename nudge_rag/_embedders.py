@@ -49,7 +49,15 @@ class QuestionEmbedder:
         """Embed ``texts``; returns a ``(len(texts), dim)`` float32 array."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.asarray(self._embed(list(texts)), dtype=np.float32)
+        try:
+            got = self._embed(list(texts))
+        except SystemExit as err:  # the user's code asked to exit: report it, never obey
+            msg = (
+                f"--embed {self.label}: the model raised SystemExit({err.code!r}) while "
+                "embedding questions (it would have ended the program); nothing was written"
+            )
+            raise EmbedderError(msg) from None
+        return np.asarray(got, dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"QuestionEmbedder({self.label})"
@@ -143,6 +151,12 @@ def _entry_point(module_name: str, attr: str, query_mode: str, spec: str) -> Que
     if inspect.isclass(obj) or (_is_factory(obj) and not _embeds(obj)):
         try:
             obj = obj()
+        except SystemExit as err:  # the user's code asked to exit: report it, never obey
+            msg = (
+                f"--embed {spec!r}: calling {attr}() raised SystemExit({err.code!r}) (it would "
+                "have ended the program); nothing was read or written"
+            )
+            raise EmbedderError(msg) from None
         except Exception as err:  # noqa: BLE001 - the user's constructor
             msg = f"--embed {spec!r}: calling {attr}() failed: {type(err).__name__}: {err}"
             raise EmbedderError(msg) from err

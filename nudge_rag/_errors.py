@@ -26,6 +26,7 @@ __all__ = [
     "UnknownIdError",
     "UnsupportedStoreError",
     "WriteBackError",
+    "WrongStateError",
 ]
 
 
@@ -65,6 +66,14 @@ class WriteBackError(RuntimeError):
 
     The store is never left half-written: every id holds its original or its target vector,
     and the message says whether to call ``resume()``, ``restore()`` or ``discard_pending()``.
+    """
+
+
+class WrongStateError(WriteBackError):
+    """The state given belongs to another store, or this store's originals are elsewhere.
+
+    Nothing was written or dropped; the message names both stores (or both places) and the
+    one to use.
     """
 
 

@@ -41,6 +41,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from nudge_rag._errors import TuneInProgressError, UnknownIdError
+from nudge_rag._masking import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class _Postgres(_Sql):
         self.url = url
 
     def __repr__(self) -> str:
-        return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", self.url)  # no password
+        return mask_secrets(self.url)  # no password, no secret parameters
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self.url, autocommit=True)
@@ -458,7 +459,15 @@ class FeedbackLog:
             "busy_timeout": float(busy_timeout),
             "synchronous": str(synchronous).upper(),
         }
-        self._create_schema()
+        try:
+            self._create_schema()
+        except sqlite3.DatabaseError as err:  # e.g. "file is not a database"
+            self._db.close()
+            msg = (
+                f"location {location}: cannot use it as a SQLite feedback log ({err}); give a "
+                "new file name, or the log file an earlier FeedbackLog created"
+            )
+            raise ValueError(msg) from err
 
     @property
     def kind(self) -> str:
@@ -509,6 +518,13 @@ class FeedbackLog:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
             for statement in statements:
                 cur.execute(statement)
+            # which embedding model wrote each query vector (added to logs made before it)
+            if self.kind == "postgresql":
+                cur.execute(f"ALTER TABLE {q} ADD COLUMN IF NOT EXISTS embedder TEXT")
+            else:
+                cur.execute(f"PRAGMA table_info({q})")
+                if "embedder" not in {row[1] for row in cur.fetchall()}:
+                    cur.execute(f"ALTER TABLE {q} ADD COLUMN embedder TEXT")
 
     # ------------------------------------------------------------------ writing
     def log_query(
@@ -520,6 +536,7 @@ class FeedbackLog:
         store: str = "default",
         query_id: str | None = None,
         at: float | datetime | None = None,
+        embedder: str | None = None,
     ) -> str:
         """Record one query and what it showed.
 
@@ -530,6 +547,9 @@ class FeedbackLog:
             store: the store or collection searched (pairs are built per store).
             query_id: the id to use (e.g. the app's request id); default: a new UUID.
             at: when (Unix seconds or a datetime); default: now.
+            embedder: the identity of the model that embedded ``vector``
+                (:meth:`embedder_id`; the integrations give it), so that tuning never mixes
+                vectors of two models.
 
         Returns:
             The query id (give it to :meth:`feedback`).
@@ -545,6 +565,10 @@ class FeedbackLog:
         if text is not None and not isinstance(text, str):
             msg = f"text must be a string or None, got {type(text).__name__}"
             raise TypeError(msg)
+        if text is not None:
+            text = _storable_text(text, "text")
+        if embedder is not None:
+            embedder = _name(embedder, "embedder")
         row = (
             qid,
             _as_time(at, "at"),
@@ -553,12 +577,14 @@ class FeedbackLog:
             vec.shape[0],
             vec.tobytes(),
             json.dumps(shown),
+            embedder,
         )
         with self._db.transaction(write=True) as cur:
             cur.execute(
                 self._db.sql(
                     f"INSERT INTO {self._queries} (query_id, created, store, text, dim, vector, "
-                    "shown) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (query_id) DO NOTHING"
+                    "shown, embedder) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (query_id) DO NOTHING"
                 ),
                 row,
             )
@@ -605,19 +631,25 @@ class FeedbackLog:
         weight = _weight(weight)
         event_id = uuid.uuid4().hex
         created = _as_time(at, "at")
-        with self._db.transaction(write=True) as cur:
-            cur.execute(
-                self._db.sql(f"SELECT shown FROM {self._queries} WHERE query_id = ?"), (qid,)
-            )
-            found = cur.fetchone()
-            _check_shown(qid, doc, None if found is None else json.loads(found[0]))
-            cur.execute(
-                self._db.sql(
-                    f"INSERT INTO {self._events} (event_id, query_id, doc_id, relevant, weight, "
-                    "created) VALUES (?, ?, ?, ?, ?, ?)"
-                ),
-                (event_id, qid, doc, int(bool(relevant)), weight, created),
-            )
+        try:
+            with self._db.transaction(write=True) as cur:
+                cur.execute(
+                    self._db.sql(f"SELECT shown FROM {self._queries} WHERE query_id = ?"), (qid,)
+                )
+                found = cur.fetchone()
+                _check_shown(qid, doc, None if found is None else json.loads(found[0]))
+                cur.execute(
+                    self._db.sql(
+                        f"INSERT INTO {self._events} (event_id, query_id, doc_id, relevant, "
+                        "weight, created) VALUES (?, ?, ?, ?, ?, ?)"
+                    ),
+                    (event_id, qid, doc, int(bool(relevant)), weight, created),
+                )
+        except Exception as err:
+            if not _foreign_key_violation(err):
+                raise
+            # purge() deleted the query between the check and the insert (PostgreSQL)
+            _check_shown(qid, doc, None)
         return event_id
 
     # ------------------------------------------------------------------ reading
@@ -731,6 +763,56 @@ class FeedbackLog:
             queries = cur.fetchall()
         return _build_pairs(events, queries, min_count, merge_tolerance)
 
+    # ------------------------------------------------------------------ embedders
+    #: The text every integration embeds to fingerprint its model (:meth:`embedder_id`).
+    PROBE_TEXT = "nudge-rag embedder probe: which model wrote these query vectors?"
+
+    @staticmethod
+    def embedder_id(name: str, probe_vector: Any) -> str:
+        """The identity of an embedding model: ``"<name>#<fingerprint>"``.
+
+        The fingerprint is a hash of the model's embedding of :attr:`PROBE_TEXT` (unit
+        length, rounded to 3 decimals so that the last bits of a GPU or a BLAS do not count),
+        so two models with one name but other weights differ, and one model has one identity.
+
+        Args:
+            name: a readable name (class and model name).
+            probe_vector: the model's embedding of :attr:`PROBE_TEXT`.
+        """
+        vec = _query_vector(probe_vector).astype(np.float64)
+        norm = float(np.linalg.norm(vec))
+        rounded = np.round(vec / (norm if norm > 0 else 1.0), 3) + 0.0  # no negative zero
+        digest = hashlib.sha256(rounded.astype("<f8").tobytes()).hexdigest()[:12]
+        return f"{_name(str(name), 'name')}#{digest}"
+
+    def embedders(
+        self, store: str | None = None, *, since: Any = None, until: Any = None
+    ) -> dict[str | None, int]:
+        """How many queries with feedback each embedding model wrote (``None``: not recorded).
+
+        Args:
+            store: only this store's queries.
+            since: only queries with feedback from then on (as :meth:`pairs`).
+            until: only queries with feedback before then.
+        """
+        start, end = _window_start(since), None if until is None else _as_time(until, "until")
+        conditions, params = [], []
+        for clause, value in (("q.store = ?", store), ("e.created >= ?", start),
+                              ("e.created < ?", end)):  # fmt: skip
+            if value is not None:
+                conditions.append(clause)
+                params.append(value)
+        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+        with self._db.transaction(write=False) as cur:
+            cur.execute(
+                self._db.sql(
+                    f"SELECT q.embedder, COUNT(DISTINCT q.query_id) FROM {self._events} e JOIN "
+                    f"{self._queries} q ON q.query_id = e.query_id{where} GROUP BY q.embedder"
+                ),
+                params,
+            )
+            return {row[0]: int(row[1]) for row in cur.fetchall()}
+
     # ------------------------------------------------------------------ export / import
     def export_jsonl(
         self, destination: str | os.PathLike | IO[str], *, store: str | None = None
@@ -762,14 +844,14 @@ class FeedbackLog:
         with self._db.transaction(write=False) as cur:
             cur.execute(
                 self._db.sql(
-                    f"SELECT q.query_id, q.created, q.store, q.text, q.dim, q.vector, q.shown "
-                    f"FROM {self._queries} q{where} ORDER BY q.created, q.query_id"
+                    f"SELECT q.query_id, q.created, q.store, q.text, q.dim, q.vector, q.shown, "
+                    f"q.embedder FROM {self._queries} q{where} ORDER BY q.created, q.query_id"
                 ),
                 params,
             )
             while rows := cur.fetchmany(1000):
-                for row in rows:
-                    got = _logged(row)
+                for full in rows:
+                    got, embedder = _logged(full[:7]), full[7]
                     line = {
                         "kind": "query",
                         "query_id": got.query_id,
@@ -779,6 +861,8 @@ class FeedbackLog:
                         "vector": got.vector.tolist(),
                         "shown_ids": got.shown_ids,
                     }
+                    if embedder is not None:
+                        line["embedder"] = embedder
                     destination.write(json.dumps(line) + "\n")
                 n_queries += len(rows)
             cur.execute(
@@ -814,27 +898,51 @@ class FeedbackLog:
             How many queries and events were added.
 
         Raises:
-            ValueError: a malformed line (its number is named); nothing was added.
+            ValueError: a malformed line, or one that is not UTF-8 text (file and line
+                named); nothing was added.
             nudge_rag.UnknownIdError: an event for a query that is neither in the file nor in
-                the log, or for a document that query did not show; nothing was added.
+                the log, or for a document that query did not show (checked against the shown
+                ids the log holds when the query was already there); ``file:line`` is named
+                and nothing was added.
         """
         if isinstance(source, (str, os.PathLike)):
-            with open(source, encoding="utf-8") as fh:
-                return self.import_jsonl(fh)
+            with open(source, "rb") as fh:
+                return self._import_lines(fh, str(source))
+        return self._import_lines(source, str(getattr(source, "name", "<stream>")))
+
+    def _import_lines(self, source: IO[Any], where: str) -> LogCounts:
         queries: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
-        shown_of: dict[str, list[str]] = {}
+        lines_of: dict[str, int] = {}  # event id -> line number, for messages
         for number, raw in enumerate(source, start=1):
+            if isinstance(raw, bytes):
+                try:
+                    raw = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    msg = (
+                        f"{where}, line {number}: not UTF-8 text ({err.reason} at byte "
+                        f"{err.start}); nothing was added"
+                    )
+                    raise ValueError(msg) from None
             if not raw.strip():
                 continue
             try:
                 line = json.loads(raw)
+                if not isinstance(line, dict):
+                    msg = f"expected a JSON object, got {type(line).__name__}"
+                    raise TypeError(msg)
                 kind = line["kind"]
                 if kind == "query":
                     vec = _query_vector(line["vector"])
                     shown = _id_list(line["shown_ids"], "shown_ids")
                     qid = _name(line["query_id"], "query_id")
                     text = line.get("text")
+                    if text is not None:
+                        if not isinstance(text, str):
+                            msg = f"text must be a string or null, got {type(text).__name__}"
+                            raise TypeError(msg)
+                        text = _storable_text(text, "text")
+                    embedder = line.get("embedder")
                     queries.append(
                         (
                             qid,
@@ -844,27 +952,31 @@ class FeedbackLog:
                             vec.shape[0],
                             vec.tobytes(),
                             json.dumps(shown),
+                            None if embedder is None else _name(embedder, "embedder"),
                         )
                     )
-                    shown_of[qid] = shown
                 elif kind == "feedback":
+                    relevant = line["relevant"]
+                    if not isinstance(relevant, bool):
+                        msg = f"relevant must be true or false, got {relevant!r}"
+                        raise TypeError(msg)
                     events.append(
                         (
                             _name(line["event_id"], "event_id"),
                             _name(line["query_id"], "query_id"),
                             _name(line["doc_id"], "doc_id"),
-                            int(bool(line["relevant"])),
+                            int(relevant),
                             _weight(line.get("weight", 1.0)),
                             _as_time(line["time"], "time"),
                         )
                     )
+                    lines_of[events[-1][0]] = number
                 else:
                     msg = f"unknown kind {kind!r} (expected 'query' or 'feedback')"
                     raise ValueError(msg)
             except (KeyError, TypeError, ValueError) as err:
-                if isinstance(err, UnknownIdError):
-                    raise
-                msg = f"line {number} of the JSON-lines import is malformed: {err}"
+                what = f"missing field {err}" if type(err) is KeyError else str(err)
+                msg = f"{where}, line {number}: malformed JSON-lines import line: {what}"
                 raise ValueError(msg) from err
         added_q = added_e = 0
         with self._db.transaction(write=True) as cur:
@@ -872,15 +984,18 @@ class FeedbackLog:
                 cur.execute(
                     self._db.sql(
                         f"INSERT INTO {self._queries} (query_id, created, store, text, dim, "
-                        "vector, shown) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "vector, shown, embedder) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT (query_id) DO NOTHING"
                     ),
                     row,
                 )
                 added_q += max(cur.rowcount, 0)
-            missing = sorted({e[1] for e in events} - set(shown_of))
-            for s in range(0, len(missing), _CHUNK):
-                chunk = missing[s : s + _CHUNK]
+            # The shown ids the log holds (a query line that reuses a stored query id was
+            # skipped above: the stored row, not the file's, says what was shown).
+            shown_of: dict[str, list[str]] = {}
+            asked = sorted({e[1] for e in events})
+            for s in range(0, len(asked), _CHUNK):
+                chunk = asked[s : s + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 cur.execute(
                     self._db.sql(
@@ -890,7 +1005,11 @@ class FeedbackLog:
                 )
                 shown_of.update((qid, json.loads(shown)) for qid, shown in cur.fetchall())
             for row in events:
-                _check_shown(row[1], row[2], shown_of.get(row[1]))
+                try:
+                    _check_shown(row[1], row[2], shown_of.get(row[1]))
+                except UnknownIdError as err:
+                    msg = f"{where}, line {lines_of[row[0]]}: {err}; nothing was added"
+                    raise UnknownIdError(msg, err.ids) from None
                 cur.execute(
                     self._db.sql(
                         f"INSERT INTO {self._events} (event_id, query_id, doc_id, relevant, "
@@ -925,6 +1044,10 @@ class FeedbackLog:
 
         Returns:
             How many queries and feedback events were deleted.
+
+        Raises:
+            ValueError: not exactly one of the three; a negative or non-finite
+                ``older_than``.
         """
         given = [n for n, v in (("older_than", older_than), ("before", before),
                                 ("query_ids", query_ids)) if v is not None]  # fmt: skip
@@ -948,6 +1071,12 @@ class FeedbackLog:
                     if isinstance(older_than, timedelta)
                     else _as_time(older_than, "older_than")
                 )
+                if not (math.isfinite(seconds) and seconds >= 0):
+                    msg = (
+                        f"older_than must be an age >= 0 (a timedelta or seconds), got "
+                        f"{older_than!r}: a negative age would delete what was just logged"
+                    )
+                    raise ValueError(msg)
                 cutoff = time.time() - seconds
             else:
                 cutoff = _as_time(before, "before")
@@ -990,6 +1119,22 @@ def _name(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         msg = f"{name} must be a non-empty string, got {value!r}"
         raise ValueError(msg) if isinstance(value, str) else TypeError(msg)
+    return _storable_text(value, name)
+
+
+def _storable_text(value: str, name: str) -> str:
+    """``value`` if both back ends store it exactly: no NUL, no lone surrogate."""
+    if "\x00" in value:
+        msg = (
+            f"{name} {value!r} contains a NUL character, which PostgreSQL cannot store in text "
+            "(and SQLite would not give back the same way); remove it"
+        )
+        raise ValueError(msg)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = f"{name} {value!r} contains a lone surrogate: not valid Unicode text, not stored"
+        raise ValueError(msg) from None
     return value
 
 
@@ -1027,6 +1172,13 @@ def _query_vector(vector: Any) -> np.ndarray:
         msg = "vector holds NaN or inf"
         raise ValueError(msg)
     return np.ascontiguousarray(vec)
+
+
+def _foreign_key_violation(err: BaseException) -> bool:
+    """Whether ``err`` is a database's foreign-key violation (the query row is gone)."""
+    if type(err).__name__ == "ForeignKeyViolation":  # psycopg.errors
+        return True
+    return isinstance(err, sqlite3.IntegrityError) and "FOREIGN KEY" in str(err).upper()
 
 
 def _check_shown(query_id: str, doc_id: str, shown: list[str] | None) -> None:
@@ -1195,6 +1347,35 @@ def _near_pairs(unit: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndar
 
 
 # ---------------------------------------------------------------------- tuning
+def _check_embedders(
+    log: FeedbackLog, store: str | None, since: Any, until: Any, embedder: str | None
+) -> None:
+    """Refuse to tune with query vectors of another embedding model (or of several)."""
+    counts = log.embedders(store, since=since, until=until)
+    known = {k: n for k, n in counts.items() if k is not None}
+    other = {k: n for k, n in known.items() if k != embedder} if embedder is not None else {}
+    mixed = embedder is None and len(known) > 1
+    if other or mixed:
+        where = f" of store {store!r}" if store is not None else ""
+        seen = ", ".join(f"{k} ({n} queries)" for k, n in sorted(known.items()))
+        now = f"the store's model is now {embedder}" if embedder else "one store needs one model"
+        msg = (
+            f"the feedback log{where} holds query vectors written by {seen}, but {now}: "
+            "vectors of two models cannot tune one store. Re-embed the logged questions with "
+            "the current model (log.pairs(...).as_text_pairs(), then tuner.tune(pairs, "
+            "embed=...)), or start a new log (FeedbackLog('<new file>')), or purge the old "
+            "queries (log.purge(before=<when the model changed>))"
+        )
+        raise ValueError(msg)
+    if embedder is not None and counts.get(None):
+        logger.warning(
+            "%d logged queries do not record which model embedded them (logged before "
+            "nudge-rag recorded it); they are assumed to be from %s",
+            counts[None],
+            embedder,
+        )
+
+
 def tune_from_feedback(
     tuner: Any,
     log: FeedbackLog,
@@ -1205,6 +1386,7 @@ def tune_from_feedback(
     min_count: float = 1.0,
     merge_tolerance: float | None = DEFAULT_MERGE_TOLERANCE,
     resume: bool = True,
+    embedder: str | None = None,
 ) -> Any:
     """Re-tune a store from the feedback in ``log``, from its original vectors.
 
@@ -1226,6 +1408,9 @@ def tune_from_feedback(
         merge_tolerance: the distance within which questions are merged.
         resume: first finish a write-back an earlier run left pending (killed mid-write);
             ``False`` raises :class:`~nudge_rag.WriteBackError` instead.
+        embedder: the identity (:meth:`FeedbackLog.embedder_id`) of the model the store's
+            documents are embedded with now. Queries logged by another model are refused
+            (their vectors live in another space); ``None`` refuses only a mix of models.
 
     Returns:
         The :class:`~nudge_rag.TuneResult`; its ``feedback_pairs`` attribute holds the pairs.
@@ -1235,6 +1420,7 @@ def tune_from_feedback(
         ValueError: no positive feedback to learn from (in the window).
         nudge_rag.WriteBackError: a pending write-back and ``resume=False``.
     """
+    _check_embedders(log, store, since, until, embedder)
     lock_key = store if store is not None else "*"
     with log.tune_lock(lock_key):
         with tuner.writeback.locked("feedback"):  # a plan being written now is not pending

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,65 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_save_npz", "atomic_write_json", "fsync_dir"]
+__all__ = [
+    "UnsafeFileError",
+    "atomic_save_npz",
+    "atomic_write_json",
+    "fsync_dir",
+    "open_regular",
+    "read_regular",
+]
+
+#: ``O_NOFOLLOW`` where the platform has it (a link as the last part of a path is refused).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class UnsafeFileError(OSError):
+    """A state file is a symbolic link or not a regular file: it is never followed."""
+
+
+def open_regular(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link and accepts only a regular file.
+
+    Args:
+        path: the file.
+        flags: ``os.O_*`` flags (``O_NOFOLLOW`` and ``O_CLOEXEC`` are added).
+        mode: permissions of a file ``O_CREAT`` makes.
+
+    Returns:
+        The file descriptor.
+
+    Raises:
+        UnsafeFileError: ``path`` is a symbolic link, a FIFO, a device or a folder.
+        FileNotFoundError: no such file (without ``O_CREAT``).
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP or os.path.islink(path):
+            msg = (
+                f"{path} is a symbolic link; nudge-rag never reads or writes a state file "
+                "through a link (it could point anywhere). Remove the link."
+            )
+            raise UnsafeFileError(errno.ELOOP, msg) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        msg = f"{path} is not a regular file; nudge-rag reads and writes only regular state files"
+        raise UnsafeFileError(errno.EINVAL, msg)
+    if _NONBLOCK:
+        os.set_blocking(fd, True)
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, never through a symbolic link (see :func:`open_regular`)."""
+    fd = open_regular(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read() if limit is None else fh.read(limit)
 
 
 def fsync_dir(path: Path) -> None:

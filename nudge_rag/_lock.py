@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nudge_rag._errors import LockBusy
+from nudge_rag._files import UnsafeFileError, open_regular, read_regular
 
 try:  # POSIX
     import fcntl
@@ -205,7 +206,7 @@ class StoreLock:
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(path)
         sleep = _POLL_S[0]
         while True:
             try:
@@ -261,9 +262,34 @@ def _read_fd(fd: int) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _open_lock_file(path: Path) -> int:
+    """Open (or create) ``writer.lock`` without following a link.
+
+    A link (symbolic, or a hard link: a file with another name elsewhere), or any file that
+    is not a regular one, put in its place is never written through: it is removed (the
+    name only, not what it points to) and a regular lock file is made, with a WARNING.
+    """
+    try:
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+    except UnsafeFileError as err:
+        if path.is_dir() and not path.is_symlink():
+            raise
+        problem = err.strerror
+    else:
+        if os.fstat(fd).st_nlink <= 1:
+            return fd
+        os.close(fd)
+        problem = f"{path} is a hard link (the same file has another name)"
+    logger.warning(
+        "%s; replaced it with a regular lock file (what it pointed to was not touched)", problem
+    )
+    path.unlink(missing_ok=True)
+    return open_regular(path, os.O_RDWR | os.O_CREAT)
+
+
 def _read_record(path: Path) -> dict[str, Any] | None:
     try:
-        data = path.read_bytes()[:4096]
+        data = read_regular(path, 4096)
         record = json.loads(data) if data.strip() else None
     except (OSError, ValueError):
         return None

@@ -522,6 +522,7 @@ class StoreTuner:
         """
         solver = self.new_solver() if solver is None else solver
         with self.writeback.locked("preflight"):
+            self.writeback.check_state()
             pending = self.writeback.has_pending
         if pending:
             msg = (

@@ -356,3 +356,45 @@ def _int_vector(value: Any, name: str) -> np.ndarray:
         msg = f"{name} must hold integers, got dtype {arr.dtype}"
         raise TypeError(msg)
     return arr.astype(np.int64, copy=False)
+
+
+def check_storable_ids(ids: Sequence[str], name: str = "ids") -> None:
+    """Refuse ids that cannot be saved and read back exactly (before anything is written).
+
+    A NUL character is dropped at the end of a numpy string (``originals.npz``) and refused
+    by PostgreSQL text; a lone surrogate cannot be encoded as UTF-8 (JSON, SQL, most
+    stores). Either would leave a document that ``restore()`` cannot find again.
+
+    Args:
+        ids: the ids (already strings).
+        name: the argument name, for the message.
+
+    Raises:
+        ValueError: naming the first such id (as ``repr``) and what is wrong with it.
+    """
+    joined = "".join(ids)
+    bad_nul = "\x00" in joined
+    try:
+        joined.encode("utf-8")
+        bad_utf8 = False
+    except UnicodeEncodeError:
+        bad_utf8 = True
+    if not (bad_nul or bad_utf8):
+        return
+    for doc_id in ids:
+        if "\x00" in doc_id:
+            msg = (
+                f"{name}: document id {doc_id!r} contains a NUL character, which cannot be saved "
+                "and read back exactly (numpy drops a trailing NUL, PostgreSQL refuses it); "
+                "nothing was written. Rename the document in the store."
+            )
+            raise ValueError(msg)
+        try:
+            doc_id.encode("utf-8")
+        except UnicodeEncodeError:
+            msg = (
+                f"{name}: document id {doc_id!r} contains a lone surrogate (not valid Unicode "
+                "text), which cannot be saved as UTF-8; nothing was written. Rename the "
+                "document in the store."
+            )
+            raise ValueError(msg) from None

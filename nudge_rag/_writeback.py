@@ -47,23 +47,49 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag._errors import StoreBusyError, WriteBackError
-from nudge_rag._files import atomic_save_npz, atomic_write_json, fsync_dir
+from nudge_rag._errors import StoreBusyError, WriteBackError, WrongStateError
+from nudge_rag._files import (
+    UnsafeFileError,
+    atomic_save_npz,
+    atomic_write_json,
+    fsync_dir,
+    open_regular,
+    read_regular,
+)
+from nudge_rag._identity import (
+    CLAIM,
+    CLAIM_KEY,
+    IDENTITY,
+    StoreIdentity,
+    fingerprint,
+    identity_of,
+    same_folder,
+)
 from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
 from nudge_rag._queryset import row_index
 from nudge_rag._store import EmbeddingStore, IndexedEmbeddingStore
-from nudge_rag._validation import check_matrix, check_positive_int
+from nudge_rag._validation import check_matrix, check_positive_int, check_storable_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StoreBusyError", "WriteBack", "WriteBackError", "WriteBackStatus", "WriteReport"]
+__all__ = [
+    "StoreBusyError",
+    "WriteBack",
+    "WriteBackError",
+    "WriteBackStatus",
+    "WriteReport",
+    "WrongStateError",
+]
 
 ORIGINALS = "originals.npz"
 PENDING = "pending.npz"
 PROGRESS = "progress.json"
 APPLIED = "applied.npz"
 META = "meta.json"
-STATE_FILES = (ORIGINALS, PENDING, PROGRESS, APPLIED, META)
+STATE_FILES = (ORIGINALS, PENDING, PROGRESS, APPLIED, META, IDENTITY, CLAIM)
+#: A restore, resume or fit that would drop the originals of at least this many saved ids,
+#: and of most of them, stops instead: the state most likely belongs to another store.
+SUSPECT_MIN = 10
 
 #: A stored vector within ``DRIFT_RTOL * |reference| + DRIFT_ATOL`` (euclidean) of its original
 #: or of a vector this write-back wrote counts as unchanged. Loose enough for stores that
@@ -208,12 +234,18 @@ class _State:
         if self.root is None:
             return self._mem.get(name)
         path = self.root / name
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with (
+                os.fdopen(open_regular(path, os.O_RDONLY), "rb") as fh,
+                np.load(fh, allow_pickle=False) as data,
+            ):
                 out = {k: data[k] for k in keys}
                 out.update((k, data[k]) for k in optional if k in data.files)
+        except UnsafeFileError as err:
+            msg = f"write-back state file {err.strerror}; the store was not touched"
+            raise WriteBackError(msg) from err
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
             msg = (
                 f"cannot read write-back state file {path}: {type(err).__name__}: {err}. "
@@ -260,17 +292,20 @@ class _State:
             fsync_dir(self.root)
 
     def _exists(self, name: str) -> bool:
-        return name in self._mem if self.root is None else (self.root / name).exists()
+        return name in self._mem if self.root is None else os.path.lexists(self.root / name)
 
     def _load_json(self, name: str) -> dict[str, Any] | None:
         if self.root is None:
             got = self._mem.get(name)
             return dict(got) if got is not None else None
         path = self.root / name
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
+            payload = json.loads(read_regular(path).decode("utf-8"))
+        except UnsafeFileError as err:
+            msg = f"write-back state file {err.strerror}; the store was not touched"
+            raise WriteBackError(msg) from err
         except (OSError, ValueError) as err:
             logger.warning("unreadable write-back state file %s (%s): ignored", path, err)
             return None
@@ -392,11 +427,14 @@ class _State:
         if self.root is None:
             return int(self._mem.get(PROGRESS, 0))
         path = self.root / PROGRESS
-        if not path.exists():
+        if not os.path.lexists(path):
             return 0
         try:
-            return int(json.loads(path.read_text())["batches_done"])
-        except (ValueError, KeyError, TypeError) as err:
+            return int(json.loads(read_regular(path).decode("utf-8"))["batches_done"])
+        except UnsafeFileError as err:
+            msg = f"write-back state file {err.strerror}; the store was not touched"
+            raise WriteBackError(msg) from err
+        except (OSError, ValueError, KeyError, TypeError) as err:
             logger.warning("unreadable %s (%s): resuming from the first batch", path, err)
             return 0
 
@@ -424,6 +462,29 @@ class _State:
         self._delete(APPLIED)
         self._delete(META)
         self.clear_pending()
+        self._delete(IDENTITY)
+
+    # identity and claims (see nudge_rag._identity) ------------------------------------
+    def load_identity(self) -> dict[str, Any] | None:
+        return self._load_json(IDENTITY)
+
+    def save_identity(self, payload: dict[str, Any]) -> None:
+        if self.root is not None:
+            self._save_json(IDENTITY, payload)
+
+    def load_claim(self) -> str | None:
+        got = self._load_json(CLAIM)
+        folder = None if got is None else got.get("state_dir")
+        return folder if isinstance(folder, str) else None
+
+    def save_claim(self, folder: str | None) -> None:
+        if folder is None:
+            self._delete(CLAIM)
+        else:
+            self._save_json(CLAIM, {"state_dir": folder})
+
+    def holds_state(self) -> bool:
+        return self._exists(ORIGINALS) or self._exists(PENDING)
 
     # meta ---------------------------------------------------------------------
     def load_meta(self) -> dict[str, Any]:
@@ -547,6 +608,28 @@ class _StoreState:
     def has_temp_files(self) -> bool:
         return False
 
+    def load_identity(self) -> dict[str, Any] | None:
+        return None  # the state lives in the store itself
+
+    def save_identity(self, payload: dict[str, Any]) -> None:
+        return None
+
+    def load_claim(self) -> str | None:
+        folder = self.load_meta().get(CLAIM_KEY)
+        return folder if isinstance(folder, str) else None
+
+    def save_claim(self, folder: str | None) -> None:
+        meta = self.load_meta()
+        if folder is None and CLAIM_KEY not in meta:
+            return
+        meta.pop(CLAIM_KEY, None)
+        if folder is not None:
+            meta[CLAIM_KEY] = folder
+        self.save_meta(meta)
+
+    def holds_state(self) -> bool:
+        return self.count_originals() > 0 or self.has_pending()
+
 
 def _close(current: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per row: whether ``current`` is ``reference`` up to the drift tolerance."""
@@ -623,6 +706,7 @@ class WriteBack:
         else:
             self._state = _State(self.state_dir, owner)
         self._lock: StoreLock = self._state.lock
+        self._home, self._home_where = self._find_home(owner, own_state)
         self.last_report: WriteReport | None = None
         if self._state.has_temp_files():  # left by a killed writer: remove unless one is busy
             # (never wait here: a writer at work may be writing them right now)
@@ -656,6 +740,196 @@ class WriteBack:
         finally:
             self._lock.release()
 
+    # ------------------------------------------------------------------ which store, which place
+    def _find_home(self, owner: object, own_state: Any) -> tuple[Any, str | None]:
+        """The store's home state when this write-back keeps its state elsewhere, else ``None``.
+
+        The home is the store's own state (pgvector's tables), its default state folder, or
+        the memory of the store object; it records where the originals went when they are
+        kept elsewhere (see :mod:`nudge_rag._identity`).
+        """
+        if isinstance(self._state, _StoreState):
+            return None, None
+        if callable(own_state):
+            if self.state_dir is None:
+                return None, None
+            return _StoreState(own_state(), owner), f"the store's own state ({self.store.name})"
+        try:
+            default = self.store.default_state_dir()
+        except Exception as err:  # noqa: BLE001 - a backend that cannot tell
+            logger.debug("default_state_dir() of %s failed: %s", self.store.name, err)
+            default = None
+        if default is not None:
+            if self.state_dir is None or same_folder(default, self.state_dir):
+                return None, None  # memory on purpose (a dry run), or the default itself
+            return _State(default, owner), str(default)
+        if self.state_dir is None:
+            return None, None
+        return _State(None, owner), "memory"
+
+    def identity(self, dim: int | None = None) -> StoreIdentity:
+        """What this store is, as a state folder records it (see :class:`StoreIdentity`)."""
+        return identity_of(self.store, dim)
+
+    def _here(self) -> str:
+        if self.state_dir is not None:
+            return str(self.state_dir)
+        if isinstance(self._state, _StoreState):
+            return f"the store's own state ({self.store.name})"
+        return "memory"
+
+    def check_state(self) -> None:
+        """Refuse when this store's originals are kept elsewhere, or this state is another's.
+
+        Every call that reads or writes the state runs this check first; call it to fail
+        before expensive work (embedding questions).
+
+        Raises:
+            WrongStateError: naming both places (or both stores); nothing was done.
+        """
+        self._check_place()
+
+    def _check_place(self) -> None:
+        """Refuse when this store's originals are kept elsewhere, or this state is another's.
+
+        Raises:
+            WrongStateError: naming both places (or both stores); nothing was done.
+        """
+        here = self._here()
+        me = self.identity()
+        claimed = self._claimed_elsewhere()
+        if claimed is not None:
+            msg = (
+                f"the original vectors of {me.describe()} are kept in {claimed}, not in {here}: "
+                f"pass state_dir={claimed!r} (command line: --state-dir {claimed}). Nothing was "
+                "done; using another folder would read tuned vectors as originals."
+            )
+            raise WrongStateError(msg)
+        if self._home is not None and self._home.holds_state():
+            where = self._home_where
+            hint = (
+                "leave state_dir out (command line: no --state-dir)"
+                if where != "memory"
+                else "use the state folder you tuned it with"
+            )
+            msg = (
+                f"the original vectors of {me.describe()} are kept in {where}, not in {here}: "
+                f"{hint}. Nothing was done; using another folder would read tuned vectors as "
+                "originals."
+            )
+            raise WrongStateError(msg)
+        recorded = self._state.load_identity()
+        if not recorded:
+            return
+        theirs = StoreIdentity.from_dict(recorded)
+        differs = theirs.conflicts(me)
+        moved = theirs.moved(me)
+        if differs or (moved and not self._fingerprint_matches(recorded)):
+            what = ", ".join(differs or moved)
+            msg = (
+                f"the state in {here} belongs to {theirs.describe()}, not to {me.describe()} "
+                f"({what} differ): open the store it was written for, or give this store its "
+                "own state folder. Nothing was written or dropped."
+            )
+            raise WrongStateError(msg)
+        if moved:
+            logger.info(
+                "the state in %s was written for %s; %s holds its saved ids with the vectors it "
+                "wrote: state updated",
+                here,
+                theirs.describe(),
+                me.describe(),
+            )
+            self._state.save_identity(
+                {**recorded, "kind": me.kind, "location": me.location, "collection": me.collection}
+            )
+
+    def _claimed_elsewhere(self) -> str | None:
+        """A folder that the home says holds this store's originals, if not this one."""
+        home = self._home if self._home is not None else self._state
+        claim = home.load_claim()
+        if claim is None or same_folder(claim, self.state_dir):
+            return None
+        folder = Path(claim)
+        if os.path.lexists(folder / ORIGINALS) or os.path.lexists(folder / PENDING):
+            return claim
+        return None  # stale: that folder was restored or removed
+
+    def _fingerprint_matches(self, recorded: dict[str, Any]) -> bool:
+        """Whether the store holds the recorded sample ids with vectors this state knows."""
+        sample = recorded.get("fingerprint")
+        if not isinstance(sample, dict) or not sample:
+            return False
+        ids = [str(i) for i in sample]
+        current, present = self._read_present(ids)
+        if not present.all():
+            return False
+        loaded = self._state.load_originals()
+        orig_ids, orig_vecs = loaded if loaded is not None else ([], None)
+        return bool(self._ours(ids, current, self._references(orig_ids, orig_vecs)).all())
+
+    def _save_originals(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Save the originals, with the identity (folder) and the home's claim."""
+        if self._home is not None and ids:
+            self._home.save_claim(str(Path(self.state_dir).resolve()) if self.state_dir else None)
+        self._state.save_originals(ids, vectors)
+        if ids:
+            dim = int(vectors.shape[1]) if vectors.ndim == 2 else None
+            self._state.save_identity(
+                {**self.identity(dim).as_dict(), "fingerprint": fingerprint(ids, vectors)}
+            )
+
+    def _release_claim(self) -> None:
+        """After a completed restore: the home no longer points here."""
+        if self._home is None or self.state_dir is None:
+            return
+        claim = self._home.load_claim()
+        if claim is not None and same_folder(claim, self.state_dir):
+            self._home.save_claim(None)
+
+    def _refuse_suspect(
+        self,
+        n_saved: int,
+        missing: list[str],
+        drifted: list[str],
+        saved_dim: int | None,
+        store_dim: int | None,
+    ) -> None:
+        """Stop before dropping originals wholesale: the state is most likely another store's.
+
+        Raises:
+            WrongStateError: the saved originals have another dimension than the store's
+                vectors, or most saved ids (at least :data:`SUSPECT_MIN`) are missing or hold
+                vectors this write-back never wrote.
+        """
+        here = self._here()
+        recorded = self._state.load_identity()
+        owner = (
+            StoreIdentity.from_dict(recorded).describe()
+            if recorded
+            else "another store (this state does not record which)"
+        )
+        fix = (
+            "Nothing was written or dropped. Open the store this state belongs to; if this "
+            f"collection was re-created or re-embedded on purpose, its old originals can never "
+            f"go back: move {here} aside and start again."
+        )
+        if saved_dim and store_dim and saved_dim != store_dim:
+            msg = (
+                f"the originals saved in {here} are {saved_dim}-dimensional, but "
+                f"{self.identity().describe()} holds {store_dim}-dimensional vectors: this "
+                f"state belongs to {owner}. {fix}"
+            )
+            raise WrongStateError(msg)
+        bad = len(missing) + len(drifted)
+        if bad >= SUSPECT_MIN and 2 * bad > n_saved:
+            msg = (
+                f"{len(missing)} of the {n_saved} ids saved in {here} are not in "
+                f"{self.identity().describe()} and {len(drifted)} hold vectors this state never "
+                f"wrote: this state belongs to {owner}. {fix}"
+            )
+            raise WrongStateError(msg)
+
     # ------------------------------------------------------------------ reading
     @property
     def has_pending(self) -> bool:
@@ -679,7 +953,12 @@ class WriteBack:
 
         Reads the state only: it takes no lock, so it never gets in a writer's way (while one
         works, the counts may be a moment old).
+
+        Raises:
+            WrongStateError: the originals of this store are kept elsewhere, or this state
+                belongs to another store (the message names both).
         """
+        self._check_place()
         try:
             summary = self._state.pending_summary()
         except WriteBackError:  # unreadable plan: resume() names the file
@@ -688,18 +967,20 @@ class WriteBack:
         meta = self._state.load_meta()
         holder = self._lock.holder_now()
         n_originals = self._state.count_originals()
-        gamma = meta.get("gamma")
+        where = self.state_dir / META if self.state_dir is not None else "the saved meta"
+        gamma = _meta_number(meta, "gamma", float, where)
+        n_tuned = _meta_number(meta, "n_tuned", int, where)
         return WriteBackStatus(
             state_dir=self.state_dir,
             tuned=n_originals > 0,
             n_originals=n_originals,
-            n_tuned=meta.get("n_tuned"),
+            n_tuned=n_tuned,
             pending=None if summary is None else summary[0],
             pending_ids=0 if summary is None else summary[1],
             batches_done=done,
             batches_total=0 if summary is None else -(-summary[1] // max(summary[2], 1)),
             variant=meta.get("variant"),
-            gamma=None if gamma is None else float(gamma),
+            gamma=gamma,
             method=meta.get("method"),
             applied_at=meta.get("applied_at"),
             locked_by=None if holder is None else describe_holder(holder),
@@ -718,6 +999,7 @@ class WriteBack:
             ``(ids, (n, dim) float32)``: the vectors a fresh fit must start from.
         """
         with self.locked("read"):
+            self._check_place()
             ids = list(self.store.list_ids()) if ids is None else list(ids)
             if not ids:
                 return ids, np.zeros((0, 0), dtype=np.float32)
@@ -774,6 +1056,7 @@ class WriteBack:
             ValueError: shapes or values that cannot be written.
         """
         ids = [str(i) for i in ids]
+        check_storable_ids(ids, "ids")
         vectors = check_matrix(vectors, "vectors", allow_empty=True)
         if len(ids) != vectors.shape[0]:
             msg = (
@@ -798,6 +1081,7 @@ class WriteBack:
         self, ids: list[str], vectors: np.ndarray, base: np.ndarray | None, info: dict[str, Any]
     ) -> WriteReport:
         self._refuse_if_pending()
+        self._check_place()
         # Reading raises KeyError for unknown ids before anything is written.
         current = self._read(ids)
         if ids and current.shape[1] != vectors.shape[1]:
@@ -829,6 +1113,11 @@ class WriteBack:
             keep[in_target[~ours_t]] = False
         gone = set(missing)
         drifted = [i for i, k in zip(orig_ids, keep) if not k and i not in gone]
+        if orig_vecs is not None:
+            store_dim = current.shape[1] if ids else (rest_cur.shape[1] or None)
+            self._refuse_suspect(
+                len(orig_ids), missing, drifted, int(orig_vecs.shape[1]), store_dim
+            )
         # The vector each id's tuned vector must have been computed from.
         kept = {orig_ids[k]: k for k in range(len(orig_ids)) if keep[k]}
         expected = current.copy()
@@ -851,7 +1140,7 @@ class WriteBack:
             if upfront:
                 new_ids += [ids[r] for r in upfront]
                 parts.append(current[np.asarray(upfront, dtype=np.int64)])
-            self._state.save_originals(new_ids, np.concatenate(parts))
+            self._save_originals(new_ids, np.concatenate(parts))
             logger.info("saved originals of %d new id(s) (%d in all)", len(upfront), len(new_ids))
         self._report_dropped(drifted, missing)
         # Rows moved earlier but not now (or skipped now) go back to their originals.
@@ -892,6 +1181,7 @@ class WriteBack:
             WriteBackError: a batch failed again (the plan stays pending).
         """
         with self.locked("resume"):
+            self._check_place()
             pending = self._state.load_pending()
             if pending is None:
                 return False
@@ -912,10 +1202,17 @@ class WriteBack:
             skip[start:] = ~(present & ours)
             missing = [i for i, p in zip(todo, present) if not p]
             drifted = [i for i, p, o in zip(todo, present, ours) if p and not o]
+            self._refuse_suspect(
+                len(todo),
+                missing,
+                drifted,
+                int(vectors.shape[1]) if vectors.ndim == 2 and len(ids) else None,
+                int(current.shape[1]) if present.any() else None,
+            )
             if (missing or drifted) and kind == "apply" and orig_vecs is not None:
                 gone = set(missing) | set(drifted)
                 keep = np.asarray([i not in gone for i in orig_ids], dtype=bool)
-                self._state.save_originals([i for i in orig_ids if i not in gone], orig_vecs[keep])
+                self._save_originals([i for i in orig_ids if i not in gone], orig_vecs[keep])
             self._report_dropped(drifted, missing, restoring=kind == "restore")
             self._run_plan(kind, ids, vectors, batch_size, start=done, skip=skip)
             self.last_report = WriteReport(
@@ -938,6 +1235,7 @@ class WriteBack:
             WriteBackError: a batch failed (call ``restore()`` or ``resume()`` again).
         """
         with self.locked("restore"):
+            self._check_place()
             loaded = self._state.load_originals()
             if loaded is None:
                 if self._state.has_pending():
@@ -952,12 +1250,20 @@ class WriteBack:
             keep = present & ours
             missing = [i for i, p in zip(ids, present) if not p]
             drifted = [i for i, p, o in zip(ids, present, ours) if p and not o]
+            self._refuse_suspect(
+                len(ids),
+                missing,
+                drifted,
+                int(vectors.shape[1]),
+                int(current.shape[1]) if present.any() else None,
+            )
             self._report_dropped(drifted, missing, restoring=True)
             self._absorb_pending()
             ids = [i for i, k in zip(ids, keep) if k]
             vectors = vectors[keep]
             self._state.save_pending("restore", ids, vectors, self.batch_size)
             self._run_plan("restore", ids, vectors, self.batch_size, start=0)
+            self._release_claim()
             self.last_report = WriteReport("restore", len(ids), drifted, [], missing)
             return len(ids)
 
@@ -976,6 +1282,7 @@ class WriteBack:
             StoreBusyError: another writer holds the store.
         """
         with self.locked("discard_pending"):
+            self._check_place()
             if not self._state.has_pending():
                 return False
             try:
@@ -1199,6 +1506,24 @@ class WriteBack:
         logger.info("%s complete: %d vector(s) written", kind, written)
         if isinstance(self.store, IndexedEmbeddingStore):  # e.g. pgvector: VACUUM (ANALYZE)
             self.store.refresh_index()
+
+
+def _meta_number(meta: dict[str, Any], key: str, kind: type, where: Any) -> Any:
+    """``meta[key]`` as ``kind`` (``None`` if absent); a value that is not one is named."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        got = kind(value)
+        if np.isfinite(got):
+            return got
+    logger.warning(
+        "%s: %s is %r, not a number (the file was edited or damaged); shown as unknown",
+        where,
+        key,
+        value,
+    )
+    return None
 
 
 def _scatter(got: np.ndarray | None, mask: np.ndarray) -> np.ndarray:

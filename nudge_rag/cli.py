@@ -9,6 +9,7 @@ Commands (``nudge-rag COMMAND --help`` for each)::
     nudge-rag restore  --store URI [--collection NAME] [--state-dir DIR]
     nudge-rag status   --store URI [--collection NAME] [--state-dir DIR] [--json]
     nudge-rag resume   --store URI [--collection NAME] [--state-dir DIR]
+    nudge-rag discard  --store URI [--collection NAME] [--state-dir DIR]
     nudge-rag benchmark [--data PATH]
 
 Exit status: 0 on success, 2 on bad usage or bad input (nothing was written), 1 on other
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +34,7 @@ import numpy as np
 
 from nudge_rag._data import EmbeddedDataset, load_embedded
 from nudge_rag._errors import UnknownIdError, UnsupportedStoreError
+from nudge_rag._masking import MaskSecretsFilter, mask_secrets
 from nudge_rag._metrics import evaluate
 from nudge_rag._search import search
 from nudge_rag._solver import NudgeM, NudgeN
@@ -230,10 +233,12 @@ def _one_line(err: BaseException) -> str:
 
 def _exit_status(err: BaseException) -> int:
     """2 for bad usage or input (nothing was written), 1 for other failures."""
-    from nudge_rag._writeback import WriteBackError
+    from nudge_rag._writeback import WriteBackError, WrongStateError
 
     if isinstance(err, CliError):
         return err.status
+    if isinstance(err, WrongStateError):  # refused before anything was done
+        return 2
     if isinstance(err, WriteBackError):
         return 1
     if isinstance(err, (ValueError, KeyError, FileNotFoundError, NotADirectoryError)):
@@ -324,7 +329,12 @@ class _StoreView(BaseEmbeddingStore):
 def _opened(args: argparse.Namespace) -> Iterator[Any]:
     from nudge_rag.backends._uri import open_store
 
-    opened = open_store(args.store, args.collection, distance=getattr(args, "distance", None))
+    opened = open_store(
+        args.store,
+        args.collection,
+        distance=getattr(args, "distance", None),
+        trust_pickle=getattr(args, "trust_pickle", False),
+    )
     try:
         yield opened
     finally:
@@ -372,7 +382,10 @@ def _saved_state(args: argparse.Namespace, store: Any) -> tuple[Any, str | None]
         return WriteBack(store, None), f"side tables in the store's database ({store.name})"
     if folder is None:
         return None, None
-    return (WriteBack(store, folder) if folder.is_dir() else None), str(folder)
+    if not folder.is_dir():
+        WriteBack(store, folder).check_state()  # originals kept elsewhere? (creates nothing)
+        return None, str(folder)
+    return WriteBack(store, folder), str(folder)
 
 
 def _check_known(pairs: Any, known: set[str] | None, store: Any, option: str) -> None:
@@ -427,6 +440,32 @@ def _measure(store: Any, pairs: Any, vectors: np.ndarray, k: int) -> dict[str, A
     return evaluate_store(store, vectors, pairs.answers, grades, k)
 
 
+def _check_k(k: int, n_docs: int, where: str) -> None:
+    """``--k`` is at most the number of stored vectors (a top-k cannot hold more)."""
+    if k > n_docs:
+        msg = (
+            f"--k {k}: larger than the {n_docs:,} vectors in {where!r}; give --k of at most "
+            f"{n_docs:,}"
+        )
+        raise CliError(msg)
+
+
+def _check_report_folder(folder: Path) -> None:
+    """``--report DIR`` can be written, checked before anything else is (the store included)."""
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"--report {folder}: exists and is not a folder")
+    probe_dir = folder
+    while not probe_dir.exists():  # the nearest existing parent must let us create it
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir() or not os.access(probe_dir, os.W_OK | os.X_OK):
+        what = "" if probe_dir == folder else f" (its parent {probe_dir} is not writable)"
+        raise CliError(f"--report {folder}: cannot write there{what}")
+    for name in ("report.md", "report.json", "report.png"):
+        target = folder / name
+        if target.exists() and (target.is_dir() or not os.access(target, os.W_OK)):
+            raise CliError(f"--report {folder}: {target} exists and cannot be overwritten")
+
+
 # ---------------------------------------------------------------------- tune
 def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
     from nudge_rag._tune import StoreTuner
@@ -441,13 +480,23 @@ def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
                 "(or add --no-picture)"
             )
             raise CliError(msg) from err
+    if args.report:
+        _check_report_folder(Path(args.report))
     timings: dict[str, float] = {}
     start = time.perf_counter()
     train = _read_pairs(args.pairs, args.split or "train", "--pairs")
     val = _read_pairs(args.val_pairs, args.val_split, "--val-pairs")
     test = _read_pairs(args.test_pairs, args.test_split, "--test-pairs")
+    if val is None and args.gamma is None and train.n_questions < 2:
+        msg = (
+            f"--pairs {train.source}: {train.n_questions} question(s); choosing gamma by "
+            "cross-validation needs at least 2: give --val-pairs FILE (questions that choose "
+            "gamma) or a fixed --gamma G"
+        )
+        raise CliError(msg)
     with _opened(args) as opened:
         store = opened.backend
+        _check_k(args.k, store.count(), store.name)
         params: dict[str, Any] = {}
         if args.gamma is not None:
             params["gamma"] = args.gamma
@@ -645,6 +694,7 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
         store = opened.backend
         if store.count() == 0:
             raise CliError(f"the store {store.name!r} is empty: nothing to evaluate")
+        _check_k(args.k, store.count(), store.name)
         _check_known(pairs, None, store, "--pairs")
         dim = _store_dim(store, pairs.answers[0][0])
         embedder = _load_embedder(args)
@@ -711,9 +761,16 @@ def _status(args: argparse.Namespace, store: Any, opened: Any) -> dict[str, Any]
             logger.warning("unreadable %s: %s", record_path, err)
             record = {}
         keys = ("variant", "gamma", "gamma_chosen_by", "n_folds", "rows_moved", "tuned_at", "model")
+        numbers = {"gamma": (int, float), "n_folds": (int,), "rows_moved": (int,)}
         for key in keys:
+            value = record.get(key) if isinstance(record, dict) else None
+            expect = numbers.get(key, (str,))
+            if value is not None and (isinstance(value, bool) or not isinstance(value, expect)):
+                logger.warning("%s: %s is %r, not a %s; ignored", record_path, key, value,
+                               "number" if key in numbers else "string")  # fmt: skip
+                value = None
             if info.get(key) is None:
-                info[key] = record.get(key)
+                info[key] = value
     return info
 
 
@@ -789,6 +846,9 @@ def _tuner_for_state(args: argparse.Namespace, store: Any) -> Any:
         msg = f"no state folder known for {store.name!r}: give --state-dir"
         raise CliError(msg)
     if folder is not None and not folder.is_dir():
+        from nudge_rag._writeback import WriteBack
+
+        WriteBack(store, folder).check_state()  # originals kept elsewhere? (creates nothing)
         return None
     return StoreTuner(store, state_dir=folder or "auto", batch_size=args.batch_size)
 
@@ -820,6 +880,22 @@ def _cmd_resume(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def _cmd_discard(args: argparse.Namespace, out: _Out) -> int:
+    with _opened(args) as opened:
+        tuner = _tuner_for_state(args, opened.backend)
+        dropped = tuner is not None and tuner.discard_pending()
+        where = None if tuner is None else tuner.state_dir
+    if dropped:
+        kept = f" in {where}" if where is not None else ""
+        out.say(
+            f"dropped the interrupted write-back; every saved original stays{kept} "
+            f"('{PROG} restore' puts them back)"
+        )
+    else:
+        out.say("no interrupted write-back to drop")
+    return 0
+
+
 # ---------------------------------------------------------------------- benchmark
 def _cmd_benchmark(args: argparse.Namespace, out: _Out) -> int:
     if args.data:
@@ -833,6 +909,7 @@ def _cmd_benchmark(args: argparse.Namespace, out: _Out) -> int:
         data = make_retrieval_task(random_state=args.seed)
         label = f"generated retrieval task (seed {args.seed})"
     try:
+        _check_k(args.k, int(data.n_docs), label)
         rows = run_benchmark(data, k=args.k, repeat=args.repeat, show_progress=out.progress)
     except ValueError as err:  # e.g. NaN in the embeddings: one line, no traceback
         raise CliError(f"benchmark failed on {label}: {_one_line(err)}") from err
@@ -926,6 +1003,13 @@ def _store_args(parser: argparse.ArgumentParser, state: bool = True) -> None:
         choices=DISTANCES,
         help="how the store ranks, for a store that does not record it (a pgvector table "
         "without an HNSW or IVFFlat index); a store that records it must agree",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="faiss:DIR only: allow loading the folder's index.pkl, a Python pickle "
+        "(LangChain's docstore). Loading a pickle runs whatever code it holds, so it is "
+        "refused unless you pass this; pass it only for a folder you made or trust",
     )
     if state:
         parser.add_argument(
@@ -1099,6 +1183,20 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=_int_at_least(1), default=512, metavar="N", help=argparse.SUPPRESS
     )
 
+    discard = sub.add_parser(
+        "discard",
+        parents=[common],
+        help="drop an interrupted write-back that cannot finish, keeping every original",
+        description="Drop a pending tune or restore plan that can no longer be written (resume "
+        "keeps failing, e.g. the store refuses the writes) without writing anything. Every saved "
+        "original is kept: 'restore' still puts every one back, and the next tune starts from "
+        "them.",
+    )
+    _store_args(discard)
+    discard.add_argument(
+        "--batch-size", type=_int_at_least(1), default=512, metavar="N", help=argparse.SUPPRESS
+    )
+
     bench = sub.add_parser(
         "benchmark",
         parents=[common],
@@ -1131,7 +1229,10 @@ def _parser() -> argparse.ArgumentParser:
         help="fits per method, fastest reported (default: 3)",
     )
     bench.add_argument(
-        "--seed", type=int, default=0, help="seed of the generated task (default: 0)"
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        help="seed of the generated task, an integer >= 0 (default: 0)",
     )
     bench.add_argument(
         "--json", action="store_true", help="print the rows as JSON instead of a table"
@@ -1145,6 +1246,7 @@ _COMMANDS = {
     "restore": _cmd_restore,
     "status": _cmd_status,
     "resume": _cmd_resume,
+    "discard": _cmd_discard,
     "benchmark": _cmd_benchmark,
 }
 
@@ -1154,12 +1256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # no password or token in any log line
+        if not any(isinstance(f, MaskSecretsFilter) for f in handler.filters):
+            handler.addFilter(MaskSecretsFilter())
     out = _Out(quiet=args.quiet, progress=args.progress)
     try:
         return _COMMANDS[args.command](args, out)
     except KeyboardInterrupt:
         hint = ""
-        if args.command in ("tune", "restore", "resume"):
+        if args.command in ("tune", "restore", "resume", "discard"):
             hint = f" (if a write had started: '{PROG} status' tells; then '{PROG} resume')"
         print(f"{PROG}: interrupted{hint}", file=sys.stderr)
         return 130
@@ -1167,9 +1272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logger.exception("%s failed", args.command)
         status = _exit_status(err)
-        message = _one_line(err)
+        message = mask_secrets(_one_line(err))
         if "resume()" in message and "restore()" in message:  # the library's words for the CLI's
-            message += f" [from the command line: '{PROG} resume' or '{PROG} restore']"
+            also = f" or '{PROG} discard'" if "discard_pending()" in message else ""
+            message += f" [from the command line: '{PROG} resume' or '{PROG} restore'{also}]"
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return status
 

@@ -49,7 +49,22 @@ class ChromaServer:
             self.port = sock.getsockname()[1]
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 120, attempts: int = 3) -> None:
+        """Start it and wait for its heartbeat; a process that dies is started again.
+
+        All attempts share ``timeout`` seconds (a busy machine can be slow to start one).
+        """
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, attempts + 1):
+            if self._start_once(deadline):
+                return
+            if attempt == attempts or time.monotonic() > deadline:
+                break
+            time.sleep(1.0 * attempt)
+        tail = (self.path / "server.log").read_text(errors="replace")[-2000:]
+        pytest.fail(f"chroma server did not start in {attempts} attempts: {tail}")
+
+    def _start_once(self, deadline: float) -> bool:
         import chromadb
 
         log = open(self.path / "server.log", "ab")  # noqa: SIM115 - owned by the process
@@ -68,16 +83,20 @@ class ChromaServer:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + timeout
+        pause = 0.2
         while True:
             try:
                 chromadb.HttpClient(host=self.host, port=self.port).heartbeat()
-                return
+                return True
             except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    tail = (self.path / "server.log").read_text(errors="replace")[-2000:]
-                    pytest.fail(f"chroma server did not start: {tail}")
-                time.sleep(0.3)
+                if self.proc.poll() is not None:
+                    self.proc = None
+                    return False
+                if time.monotonic() > deadline:
+                    self.stop(kill=True)
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 1.5, 2.0)
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:
@@ -130,19 +149,58 @@ class PgServer:
     def __init__(self, folder: Path):
         self.folder, self.server, self.url = folder, None, ""
 
-    def start(self) -> None:
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> None:
+        """Start it and wait until it takes connections (retried within ``timeout`` s).
+
+        A busy machine can make ``pg_ctl start`` or the first connection slow: each attempt
+        waits for a connection with a growing pause, and a failed attempt starts again, all
+        within ``timeout`` seconds; the last error is raised.
+        """
         import warnings
 
         import psycopg
 
-        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
-            warnings.simplefilter("ignore")
-            import pgserver
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, attempts + 1):
+            try:
+                with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
+                    warnings.simplefilter("ignore")
+                    import pgserver
 
-            self.server = pgserver.get_server(self.folder / "data", cleanup_mode="delete")
-        self.url = self.server.get_uri()
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    if self.server is None:
+                        self.server = pgserver.get_server(
+                            self.folder / "data", cleanup_mode="delete"
+                        )
+                self.url = self.server.get_uri()
+                self.wait(deadline)
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                return
+            except Exception:
+                if attempt == attempts or time.monotonic() > deadline:
+                    raise
+                time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
+                if self.server is not None:
+                    try:
+                        self.restart()
+                    except Exception:  # noqa: BLE001 - the next attempt reports the error
+                        pass
+
+    def wait(self, deadline: float) -> None:
+        """Wait until the server takes connections, or raise the last error at ``deadline``."""
+        import psycopg
+
+        pause = 0.1
+        while True:
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def kill(self) -> None:
         from pgserver._commands import pg_ctl
@@ -156,6 +214,7 @@ class PgServer:
     def restart(self) -> None:
         with self.server._lock:
             self.server.ensure_postgres_running()
+        self.wait(time.monotonic() + 60)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -168,8 +227,23 @@ def pg_server(tmp_path_factory):
     """A running :class:`PgServer`, started once per test session and always stopped.
 
     Skips (with the reason) when ``pgserver`` / ``psycopg`` are missing or the server cannot
-    start, except in CI (``$CI`` set), where that fails.
+    start, except in CI (``$CI`` set), where that fails. Never kill or restart it: a test
+    that takes its server away uses :func:`own_pg_server` (other tests share this one).
     """
+    yield from _pg_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_pg_server(tmp_path_factory):
+    """A :class:`PgServer` of this test module alone, for tests that kill or restart it.
+
+    A module overrides ``pg_server`` (and ``pg_url``) with it, so that killing it never takes
+    the session's server away from the other test files.
+    """
+    yield from _pg_server(tmp_path_factory)
+
+
+def _pg_server(tmp_path_factory):
     import warnings
 
     try:

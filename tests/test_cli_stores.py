@@ -264,7 +264,7 @@ class FaissDir(StoreKind):
             distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
         )
         store.save_local(str(self.path))
-        return ["--store", f"faiss:{self.path}"]
+        return ["--store", f"faiss:{self.path}", "--trust-pickle"]
 
     def read(self, ids):
         from langchain_community.vectorstores import FAISS

@@ -73,6 +73,18 @@ def _drop(url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
+def pg_server(own_pg_server):
+    """This module kills and restarts its server: its own, never the session's."""
+    return own_pg_server
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_server) -> str:
+    """The URL of this module's own server."""
+    return pg_server.url
+
+
+@pytest.fixture(scope="module")
 def pg_template(pg_url):
     """A database filled by ``fc.make_pg_database`` (no open connections: a template)."""
     name = f"faults_tmpl_{uuid.uuid4().hex[:8]}"
@@ -360,7 +372,7 @@ def test_server_killed_mid_writeback(when, pg_server, new_db):
         with pytest.raises(WriteBackError) as info:
             target.fit()
     finally:
-        _healthy(pg_server)  # the session's server serves other test files too
+        _healthy(pg_server)  # the next tests of this module use it too
     message = str(info.value)
     assert "public.faults_docs" in message
     if when != "restarted_before_batch_3":

@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from nudge_rag import ArrayStore, NudgeM, NudgeN, WriteBack, WriteBackError, tune_store
-from nudge_rag._writeback import ORIGINALS, PENDING
+from nudge_rag._writeback import ORIGINALS, PENDING, WrongStateError
 
 
 def unit(rng, n, dim=8):
@@ -280,37 +280,46 @@ def test_a_deleted_saved_id_is_dropped_not_a_stuck_plan(store, tmp_path):
     assert again.restore() == 2
 
 
-def test_restore_after_the_store_is_recreated_with_another_dimension(tmp_path, caplog):
+def test_restore_after_the_store_is_recreated_with_another_dimension(tmp_path):
+    """Originals of another dimension are never dropped: the state is refused, both named."""
     rng = np.random.default_rng(5)
     ids = [f"d{i}" for i in range(10)]
-    wb = WriteBack(ArrayStore(ids, unit(rng, 10)), tmp_path)
+    state = tmp_path / "state"
+    wb = WriteBack(ArrayStore(ids, unit(rng, 10)), state)
     wb.apply(ids[:4], tuned(4))
+    saved_ids, saved = wb.originals()
     recreated = ArrayStore(ids, unit(rng, 10, dim=16))  # same ids, another model
     snapshot = recreated.vectors.copy()
-    wb2 = WriteBack(recreated, tmp_path)
-    with caplog.at_level(logging.WARNING):
-        assert wb2.restore() == 0  # nothing of the old collection can go back
-    assert sorted(wb2.last_report.drifted_ids) == ids[:4]
-    assert not wb2.has_pending and wb2.moved_ids() == []
+    wb2 = WriteBack(recreated, state)
+    with pytest.raises(WrongStateError, match=r"8-dimensional, but .* holds 16-dimensional"):
+        wb2.restore()
+    with pytest.raises(WrongStateError, match="move .* aside"):
+        wb2.apply(ids[:2], tuned(2, dim=16))
     assert_array_equal(recreated.vectors, snapshot)
-    wb2.apply(ids[:2], tuned(2, dim=16))  # a fit works again
-    assert wb2.restore() == 2
+    assert wb2.moved_ids() == saved_ids  # nothing dropped
+    assert_array_equal(wb2.originals()[1], saved)
+    state.rename(tmp_path / "old-state")  # the fix the message gives
+    wb3 = WriteBack(recreated, state)
+    wb3.apply(ids[:2], tuned(2, dim=16))  # a fit works again
+    assert wb3.restore() == 2
     assert_array_equal(recreated.vectors, snapshot)
 
 
-def test_a_plan_stuck_on_a_recreated_store_resumes_or_restores(tmp_path):
-    """The state an older version left (a pending restore of 8-dim vectors) is recoverable."""
+def test_a_plan_stuck_on_a_recreated_store_is_refused_not_dropped(tmp_path):
+    """A pending plan of 8-dim vectors over a 16-dim store: refused, the originals kept."""
     rng = np.random.default_rng(6)
     ids = [f"d{i}" for i in range(10)]
     old = FlakyStore(ids, unit(rng, 10), fail_on=1)
     wb = WriteBack(old, tmp_path, batch_size=2)
     with pytest.raises(WriteBackError):
         wb.apply(ids[:4], tuned(4))
-    recreated = ArrayStore(ids, unit(rng, 10, dim=16))
+    recreated = FlakyStore(ids, unit(rng, 10, dim=16), fail_on=0)
     wb2 = WriteBack(recreated, tmp_path, batch_size=2)
-    assert wb2.resume() is True  # every row changed: skipped, the plan completes
-    assert not wb2.has_pending
-    assert wb2.restore() == 0 and wb2.moved_ids() == []
+    with pytest.raises(WrongStateError, match="8-dimensional, but .* holds 16-dimensional"):
+        wb2.resume()
+    assert wb2.has_pending and sorted(wb2.moved_ids()) == ids[:4]
+    assert wb2.discard_pending() is True  # the way out that keeps every original
+    assert sorted(wb2.moved_ids()) == ids[:4]
 
 
 def test_discard_pending_keeps_the_originals_and_restore_still_works(tmp_path, caplog):

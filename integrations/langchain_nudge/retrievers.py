@@ -170,6 +170,7 @@ class NudgeRetriever(BaseRetriever):
     _tuner: StoreTuner | None = PrivateAttr(default=None)
     _feedback_store: str | None = PrivateAttr(default=None)
     _set_ids: Callable[[list[Document]], None] | None = PrivateAttr(default=None)
+    _embedder_id: str | None = PrivateAttr(default=None)
 
     @field_validator("variant", mode="before")
     @classmethod
@@ -284,6 +285,29 @@ class NudgeRetriever(BaseRetriever):
                 self._feedback_store = str(backend_for(self.vectorstore, "langchain").name)
         return self._feedback_store
 
+    @property
+    def embedder_id(self) -> str:
+        """Which model embeds this retriever's questions (:meth:`FeedbackLog.embedder_id`).
+
+        The embeddings' class and model name, and a fingerprint of one probe embedding
+        (computed once). The feedback log records it with every query, and
+        :meth:`fit_from_feedback` refuses query vectors another model wrote.
+        """
+        if self._embedder_id is None:
+            embeddings = self._query_embeddings()
+            model = next(
+                (
+                    str(v)
+                    for k in ("model", "model_name", "model_id")
+                    if isinstance(v := getattr(embeddings, k, None), str) and v
+                ),
+                "",
+            )
+            name = type(embeddings).__name__ + (f"({model})" if model else "")
+            probe = embeddings.embed_query(FeedbackLog.PROBE_TEXT)
+            self._embedder_id = FeedbackLog.embedder_id(name, probe)
+        return self._embedder_id
+
     def _log_search(self, query: str, vector: list[float], docs: list[Document]) -> list[Document]:
         shown = [d.id for d in docs if d.id is not None]
         if len(shown) < len(docs):
@@ -292,7 +316,9 @@ class NudgeRetriever(BaseRetriever):
                 len(docs) - len(shown),
                 len(docs),
             )
-        qid = self.feedback_log.log_query(vector, shown, text=query, store=self.feedback_store)
+        qid = self.feedback_log.log_query(
+            vector, shown, text=query, store=self.feedback_store, embedder=self.embedder_id
+        )
         return [d.model_copy(update={"metadata": {**d.metadata, QUERY_ID_KEY: qid}}) for d in docs]
 
     def _require_log(self) -> FeedbackLog:
@@ -363,6 +389,7 @@ class NudgeRetriever(BaseRetriever):
             min_count=min_count,
             merge_tolerance=merge_tolerance,
             resume=resume,
+            embedder=self.embedder_id,
         )
         return self
 

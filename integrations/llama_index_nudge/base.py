@@ -28,6 +28,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     msg = "llama_index_nudge needs llama-index-core: pip install 'nudge-rag[llama-index]'"
     raise ImportError(msg) from err
 
+from llama_index_nudge.feedback import embedder_id
 from llama_index_nudge.questions import (
     DEFAULT_QUESTIONS_KEY,
     generate_questions,
@@ -439,6 +440,7 @@ class NudgeFinetuneEngine:
             min_count=min_count,
             merge_tolerance=merge_tolerance,
             resume=resume,
+            embedder=embedder_id(self.embed_model),
         )
 
     def restore(self) -> int:

@@ -33,6 +33,19 @@ __all__ = ["QUERY_ID_KEY", "FeedbackRetriever"]
 QUERY_ID_KEY = "nudge_query_id"
 
 
+def embedder_id(embed_model: BaseEmbedding) -> str:
+    """The identity the feedback log records for ``embed_model``.
+
+    Its class and model name, and a fingerprint of its embedding of a fixed probe text
+    (:meth:`nudge_rag.FeedbackLog.embedder_id`), so tuning never mixes query vectors of two
+    models.
+    """
+    model = getattr(embed_model, "model_name", None)
+    name = type(embed_model).__name__ + (f"({model})" if isinstance(model, str) and model else "")
+    probe = embed_model.get_query_embedding(FeedbackLog.PROBE_TEXT)
+    return FeedbackLog.embedder_id(name, probe)
+
+
 class FeedbackRetriever(BaseRetriever):
     """A retriever that logs each search to a :class:`nudge_rag.FeedbackLog`.
 
@@ -112,6 +125,7 @@ class FeedbackRetriever(BaseRetriever):
         self.log = log
         self.embed_model = embed_model
         self.store_name = store_name
+        self._embedder_id: str | None = None
         super().__init__(
             callback_manager=getattr(retriever, "callback_manager", None),
             verbose=getattr(retriever, "_verbose", False),
@@ -121,6 +135,13 @@ class FeedbackRetriever(BaseRetriever):
     def from_index(cls, index: Any, log: FeedbackLog, **kwargs: Any) -> FeedbackRetriever:
         """``FeedbackRetriever(index.as_retriever(**kwargs), log)``."""
         return cls(index.as_retriever(**kwargs), log)
+
+    @property
+    def embedder_id(self) -> str:
+        """Which model embeds the questions (computed once; the log records it per query)."""
+        if self._embedder_id is None:
+            self._embedder_id = embedder_id(self.embed_model)
+        return self._embedder_id
 
     # ------------------------------------------------------------------ search
     def _with_embedding(self, query_bundle: QueryBundle, embedding: list[float]) -> QueryBundle:
@@ -152,7 +173,9 @@ class FeedbackRetriever(BaseRetriever):
         self, query: str, embedding: list[float], found: list[NodeWithScore]
     ) -> list[NodeWithScore]:
         shown = [n.node.node_id for n in found]
-        qid = self.log.log_query(embedding, shown, text=query, store=self.store_name)
+        qid = self.log.log_query(
+            embedding, shown, text=query, store=self.store_name, embedder=self.embedder_id
+        )
         return [NodeWithScore(node=_tagged(n.node, qid), score=n.score) for n in found]
 
     # ------------------------------------------------------------------ feedback

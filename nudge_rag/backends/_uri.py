@@ -27,7 +27,20 @@ from nudge_rag.backends._spec import Scheme, StoreSpec, store_specs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OpenedStore", "StoreURIError", "open_store", "supported_schemes"]
+__all__ = ["OpenOptions", "OpenedStore", "StoreURIError", "open_store", "supported_schemes"]
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    """What the caller says about a store besides its URI (the openers' last argument).
+
+    Attributes:
+        distance: how the store ranks, where the store does not record it (``--distance``).
+        trust_pickle: whether a FAISS folder's pickle may be loaded (``--trust-pickle``).
+    """
+
+    distance: str | None = None
+    trust_pickle: bool = False
 
 
 @dataclass
@@ -74,7 +87,11 @@ def supported_schemes() -> list[str]:
 
 
 def open_store(
-    uri: str, collection: str | None = None, *, distance: str | None = None
+    uri: str,
+    collection: str | None = None,
+    *,
+    distance: str | None = None,
+    trust_pickle: bool = False,
 ) -> OpenedStore:
     """Open the store ``uri`` names (and its ``collection``) for reading and writing vectors.
 
@@ -84,6 +101,9 @@ def open_store(
         distance: ``"cosine"``, ``"dot"`` or ``"l2"``: how the store ranks, for a store whose
             metric cannot be read (a pgvector table without an HNSW or IVFFlat index). A
             store that records its metric must agree with it.
+        trust_pickle: allow unpickling a FAISS folder's ``index.pkl`` (LangChain's
+            docstore). A pickle runs whatever code it holds when loaded: pass ``True`` only
+            for a folder you made or whose maker you trust (CLI: ``--trust-pickle``).
 
     Raises:
         StoreURIError: unknown scheme (the supported ones listed), a folder or file that does
@@ -100,7 +120,8 @@ def open_store(
         msg = f"--distance: expected one of {', '.join(DISTANCES)}, got {distance!r}"
         raise StoreURIError(msg)
     sch, spec = found
-    opened = spec.function(sch.opener)(uri, sch.scheme, rest, collection, distance)
+    options = OpenOptions(distance=distance, trust_pickle=trust_pickle)
+    opened = spec.function(sch.opener)(uri, sch.scheme, rest, collection, options)
     if distance is not None and opened.backend.distance != distance:
         opened.close()
         msg = (
@@ -164,7 +185,7 @@ def _chroma_backend(client: Any, collection: str | None, uri: str) -> tuple[Any,
 
 
 def _open_chroma_dir(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     path = _folder(rest, uri, "Chroma persist folder")
     if not path.is_dir() or not (path / "chroma.sqlite3").is_file():
@@ -181,7 +202,7 @@ def _open_chroma_dir(
 
 
 def _open_chroma_http(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     parts = urlsplit(uri.split("+", 1)[1])
     if not parts.hostname:
@@ -252,7 +273,7 @@ def _qdrant(client: Any, collection: str | None, uri: str) -> OpenedStore:
 
 
 def _open_qdrant_dir(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     path = _folder(rest, uri, "Qdrant local folder")
     if not path.is_dir() or not (path / "collection").is_dir():
@@ -268,7 +289,7 @@ def _open_qdrant_dir(
 
 
 def _open_qdrant_http(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     url = uri.split("+", 1)[1]
     qdrant_client = _import("qdrant_client", "qdrant", uri)
@@ -283,12 +304,13 @@ def _open_qdrant_http(
 
 # ---------------------------------------------------------------------- FAISS
 def _open_faiss(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     """A LangChain ``FAISS.save_local`` folder (``<name>.faiss`` + ``<name>.pkl``).
 
     The backend writes through to the saved index file, so the folder itself is tuned
     (no second ``save_local`` needed); ``--collection`` is ``save_local``'s ``index_name``.
+    ``<name>.pkl`` is a pickle: it is loaded only with ``trust_pickle=True``.
     """
     path = _folder(rest, uri, "FAISS save_local folder")
     name = collection or "index"
@@ -299,12 +321,20 @@ def _open_faiss(
             f"FAISS.save_local folder); index names there: {', '.join(have) or 'none'}"
         )
         raise StoreURIError(msg)
+    if not options.trust_pickle:
+        msg = (
+            f"--store {uri}: {path / (name + '.pkl')} is a Python pickle (LangChain's FAISS "
+            "docstore), and loading a pickle runs whatever code it holds. Nothing was read. "
+            "Add --trust-pickle (Python: open_store(..., trust_pickle=True)) only for a folder "
+            "you made or whose maker you trust."
+        )
+        raise StoreURIError(msg)
     _import("faiss", "faiss", uri)
     community = _import("langchain_community.vectorstores", "faiss", uri)
     from nudge_rag.backends.faiss import from_langchain
 
     try:
-        # index.pkl is a pickle (LangChain's format): only open folders you trust.
+        # index.pkl is a pickle (LangChain's format): the caller opted in (trust_pickle).
         store = community.FAISS.load_local(
             str(path), _NoEmbeddings(), index_name=name, allow_dangerous_deserialization=True
         )
@@ -326,7 +356,7 @@ class _NoEmbeddings:
 
 # ---------------------------------------------------------------------- pgvector
 def _open_pgvector(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     """A pgvector table (``--collection data_<name>``) or LangChain collection (its name)."""
     _import("psycopg", "postgres", uri)
@@ -346,12 +376,14 @@ def _open_pgvector(
     )
     try:
         try:
-            backend = PgVectorBackend.from_url(uri, table=collection, distance=distance)
+            backend = PgVectorBackend.from_url(uri, table=collection, distance=options.distance)
         except MetricUnknownError as err:
             raise StoreURIError(unknown_metric) from err
         except ValueError as table_err:
             try:
-                backend = PgVectorBackend.from_url(uri, collection=collection, distance=distance)
+                backend = PgVectorBackend.from_url(
+                    uri, collection=collection, distance=options.distance
+                )
             except MetricUnknownError as err:
                 raise StoreURIError(unknown_metric) from err
             except ValueError as coll_err:
@@ -372,7 +404,7 @@ def _open_pgvector(
 
 # ---------------------------------------------------------------------- Milvus Lite
 def _open_milvus(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     """A Milvus Lite ``.db`` file; ``--collection NAME`` or ``NAME:VECTOR_FIELD``."""
     path = _folder(rest, uri, "Milvus Lite .db file")
@@ -408,7 +440,7 @@ def _open_milvus(
 
 # ---------------------------------------------------------------------- LanceDB
 def _open_lancedb(
-    uri: str, scheme: str, rest: str, collection: str | None, distance: str | None = None
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
 ) -> OpenedStore:
     """A LanceDB folder; ``--collection`` is the table."""
     path = _folder(rest, uri, "LanceDB folder")
@@ -430,12 +462,10 @@ def _open_lancedb(
 
 
 def _redact(uri: str) -> str:
-    """``uri`` without a password (for messages)."""
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return uri
+    """``uri`` without a password or secret parameters (for messages)."""
+    from nudge_rag._masking import mask_secrets
+
+    return mask_secrets(uri)
 
 
 #: The helpers an opener in a store module uses (the names say what they check).

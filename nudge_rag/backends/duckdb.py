@@ -349,7 +349,7 @@ def langchain_result_ids(vectorstore: Any) -> None:
     return None
 
 
-def _open(uri: str, scheme: str, rest: str, collection: str | None, distance: str | None) -> Any:
+def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any) -> Any:
     """``duckdb:FILE.duckdb --collection TABLE`` (the command line's opener)."""
     from nudge_rag.backends._uri import OpenedStore, StoreURIError, choose, existing_path, need
 
@@ -365,6 +365,7 @@ def _open(uri: str, scheme: str, rest: str, collection: str | None, distance: st
         columns = {r[0] for r in connection.execute(f"DESCRIBE {_quote(table)}").fetchall()}
         id_column = "node_id" if "node_id" in columns else "id"
         layout = _LAYOUTS.get((id_column, "embedding")) if "embedding" in columns else None
+        distance = options.distance
         if distance is None and layout is None:
             msg = (
                 f"table {table!r} is neither LangChain's nor LlamaIndex's layout, so how it "

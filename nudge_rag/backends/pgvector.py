@@ -113,9 +113,26 @@ def _libpq_url(url: Any) -> str:
     return re.sub(r"^postgres(?:ql)?\+[A-Za-z0-9_]+://", "postgresql://", text)
 
 
+def _quoted(*names: str) -> str:
+    """``"schema"."table"`` text for ``to_regclass``, each double quote doubled (exact names)."""
+    return ".".join('"' + str(n).replace('"', '""') + '"' for n in names)
+
+
+def _table_exists(conn: Any, schema: str, table: str) -> bool:
+    """Whether ``schema.table`` exists, by exact name (no quoting involved)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s)",
+        (schema, table),
+    ).fetchone()
+    return bool(row[0])
+
+
 def _where(url: str) -> str:
-    """``url`` without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """``url`` without its password or secret parameters, for messages."""
+    from nudge_rag._masking import mask_secrets
+
+    return mask_secrets(url)
 
 
 def _normalize_distance(distance: Any, what: str) -> str:
@@ -881,10 +898,7 @@ class PgVectorState:
         return sql.SQL(template).format(**self._names)
 
     def _exists(self, conn: Any) -> bool:
-        row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (f'"{self.backend.schema}"."nudge_locks"',)
-        ).fetchone()
-        return bool(row[0])
+        return _table_exists(conn, self.backend.schema, "nudge_locks")
 
     def create(self, conn: Any) -> None:
         """Create the state tables if they are missing (one transaction, serialized)."""
@@ -1330,10 +1344,9 @@ class PgVectorLock:
 
     def _record(self, conn: Any) -> dict[str, Any] | None:
         """Who holds the lock, as its holder recorded in ``nudge_locks`` (read on ``conn``)."""
-        table = f'"{self.backend.schema}"."nudge_locks"'
         query = sql_format(self.backend.schema, "SELECT holder FROM {} WHERE target = %s")
         try:
-            if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+            if not _table_exists(conn, self.backend.schema, "nudge_locks"):
                 return None
             row = conn.execute(query, (self.name,)).fetchone()
         except _psycopg().OperationalError:
@@ -1461,7 +1474,7 @@ def from_llama_index(vector_store: Any) -> PgVectorBackend:
             "backend with nudge_rag.backends.PgVectorBackend.from_url(url, table=...)"
         )
         raise ValueError(msg)
-    table = f'"{vector_store.schema_name}"."data_{vector_store.table_name}"'
+    table = _quoted(vector_store.schema_name, f"data_{vector_store.table_name}")
     # LlamaIndex ranks by cosine distance whatever index it built (hnsw_dist_method).
     return PgVectorBackend(
         url, table=table, id_column="node_id", key_column="id", distance="cosine"

@@ -255,7 +255,7 @@ def langchain_result_ids(vectorstore: Any) -> None:
     return None
 
 
-def _open(uri: str, scheme: str, rest: str, collection: str | None, distance: str | None) -> Any:
+def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any) -> Any:
     """``sqlite-vec:FILE.db --collection TABLE`` (the command line's opener)."""
     from nudge_rag.backends._uri import OpenedStore, StoreURIError, choose, existing_path, need
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
+from nudge_rag import FeedbackLog
+
 DATA_DIR = Path(
     os.environ.get("NUDGE_RAG_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
 )
@@ -39,6 +41,8 @@ class LookupEmbeddings(Embeddings):
         self.document_calls = 0
 
     def _get(self, text: str):
+        if text == FeedbackLog.PROBE_TEXT and text not in self.vectors and self.default is None:
+            text = next(iter(self.vectors))  # the model's fingerprint probe
         vector = self.vectors.get(text, self.default)
         if vector is None:
             msg = f"no precomputed vector for text {text[:60]!r}"

@@ -71,6 +71,7 @@ def _thumbs_up(retriever: NudgeRetriever, n: int = N) -> None:
 def test_invoke_logs_the_search_and_tags_copies(tmp_path):
     retriever = _retriever(tmp_path)
     store = retriever.vectorstore
+    assert retriever.embedder_id.startswith("CountingEmbeddings#")  # one probe, computed once
     calls = store.embeddings.query_calls
     docs = retriever.invoke(QUESTIONS[3])
     assert store.embeddings.query_calls == calls + 1  # embedded once, searched by vector
@@ -204,6 +205,7 @@ def test_chroma(tmp_path):
     )
     store.add_texts(TEXTS, ids=IDS)
     retriever = _retriever(tmp_path, store=store)
+    retriever.embedder_id  # noqa: B018 - the fingerprint probe, once
     calls = embeddings.query_calls
     docs = retriever.invoke(QUESTIONS[4])
     assert embeddings.query_calls == calls + 1

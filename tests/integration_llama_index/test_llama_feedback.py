@@ -49,6 +49,7 @@ def test_retrieve_logs_and_tags_copies(setup):
     index, embed, log, retriever, questions = setup
     text = next(iter(questions))
     plain = index.as_retriever(similarity_top_k=4).retrieve(text)
+    assert retriever.embedder_id.startswith("CountingLookup(lookup)#")  # one probe, once
     before = embed.calls
     nodes = retriever.retrieve(text)
     assert embed.calls == before + 1  # embedded once; the wrapped retriever reused it
@@ -98,7 +99,7 @@ def test_finetune_from_feedback(setup):
     )
     calls = embed.calls
     result = engine.finetune_from_feedback(log)
-    assert embed.calls == calls  # the logged vectors: nothing embedded
+    assert embed.calls == calls + 1  # the model's fingerprint probe; no question embedded
     assert result.changed_ids and result.gamma == 0.3
     marked = {d for ids in result.feedback_pairs.answer_ids for d in ids}
     assert set(result.changed_ids) == marked

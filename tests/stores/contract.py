@@ -350,7 +350,10 @@ def _cli_vectors(made: Made, ids: list[str]) -> np.ndarray:
     """The vectors as the command line sees them (the store opened from its URI)."""
     from nudge_rag.backends._uri import open_store
 
-    with open_store(made.uri, made.collection, distance=_distance(made)) as opened:
+    trust = "--trust-pickle" in made.cli_args
+    with open_store(
+        made.uri, made.collection, distance=_distance(made), trust_pickle=trust
+    ) as opened:
         return opened.backend.get_vectors(ids)
 
 

@@ -52,7 +52,10 @@ class FaissKind(StoreKind):
         if config == "flat":
             folder = tmp_path / "faiss"
             store.save_local(str(folder))
-            return Made(store, "langchain", f"faiss:{folder}", "index")
+            # the folder's index.pkl is LangChain's pickle: the CLI loads it only when told
+            return Made(
+                store, "langchain", f"faiss:{folder}", "index", cli_args=("--trust-pickle",)
+            )
         return Made(store, "langchain")
 
     def set_search(self, made, config) -> None:
