@@ -11,12 +11,22 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    OpenOptions,
+    StoreURIError,
+    choose,
+    existing_path,
+    first_line,
+    need,
+)
 
 __all__ = ["ChromaBackend"]
 
@@ -187,6 +197,54 @@ def from_llama_index(vector_store: Any) -> ChromaBackend:
     return ChromaBackend(vector_store.client)
 
 
+# ---------------------------------------------------------------------- command line
+def _chroma_backend(client: Any, collection: str | None, uri: str) -> tuple[Any, str]:
+
+    names = [getattr(c, "name", c) for c in client.list_collections()]
+    name = choose([str(n) for n in names], collection, uri)
+    return ChromaBackend(client.get_collection(name)), name
+
+
+def _open_chroma_dir(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    path = existing_path(rest, uri, "Chroma persist folder")
+    if not path.is_dir() or not (path / "chroma.sqlite3").is_file():
+        msg = f"--store {uri}: {path} is not a Chroma persist folder (no chroma.sqlite3)"
+        raise StoreURIError(msg)
+    chromadb = need("chromadb", "chroma", uri)
+    try:
+        client = chromadb.PersistentClient(path=str(path))
+    except Exception as err:  # noqa: BLE001 - chromadb raises many kinds
+        msg = f"--store {uri}: cannot open the Chroma folder: {first_line(err)}"
+        raise StoreURIError(msg) from err
+    backend, name = _chroma_backend(client, collection, uri)
+    return OpenedStore(backend, uri, "chroma", name)
+
+
+def _open_chroma_http(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    parts = urlsplit(uri.split("+", 1)[1])
+    if not parts.hostname:
+        msg = f"--store {uri!r}: expected chroma+http://HOST:PORT"
+        raise StoreURIError(msg)
+    ssl = parts.scheme == "https"
+    port = parts.port or (443 if ssl else 8000)
+    chromadb = need("chromadb", "chroma", uri)
+    try:
+        client = chromadb.HttpClient(host=parts.hostname, port=port, ssl=ssl)
+        client.heartbeat()
+    except Exception as err:  # noqa: BLE001 - connection errors of every kind
+        msg = (
+            f"--store {uri}: cannot reach the Chroma server at {parts.hostname}:{port}: "
+            f"{first_line(err)}"
+        )
+        raise StoreURIError(msg) from err
+    backend, name = _chroma_backend(client, collection, uri)
+    return OpenedStore(backend, uri, "chroma", name)
+
+
 SPEC = StoreSpec(
     name="chroma",
     label="Chroma",
@@ -203,19 +261,19 @@ SPEC = StoreSpec(
         Scheme(
             "chroma",
             "chroma:DIR",
-            "nudge_rag.backends._uri:_open_chroma_dir",
+            "_open_chroma_dir",
             "a Chroma persist folder (PersistentClient)",
         ),
         Scheme(
             "chroma+http",
             "chroma+http://HOST:PORT",
-            "nudge_rag.backends._uri:_open_chroma_http",
+            "_open_chroma_http",
             "a Chroma server (HttpClient)",
         ),
         Scheme(
             "chroma+https",
             "chroma+https://HOST:PORT",
-            "nudge_rag.backends._uri:_open_chroma_http",
+            "_open_chroma_http",
             "a Chroma server over TLS",
         ),
     ),

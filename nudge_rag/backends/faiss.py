@@ -64,6 +64,14 @@ from nudge_rag._errors import MetricMismatchError, UnsupportedStoreError
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    OpenOptions,
+    StoreURIError,
+    existing_path,
+    first_line,
+    need,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -595,6 +603,57 @@ def for_index(index: Any, *, folder: str | os.PathLike | None = None) -> FaissBa
     )
 
 
+# ---------------------------------------------------------------------- command line
+def _open_faiss(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    """A LangChain ``FAISS.save_local`` folder (``<name>.faiss`` + ``<name>.pkl``).
+
+    The backend writes through to the saved index file, so the folder itself is tuned
+    (no second ``save_local`` needed); ``--collection`` is ``save_local``'s ``index_name``.
+    ``<name>.pkl`` is a pickle: it is loaded only with ``trust_pickle=True``.
+    """
+    path = existing_path(rest, uri, "FAISS save_local folder")
+    name = collection or "index"
+    if not (path / f"{name}.faiss").is_file() or not (path / f"{name}.pkl").is_file():
+        have = sorted(p.stem for p in path.glob("*.faiss")) if path.is_dir() else []
+        msg = (
+            f"--store {uri}: no {name}.faiss + {name}.pkl in {path} (a LangChain "
+            f"FAISS.save_local folder); index names there: {', '.join(have) or 'none'}"
+        )
+        raise StoreURIError(msg)
+    if not options.trust_pickle:
+        msg = (
+            f"--store {uri}: {path / (name + '.pkl')} is a Python pickle (LangChain's FAISS "
+            "docstore), and loading a pickle runs whatever code it holds. Nothing was read. "
+            "Add --trust-pickle (Python: open_store(..., trust_pickle=True)) only for a folder "
+            "you made or whose maker you trust."
+        )
+        raise StoreURIError(msg)
+    need("faiss", "faiss", uri)
+    community = need("langchain_community.vectorstores", "faiss", uri)
+
+    try:
+        # index.pkl is a pickle (LangChain's format): the caller opted in (trust_pickle).
+        store = community.FAISS.load_local(
+            str(path), _NoEmbeddings(), index_name=name, allow_dangerous_deserialization=True
+        )
+        backend = from_langchain(store, folder=path, index_name=name)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise StoreURIError(f"--store {uri}: {first_line(err)}") from err
+    return OpenedStore(backend, uri, "faiss", name)
+
+
+class _NoEmbeddings:
+    """Stands in for the model of a loaded ``FAISS`` store: nudge-rag never embeds through it."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError("the command line embeds questions with --embed")
+
+    def embed_query(self, text: str) -> list[float]:
+        raise NotImplementedError("the command line embeds questions with --embed")
+
+
 SPEC = StoreSpec(
     name="faiss",
     label="FAISS",
@@ -617,7 +676,7 @@ SPEC = StoreSpec(
         Scheme(
             "faiss",
             "faiss:DIR",
-            "nudge_rag.backends._uri:_open_faiss",
+            "_open_faiss",
             "a LangChain FAISS.save_local folder",
         ),
     ),

@@ -20,6 +20,15 @@ from nudge_rag._errors import UnknownIdError
 from nudge_rag._store import DISTANCES, BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    OpenOptions,
+    StoreURIError,
+    choose,
+    existing_path,
+    first_line,
+    need,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -426,6 +435,28 @@ def langchain_result_ids(vectorstore: Any) -> None:
     return None
 
 
+# ---------------------------------------------------------------------- command line
+def _open_lancedb(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    """A LanceDB folder; ``--collection`` is the table."""
+    path = existing_path(rest, uri, "LanceDB folder")
+    lancedb = need("lancedb", "lancedb", uri)
+
+    try:
+        connection = lancedb.connect(str(path))
+        listed = connection.table_names()
+    except Exception as err:  # noqa: BLE001 - lancedb raises many kinds
+        msg = f"--store {uri}: cannot open the LanceDB folder: {first_line(err)}"
+        raise StoreURIError(msg) from err
+    name = choose([str(t) for t in listed], collection, uri, "table")
+    try:
+        backend = LanceDBBackend(connection.open_table(name))
+    except ValueError as err:
+        raise StoreURIError(f"--store {uri}: {first_line(err)}") from err
+    return OpenedStore(backend, uri, "lancedb", name)
+
+
 SPEC = StoreSpec(
     name="lancedb",
     label="LanceDB",
@@ -447,7 +478,7 @@ SPEC = StoreSpec(
         Scheme(
             "lancedb",
             "lancedb:DIR",
-            "nudge_rag.backends._uri:_open_lancedb",
+            "_open_lancedb",
             "a LanceDB folder (--collection: the table)",
         ),
     ),

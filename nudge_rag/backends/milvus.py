@@ -23,6 +23,16 @@ from nudge_rag._errors import UnsupportedStoreError
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    OpenOptions,
+    StoreURIError,
+    choose,
+    existing_path,
+    first_line,
+    need,
+    split_vector,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -463,6 +473,41 @@ def langchain_result_ids(vectorstore: Any) -> Callable[[list[Any]], None]:
     return set_ids
 
 
+# ---------------------------------------------------------------------- command line
+def _open_milvus(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    """A Milvus Lite ``.db`` file; ``--collection NAME`` or ``NAME:VECTOR_FIELD``."""
+    path = existing_path(rest, uri, "Milvus Lite .db file")
+    pymilvus = need("pymilvus", "milvus", uri)
+
+    name, field = split_vector(collection)
+    try:
+        client = pymilvus.MilvusClient(uri=str(path), db_name="default")
+    except Exception as err:  # noqa: BLE001 - milvus-lite raises many kinds
+        msg = f"--store {uri}: cannot open the Milvus Lite file: {first_line(err)}"
+        raise StoreURIError(msg) from err
+    try:
+        name = choose([str(c) for c in client.list_collections()], name, uri)
+        backend = MilvusBackend(client, name, field, uri=str(path))
+    except StoreURIError:
+        client.close()
+        raise
+    except ValueError as err:
+        client.close()
+        raise StoreURIError(f"--store {uri}: {first_line(err)}") from err
+
+    def close() -> None:
+        client.close()
+        try:  # milvus-lite keeps the file locked by an in-process server until released
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:  # pragma: no cover - other milvus-lite versions
+            return
+        server_manager_instance.release_server(str(path))
+
+    return OpenedStore(backend, uri, "milvus", name, close)
+
+
 SPEC = StoreSpec(
     name="milvus",
     label="Milvus",
@@ -484,7 +529,7 @@ SPEC = StoreSpec(
         Scheme(
             "milvus",
             "milvus:FILE.db",
-            "nudge_rag.backends._uri:_open_milvus",
+            "_open_milvus",
             "a Milvus Lite file (--collection NAME or NAME:VECTOR_FIELD)",
         ),
     ),

@@ -47,6 +47,14 @@ from nudge_rag._errors import MetricUnknownError, WriteBackError
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import as_rows, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    OpenOptions,
+    StoreURIError,
+    first_line,
+    need,
+    redact,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1481,6 +1489,53 @@ def from_llama_index(vector_store: Any) -> PgVectorBackend:
     )
 
 
+# ---------------------------------------------------------------------- command line
+def _open_pgvector(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    """A pgvector table (``--collection data_<name>``) or LangChain collection (its name)."""
+    need("psycopg", "postgres", uri)
+
+    shown = redact(uri)
+    if collection is None:
+        msg = (
+            f"--store {shown}: give --collection: a LangChain PGVector collection name or a "
+            "table (LlamaIndex: data_<table_name>)"
+        )
+        raise StoreURIError(msg)
+    unknown_metric = (
+        f"--store {shown} --collection {collection}: the table has no HNSW or IVFFlat index "
+        "to read the metric from; pass --distance cosine, dot or l2 (how your queries rank: "
+        "<=>, <#> or <->)"
+    )
+    try:
+        try:
+            backend = PgVectorBackend.from_url(uri, table=collection, distance=options.distance)
+        except MetricUnknownError as err:
+            raise StoreURIError(unknown_metric) from err
+        except ValueError as table_err:
+            try:
+                backend = PgVectorBackend.from_url(
+                    uri, collection=collection, distance=options.distance
+                )
+            except MetricUnknownError as err:
+                raise StoreURIError(unknown_metric) from err
+            except ValueError as coll_err:
+                msg = (
+                    f"--store {shown}: {collection!r} is neither a table "
+                    f"({first_line(table_err)}) nor a LangChain collection "
+                    f"({first_line(coll_err)})"
+                )
+                raise StoreURIError(msg) from coll_err
+    except StoreURIError:
+        raise
+    except Exception as err:  # noqa: BLE001 - connection errors of every kind
+        msg = f"--store {shown}: cannot reach PostgreSQL: {first_line(err)}"
+        raise StoreURIError(msg) from err
+    close = getattr(backend, "close", None)
+    return OpenedStore(backend, shown, "pgvector", collection, close if callable(close) else None)
+
+
 SPEC = StoreSpec(
     name="pgvector",
     label="pgvector",
@@ -1497,7 +1552,7 @@ SPEC = StoreSpec(
         Scheme(
             scheme,
             f"{scheme}://USER@HOST:PORT/DB",
-            "nudge_rag.backends._uri:_open_pgvector",
+            "_open_pgvector",
             "a PostgreSQL database with pgvector (--collection: the table or LangChain collection)",
         )
         for scheme in ("postgresql", "postgres", "postgresql+psycopg")

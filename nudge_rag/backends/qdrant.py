@@ -17,6 +17,16 @@ import numpy as np
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    OpenOptions,
+    StoreURIError,
+    choose,
+    existing_path,
+    first_line,
+    need,
+    split_vector,
+)
 
 __all__ = ["QdrantBackend"]
 
@@ -244,6 +254,75 @@ def langchain_result_ids(vectorstore: Any) -> Callable[[list[Any]], None]:
     return set_ids
 
 
+# ---------------------------------------------------------------------- command line
+def _qdrant_backend(client: Any, collection: str | None, uri: str) -> tuple[Any, str]:
+
+    names = [c.name for c in client.get_collections().collections]
+    name = choose(names, collection, uri)
+    vectors = client.get_collection(name).config.params.vectors
+    vector_name = ""
+    if isinstance(vectors, dict):
+        if "text-dense" in vectors:  # LlamaIndex's name
+            vector_name = "text-dense"
+        elif len(vectors) == 1:
+            vector_name = next(iter(vectors))
+        else:
+            msg = (
+                f"--store {uri}: collection {name!r} has several dense vectors "
+                f"({', '.join(sorted(vectors))}); give --collection {name}:VECTOR"
+            )
+            raise StoreURIError(msg)
+    return QdrantBackend(client, name, vector_name), name
+
+
+def _qdrant(client: Any, collection: str | None, uri: str) -> OpenedStore:
+
+    name, vector = split_vector(collection)
+    try:
+        if vector is not None:
+            choose([c.name for c in client.get_collections().collections], name, uri)
+            backend = QdrantBackend(client, name, vector)
+        else:
+            backend, name = _qdrant_backend(client, name, uri)
+    except StoreURIError:
+        client.close()
+        raise
+    except ValueError as err:
+        client.close()
+        raise StoreURIError(f"--store {uri}: {err}") from err
+    return OpenedStore(backend, uri, "qdrant", str(name), client.close)
+
+
+def _open_qdrant_dir(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    path = existing_path(rest, uri, "Qdrant local folder")
+    if not path.is_dir() or not (path / "collection").is_dir():
+        msg = f"--store {uri}: {path} is not a Qdrant local folder (no collection/ inside)"
+        raise StoreURIError(msg)
+    qdrant_client = need("qdrant_client", "qdrant", uri)
+    try:
+        client = qdrant_client.QdrantClient(path=str(path))
+    except Exception as err:  # noqa: BLE001 - e.g. the folder is locked by another process
+        msg = f"--store {uri}: cannot open the Qdrant folder: {first_line(err)}"
+        raise StoreURIError(msg) from err
+    return _qdrant(client, collection, uri)
+
+
+def _open_qdrant_http(
+    uri: str, scheme: str, rest: str, collection: str | None, options: OpenOptions
+) -> OpenedStore:
+    url = uri.split("+", 1)[1]
+    qdrant_client = need("qdrant_client", "qdrant", uri)
+    try:
+        client = qdrant_client.QdrantClient(url=url, timeout=10)
+        client.get_collections()
+    except Exception as err:  # noqa: BLE001 - connection errors of every kind
+        msg = f"--store {uri}: cannot reach the Qdrant server at {url}: {first_line(err)}"
+        raise StoreURIError(msg) from err
+    return _qdrant(client, collection, uri)
+
+
 SPEC = StoreSpec(
     name="qdrant",
     label="Qdrant",
@@ -265,19 +344,19 @@ SPEC = StoreSpec(
         Scheme(
             "qdrant",
             "qdrant:DIR",
-            "nudge_rag.backends._uri:_open_qdrant_dir",
+            "_open_qdrant_dir",
             "a Qdrant local folder (QdrantClient(path=DIR))",
         ),
         Scheme(
             "qdrant+http",
             "qdrant+http://HOST:PORT",
-            "nudge_rag.backends._uri:_open_qdrant_http",
+            "_open_qdrant_http",
             "a Qdrant server",
         ),
         Scheme(
             "qdrant+https",
             "qdrant+https://HOST:PORT",
-            "nudge_rag.backends._uri:_open_qdrant_http",
+            "_open_qdrant_http",
             "a Qdrant server over TLS",
         ),
     ),
