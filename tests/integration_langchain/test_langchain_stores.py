@@ -237,6 +237,17 @@ def test_explicit_state_dir_for_in_memory_store(tmp_path):
     assert (tmp_path / "s" / "originals.npz").exists()
 
 
+def test_in_memory_originals_say_the_langchain_fix_without_a_warning(caplog):
+    store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
+    store.add_texts(TEXTS, ids=IDS)
+    with caplog.at_level(logging.INFO, logger="nudge_rag"):
+        NudgeRetriever(vectorstore=store, solver_params={"gamma": 0.5}).fit(PAIRS)
+    assert "kept in memory only" in caplog.text
+    assert "NudgeRetriever(state_dir=<folder>)" in caplog.text
+    assert "persist_dir" not in caplog.text  # NudgeRetriever takes no persist_dir
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the happy path
+
+
 def test_refit_starts_from_originals():
     store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
     store.add_texts(TEXTS, ids=IDS)
