@@ -52,8 +52,8 @@ STORE_NOTES: dict[str, tuple[str, str, str]] = {
     ),
     "chroma": (
         "Chroma's default space is `l2`. Create collections with `cosine` for NUDGE-N "
-        "(`configuration={\"hnsw\": {\"space\": \"cosine\"}}` or "
-        "`metadata={\"hnsw:space\": \"cosine\"}`) and `ip` for NUDGE-M. On `l2`, NUDGE-N is "
+        '(`configuration={"hnsw": {"space": "cosine"}}` or '
+        '`metadata={"hnsw:space": "cosine"}`) and `ip` for NUDGE-M. On `l2`, NUDGE-N is '
         "accepted only while every stored vector is unit-norm.",
         "HNSW is approximate: after tuning, Chroma's default search loses a little (about 0.3 "
         "nDCG@10 points on nfcorpus); `ef_search=400` gives the exact-search number.",
@@ -65,7 +65,7 @@ STORE_NOTES: dict[str, tuple[str, str, str]] = {
     "qdrant": (
         "LlamaIndex and LangChain create `Distance.COSINE` collections: NUDGE-N. For NUDGE-M, "
         "create the collection with `Distance.DOT`.",
-        "Qdrant's *local* mode searches by brute force in Python; `passive=\"store\"` is meant "
+        'Qdrant\'s *local* mode searches by brute force in Python; `passive="store"` is meant '
         "for a Qdrant server. Point ids are the node ids, so LlamaIndex nodes need UUID ids "
         "(the default).",
         "Writes are `update_vectors` (payloads kept). Originals go to "
@@ -88,7 +88,7 @@ STORE_NOTES: dict[str, tuple[str, str, str]] = {
     "pgvector": (
         "LangChain's `distance_strategy` is the metric (`COSINE` for NUDGE-N, `MAX_INNER_PRODUCT` "
         "for NUDGE-M); LlamaIndex's `PGVectorStore` always ranks by cosine distance (NUDGE-N).",
-        "Any HNSW / IVFFlat index updates itself on `UPDATE`. `passive=\"store\"` without a "
+        'Any HNSW / IVFFlat index updates itself on `UPDATE`. `passive="store"` without a '
         "vector index makes every validation query a sequential scan; prefer the read mode "
         "there (see Benchmarks).",
         "Originals, the pending plan and progress live in side tables of the same database "
@@ -97,7 +97,7 @@ STORE_NOTES: dict[str, tuple[str, str, str]] = {
         "can reach the database.",
     ),
     "milvus": (
-        "`metric_type=\"COSINE\"` for NUDGE-N (or `L2` / `IP` on unit vectors); `IP` for NUDGE-M.",
+        '`metric_type="COSINE"` for NUDGE-N (or `L2` / `IP` on unit vectors); `IP` for NUDGE-M.',
         "FLAT gives exact search; approximate indexes are rebuilt by Milvus as rows change.",
         "Writes are whole-row upserts followed by `flush` (every other field kept). Originals "
         "go next to a Milvus Lite `.db` file; a Milvus server needs `state_dir=` / "
@@ -283,7 +283,7 @@ def main() -> None:
     pages = {"cli.md": cli_page(), **store_pages()}
     if "--print" in sys.argv:
         for name, text in pages.items():
-            print(f"===== {name}\n{text}")
+            print(f"===== {name}\n{text}")  # noqa: T201
         return
     import mkdocs_gen_files
 

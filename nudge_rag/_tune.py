@@ -352,6 +352,7 @@ _MEMORY_HINTS = {
     "silences this.",
 }
 
+
 def resolve_state_dir(
     store: EmbeddingStore,
     state_dir: str | os.PathLike | None = AUTO,

@@ -78,20 +78,20 @@ class NudgeRetriever(BaseRetriever):
     a dot-product store (Chroma ``hnsw:space="ip"``, Qdrant ``Distance.DOT``); a mismatch
     raises a ``ValueError`` naming the setting to change.
 
-    Originals are never lost: before the first write they are saved next to a persisted
-    store (Chroma persist dir: ``<dir>/nudge_state/<collection>``; Qdrant local path:
+    Originals are never lost: before the first write they are saved next to a persisted store
+    (Chroma persist dir: ``<dir>/nudge_state/<collection>``; Qdrant local path:
     ``<path>/nudge_state/<collection>``), unless ``state_dir`` names a folder. An in-memory
     store keeps them in memory, shared by every retriever over the same store object (an INFO
     log says so: pass ``state_dir`` if you ``dump()`` or ``save_local()`` the store;
-    ``state_dir="memory"`` silences it). A store on a server (Chroma HTTP, Qdrant server) needs ``state_dir``: originals kept
-    only in memory would not outlive the process. A later :meth:`fit` starts from the
-    originals. The rule is the same in the LlamaIndex integration
+    ``state_dir="memory"`` silences it). A store on a server (Chroma HTTP, Qdrant server) needs
+    ``state_dir``: originals kept only in memory would not outlive the process. A later
+    :meth:`fit` starts from the originals. The rule is the same in the LlamaIndex integration
     (:func:`nudge_rag.resolve_state_dir`).
 
     Setup:
         .. code-block:: bash
 
-            pip install 'nudge-rag[langchain]'          # + [chroma] or [qdrant] for those
+            pip install 'nudge-rag[langchain,chroma]'   # the store's extra: see the Stores page
 
     Instantiate:
         .. code-block:: python

@@ -3,9 +3,9 @@
 Two entry points:
 
 * :class:`NudgeFinetuneEngine` (index mode): reads the node embeddings a ``VectorStoreIndex``
-  already stores (any store ``nudge_rag.backends.supported_stores("llama-index")`` lists),
-  embeds training questions with the index's embed model, runs NUDGE and writes the moved vectors back in place. The user's
-  ``index.as_retriever()`` then returns better results; ``restore()`` undoes it.
+  already stores (any store ``nudge_rag.backends.supported_stores("llama-index")`` lists), embeds
+  training questions with the index's embed model, runs NUDGE and writes the moved vectors back in
+  place. The user's ``index.as_retriever()`` then returns better results; ``restore()`` undoes it.
 * :class:`Nudge` (dataset mode): a drop-in for ``llama_index.experimental.nudge.Nudge``; it
   embeds a dataset's corpus and returns tuned corpus embeddings as arrays.
 """
