@@ -502,6 +502,8 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
 
     status = ok_json(run_cli(task, "status", *store.args, "--json"))
     assert status["tuned"] is True and status["pending"] is None
+    assert "'nudge-rag restore' puts them back" in status["next_step"]  # shell words
+    assert "restore()" not in status["next_step"]
     assert status["n_originals"] == len(expected.changed_ids)
     if store.name == "pgvector":  # originals in side tables of the same database
         assert "database" in status["state_dir"]
@@ -679,6 +681,8 @@ def test_pending_write_back_is_reported_refused_and_resumed(task, store):
 
     status = ok_json(run_cli(task, "status", *store.args, "--json"))
     assert status["pending"] == {"kind": "apply", "n_ids": 6, "batches_done": 0, "n_batches": 3}
+    assert "'nudge-rag resume' finishes it" in status["next_step"]
+    assert "resume()" not in status["next_step"]
     res = run_cli(task, "tune", *store.args, "--pairs", str(task.files["train"]), *EMBED)
     assert res.returncode == 1  # not bad input: the store's state needs a decision
     assert "pending" in res.stderr and "nudge-rag resume" in res.stderr

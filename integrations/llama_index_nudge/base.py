@@ -113,7 +113,7 @@ class NudgeFinetuneEngine:
     Setup:
         .. code-block:: bash
 
-            pip install "nudge-rag[llama-index]"   # + llama-index-vector-stores-chroma / -qdrant
+            pip install "nudge-rag[llama-index,chroma]"   # the store's extra: see the Stores page
 
         Chroma scores by l2 unless told otherwise; create the collection with cosine
         (NUDGE-N) or inner product (NUDGE-M). On l2, NUDGE-N is accepted only while every
