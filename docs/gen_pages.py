@@ -110,7 +110,7 @@ STORE_NOTES: dict[str, tuple[str, str, str]] = {
         "A flat scan is exact; rebuild an ANN index after tuning if you use one.",
         "Writes are `merge_insert` of the id and vector columns. Every write creates a new "
         "table version, and older versions keep the tuned (or original) vectors until you "
-        "clean them up (`table.cleanup_old_versions()` / `optimize()`). Originals go to the "
+        "clean them up (`table.optimize(cleanup_older_than=timedelta(0))`). Originals go to the "
         "LanceDB folder's `nudge_state`.",
     ),
 }
