@@ -10,8 +10,11 @@ and ``tune_store`` on nfcorpus: store-side validation picks the read mode's gamm
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+pytest.importorskip("pymilvus", reason="pip install 'nudge-rag[milvus]'")
+
+import numpy as np
 
 pymilvus = pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")

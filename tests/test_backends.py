@@ -12,10 +12,13 @@ nfcorpus in a Chroma cosine collection, ``passive="store"`` against ``passive="r
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
+
 import uuid
 
 import numpy as np
-import pytest
 
 from nudge_rag import NudgeN
 from nudge_rag._tune import tune_store

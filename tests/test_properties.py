@@ -17,11 +17,14 @@ the random tests step around exactly those cases (``assume``) so that they stay 
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("hypothesis", reason="pip install 'nudge-rag[test]'")
+
 import traceback
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays

@@ -27,6 +27,10 @@ Bounded and deterministic: ``derandomize=True``, no example database.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("hypothesis", reason="pip install 'nudge-rag[test]'")
+
 import shutil
 import sys
 import tempfile
@@ -36,9 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-
-pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import (  # noqa: E402

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 from typing import Any
 
 import numpy as np
-import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
@@ -128,7 +131,10 @@ class _NoVectorsStore(VectorStore):
 def test_store_we_cannot_read():
     retriever = NudgeRetriever(vectorstore=_NoVectorsStore())
     assert retriever.invoke("q") == []  # searching still works
-    with pytest.raises(TypeError, match="cannot read and write the stored vectors of _NoVectorsStore. Supported: Chroma"):
+    with pytest.raises(
+        TypeError,
+        match="cannot read and write the stored vectors of _NoVectorsStore. Supported: Chroma",
+    ):
         retriever.fit(PAIRS)
 
 

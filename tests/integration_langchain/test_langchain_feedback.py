@@ -3,11 +3,15 @@ re-tunes from the originals, a re-tune while the app serves, InMemoryVectorStore
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+pytest.importorskip("langchain_tests", reason="pip install 'nudge-rag[test]'")
+
 import threading
 import uuid
 
 import numpy as np
-import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
 from langchain_nudge import NudgeRetriever

@@ -11,12 +11,15 @@ before), originals back to float32 rounding.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+pytest.importorskip("langchain_milvus", reason="pip install 'nudge-rag[milvus]'")
+
 import logging
 
 import numpy as np
-import pytest
 
-pytest.importorskip("langchain_milvus", reason="langchain-milvus is needed for these tests")
 pytest.importorskip("milvus_lite", reason="milvus-lite is needed for these tests")
 
 from langchain_helpers import (  # noqa: E402

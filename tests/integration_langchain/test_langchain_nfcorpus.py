@@ -7,11 +7,14 @@ nDCG@10 on test 0.322 untuned, about 0.451 tuned, 0.322 again after restore().
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 import logging
 import uuid
 
 import numpy as np
-import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, exact_ndcg, query_vectors, ranked_ndcg, split_pairs
 from langchain_nudge import NudgeRetriever

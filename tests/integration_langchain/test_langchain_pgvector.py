@@ -12,12 +12,15 @@ document's text and metadata unchanged after fit and after restore.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 import logging
 import urllib.parse
 import uuid
 
 import numpy as np
-import pytest
 from langchain_helpers import (
     LookupEmbeddings,
     exact_ndcg,

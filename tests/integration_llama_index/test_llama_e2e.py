@@ -9,8 +9,11 @@ untuned result.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
+import numpy as np
 from llama_helpers import LookupEmbedding, query_vectors, ranked_ndcg, split_pairs
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode

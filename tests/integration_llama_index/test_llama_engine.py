@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import uuid
 
 import numpy as np
-import pytest
 from llama_helpers import (
     EmbeddingQAFinetuneDataset,
     FixedLLM,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import importlib.util
 import os
 import subprocess
 import sys
 
-import pytest
 from llama_helpers import REPO
 
 EXAMPLE = REPO / "examples" / "llama_index_quickstart.py"

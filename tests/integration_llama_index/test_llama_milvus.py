@@ -11,12 +11,15 @@ next to the ``.db`` file.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+pytest.importorskip("llama_index.vector_stores.milvus", reason="pip install 'nudge-rag[milvus]'")
+
 import logging
 
 import numpy as np
-import pytest
 
-pytest.importorskip("llama_index.vector_stores.milvus", reason="llama-index-vector-stores-milvus")
 pytest.importorskip("milvus_lite", reason="milvus-lite is needed for these tests")
 
 from llama_helpers import LookupEmbedding  # noqa: E402

@@ -8,6 +8,10 @@ engine says at WARNING with the fix.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import logging
 
 import numpy as np

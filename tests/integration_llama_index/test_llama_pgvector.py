@@ -13,16 +13,19 @@ every node's text and metadata unchanged after finetune and after restore.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+pytest.importorskip(
+    "llama_index.vector_stores.postgres", reason="pip install 'nudge-rag[postgres]'"
+)
+
 import asyncio
 import logging
 import uuid
 
 import numpy as np
-import pytest
 
-pytest.importorskip(
-    "llama_index.vector_stores.postgres", reason="llama-index-vector-stores-postgres"
-)
 pytest.importorskip("psycopg", reason="psycopg 3 is needed for the pgvector backend")
 
 from llama_helpers import (  # noqa: E402
