@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-lancedb = pytest.importorskip("lancedb")
-pa = pytest.importorskip("pyarrow")
+lancedb = pytest.importorskip("lancedb", reason="pip install 'nudge-rag[lancedb]'")
+pa = pytest.importorskip("pyarrow", reason="pip install 'nudge-rag[lancedb]'")
 
 from nudge_rag import NudgeN  # noqa: E402
 from nudge_rag._errors import UnknownIdError  # noqa: E402

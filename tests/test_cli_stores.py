@@ -391,12 +391,15 @@ def _kinds():
     return ["chroma", "chroma-http", "qdrant", "faiss", "milvus", "lancedb", "pgvector"]
 
 
+# kind -> (modules it needs, the extra that installs them)
 _NEEDS = {
-    "qdrant": ("qdrant_client",),
-    "faiss": ("faiss", "langchain_community"),
-    "milvus": ("pymilvus", "milvus_lite"),
-    "lancedb": ("lancedb",),
-    "pgvector": ("psycopg",),
+    "chroma": (("chromadb",), "chroma"),
+    "chroma-http": (("chromadb",), "chroma"),
+    "qdrant": (("qdrant_client",), "qdrant"),
+    "faiss": (("faiss", "langchain_community"), "faiss"),
+    "milvus": (("pymilvus", "milvus_lite"), "milvus"),
+    "lancedb": (("lancedb",), "lancedb"),
+    "pgvector": (("psycopg",), "postgres"),
 }
 _BACKEND = {"faiss": "faiss", "milvus": "milvus", "lancedb": "lancedb", "pgvector": "pgvector"}
 
@@ -406,8 +409,9 @@ def store(request, task, tmp_path):
     import importlib.util
 
     kind = request.param
-    for module in _NEEDS.get(kind, ()):
-        pytest.importorskip(module)
+    modules, extra = _NEEDS[kind]
+    for module in modules:
+        pytest.importorskip(module, reason=f"pip install 'nudge-rag[{extra}]'")
     if (
         kind in _BACKEND
         and importlib.util.find_spec(f"nudge_rag.backends.{_BACKEND[kind]}") is None
@@ -611,10 +615,12 @@ def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case, cap
 def test_unreachable_server_exits_2(task, scheme, tmp_path, capsys):
     import importlib.util
 
+    if scheme.startswith("chroma"):
+        pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
     if scheme.startswith("qdrant"):
-        pytest.importorskip("qdrant_client")
+        pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
     if scheme == "postgresql":
-        pytest.importorskip("psycopg")
+        pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
         if importlib.util.find_spec("nudge_rag.backends.pgvector") is None:
             pytest.skip("nudge_rag.backends.pgvector is not in this checkout")
     url = f"{scheme}://127.0.0.1:{_free_port()}"

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("chromadb", reason="chromadb is needed for the fault tests")
-pytest.importorskip("qdrant_client", reason="qdrant-client is needed for the fault tests")
+pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
+pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:

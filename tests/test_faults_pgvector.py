@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-psycopg = pytest.importorskip("psycopg", reason="psycopg is needed for the pgvector fault tests")
-pytest.importorskip("langchain_postgres", reason="langchain-postgres holds PGVector")
+psycopg = pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
+pytest.importorskip("langchain_postgres", reason="pip install 'nudge-rag[postgres]'")
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:

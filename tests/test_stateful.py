@@ -557,11 +557,11 @@ class PgMachine(WriteBackMachine):
 @pytest.mark.parametrize("store", ["InMemoryVectorStore", "chroma", "pgvector"])
 def test_writeback_never_loses_an_original(store, request):
     if store == "chroma":
-        pytest.importorskip("chromadb")
+        pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
     elif store == "pgvector":
         PgStore.url = request.getfixturevalue("pg_url")
     else:
-        pytest.importorskip("langchain_core")
+        pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
     COUNTS.clear()
     machine = {"chroma": ChromaMachine, "pgvector": PgMachine}.get(store, WriteBackMachine)
     # Hypothesis seeds a derandomized run from the machine's source, so an edit to the machine

@@ -74,7 +74,7 @@ def test_metric_mismatch(store):
 
 
 def test_nudge_n_on_l2_store_with_unnormalized_vectors():
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     from langchain_chroma import Chroma
 
     vectors = {t: 3 * v for t, v in toy_vectors(TEXTS, dim=8).items()}

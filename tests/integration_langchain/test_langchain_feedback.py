@@ -195,7 +195,7 @@ def test_refit_while_the_app_serves(tmp_path):
 
 
 def test_chroma(tmp_path):
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     import chromadb
     from langchain_chroma import Chroma
 
@@ -242,7 +242,7 @@ class TestLoggingRetrieverStandard(RetrieversIntegrationTests):
 
 # ---------------------------------------------------------------------- stores without ids
 def _milvus_store(tmp_path):
-    pytest.importorskip("langchain_milvus")
+    pytest.importorskip("langchain_milvus", reason="pip install 'nudge-rag[milvus]'")
     from langchain_milvus import Milvus
 
     store = Milvus(
@@ -256,7 +256,7 @@ def _milvus_store(tmp_path):
 
 
 def _lancedb_store(tmp_path):
-    lancedb = pytest.importorskip("lancedb")
+    lancedb = pytest.importorskip("lancedb", reason="pip install 'nudge-rag[lancedb]'")
     from langchain_community.vectorstores import LanceDB
 
     store = LanceDB(
@@ -269,7 +269,7 @@ def _lancedb_store(tmp_path):
 
 
 def _faiss_store(tmp_path):
-    pytest.importorskip("faiss")
+    pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
     from langchain_community.vectorstores import FAISS
 
     return FAISS.from_texts(

@@ -86,7 +86,7 @@ def test_in_memory_store(corpus):
 
 
 def test_chroma_persistent(corpus, tmp_path):
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     from langchain_chroma import Chroma
 
     ds = corpus["ds"]
@@ -105,7 +105,7 @@ def test_chroma_persistent(corpus, tmp_path):
 
 def test_qdrant_in_memory(corpus):
     """Qdrant ``:memory:`` (on-disk local mode writes ~10x slower; see test_langchain_stores)."""
-    pytest.importorskip("langchain_qdrant")
+    pytest.importorskip("langchain_qdrant", reason="pip install 'nudge-rag[qdrant]'")
     from langchain_qdrant import QdrantVectorStore
     from qdrant_client import QdrantClient, models
 

@@ -33,7 +33,7 @@ from langchain_nudge import NudgeRetriever
 
 from nudge_rag import MetricMismatchError, NudgeN
 
-pytest.importorskip("langchain_postgres")
+pytest.importorskip("langchain_postgres", reason="pip install 'nudge-rag[postgres]'")
 
 logger = logging.getLogger(__name__)
 

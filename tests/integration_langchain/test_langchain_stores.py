@@ -43,7 +43,7 @@ PAIRS = [(QUESTIONS[i], IDS[i]) for i in range(6)]
 
 
 def _chroma(tmp_path=None, space: str | None = "cosine", client=None, name="nudge-test", **kw):
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     from langchain_chroma import Chroma
 
     meta = {"hnsw:space": space} if space else None
@@ -60,7 +60,7 @@ def _chroma(tmp_path=None, space: str | None = "cosine", client=None, name="nudg
 
 
 def _qdrant(location=":memory:", distance="COSINE", vector_name=""):
-    pytest.importorskip("langchain_qdrant")
+    pytest.importorskip("langchain_qdrant", reason="pip install 'nudge-rag[qdrant]'")
     from langchain_qdrant import QdrantVectorStore
     from qdrant_client import QdrantClient, models
 

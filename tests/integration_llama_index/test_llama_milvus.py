@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 
-pytest.importorskip("milvus_lite", reason="milvus-lite is needed for these tests")
+pytest.importorskip("milvus_lite", reason="pip install 'nudge-rag[milvus]'")
 
 from llama_helpers import LookupEmbedding  # noqa: E402
 from llama_index.core import StorageContext, VectorStoreIndex  # noqa: E402

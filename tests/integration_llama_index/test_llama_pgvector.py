@@ -26,7 +26,7 @@ import uuid
 
 import numpy as np
 
-pytest.importorskip("psycopg", reason="psycopg 3 is needed for the pgvector backend")
+pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
 
 from llama_helpers import (  # noqa: E402
     LookupEmbedding,
