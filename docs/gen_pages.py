@@ -115,6 +115,40 @@ STORE_NOTES: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+# A runnable start for the stores a new user most often has (shown on their pages).
+STORE_EXAMPLES: dict[str, str] = {
+    "chroma": """```python
+from langchain_chroma import Chroma
+from langchain_nudge import NudgeRetriever
+
+store = Chroma("docs", embeddings, persist_directory="./chroma_db",
+               collection_metadata={"hnsw:space": "cosine"})   # cosine for NUDGE-N
+store.add_texts(texts, ids=ids)
+retriever = NudgeRetriever(vectorstore=store, k=5)
+retriever.fit(pairs)           # originals in ./chroma_db/nudge_state/docs
+retriever.restore()
+```
+
+From the shell: `nudge-rag tune --store chroma:./chroma_db --collection docs --pairs
+train.jsonl --embed sentence-transformers:MODEL_FOLDER` ([command line](../cli-guide.md)).""",
+    "pgvector": """```python
+from langchain_postgres import PGVector
+from langchain_nudge import NudgeRetriever
+
+store = PGVector(embeddings, connection="postgresql+psycopg://user:password@localhost/db",
+                 collection_name="docs")       # distance_strategy COSINE (the default)
+store.add_texts(texts, ids=ids)
+retriever = NudgeRetriever(vectorstore=store, k=5)
+retriever.fit(pairs)           # originals in side tables of the same database
+retriever.restore()            # from any process that reaches the database
+```
+
+LlamaIndex: `PGVectorStore.from_params(..., table_name="docs", embed_dim=384)` in a
+`StorageContext`, then `NudgeFinetuneEngine.from_index(index, train_pairs=pairs)`. From the
+shell: `nudge-rag tune --store postgresql://user@localhost/db --collection docs ...` (a
+LangChain collection, or a table).""",
+}
+
 FRAMEWORK = {"langchain": "LangChain", "llama-index": "LlamaIndex", "": "any"}
 
 
@@ -161,6 +195,8 @@ def store_pages() -> dict[str, str]:
         metric, advice, restore = STORE_NOTES[page]
         lines = [f"# {title}", "", "## Install", ""]
         lines += [f'```bash\npip install "nudge-rag[{e}]"\n```\n' for e in extras]
+        if page in STORE_EXAMPLES:
+            lines += ["## Example", "", STORE_EXAMPLES[page], ""]
         lines += ["## Wrapper classes", "", "| framework | class | class path |", "|---|---|---|"]
         lines += [f"| {FRAMEWORK[fw]} | `{label}` | `{path}` |" for fw, label, path, _ in entries]
         lines += [
