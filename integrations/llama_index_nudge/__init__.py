@@ -15,23 +15,14 @@ from llama_index_nudge.questions import (
     parse_questions,
     questions_from_metadata,
 )
-from llama_index_nudge.stores import (
-    ChromaAdapter,
-    QdrantAdapter,
-    SimpleVectorStoreAdapter,
-    adapter_for,
-    default_state_dir,
-)
+from llama_index_nudge.stores import adapter_for, default_state_dir
 
 __all__ = [
     "DEFAULT_QUESTIONS_KEY",
     "DEFAULT_QUESTION_PROMPT",
-    "ChromaAdapter",
     "FeedbackRetriever",
     "Nudge",
     "NudgeFinetuneEngine",
-    "QdrantAdapter",
-    "SimpleVectorStoreAdapter",
     "adapter_for",
     "default_state_dir",
     "generate_questions",

@@ -13,10 +13,11 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
-from langchain_nudge import InMemoryStore, NudgeRetriever, store_for
+from langchain_nudge import NudgeRetriever, store_for
 from numpy.testing import assert_array_equal
 
 from nudge_rag import WriteBackError
+from nudge_rag.backends import InMemoryVectorStoreBackend
 
 TEXTS = [f"passage {i}" for i in range(6)]
 IDS = [f"doc-{i}" for i in range(6)]
@@ -138,7 +139,7 @@ def test_store_we_cannot_read():
         retriever.fit(PAIRS)
 
 
-class _FlakyStore(InMemoryStore):
+class _FlakyStore(InMemoryVectorStoreBackend):
     """Fails on the first write batch, once."""
 
     def __init__(self, vectorstore):

@@ -62,10 +62,7 @@ class TestFittedNudgeRetrieverStandard(RetrieversIntegrationTests):
 
 def test_all_imports():
     assert sorted(langchain_nudge.__all__) == [
-        "ChromaStore",
-        "InMemoryStore",
         "NudgeRetriever",
-        "QdrantStore",
         "ReAddStore",
         "generate_pairs",
         "normalize_pairs",

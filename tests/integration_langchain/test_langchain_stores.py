@@ -14,14 +14,13 @@ from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
 from langchain_nudge import (
-    InMemoryStore,
     NudgeRetriever,
     ReAddStore,
     store_for,
 )
 from numpy.testing import assert_allclose
 
-from nudge_rag.backends import ChromaBackend, QdrantBackend
+from nudge_rag.backends import ChromaBackend, InMemoryVectorStoreBackend, QdrantBackend
 
 TEXTS = [f"passage {i}" for i in range(10)]
 IDS = [f"doc-{i}" for i in range(10)]
@@ -99,7 +98,7 @@ def test_in_memory_adapter():
     store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
     store.add_texts(TEXTS, ids=IDS, metadatas=[{"i": i} for i in range(10)])
     adapter = store_for(store)
-    assert isinstance(adapter, InMemoryStore) and adapter.distance == "cosine"
+    assert isinstance(adapter, InMemoryVectorStoreBackend) and adapter.distance == "cosine"
     assert adapter.list_ids() == IDS
     _roundtrip(adapter, IDS)
     doc = store.get_by_ids(["doc-1"])[0]
@@ -268,7 +267,7 @@ def test_refit_starts_from_originals():
 def test_readd_fallback_warns_and_writes(caplog):
     store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
     store.add_texts(TEXTS, ids=IDS, metadatas=[{"i": i} for i in range(10)])
-    reader = InMemoryStore(store)
+    reader = InMemoryVectorStoreBackend(store)
     fallback = ReAddStore(store, get_vectors=reader.get_vectors, ids=IDS, distance="cosine")
     retriever = NudgeRetriever(
         vectorstore=store, embedding_store=fallback, solver_params={"gamma": 0.5}

@@ -14,12 +14,9 @@ def test_all_imports():
         [
             "DEFAULT_QUESTIONS_KEY",
             "DEFAULT_QUESTION_PROMPT",
-            "ChromaAdapter",
             "FeedbackRetriever",
             "Nudge",
             "NudgeFinetuneEngine",
-            "QdrantAdapter",
-            "SimpleVectorStoreAdapter",
             "adapter_for",
             "default_state_dir",
             "generate_questions",

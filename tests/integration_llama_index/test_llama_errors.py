@@ -228,9 +228,11 @@ def test_interrupted_write_back_can_be_resumed_or_restored(toy):
 def test_remote_store_needs_a_state_dir():
     from types import SimpleNamespace
 
-    from llama_index_nudge.stores import QdrantAdapter, default_state_dir
+    from llama_index_nudge.stores import default_state_dir
 
-    adapter = QdrantAdapter.__new__(QdrantAdapter)
+    from nudge_rag.backends import QdrantBackend
+
+    adapter = QdrantBackend.__new__(QdrantBackend)
     adapter.client = SimpleNamespace(_client=object())
     adapter.collection_name = "remote"
     with pytest.raises(ValueError, match="pass state_dir=<folder>"):
