@@ -161,6 +161,7 @@ def _answer_ids(split, doc_ids) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # about 6 s
 def test_lancedb_store_mode_matches_read_mode(nfcorpus_dir, tmp_path):
     """Flat search is exact, so ``passive="store"`` must choose the read mode's gamma."""
     from nudge_rag._data import load_embedded

@@ -211,6 +211,7 @@ def _answer_ids(split, doc_ids) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # about 50 s
 def test_milvus_store_mode_matches_read_mode(nfcorpus_dir, db):
     """FLAT search is exact, so ``passive="store"`` must choose the read mode's gamma."""
     from nudge_rag._data import load_embedded

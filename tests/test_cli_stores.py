@@ -436,6 +436,7 @@ def store(request, task, tmp_path):
 
 
 # ---------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # the whole command-line flow on each store: 15-57 s
 @pytest.mark.parametrize("store", _kinds(), indirect=True)
 def test_tune_evaluate_status_restore_evaluate(task, store):
     files = task.files
@@ -674,6 +675,7 @@ def test_dry_run_writes_nothing_and_says_what_would_change(task, store, tmp_path
     assert "after" not in data["metrics"]["validation"]
 
 
+@pytest.mark.slow  # several command-line runs: about 17 s
 @pytest.mark.parametrize("store", ["chroma"], indirect=True)
 def test_pending_write_back_is_reported_refused_and_resumed(task, store):
     # an interrupted tune: originals saved, a plan of 3 batches pending, none written yet

@@ -437,6 +437,7 @@ THREAD_CASES = [("langchain", "memory"), ("llama", "memory"), ("llama", "chroma"
 @pytest.mark.parametrize(
     ("framework", "kind"), THREAD_CASES, ids=["InMemoryVectorStore", "SimpleVectorStore", "chroma"]
 )
+@pytest.mark.slow  # 20 rounds of two tuners on each store
 def test_two_tuners_in_threads_lose_no_original(framework, kind, tmp_path, caplog):
     if kind == "chroma":
         pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
@@ -683,6 +684,7 @@ class ServerCollection:
         return np.stack([rows[i] for i in ids])
 
 
+@pytest.mark.slow  # two processes, 20 rounds, a Chroma server: about 20 s
 def test_two_tuner_processes_lose_no_original(workers, chroma_server, tmp_path):
     """A LangChain retriever and a LlamaIndex engine in two processes on one collection of a
     Chroma server, with one ``state_dir``: 20 rounds of overlapping fits and restores (the

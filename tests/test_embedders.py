@@ -9,6 +9,7 @@ import pytest
 from nudge_rag._embedders import EmbedderError, load_embedder
 
 
+@pytest.mark.slow  # imports sentence-transformers and probes the hub: about 13 s
 def test_an_uncached_model_name_fails_fast_offline_with_the_local_folder_form(monkeypatch):
     pytest.importorskip("sentence_transformers", reason="pip install 'nudge-rag[examples]'")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

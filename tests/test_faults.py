@@ -34,6 +34,9 @@ import fault_child as fc  # noqa: E402
 
 from nudge_rag import WriteBackError  # noqa: E402
 
+# each case kills a tuning process (or a server) and checks every row: 3-8 s; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 CHILD = str(TESTS / "fault_child.py")
 N_MOVED = 15  # make_data(): docs 0..14 have questions; with batch_size=3: 5 batches
 N_BATCHES = 5

@@ -45,6 +45,9 @@ from test_faults import (  # noqa: E402
     run_child,
 )
 
+# each case kills a tuning process and checks every row: 3-4 s; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 KIND = "faiss_folder"
 
 

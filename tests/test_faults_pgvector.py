@@ -53,6 +53,9 @@ from test_faults import (  # noqa: E402
 
 from nudge_rag import WriteBackError  # noqa: E402
 
+# each case kills a process or restarts PostgreSQL: 5-8 s; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 BATCH = 3  # make_data() moves 15 docs: 5 batches of 3
 TEXT = sorted((i, f"document {k}", k) for k, i in enumerate(fc.doc_ids("pgvector")))
 

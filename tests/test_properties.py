@@ -259,6 +259,7 @@ def _wrap(form, q, answers):
 
 
 # --------------------------------------------------------------------------- fuzz
+@pytest.mark.slow  # many Hypothesis examples of hostile input: 3-5 s per variant
 @pytest.mark.parametrize("cls", [NudgeN, NudgeM])
 @FUZZ
 @given(data=st.data())

@@ -62,6 +62,9 @@ from nudge_rag import (  # noqa: E402
     backend_for,
 )
 
+# Hypothesis state machines over real stores: 20-85 s per store; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 N_DOCS, DIM, GAMMA, BATCH = 16, 8, 0.3, 4
 ATOL = 1e-5
 SETTINGS = settings(

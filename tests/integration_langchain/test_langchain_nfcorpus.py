@@ -21,6 +21,9 @@ from langchain_nudge import NudgeRetriever
 
 from nudge_rag import NudgeM, NudgeN
 
+# end to end on nfcorpus through LangChain stores: 3-45 s each; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 logger = logging.getLogger(__name__)
 
 K = 10

@@ -121,6 +121,7 @@ def _database(pg_url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, pg_url):
     from langchain_postgres import PGVector
     from langchain_postgres.vectorstores import DistanceStrategy

@@ -22,6 +22,9 @@ from llama_index_nudge import DEFAULT_QUESTIONS_KEY, NudgeFinetuneEngine
 from nudge_rag import NudgeN
 from nudge_rag._metrics import evaluate
 
+# end to end on nfcorpus through LlamaIndex stores: 6-70 s each; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 K = 10
 
 

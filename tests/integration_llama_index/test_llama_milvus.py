@@ -45,6 +45,7 @@ def _pairs(ds, name: str) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)

@@ -165,6 +165,7 @@ def test_nudge_m_on_cosine_is_refused_before_writing(toy, toy_pg):
 
 
 # ---------------------------------------------------------------------- nfcorpus
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, pg_url):
     """The session's one nfcorpus table; searches take ~30 ms each (a sequential scan)."""
     ds = nfcorpus
