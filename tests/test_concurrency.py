@@ -857,6 +857,7 @@ def test_a_live_holder_is_named_and_a_killed_one_does_not_block(tmp_path, caplog
     assert STALE not in caplog.text
 
 
+@pytest.mark.slow  # kills a tuner process: about 17 s
 def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, chroma_server, tmp_path, caplog):
     """LangChain: a fit in another process writes slowly; while it is alive the retriever
     here gets ``StoreBusyError`` naming it; SIGKILLed mid write-back, its lock is gone:

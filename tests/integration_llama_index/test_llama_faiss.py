@@ -171,6 +171,7 @@ def _ndcg(index, ds) -> float:
     return ranked_ndcg(ds, ranked, K)
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 4-7 s
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
