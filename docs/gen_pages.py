@@ -169,9 +169,65 @@ def _uris() -> dict[str, list[str]]:
     return out
 
 
+def _from_specs() -> list[dict] | None:
+    """One dict per store from the store specs (``nudge_rag.backends._spec``), if they exist."""
+    try:
+        from nudge_rag.backends._spec import store_specs
+    except ImportError:
+        return None
+    stores = []
+    for spec in store_specs():
+        notes = STORE_NOTES.get(spec.name)
+        metric = f"Cosine (NUDGE-N): `{spec.cosine_hint}`." if spec.cosine_hint else ""
+        if spec.dot_hint:
+            metric += f" Inner product (NUDGE-M): `{spec.dot_hint}`."
+        after = f"After writes: {spec.after_writes or 'nothing'}. Restore: {spec.restore}."
+        stores.append(
+            {
+                "page": spec.name,
+                "title": spec.label,
+                "module": spec.module,
+                "classes": None,
+                "rows": [
+                    (
+                        w.framework,
+                        w.class_path.rsplit(".", 1)[-1],
+                        w.class_path,
+                        w.extra or spec.extra,
+                    )
+                    for w in spec.wrappers
+                ],
+                "uris": [s.form for s in spec.schemes],
+                "metric": (metric + (f" {notes[0]}" if notes else "")).strip(),
+                "advice": notes[1] if notes else "",
+                "restore": after + (f" {notes[2]}" if notes else ""),
+            }
+        )
+    return stores
+
+
+def _from_registry() -> list[dict]:
+    """One dict per store from the registry and ``_uri`` (before store specs existed)."""
+    rows, uris = _store_rows(), _uris()
+    return [
+        {
+            "page": page,
+            "title": title,
+            "module": module,
+            "classes": classes,
+            "rows": rows.get(page, []),
+            "uris": uris.get(page, []),
+            "metric": STORE_NOTES[page][0],
+            "advice": STORE_NOTES[page][1],
+            "restore": STORE_NOTES[page][2],
+        }
+        for page, (title, module, classes) in STORES.items()
+    ]
+
+
 def store_pages() -> dict[str, str]:
     """The markdown of ``stores/index.md`` and one page per store."""
-    rows, uris = _store_rows(), _uris()
+    stores = _from_specs() or _from_registry()
     pages: dict[str, str] = {}
     index = [
         "# Stores",
@@ -184,15 +240,16 @@ def store_pages() -> dict[str, str]:
         "| store | install | LangChain | LlamaIndex | `--store` |",
         "|---|---|---|---|---|",
     ]
-    for page, (title, module, classes) in STORES.items():
-        entries = rows.get(page, [])
+    for store in stores:
+        page, title, module, classes = (store[k] for k in ("page", "title", "module", "classes"))
+        entries, store_uris = store["rows"], store["uris"]
         extras = sorted({e for _, _, _, e in entries if e})
         lc = ", ".join(f"`{label}`" for fw, label, _, _ in entries if fw == "langchain") or "–"
         li = ", ".join(f"`{label}`" for fw, label, _, _ in entries if fw == "llama-index") or "–"
-        uri = ", ".join(f"`{u}`" for u in uris.get(page, [])) or "–"
+        uri = ", ".join(f"`{u}`" for u in store_uris) or "–"
         install = ", ".join(f'`pip install "nudge-rag[{e}]"`' for e in extras)
         index.append(f"| [{title}]({page}.md) | {install} | {lc} | {li} | {uri} |")
-        metric, advice, restore = STORE_NOTES[page]
+        metric, advice, restore = store["metric"], store["advice"], store["restore"]
         lines = [f"# {title}", "", "## Install", ""]
         lines += [f'```bash\npip install "nudge-rag[{e}]"\n```\n' for e in extras]
         if page in STORE_EXAMPLES:
@@ -206,8 +263,8 @@ def store_pages() -> dict[str, str]:
             "## Command line",
             "",
         ]
-        if uris.get(page):
-            lines += ["`--store` takes " + ", ".join(f"`{u}`" for u in uris[page]) + "."]
+        if store_uris:
+            lines += ["`--store` takes " + ", ".join(f"`{u}`" for u in store_uris) + "."]
         else:
             lines += ["In-process stores have no `--store` URI: use the Python API."]
         lines += [
@@ -216,10 +273,7 @@ def store_pages() -> dict[str, str]:
             "",
             metric,
             "",
-            "## Index advice",
-            "",
-            advice,
-            "",
+            *(["## Index advice", "", advice, ""] if advice else []),
             "## After writes, and what restore needs",
             "",
             restore,
@@ -229,7 +283,7 @@ def store_pages() -> dict[str, str]:
             f"::: {module}",
             "    options:",
             "      show_root_heading: false",
-            "      members: [" + ", ".join(classes) + "]",
+            *(["      members: [" + ", ".join(classes) + "]"] if classes else []),
             "      heading_level: 3",
             "",
         ]
