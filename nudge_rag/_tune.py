@@ -351,10 +351,24 @@ def _passive_scores_from_store(
 
 
 # ---------------------------------------------------------------------- the one flow
+#: What to pass when a store that lives in this process is saved to disk, per framework.
+_MEMORY_HINTS = {
+    "langchain": "If you save this store (InMemoryVectorStore.dump(path), "
+    "FAISS.save_local(dir)), pass NudgeRetriever(state_dir=<folder>); state_dir='memory' "
+    "silences this.",
+    "llama-index": "If you persist this index (index.storage_context.persist(dir)), pass "
+    "persist_dir=dir or state_dir=<folder>, and persist again after finetune(); "
+    "state_dir='memory' silences this.",
+    "": "If you save this store to disk, pass state_dir=<folder>; state_dir='memory' "
+    "silences this.",
+}
+
+
 def resolve_state_dir(
     store: EmbeddingStore,
     state_dir: str | os.PathLike | None = AUTO,
     persist_dir: str | os.PathLike | None = None,
+    framework: str | None = None,
 ) -> Path | None:
     """Where the originals of ``store`` are kept: one rule for every entry point.
 
@@ -363,10 +377,12 @@ def resolve_state_dir(
     * ``"auto"`` (or ``None``): ``<persist_dir>/nudge_state`` when the folder the store or
       index is persisted to is known; else next to the store's own files
       (:meth:`~nudge_rag.EmbeddingStore.default_state_dir`: the Chroma or Qdrant folder, ...);
-      else, for a store that lives only in this process, memory, with a WARNING: originals
-      kept in memory do not outlive the process, so a persisted copy of the store could not
-      be restored;
-    * ``"memory"``: memory on purpose (no warning). The memory belongs to the store object,
+      else, for a store that lives only in this process, memory, with an INFO message
+      (worded for ``framework``) saying what to pass if the store is saved to disk:
+      originals kept in memory live as long as the store object, which is right for a store
+      that lives only in this process, but a saved copy of the store could not be restored
+      from another process;
+    * ``"memory"``: memory on purpose (no message). The memory belongs to the store object,
       so every tuner over it shares it.
 
     A store that keeps its own state (``store.writeback_state()``: pgvector's side tables in
@@ -396,13 +412,11 @@ def resolve_state_dir(
                 "vectors outlive this process (or state_dir='memory' to keep them in memory)"
             )
             raise StateDirError(msg)
-        logger.warning(
-            "the original vectors of %s are kept in memory only: a restore() from another "
-            "process cannot find them, and they are lost when this one ends. If you persist "
-            "this store (index.storage_context.persist(dir), InMemoryVectorStore.dump(path), "
-            "FAISS.save_local(dir)), "
-            "pass persist_dir=dir or state_dir=<folder>; state_dir='memory' silences this.",
+        logger.info(
+            "the original vectors of %s are kept in memory only, with the store object: a "
+            "restore() from another process cannot find them. %s",
             store.name,
+            _MEMORY_HINTS.get(framework or "", _MEMORY_HINTS[""]),
         )
         return None
     return _usable_folder(Path(state_dir), "state_dir")
@@ -487,7 +501,7 @@ class StoreTuner:
         self.passive = passive
         self.show_progress = show_progress
         self.explain_unknown = explain_unknown
-        self.state_dir = resolve_state_dir(self.store, state_dir, persist_dir)
+        self.state_dir = resolve_state_dir(self.store, state_dir, persist_dir, framework)
         self.writeback = WriteBack(
             self.store,
             self.state_dir,

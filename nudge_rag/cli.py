@@ -793,9 +793,26 @@ def _from_writeback_status(info: dict[str, Any], st: Any) -> None:
         info["rows_moved"] = getattr(st, "n_tuned", None)
         info["tuned_at"] = getattr(st, "applied_at", None)
     info["locked_by"] = getattr(st, "locked_by", None)
-    next_step = getattr(st, "next_step", None)
-    if isinstance(next_step, str):
-        info["next_step"] = next_step
+    info["next_step"] = _shell_next_step(info)
+
+
+def _shell_next_step(info: dict[str, Any]) -> str:
+    """What to do in this state, worded for the shell (``WriteBackStatus.next_step`` is Python)."""
+    if info.get("locked_by"):
+        return f"another writer is working on this store ({info['locked_by']}): wait for it"
+    pending = info.get("pending")
+    if pending:
+        return (
+            f"an interrupted {pending['kind']} waits ({pending['batches_done']} of "
+            f"{pending['n_batches']} batches written): '{PROG} resume' finishes it, "
+            f"'{PROG} restore' puts every original back"
+        )
+    if info.get("tuned"):
+        return (
+            f"{info['n_originals']} stored vector(s) have saved originals: '{PROG} restore' puts "
+            f"them back; a new '{PROG} tune' starts from them"
+        )
+    return "the store holds its original vectors: nothing to do"
 
 
 def _cmd_status(args: argparse.Namespace, out: _Out) -> int:
@@ -1033,8 +1050,12 @@ def _embed_args(parser: argparse.ArgumentParser) -> None:
         choices=("query", "document"),
         default="query",
         help="embed questions as a search does (query, the default: embed_query / "
-        "get_query_embedding) or in batches as documents (document: faster, the same for "
-        "symmetric models such as MiniLM)",
+        "get_query_embedding / encode_query, so models with a query instruction such as BGE or "
+        "E5 are right without a flag) or in batches as documents (document: faster, the same "
+        "vectors for symmetric models such as MiniLM). The command line cannot tell whether a "
+        "model is symmetric, so it defaults to the form that is always right; the Python APIs "
+        "default to the batch form for speed (NudgeRetriever(query_embedding='query') and "
+        "NudgeFinetuneEngine(query_embedding='query') switch)",
     )
     parser.add_argument(
         "--embed-batch-size",
@@ -1136,7 +1157,8 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="recall@k, nDCG@k and MRR@k of (question, document) pairs through the store's search",
         description="Embed the questions and search the store with them as an app's retriever "
-        "does; graded relevance where the pairs carry grades.",
+        "does; graded relevance where the pairs carry grades. recall@k = relevant documents in "
+        "the top k / min(#relevant, k) (the NUDGE paper's definition).",
     )
     _store_args(ev, state=False)
     ev.add_argument("--pairs", required=True, metavar="FILE", help="the pairs to score")

@@ -121,7 +121,7 @@ class ChromaServer:
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory):
     """A running :class:`ChromaServer`, stopped at the end of the session."""
-    pytest.importorskip("chromadb")
+    pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
     exe = Path(sys.executable).with_name("chroma")
     exe = str(exe) if exe.exists() else shutil.which("chroma")
     if exe is None:

@@ -117,11 +117,11 @@ class Target:
             self.collection = self.chroma.get_collection(self.args["collection"])
 
     def _backend(self):
-        from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
+        from nudge_rag.backends import ChromaBackend, QdrantBackend
 
         if self.qdrant is not None:
-            return QdrantCollectionStore(self.qdrant, self.args["collection"])
-        return ChromaCollectionStore(self.collection)
+            return QdrantBackend(self.qdrant, self.args["collection"])
+        return ChromaBackend(self.collection)
 
     def _build(self):
         data = make_data(**self.args.get("data", {}))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-faiss = pytest.importorskip("faiss", reason="faiss-cpu is needed for the FAISS backend")
+faiss = pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
 
 from nudge_rag import (  # noqa: E402
     MetricMismatchError,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-lancedb = pytest.importorskip("lancedb")
-pa = pytest.importorskip("pyarrow")
+lancedb = pytest.importorskip("lancedb", reason="pip install 'nudge-rag[lancedb]'")
+pa = pytest.importorskip("pyarrow", reason="pip install 'nudge-rag[lancedb]'")
 
 from nudge_rag import NudgeN  # noqa: E402
 from nudge_rag._errors import UnknownIdError  # noqa: E402
@@ -161,6 +161,7 @@ def _answer_ids(split, doc_ids) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # about 6 s
 def test_lancedb_store_mode_matches_read_mode(nfcorpus_dir, tmp_path):
     """Flat search is exact, so ``passive="store"`` must choose the read mode's gamma."""
     from nudge_rag._data import load_embedded

@@ -10,11 +10,14 @@ and ``tune_store`` on nfcorpus: store-side validation picks the read mode's gamm
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-pymilvus = pytest.importorskip("pymilvus")
-pytest.importorskip("milvus_lite")
+pytest.importorskip("pymilvus", reason="pip install 'nudge-rag[milvus]'")
+
+import numpy as np
+
+pymilvus = pytest.importorskip("pymilvus", reason="pip install 'nudge-rag[milvus]'")
+pytest.importorskip("milvus_lite", reason="pip install 'nudge-rag[milvus]'")
 
 from pymilvus import DataType, MilvusClient  # noqa: E402
 
@@ -208,6 +211,7 @@ def _answer_ids(split, doc_ids) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # about 50 s
 def test_milvus_store_mode_matches_read_mode(nfcorpus_dir, db):
     """FLAT search is exact, so ``passive="store"`` must choose the read mode's gamma."""
     from nudge_rag._data import load_embedded

@@ -15,7 +15,7 @@ import pytest
 
 from nudge_rag import NudgeN, UnknownIdError, WriteBack, resolve_state_dir, tune_store
 
-psycopg = pytest.importorskip("psycopg")
+psycopg = pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
 from nudge_rag.backends.pgvector import PgVectorBackend  # noqa: E402
 
 N_DOCS, DIM = 60, 8

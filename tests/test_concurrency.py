@@ -183,6 +183,10 @@ class StoreCase:
 
     def __init__(self, framework: str, kind: str, data: Data, folder: Path | None = None):
         self.framework, self.kind, self.data, self.folder = framework, kind, data, folder
+        if framework == "langchain":
+            pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+        else:
+            pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
         self.lookup = data.lookup()
         self._embeddings: Any = None
         self.name = f"c-{uuid.uuid4().hex[:10]}"
@@ -433,10 +437,13 @@ THREAD_CASES = [("langchain", "memory"), ("llama", "memory"), ("llama", "chroma"
 @pytest.mark.parametrize(
     ("framework", "kind"), THREAD_CASES, ids=["InMemoryVectorStore", "SimpleVectorStore", "chroma"]
 )
+@pytest.mark.slow  # 20 rounds of two tuners on each store
 def test_two_tuners_in_threads_lose_no_original(framework, kind, tmp_path, caplog):
     if kind == "chroma":
-        pytest.importorskip("langchain_chroma")
-        pytest.importorskip("llama_index.vector_stores.chroma")
+        pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
+        pytest.importorskip(
+            "llama_index.vector_stores.chroma", reason="pip install 'nudge-rag[chroma]'"
+        )
     data = make_data()
     refs = refs_for(data)
     case = StoreCase(framework, kind, data, tmp_path)
@@ -650,8 +657,10 @@ class Worker:
 @pytest.fixture(scope="module")
 def workers(chroma_server):
     """A LangChain and a LlamaIndex worker process (started once: imports take seconds)."""
-    pytest.importorskip("langchain_chroma")
-    pytest.importorskip("llama_index.vector_stores.chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
+    pytest.importorskip(
+        "llama_index.vector_stores.chroma", reason="pip install 'nudge-rag[chroma]'"
+    )
     pool = {fw: Worker(fw, chroma_server) for fw in ("langchain", "llama")}
     yield pool
     for worker in pool.values():
@@ -675,6 +684,7 @@ class ServerCollection:
         return np.stack([rows[i] for i in ids])
 
 
+@pytest.mark.slow  # two processes, 20 rounds, a Chroma server: about 20 s
 def test_two_tuner_processes_lose_no_original(workers, chroma_server, tmp_path):
     """A LangChain retriever and a LlamaIndex engine in two processes on one collection of a
     Chroma server, with one ``state_dir``: 20 rounds of overlapping fits and restores (the
@@ -847,6 +857,7 @@ def test_a_live_holder_is_named_and_a_killed_one_does_not_block(tmp_path, caplog
     assert STALE not in caplog.text
 
 
+@pytest.mark.slow  # kills a tuner process: about 17 s
 def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, chroma_server, tmp_path, caplog):
     """LangChain: a fit in another process writes slowly; while it is alive the retriever
     here gets ``StoreBusyError`` naming it; SIGKILLed mid write-back, its lock is gone:
@@ -909,7 +920,11 @@ EDIT_CASES = [
 
 @pytest.mark.parametrize(("framework", "kind"), EDIT_CASES, ids=[f"{f}-{k}" for f, k in EDIT_CASES])
 def test_an_edited_document_is_the_users_not_restored_over(framework, kind, tmp_path, caplog):
-    pytest.importorskip("chromadb" if kind.startswith("chroma") else "qdrant_client")
+    extra = "chroma" if kind.startswith("chroma") else "qdrant"
+    pytest.importorskip(
+        "chromadb" if extra == "chroma" else "qdrant_client",
+        reason=f"pip install 'nudge-rag[{extra}]'",
+    )
     data = make_data(40, 8, uuids=kind.startswith("qdrant"))
     case = StoreCase(framework, kind, data, tmp_path)
     atol = tolerance(kind)
@@ -980,7 +995,11 @@ SECOND_CASES = [
 )
 def test_a_second_tuner_on_an_in_memory_store_sees_the_first_ones_state(framework, kind):
     """Originals kept in memory belong to the store, not to the retriever or engine."""
-    pytest.importorskip("chromadb" if kind.startswith("chroma") else "qdrant_client")
+    extra = "chroma" if kind.startswith("chroma") else "qdrant"
+    pytest.importorskip(
+        "chromadb" if extra == "chroma" else "qdrant_client",
+        reason=f"pip install 'nudge-rag[{extra}]'",
+    )
     data = make_data(60, 8, uuids=kind.startswith("qdrant"))
     case = StoreCase(framework, kind, data)
     atol = tolerance(kind)

@@ -240,7 +240,7 @@ class CrossValidationBehaviour:
         assert solver.cv_scores_ is None and solver.cv_gammas_ is None
 
     def test_progress_bar_over_the_folds(self, capsys):
-        pytest.importorskip("tqdm")
+        pytest.importorskip("tqdm", reason="pip install 'nudge-rag[progress]'")
         docs, train, _ = make_task()
         quiet = self.cls().fit(docs, train)
         loud = self.cls(show_progress=True).fit(docs, train)

@@ -127,7 +127,7 @@ def test_from_any_duck_typed(toy):
 
 
 def test_from_any_pydantic_model():
-    pydantic = pytest.importorskip("pydantic")
+    pydantic = pytest.importorskip("pydantic", reason="pip install 'nudge-rag[langchain]'")
 
     class EmbeddingQAFinetuneDataset(pydantic.BaseModel):  # same fields as LlamaIndex's
         queries: dict[str, str]

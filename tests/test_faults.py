@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("chromadb", reason="chromadb is needed for the fault tests")
-pytest.importorskip("qdrant_client", reason="qdrant-client is needed for the fault tests")
+pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
+pytest.importorskip("qdrant_client", reason="pip install 'nudge-rag[qdrant]'")
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -33,6 +33,9 @@ if str(TESTS) not in sys.path:
 import fault_child as fc  # noqa: E402
 
 from nudge_rag import WriteBackError  # noqa: E402
+
+# each case kills a tuning process (or a server) and checks every row: 3-8 s; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 CHILD = str(TESTS / "fault_child.py")
 N_MOVED = 15  # make_data(): docs 0..14 have questions; with batch_size=3: 5 batches

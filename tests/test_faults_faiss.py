@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("faiss", reason="faiss-cpu is needed for the FAISS fault tests")
-pytest.importorskip("langchain_community", reason="langchain-community holds FAISS")
-pytest.importorskip("llama_index.vector_stores.faiss", reason="llama-index-vector-stores-faiss")
+pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
+pytest.importorskip("langchain_community", reason="pip install 'nudge-rag[faiss]' (or [lancedb])")
+pytest.importorskip("llama_index.vector_stores.faiss", reason="pip install 'nudge-rag[faiss]'")
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -44,6 +44,9 @@ from test_faults import (  # noqa: E402
     read,
     run_child,
 )
+
+# each case kills a tuning process and checks every row: 3-4 s; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 KIND = "faiss_folder"
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-psycopg = pytest.importorskip("psycopg", reason="psycopg is needed for the pgvector fault tests")
-pytest.importorskip("langchain_postgres", reason="langchain-postgres holds PGVector")
+psycopg = pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
+pytest.importorskip("langchain_postgres", reason="pip install 'nudge-rag[postgres]'")
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -52,6 +52,9 @@ from test_faults import (  # noqa: E402
 )
 
 from nudge_rag import WriteBackError  # noqa: E402
+
+# each case kills a process or restarts PostgreSQL: 5-8 s; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 BATCH = 3  # make_data() moves 15 docs: 5 batches of 3
 TEXT = sorted((i, f"document {k}", k) for k, i in enumerate(fc.doc_ids("pgvector")))

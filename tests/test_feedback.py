@@ -325,6 +325,7 @@ def _check_all_logged(log: FeedbackLog) -> None:
     assert got == expected
 
 
+@pytest.mark.slow  # four writer processes: 2-25 s
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_four_processes_lose_nothing(tmp_path, start):
     """4 processes x 500 queries, each with feedback, all at once: every row is there.

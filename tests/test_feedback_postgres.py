@@ -68,6 +68,7 @@ def _writer(log: FeedbackLog, worker: int) -> None:
     log.close()
 
 
+@pytest.mark.slow  # four writer processes on PostgreSQL: about 7 s
 def test_four_processes_lose_nothing(log):
     """4 processes x 500 queries with feedback at once, one database: every row is there."""
     log.counts()  # the parent holds a connection before the fork; children open their own

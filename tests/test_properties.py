@@ -17,11 +17,14 @@ the random tests step around exactly those cases (``assume``) so that they stay 
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("hypothesis", reason="pip install 'nudge-rag[test]'")
+
 import traceback
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -256,6 +259,7 @@ def _wrap(form, q, answers):
 
 
 # --------------------------------------------------------------------------- fuzz
+@pytest.mark.slow  # many Hypothesis examples of hostile input: 3-5 s per variant
 @pytest.mark.parametrize("cls", [NudgeN, NudgeM])
 @FUZZ
 @given(data=st.data())

@@ -17,6 +17,7 @@ from nudge_rag.backends import InMemoryVectorStoreBackend, register_backend, sup
 
 
 def test_subclass_of_a_supported_store_uses_its_backend():
+    pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
     from langchain_core.embeddings import DeterministicFakeEmbedding
     from langchain_core.vectorstores import InMemoryVectorStore
 

@@ -88,7 +88,7 @@ def _scores(store, task, embed):
 
 
 def test_report_with_cross_validation(task, tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="pip install 'nudge-rag[report]'")
     result, evaluations = _tuned(task, val=False)
     assert result.n_folds > 0 or result.solver.n_folds_ > 0
     paths = nudge_rag.write_report(
@@ -138,7 +138,7 @@ def test_report_with_validation_pairs_plots_the_searched_grid(task, tmp_path):
 
 
 def test_report_for_nudge_m_without_a_curve(task, tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="pip install 'nudge-rag[report]'")
     result, evaluations = _tuned(task, val=True, variant="m")
     data = report_data(result, evaluations=evaluations)
     assert data["variant"] == "NUDGE-M" and data["val_metric"] == "hit@1"

@@ -451,7 +451,7 @@ def test_early_stop_in_streaming_pass_changes_nothing(cls, monkeypatch):
 
 @pytest.mark.parametrize("cls", [NudgeN, NudgeM])
 def test_show_progress_draws_a_bar_over_the_passive_documents(cls, capsys):
-    pytest.importorskip("tqdm")
+    pytest.importorskip("tqdm", reason="pip install 'nudge-rag[progress]'")
     docs, train, val = make_task()
     quiet = cls().fit(docs, train, val)
     assert "passive documents" not in capsys.readouterr().err

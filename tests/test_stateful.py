@@ -27,6 +27,10 @@ Bounded and deterministic: ``derandomize=True``, no example database.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("hypothesis", reason="pip install 'nudge-rag[test]'")
+
 import shutil
 import sys
 import tempfile
@@ -36,9 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-
-pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import (  # noqa: E402
@@ -60,6 +61,9 @@ from nudge_rag import (  # noqa: E402
     WriteBackError,
     backend_for,
 )
+
+# Hypothesis state machines over real stores: 20-85 s per store; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 N_DOCS, DIM, GAMMA, BATCH = 16, 8, 0.3, 4
 ATOL = 1e-5
@@ -556,11 +560,11 @@ class PgMachine(WriteBackMachine):
 @pytest.mark.parametrize("store", ["InMemoryVectorStore", "chroma", "pgvector"])
 def test_writeback_never_loses_an_original(store, request):
     if store == "chroma":
-        pytest.importorskip("chromadb")
+        pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
     elif store == "pgvector":
         PgStore.url = request.getfixturevalue("pg_url")
     else:
-        pytest.importorskip("langchain_core")
+        pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
     COUNTS.clear()
     machine = {"chroma": ChromaMachine, "pgvector": PgMachine}.get(store, WriteBackMachine)
     # Hypothesis seeds a derandomized run from the machine's source, so an edit to the machine

@@ -18,19 +18,13 @@ from langchain_nudge.questions import (
 )
 from langchain_nudge.retrievers import NudgeRetriever
 from langchain_nudge.stores import (
-    ChromaStore,
-    InMemoryStore,
-    QdrantStore,
     ReAddStore,
     register_store,
     store_for,
 )
 
 __all__ = [
-    "ChromaStore",
-    "InMemoryStore",
     "NudgeRetriever",
-    "QdrantStore",
     "ReAddStore",
     "generate_pairs",
     "normalize_pairs",

@@ -47,27 +47,28 @@ class NudgeRetriever(BaseRetriever):
     into the store itself, so every other reader of the store benefits too; :meth:`restore`
     puts the original vectors back.
 
-    Supported stores: ``InMemoryVectorStore`` (cosine), ``langchain_chroma.Chroma``
-    (embedded or HTTP), ``langchain_qdrant.QdrantVectorStore``; others through
-    :func:`langchain_nudge.register_store` or ``embedding_store=``. NUDGE-N (``variant="n"``)
+    Supported stores: every LangChain store in nudge-rag's registry, subclasses included
+    (``nudge_rag.backends.supported_stores("langchain")`` lists them with the extra that
+    installs each); others through :func:`nudge_rag.backends.register_backend` or
+    ``embedding_store=``. NUDGE-N (``variant="n"``)
     needs a cosine store (or one whose vectors are all unit-norm); NUDGE-M (``"m"``) needs
     a dot-product store (Chroma ``hnsw:space="ip"``, Qdrant ``Distance.DOT``); a mismatch
     raises a ``ValueError`` naming the setting to change.
 
-    Originals are never lost: before the first write they are saved next to a persisted
-    store (Chroma persist dir: ``<dir>/nudge_state/<collection>``; Qdrant local path:
+    Originals are never lost: before the first write they are saved next to a persisted store
+    (Chroma persist dir: ``<dir>/nudge_state/<collection>``; Qdrant local path:
     ``<path>/nudge_state/<collection>``), unless ``state_dir`` names a folder. An in-memory
-    store keeps them in memory, shared by every retriever over the same store object, with a
-    warning (pass ``state_dir`` if you ``dump()`` the store; ``state_dir="memory"`` silences
-    it). A store on a server (Chroma HTTP, Qdrant server) needs ``state_dir``: originals kept
-    only in memory would not outlive the process. A later :meth:`fit` starts from the
-    originals. The rule is the same in the LlamaIndex integration
+    store keeps them in memory, shared by every retriever over the same store object (an INFO
+    log says so: pass ``state_dir`` if you ``dump()`` or ``save_local()`` the store;
+    ``state_dir="memory"`` silences it). A store on a server (Chroma HTTP, Qdrant server) needs
+    ``state_dir``: originals kept only in memory would not outlive the process. A later
+    :meth:`fit` starts from the originals. The rule is the same in the LlamaIndex integration
     (:func:`nudge_rag.resolve_state_dir`).
 
     Setup:
         .. code-block:: bash
 
-            pip install 'nudge-rag[langchain]'          # + [chroma] or [qdrant] for those
+            pip install 'nudge-rag[langchain,chroma]'   # the store's extra: see the Stores page
 
     Instantiate:
         .. code-block:: python

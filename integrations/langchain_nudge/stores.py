@@ -3,7 +3,7 @@
 The backends live in the core (:mod:`nudge_rag.backends`), one module per store, shared with
 the LlamaIndex integration; :func:`store_for` finds the one for a LangChain vector store
 through the core's single registry, and :func:`register_store` adds one for another store
-class. The names below are the backends under the names earlier releases used.
+class.
 
 :class:`ReAddStore` is the fallback for a store that cannot be updated in place: it re-adds
 documents by id with their tuned vectors, which some stores implement as delete-then-add.
@@ -22,56 +22,19 @@ import numpy as np
 from langchain_nudge._compat import Document, Embeddings
 from nudge_rag import BaseEmbeddingStore, EmbeddingStore
 from nudge_rag.backends import (
-    ChromaBackend,
-    InMemoryVectorStoreBackend,
-    QdrantBackend,
     as_rows,
     backend_for,
     register_backend,
     unknown_ids,
 )
-from nudge_rag.backends import qdrant as _qdrant
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ChromaStore",
-    "InMemoryStore",
-    "QdrantStore",
     "ReAddStore",
     "register_store",
     "store_for",
 ]
-
-#: ``InMemoryVectorStore``'s backend (``InMemoryStore(vectorstore)``).
-InMemoryStore = InMemoryVectorStoreBackend
-
-
-class ChromaStore(ChromaBackend):
-    """The core's Chroma backend over a ``langchain_chroma.Chroma`` store's collection.
-
-    Args:
-        vectorstore: a ``Chroma`` vector store.
-        page_size: ids listed per ``collection.get`` call.
-    """
-
-    def __init__(self, vectorstore: Any, *, page_size: int = 5000):
-        super().__init__(vectorstore._collection, page_size=page_size)
-        self.vectorstore = vectorstore
-
-
-class QdrantStore(QdrantBackend):
-    """The core's Qdrant backend over a ``langchain_qdrant.QdrantVectorStore``.
-
-    Args:
-        vectorstore: a ``QdrantVectorStore`` in dense or hybrid retrieval mode.
-        page_size: points listed per ``scroll`` call.
-    """
-
-    def __init__(self, vectorstore: Any, *, page_size: int = 1000):
-        made = _qdrant.from_langchain(vectorstore)  # refuses SPARSE mode
-        super().__init__(made.client, made.collection_name, made.vector_name, page_size=page_size)
-        self.vectorstore = vectorstore
 
 
 # ====================================================================== fallback

@@ -1,9 +1,9 @@
 """LlamaIndex integration of nudge-rag: NUDGE fine-tuning of the embeddings in a vector index.
 
-``NudgeFinetuneEngine.from_index(index, ...)`` tunes the vectors a ``VectorStoreIndex``
-already stores (``SimpleVectorStore``, Chroma, Qdrant); ``Nudge`` is a drop-in for
-``llama_index.experimental.nudge.Nudge``. ``FeedbackRetriever(index.as_retriever(), log)``
-logs each search to a ``nudge_rag.FeedbackLog`` for ``engine.finetune_from_feedback(log)``.
+``NudgeFinetuneEngine.from_index(index, ...)`` tunes the vectors a ``VectorStoreIndex`` already
+stores (``nudge_rag.backends.supported_stores("llama-index")`` lists the stores); ``Nudge`` is a
+drop-in for ``llama_index.experimental.nudge.Nudge``. ``FeedbackRetriever(index.as_retriever(),
+log)`` logs each search to a ``nudge_rag.FeedbackLog`` for ``engine.finetune_from_feedback(log)``.
 """
 
 from llama_index_nudge.base import Nudge, NudgeFinetuneEngine
@@ -15,23 +15,14 @@ from llama_index_nudge.questions import (
     parse_questions,
     questions_from_metadata,
 )
-from llama_index_nudge.stores import (
-    ChromaAdapter,
-    QdrantAdapter,
-    SimpleVectorStoreAdapter,
-    adapter_for,
-    default_state_dir,
-)
+from llama_index_nudge.stores import adapter_for, default_state_dir
 
 __all__ = [
     "DEFAULT_QUESTIONS_KEY",
     "DEFAULT_QUESTION_PROMPT",
-    "ChromaAdapter",
     "FeedbackRetriever",
     "Nudge",
     "NudgeFinetuneEngine",
-    "QdrantAdapter",
-    "SimpleVectorStoreAdapter",
     "adapter_for",
     "default_state_dir",
     "generate_questions",

@@ -3,9 +3,9 @@
 Two entry points:
 
 * :class:`NudgeFinetuneEngine` (index mode): reads the node embeddings a ``VectorStoreIndex``
-  already stores (``SimpleVectorStore``, Chroma, Qdrant), embeds training questions with the
-  index's embed model, runs NUDGE and writes the moved vectors back in place. The user's
-  ``index.as_retriever()`` then returns better results; ``restore()`` undoes it.
+  already stores (any store ``nudge_rag.backends.supported_stores("llama-index")`` lists), embeds
+  training questions with the index's embed model, runs NUDGE and writes the moved vectors back in
+  place. The user's ``index.as_retriever()`` then returns better results; ``restore()`` undoes it.
 * :class:`Nudge` (dataset mode): a drop-in for ``llama_index.experimental.nudge.Nudge``; it
   embeds a dataset's corpus and returns tuned corpus embeddings as arrays.
 """
@@ -96,9 +96,15 @@ class NudgeFinetuneEngine:
     to ``<qdrant path>/nudge_state/<collection>`` for a local ``QdrantClient(path=...)``, and
     to memory for purely in-memory stores (a ``SimpleVectorStore`` not persisted, in-memory
     Chroma/Qdrant), which are lost with the process anyway. A remote store (Chroma
-    ``HttpClient``, a Qdrant server) needs an explicit ``state_dir``. ``state_dir=None`` always
-    keeps them in memory. Every ``finetune()`` starts from the originals, so running it again
-    with more pairs never compounds changes.
+    ``HttpClient``, a Qdrant server) needs an explicit ``state_dir``. ``state_dir=None`` means
+    the same as ``"auto"``; ``state_dir="memory"`` keeps them in memory. Every ``finetune()``
+    starts from the originals, so running it again with more pairs never compounds changes.
+
+    Persisting: ``finetune()`` changes the vector store, not the files an index was persisted
+    to. For a ``SimpleVectorStore`` (or a FAISS store) call
+    ``index.storage_context.persist(persist_dir)`` again after ``finetune()`` and after
+    ``restore()``; stores with their own files or server (Chroma, Qdrant, pgvector, Milvus,
+    LanceDB) are written directly.
 
     Metric: NUDGE-N (``variant="n"``, default) writes unit-norm vectors and suits cosine
     stores (``SimpleVectorStore``, Chroma ``cosine``, Qdrant ``COSINE``) and l2/ip stores whose
@@ -108,7 +114,7 @@ class NudgeFinetuneEngine:
     Setup:
         .. code-block:: bash
 
-            pip install "nudge-rag[llama-index]"   # + llama-index-vector-stores-chroma / -qdrant
+            pip install "nudge-rag[llama-index,chroma]"   # the store's extra: see the Stores page
 
         Chroma scores by l2 unless told otherwise; create the collection with cosine
         (NUDGE-N) or inner product (NUDGE-M). On l2, NUDGE-N is accepted only while every
@@ -175,7 +181,7 @@ class NudgeFinetuneEngine:
             same store (another engine, retriever or process; one writer at a time): ``0``
             (default) raises :class:`nudge_rag.StoreBusyError` at once, ``None`` waits.
 
-    Example:
+    Examples:
         >>> engine = NudgeFinetuneEngine.from_index(index, train_pairs=pairs)  # doctest: +SKIP
         >>> engine.finetune().changed_ids[:2]
         ['6f1c...', '0b2e...']

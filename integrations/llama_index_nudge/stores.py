@@ -1,4 +1,4 @@
-"""The backends of LlamaIndex vector stores, under the names earlier releases used.
+"""The backend of a LlamaIndex vector store, and where its originals are kept.
 
 The backends live in the core (:mod:`nudge_rag.backends`), one module per store, shared with
 the LangChain integration. :func:`adapter_for` finds the one for a LlamaIndex vector store
@@ -18,27 +18,12 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError(msg) from err
 
 from nudge_rag import EmbeddingStore, resolve_state_dir
-from nudge_rag.backends import (
-    ChromaBackend,
-    QdrantBackend,
-    SimpleVectorStoreBackend,
-    backend_for,
-)
+from nudge_rag.backends import backend_for
 
 __all__ = [
-    "ChromaAdapter",
-    "QdrantAdapter",
-    "SimpleVectorStoreAdapter",
     "adapter_for",
     "default_state_dir",
 ]
-
-#: LlamaIndex's ``SimpleVectorStore`` backend.
-SimpleVectorStoreAdapter = SimpleVectorStoreBackend
-#: The core's Chroma backend (over a ``chromadb`` collection).
-ChromaAdapter = ChromaBackend
-#: The core's Qdrant backend; LlamaIndex names its dense vector ``"text-dense"``.
-QdrantAdapter = QdrantBackend
 
 
 def adapter_for(vector_store: Any) -> EmbeddingStore:

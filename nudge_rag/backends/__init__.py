@@ -40,21 +40,15 @@ from nudge_rag.backends.milvus import MilvusBackend
 from nudge_rag.backends.pgvector import PgVectorBackend
 from nudge_rag.backends.qdrant import QdrantBackend
 
-#: Former names, kept for code written against nudge-rag 0.1.
-ChromaCollectionStore = ChromaBackend
-QdrantCollectionStore = QdrantBackend
-
 __all__ = [
     "ArrayStore",
     "ChromaBackend",
-    "ChromaCollectionStore",
     "FaissBackend",
     "InMemoryVectorStoreBackend",
     "LanceDBBackend",
     "MilvusBackend",
     "PgVectorBackend",
     "QdrantBackend",
-    "QdrantCollectionStore",
     "STATE_FOLDER",
     "SimpleVectorStoreBackend",
     "as_rows",

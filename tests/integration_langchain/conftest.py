@@ -10,7 +10,14 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from langchain_helpers import DATA_DIR  # noqa: E402
+# Without the langchain extra every test module here skips (pytest.importorskip at its top)
+# and these fixtures are never used: import the helpers only when the framework is there.
+try:
+    import langchain_core  # noqa: F401
+except ModuleNotFoundError:
+    pass
+else:
+    from langchain_helpers import DATA_DIR
 
 
 @pytest.fixture(scope="session")

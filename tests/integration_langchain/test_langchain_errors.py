@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 from typing import Any
 
 import numpy as np
-import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
-from langchain_nudge import InMemoryStore, NudgeRetriever, store_for
+from langchain_nudge import NudgeRetriever, store_for
 from numpy.testing import assert_array_equal
 
 from nudge_rag import WriteBackError
+from nudge_rag.backends import InMemoryVectorStoreBackend
 
 TEXTS = [f"passage {i}" for i in range(6)]
 IDS = [f"doc-{i}" for i in range(6)]
@@ -71,7 +75,7 @@ def test_metric_mismatch(store):
 
 
 def test_nudge_n_on_l2_store_with_unnormalized_vectors():
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     from langchain_chroma import Chroma
 
     vectors = {t: 3 * v for t, v in toy_vectors(TEXTS, dim=8).items()}
@@ -128,11 +132,14 @@ class _NoVectorsStore(VectorStore):
 def test_store_we_cannot_read():
     retriever = NudgeRetriever(vectorstore=_NoVectorsStore())
     assert retriever.invoke("q") == []  # searching still works
-    with pytest.raises(TypeError, match="cannot read and write the stored vectors of _NoVectorsStore. Supported: Chroma"):
+    with pytest.raises(
+        TypeError,
+        match="cannot read and write the stored vectors of _NoVectorsStore. Supported: Chroma",
+    ):
         retriever.fit(PAIRS)
 
 
-class _FlakyStore(InMemoryStore):
+class _FlakyStore(InMemoryVectorStoreBackend):
     """Fails on the first write batch, once."""
 
     def __init__(self, vectorstore):

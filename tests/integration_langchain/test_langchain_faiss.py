@@ -12,15 +12,16 @@ approximate search loses a little before and after.
 
 from __future__ import annotations
 
-import logging
-
-import numpy as np
 import pytest
 
-pytest.importorskip("faiss", reason="faiss-cpu is needed for the FAISS tests")
-pytest.importorskip("langchain_community", reason="langchain-community holds FAISS")
+pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
+pytest.importorskip("langchain_community", reason="pip install 'nudge-rag[faiss]' (or [lancedb])")
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
+import logging
 
 import faiss  # noqa: E402
+import numpy as np
 from langchain_community.docstore.in_memory import InMemoryDocstore  # noqa: E402
 from langchain_community.vectorstores import FAISS  # noqa: E402
 from langchain_community.vectorstores.utils import DistanceStrategy  # noqa: E402

@@ -3,11 +3,15 @@ re-tunes from the originals, a re-tune while the app serves, InMemoryVectorStore
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+pytest.importorskip("langchain_tests", reason="pip install 'nudge-rag[test]'")
+
 import threading
 import uuid
 
 import numpy as np
-import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
 from langchain_nudge import NudgeRetriever
@@ -192,7 +196,7 @@ def test_refit_while_the_app_serves(tmp_path):
 
 
 def test_chroma(tmp_path):
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     import chromadb
     from langchain_chroma import Chroma
 
@@ -240,7 +244,7 @@ class TestLoggingRetrieverStandard(RetrieversIntegrationTests):
 
 # ---------------------------------------------------------------------- stores without ids
 def _milvus_store(tmp_path):
-    pytest.importorskip("langchain_milvus")
+    pytest.importorskip("langchain_milvus", reason="pip install 'nudge-rag[milvus]'")
     from langchain_milvus import Milvus
 
     store = Milvus(
@@ -254,7 +258,7 @@ def _milvus_store(tmp_path):
 
 
 def _lancedb_store(tmp_path):
-    lancedb = pytest.importorskip("lancedb")
+    lancedb = pytest.importorskip("lancedb", reason="pip install 'nudge-rag[lancedb]'")
     from langchain_community.vectorstores import LanceDB
 
     store = LanceDB(
@@ -267,7 +271,7 @@ def _lancedb_store(tmp_path):
 
 
 def _faiss_store(tmp_path):
-    pytest.importorskip("faiss")
+    pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
     from langchain_community.vectorstores import FAISS
 
     return FAISS.from_texts(

@@ -11,15 +11,17 @@ kept, originals next to the table.
 
 from __future__ import annotations
 
-import logging
-
-import numpy as np
 import pytest
 
-pytest.importorskip("lancedb", reason="lancedb is needed for these tests")
-pytest.importorskip("langchain_community", reason="langchain-community holds LanceDB")
+pytest.importorskip("lancedb", reason="pip install 'nudge-rag[lancedb]'")
+pytest.importorskip("pyarrow", reason="pip install 'nudge-rag[lancedb]'")
+pytest.importorskip("langchain_community", reason="pip install 'nudge-rag[faiss]' (or [lancedb])")
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
+import logging
 
 import lancedb  # noqa: E402
+import numpy as np
 import pyarrow as pa  # noqa: E402
 from langchain_community.vectorstores import LanceDB  # noqa: E402
 from langchain_helpers import (  # noqa: E402
@@ -47,6 +49,7 @@ def _ndcg(retriever: NudgeRetriever, ds) -> float:
     return ranked_ndcg(ds, ranked, K)
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)

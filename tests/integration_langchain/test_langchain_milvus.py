@@ -11,13 +11,16 @@ before), originals back to float32 rounding.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+pytest.importorskip("langchain_milvus", reason="pip install 'nudge-rag[milvus]'")
+
 import logging
 
 import numpy as np
-import pytest
 
-pytest.importorskip("langchain_milvus", reason="langchain-milvus is needed for these tests")
-pytest.importorskip("milvus_lite", reason="milvus-lite is needed for these tests")
+pytest.importorskip("milvus_lite", reason="pip install 'nudge-rag[milvus]'")
 
 from langchain_helpers import (  # noqa: E402
     LookupEmbeddings,
@@ -131,6 +134,7 @@ def _ndcg(retriever: NudgeRetriever, ds) -> float:
     return ranked_ndcg(ds, ranked, K)
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)

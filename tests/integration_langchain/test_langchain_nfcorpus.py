@@ -7,16 +7,22 @@ nDCG@10 on test 0.322 untuned, about 0.451 tuned, 0.322 again after restore().
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 import logging
 import uuid
 
 import numpy as np
-import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, exact_ndcg, query_vectors, ranked_ndcg, split_pairs
 from langchain_nudge import NudgeRetriever
 
 from nudge_rag import NudgeM, NudgeN
+
+# end to end on nfcorpus through LangChain stores: 3-45 s each; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +89,7 @@ def test_in_memory_store(corpus):
 
 
 def test_chroma_persistent(corpus, tmp_path):
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     from langchain_chroma import Chroma
 
     ds = corpus["ds"]
@@ -102,7 +108,7 @@ def test_chroma_persistent(corpus, tmp_path):
 
 def test_qdrant_in_memory(corpus):
     """Qdrant ``:memory:`` (on-disk local mode writes ~10x slower; see test_langchain_stores)."""
-    pytest.importorskip("langchain_qdrant")
+    pytest.importorskip("langchain_qdrant", reason="pip install 'nudge-rag[qdrant]'")
     from langchain_qdrant import QdrantVectorStore
     from qdrant_client import QdrantClient, models
 

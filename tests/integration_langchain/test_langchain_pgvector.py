@@ -12,12 +12,15 @@ document's text and metadata unchanged after fit and after restore.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 import logging
 import urllib.parse
 import uuid
 
 import numpy as np
-import pytest
 from langchain_helpers import (
     LookupEmbeddings,
     exact_ndcg,
@@ -30,7 +33,7 @@ from langchain_nudge import NudgeRetriever
 
 from nudge_rag import MetricMismatchError, NudgeN
 
-pytest.importorskip("langchain_postgres")
+pytest.importorskip("langchain_postgres", reason="pip install 'nudge-rag[postgres]'")
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ def _database(pg_url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, pg_url):
     from langchain_postgres import PGVector
     from langchain_postgres.vectorstores import DistanceStrategy

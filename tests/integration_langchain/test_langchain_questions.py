@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 from langchain_core.documents import Document
 from langchain_core.language_models.fake_chat_models import (
     FakeListChatModel,

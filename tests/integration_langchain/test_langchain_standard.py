@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import langchain_nudge
 import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+pytest.importorskip("langchain_tests", reason="pip install 'nudge-rag[test]'")
+
+import langchain_nudge
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
 from langchain_nudge import NudgeRetriever
@@ -58,10 +62,7 @@ class TestFittedNudgeRetrieverStandard(RetrieversIntegrationTests):
 
 def test_all_imports():
     assert sorted(langchain_nudge.__all__) == [
-        "ChromaStore",
-        "InMemoryStore",
         "NudgeRetriever",
-        "QdrantStore",
         "ReAddStore",
         "generate_pairs",
         "normalize_pairs",

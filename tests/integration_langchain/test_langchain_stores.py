@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 import logging
 import uuid
 
 import numpy as np
-import pytest
 from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_helpers import LookupEmbeddings, toy_vectors
 from langchain_nudge import (
-    InMemoryStore,
     NudgeRetriever,
     ReAddStore,
     store_for,
 )
 from numpy.testing import assert_allclose
 
-from nudge_rag.backends import ChromaBackend, QdrantBackend
+from nudge_rag.backends import ChromaBackend, InMemoryVectorStoreBackend, QdrantBackend
 
 TEXTS = [f"passage {i}" for i in range(10)]
 IDS = [f"doc-{i}" for i in range(10)]
@@ -40,7 +42,7 @@ PAIRS = [(QUESTIONS[i], IDS[i]) for i in range(6)]
 
 
 def _chroma(tmp_path=None, space: str | None = "cosine", client=None, name="nudge-test", **kw):
-    pytest.importorskip("langchain_chroma")
+    pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     from langchain_chroma import Chroma
 
     meta = {"hnsw:space": space} if space else None
@@ -57,7 +59,7 @@ def _chroma(tmp_path=None, space: str | None = "cosine", client=None, name="nudg
 
 
 def _qdrant(location=":memory:", distance="COSINE", vector_name=""):
-    pytest.importorskip("langchain_qdrant")
+    pytest.importorskip("langchain_qdrant", reason="pip install 'nudge-rag[qdrant]'")
     from langchain_qdrant import QdrantVectorStore
     from qdrant_client import QdrantClient, models
 
@@ -96,7 +98,7 @@ def test_in_memory_adapter():
     store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
     store.add_texts(TEXTS, ids=IDS, metadatas=[{"i": i} for i in range(10)])
     adapter = store_for(store)
-    assert isinstance(adapter, InMemoryStore) and adapter.distance == "cosine"
+    assert isinstance(adapter, InMemoryVectorStoreBackend) and adapter.distance == "cosine"
     assert adapter.list_ids() == IDS
     _roundtrip(adapter, IDS)
     doc = store.get_by_ids(["doc-1"])[0]
@@ -237,6 +239,17 @@ def test_explicit_state_dir_for_in_memory_store(tmp_path):
     assert (tmp_path / "s" / "originals.npz").exists()
 
 
+def test_in_memory_originals_say_the_langchain_fix_without_a_warning(caplog):
+    store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
+    store.add_texts(TEXTS, ids=IDS)
+    with caplog.at_level(logging.INFO, logger="nudge_rag"):
+        NudgeRetriever(vectorstore=store, solver_params={"gamma": 0.5}).fit(PAIRS)
+    assert "kept in memory only" in caplog.text
+    assert "NudgeRetriever(state_dir=<folder>)" in caplog.text
+    assert "persist_dir" not in caplog.text  # NudgeRetriever takes no persist_dir
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the happy path
+
+
 def test_refit_starts_from_originals():
     store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
     store.add_texts(TEXTS, ids=IDS)
@@ -254,7 +267,7 @@ def test_refit_starts_from_originals():
 def test_readd_fallback_warns_and_writes(caplog):
     store = InMemoryVectorStore(LookupEmbeddings(_vectors()))
     store.add_texts(TEXTS, ids=IDS, metadatas=[{"i": i} for i in range(10)])
-    reader = InMemoryStore(store)
+    reader = InMemoryVectorStoreBackend(store)
     fallback = ReAddStore(store, get_vectors=reader.get_vectors, ids=IDS, distance="cosine")
     retriever = NudgeRetriever(
         vectorstore=store, embedding_store=fallback, solver_params={"gamma": 0.5}

@@ -12,7 +12,14 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from llama_helpers import NFCORPUS, LookupEmbedding, toy_nodes, unit_rows  # noqa: E402
+# Without the llama-index extra every test module here skips (pytest.importorskip at its top)
+# and these fixtures are never used: import the helpers only when the framework is there.
+try:
+    import llama_index.core  # noqa: F401
+except ModuleNotFoundError:
+    pass
+else:
+    from llama_helpers import NFCORPUS, LookupEmbedding, toy_nodes, unit_rows
 
 
 @pytest.fixture(scope="session")

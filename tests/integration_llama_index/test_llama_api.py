@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import llama_index_nudge
 
 
@@ -10,12 +14,9 @@ def test_all_imports():
         [
             "DEFAULT_QUESTIONS_KEY",
             "DEFAULT_QUESTION_PROMPT",
-            "ChromaAdapter",
             "FeedbackRetriever",
             "Nudge",
             "NudgeFinetuneEngine",
-            "QdrantAdapter",
-            "SimpleVectorStoreAdapter",
             "adapter_for",
             "default_state_dir",
             "generate_questions",

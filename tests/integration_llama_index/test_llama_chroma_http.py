@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
+import numpy as np
 from llama_helpers import LookupEmbedding, toy_nodes, toy_pairs
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index_nudge import NudgeFinetuneEngine

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
+import numpy as np
 from llama_helpers import EmbeddingQAFinetuneDataset, LookupEmbedding
 from llama_index_nudge import Nudge
 

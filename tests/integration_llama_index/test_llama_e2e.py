@@ -9,8 +9,11 @@ untuned result.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
+import numpy as np
 from llama_helpers import LookupEmbedding, query_vectors, ranked_ndcg, split_pairs
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
@@ -18,6 +21,9 @@ from llama_index_nudge import DEFAULT_QUESTIONS_KEY, NudgeFinetuneEngine
 
 from nudge_rag import NudgeN
 from nudge_rag._metrics import evaluate
+
+# end to end on nfcorpus through LlamaIndex stores: 6-70 s each; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 K = 10
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import uuid
 
 import numpy as np
-import pytest
 from llama_helpers import (
     EmbeddingQAFinetuneDataset,
     FixedLLM,
@@ -17,7 +20,8 @@ from llama_helpers import (
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index_nudge import NudgeFinetuneEngine
-from llama_index_nudge.stores import SimpleVectorStoreAdapter
+
+from nudge_rag.backends import SimpleVectorStoreBackend
 
 # Toy data: validation would pick gamma=0 (the toy questions are already answered), so a
 # fixed step is used wherever the test needs rows to move.
@@ -283,7 +287,7 @@ def test_qdrant_dot_with_nudge_m(toy, tmp_path):
 
 def test_adapter_round_trip_and_order(toy_index):
     index, _ = toy_index
-    adapter = SimpleVectorStoreAdapter(index.vector_store)
+    adapter = SimpleVectorStoreBackend(index.vector_store)
     ids = adapter.list_ids()[::-1]
     vectors = adapter.get_vectors(ids)
     adapter.set_vectors(ids[:2], vectors[:2] * 2)

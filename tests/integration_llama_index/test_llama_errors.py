@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import logging
 
 import numpy as np
-import pytest
 from llama_helpers import LookupEmbedding, stored, toy_nodes, toy_pairs
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index_nudge import Nudge, NudgeFinetuneEngine
@@ -139,7 +142,10 @@ def test_metadata_key_missing_or_malformed(toy, caplog):
         NudgeFinetuneEngine.from_index(index, metadata_key="missing")
     with caplog.at_level(logging.WARNING, logger="llama_index_nudge"):
         engine = NudgeFinetuneEngine.from_index(index, metadata_key="qs")
-    assert "6 node(s) skipped: metadata['qs'] is not a string or list of strings, e.g. node d0" in caplog.text
+    assert (
+        "6 node(s) skipped: metadata['qs'] is not a string or list of strings, e.g. node d0"
+        in caplog.text
+    )
     assert {node_id for _, node_id in engine.train_pairs} == {f"d{k}" for k in range(6, 12)}
 
 
@@ -222,9 +228,11 @@ def test_interrupted_write_back_can_be_resumed_or_restored(toy):
 def test_remote_store_needs_a_state_dir():
     from types import SimpleNamespace
 
-    from llama_index_nudge.stores import QdrantAdapter, default_state_dir
+    from llama_index_nudge.stores import default_state_dir
 
-    adapter = QdrantAdapter.__new__(QdrantAdapter)
+    from nudge_rag.backends import QdrantBackend
+
+    adapter = QdrantBackend.__new__(QdrantBackend)
     adapter.client = SimpleNamespace(_client=object())
     adapter.collection_name = "remote"
     with pytest.raises(ValueError, match="pass state_dir=<folder>"):

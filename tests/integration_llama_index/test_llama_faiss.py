@@ -12,15 +12,16 @@ restore (within 0.002 of before), originals back exactly.
 
 from __future__ import annotations
 
-import logging
-
-import numpy as np
 import pytest
 
-pytest.importorskip("faiss", reason="faiss-cpu is needed for the FAISS tests")
-pytest.importorskip("llama_index.vector_stores.faiss", reason="llama-index-vector-stores-faiss")
+pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+pytest.importorskip("llama_index.vector_stores.faiss", reason="pip install 'nudge-rag[faiss]'")
+
+import logging
 
 import faiss  # noqa: E402
+import numpy as np
 from llama_helpers import (  # noqa: E402
     LookupEmbedding,
     exact_ndcg,
@@ -170,6 +171,7 @@ def _ndcg(index, ds) -> float:
     return ranked_ndcg(ds, ranked, K)
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 4-7 s
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)

@@ -4,8 +4,11 @@ re-tune from the originals."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
+import numpy as np
 from llama_helpers import LookupEmbedding, stored, toy_nodes
 from llama_index.core import VectorStoreIndex
 from llama_index.core.schema import MetadataMode

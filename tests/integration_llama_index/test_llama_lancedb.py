@@ -10,13 +10,14 @@ exactly, text and metadata kept, originals next to the table.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+pytest.importorskip("llama_index.vector_stores.lancedb", reason="pip install 'nudge-rag[lancedb]'")
+
 import logging
 
 import numpy as np
-import pytest
-
-pytest.importorskip("llama_index.vector_stores.lancedb", reason="llama-index-vector-stores-lancedb")
-
 from llama_helpers import LookupEmbedding  # noqa: E402
 from llama_index.core import StorageContext, VectorStoreIndex  # noqa: E402
 from llama_index.core.schema import TextNode  # noqa: E402
@@ -40,6 +41,7 @@ def _pairs(ds, name: str) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)

@@ -11,13 +11,16 @@ next to the ``.db`` file.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+pytest.importorskip("llama_index.vector_stores.milvus", reason="pip install 'nudge-rag[milvus]'")
+
 import logging
 
 import numpy as np
-import pytest
 
-pytest.importorskip("llama_index.vector_stores.milvus", reason="llama-index-vector-stores-milvus")
-pytest.importorskip("milvus_lite", reason="milvus-lite is needed for these tests")
+pytest.importorskip("milvus_lite", reason="pip install 'nudge-rag[milvus]'")
 
 from llama_helpers import LookupEmbedding  # noqa: E402
 from llama_index.core import StorageContext, VectorStoreIndex  # noqa: E402
@@ -42,6 +45,7 @@ def _pairs(ds, name: str) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
     ds = nfcorpus
     docs = np.asarray(ds.doc_embeddings, dtype=np.float32)

@@ -8,6 +8,10 @@ engine says at WARNING with the fix.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import logging
 
 import numpy as np
@@ -43,15 +47,18 @@ def test_persisted_index_restores_from_a_new_load(toy, tmp_path):
         np.testing.assert_allclose(vector, original[node_id], atol=1e-7)
 
 
-def test_in_memory_originals_warn_with_the_fix(toy_index, caplog):
+def test_in_memory_originals_say_the_llama_index_fix_without_a_warning(toy_index, caplog):
     index, _ = toy_index
-    with caplog.at_level(logging.WARNING, logger="nudge_rag"):
+    with caplog.at_level(logging.INFO, logger="nudge_rag"):
         engine = NudgeFinetuneEngine.from_index(index, train_pairs=[("q?", "d0")])
     assert engine.state_dir is None
     assert "kept in memory only" in caplog.text
     assert "pass persist_dir=dir or state_dir=<folder>" in caplog.text
+    assert "persist again after finetune()" in caplog.text
+    assert "NudgeRetriever" not in caplog.text  # worded for LlamaIndex
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the happy path
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="nudge_rag"):
+    with caplog.at_level(logging.INFO, logger="nudge_rag"):
         NudgeFinetuneEngine.from_index(index, train_pairs=[("q?", "d0")], state_dir="memory")
     assert "kept in memory only" not in caplog.text
 

@@ -13,17 +13,20 @@ every node's text and metadata unchanged after finetune and after restore.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+pytest.importorskip(
+    "llama_index.vector_stores.postgres", reason="pip install 'nudge-rag[postgres]'"
+)
+
 import asyncio
 import logging
 import uuid
 
 import numpy as np
-import pytest
 
-pytest.importorskip(
-    "llama_index.vector_stores.postgres", reason="llama-index-vector-stores-postgres"
-)
-pytest.importorskip("psycopg", reason="psycopg 3 is needed for the pgvector backend")
+pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
 
 from llama_helpers import (  # noqa: E402
     LookupEmbedding,
@@ -162,6 +165,7 @@ def test_nudge_m_on_cosine_is_refused_before_writing(toy, toy_pg):
 
 
 # ---------------------------------------------------------------------- nfcorpus
+@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
 def test_nfcorpus_end_to_end(nfcorpus, pg_url):
     """The session's one nfcorpus table; searches take ~30 ms each (a sequential scan)."""
     ds = nfcorpus

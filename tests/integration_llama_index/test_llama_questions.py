@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
 import logging
 
-import pytest
 from llama_helpers import FixedLLM
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import TextNode
@@ -70,7 +73,10 @@ def test_questions_from_metadata_skips_missing_and_malformed(caplog):
         pairs, skipped = questions_from_metadata(nodes)
     assert pairs == [("What is A?", "a")]
     assert skipped == ["b", "c"]
-    assert "1 node(s) skipped: metadata['questions_this_excerpt_can_answer'] is not a string or list of strings, e.g. node c" in caplog.text
+    assert (
+        "1 node(s) skipped: metadata['questions_this_excerpt_can_answer'] is not a string or list of strings, e.g. node c"
+        in caplog.text
+    )
 
 
 def test_questions_in_embedded_text_are_warned_about(caplog):
