@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -26,6 +26,8 @@ __all__ = [
     "EmbeddingStore",
     "IndexedEmbeddingStore",
     "SearchableEmbeddingStore",
+    "SharedStateEmbeddingStore",
+    "StatefulEmbeddingStore",
     "UNIT_NORM_TOL",
     "check_similarity",
     "rows_unit_norm",
@@ -127,6 +129,35 @@ class IndexedEmbeddingStore(Protocol):
 
     def refresh_index(self) -> None:
         """Bring the store's index up to date with the vectors just written."""
+        ...
+
+
+@runtime_checkable
+class StatefulEmbeddingStore(Protocol):
+    """A store that keeps its own write-back state: originals, plan and writer lock.
+
+    :class:`~nudge_rag.WriteBack` without a ``state_dir`` then keeps everything in the store
+    itself (pgvector: side tables and an advisory lock in the same database), so a new
+    process finds it without a folder.
+    """
+
+    def writeback_state(self) -> Any:
+        """The state object (the methods of the file state, plus ``lock`` and ``write_batch``)."""
+        ...
+
+
+@runtime_checkable
+class SharedStateEmbeddingStore(Protocol):
+    """A store whose in-memory write-back state belongs to another object.
+
+    ``state_owner`` is the object every backend over the same data shares (an in-memory
+    store, a Chroma client and collection), so two retrievers over one store share its
+    originals and lock.
+    """
+
+    @property
+    def state_owner(self) -> object:
+        """The object the in-memory state is kept with."""
         ...
 
 

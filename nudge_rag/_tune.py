@@ -24,7 +24,13 @@ from nudge_rag._errors import DimensionMismatchError, StateDirError, UnknownIdEr
 from nudge_rag._pairs import Pairs, group_pairs, normalize_pairs
 from nudge_rag._queryset import QuerySet, row_index
 from nudge_rag._solver import NudgeM, NudgeN
-from nudge_rag._store import EmbeddingStore, check_similarity, rows_unit_norm
+from nudge_rag._store import (
+    EmbeddingStore,
+    SearchableEmbeddingStore,
+    StatefulEmbeddingStore,
+    check_similarity,
+    rows_unit_norm,
+)
 from nudge_rag._validation import check_positive_int
 from nudge_rag._writeback import WriteBack, WriteBackError, WriteBackStatus
 from nudge_rag.backends import STATE_FOLDER, backend_for
@@ -193,7 +199,7 @@ def _tune_store(
         msg = f"passive must be 'auto', 'read' or 'store', got {passive!r}"
         raise ValueError(msg)
     store = writeback.store
-    searchable = callable(getattr(store, "nearest", None))  # the protocol's optional member
+    searchable = isinstance(store, SearchableEmbeddingStore)
     if passive == "store" and not searchable:
         msg = f"passive='store' needs a store with nearest(); {type(store).__name__} has none"
         raise TypeError(msg)
@@ -399,7 +405,7 @@ def resolve_state_dir(
     if isinstance(state_dir, str) and state_dir == MEMORY:
         return None
     if state_dir is None or (isinstance(state_dir, str) and state_dir == AUTO):
-        if callable(getattr(store, "writeback_state", None)):
+        if isinstance(store, StatefulEmbeddingStore):
             return None  # the store's own state (e.g. tables in its database) outlives us
         if persist_dir is not None:
             return _usable_folder(Path(persist_dir) / STATE_FOLDER, "persist_dir")

@@ -67,7 +67,12 @@ from nudge_rag._identity import (
 )
 from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
 from nudge_rag._queryset import row_index
-from nudge_rag._store import EmbeddingStore, IndexedEmbeddingStore
+from nudge_rag._store import (
+    EmbeddingStore,
+    IndexedEmbeddingStore,
+    SharedStateEmbeddingStore,
+    StatefulEmbeddingStore,
+)
 from nudge_rag._validation import check_matrix, check_positive_int, check_storable_ids
 
 logger = logging.getLogger(__name__)
@@ -698,9 +703,9 @@ class WriteBack:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.show_progress = show_progress
         self.lock_timeout = _check_timeout(lock_timeout)
-        owner = getattr(store, "state_owner", store)
-        own_state = getattr(store, "writeback_state", None)
-        if self.state_dir is None and callable(own_state):
+        owner = store.state_owner if isinstance(store, SharedStateEmbeddingStore) else store
+        own_state = store.writeback_state if isinstance(store, StatefulEmbeddingStore) else None
+        if self.state_dir is None and own_state is not None:
             # The store keeps the state itself (pgvector: side tables in its database).
             self._state: Any = _StoreState(own_state(), owner)
         else:
