@@ -256,6 +256,10 @@ class PgVectorBackend(BaseEmbeddingStore):
         ConnectionError: the server cannot be reached.
     """
 
+    #: dead row versions (a share of all) above which :meth:`refresh_index` rebuilds an HNSW
+    #: index before vacuuming, rather than letting the vacuum repair the graph row by row
+    reindex_fraction: float = 0.02
+
     def __init__(
         self,
         url: Any,
@@ -520,7 +524,7 @@ class PgVectorBackend(BaseEmbeddingStore):
         return self._run("read the indexes", work)
 
     def refresh_index(self) -> None:
-        """``VACUUM (ANALYZE)`` the table when an HNSW or IVFFlat index serves it.
+        """Make the table's HNSW / IVFFlat index serve the vectors just written.
 
         An in-place ``UPDATE`` leaves the old row version in the table and in its ANN index
         until a vacuum. An HNSW graph whose neighbours are dead rows returns fewer than ``k``
@@ -528,29 +532,58 @@ class PgVectorBackend(BaseEmbeddingStore):
         ``LIMIT 10`` searches with 0 rows) until autovacuum gets to the table.
         :class:`~nudge_rag.WriteBack` calls this after the last batch of a fit, a restore and
         a resume (:class:`~nudge_rag.IndexedEmbeddingStore`), so the index serves the new
-        vectors at once. It runs outside any transaction (``VACUUM`` cannot run in one);
-        a failure is logged as a WARNING and leaves the vectors as written.
+        vectors at once:
+
+        * ``VACUUM (ANALYZE)`` the table when it has an HNSW or IVFFlat index;
+        * first, when more than :attr:`reindex_fraction` of the rows are dead versions,
+          ``REINDEX INDEX CONCURRENTLY`` each HNSW index (reads and writes go on): vacuuming an
+          HNSW index repairs the graph around every dead row, which is far slower than
+          building it again (20k rows, 2k updated: VACUUM 125 s; REINDEX 12 s, then VACUUM
+          0.1 s), as pgvector's documentation advises.
+
+        Runs outside any transaction (neither statement can run in one). A failure is logged
+        as a WARNING and leaves the vectors as written.
         """
-        if not self.ann_indexes():
+        indexes = self.ann_indexes()
+        if not indexes:
             return
         started = time.monotonic()
+        hnsw = [name for name, method, _ in indexes if method == "hnsw"]
 
-        def work(conn: Any) -> None:
+        def dead_fraction(conn: Any) -> float:
+            row = conn.execute(
+                "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relid = %s",
+                (self._table_oid,),
+            ).fetchone()
+            live, dead = row or (0, 0)
+            return float(dead) / max(float(live) + float(dead), 1.0)
+
+        def work(conn: Any) -> str:
+            from psycopg import sql
+
+            done = []
+            if hnsw and dead_fraction(conn) > self.reindex_fraction:
+                for name in hnsw:
+                    index = sql.Identifier(self.schema, name)
+                    conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(index))
+                done.append(f"REINDEX CONCURRENTLY of {', '.join(hnsw)}")
             conn.execute(self._sql("VACUUM (ANALYZE) {t}"))
+            done.append("VACUUM (ANALYZE)")
+            return " then ".join(done)
 
         try:
-            self._run("vacuum the table", work)
+            done = self._run("refresh the table's index", work)
         except Exception as err:  # noqa: BLE001 - the vectors are written; only the index lags
             logger.warning(
-                "%s: VACUUM (ANALYZE) after the write-back failed (%s: %s). The vectors are "
-                "written, but the ANN index may return fewer rows until the table is "
-                "vacuumed: run VACUUM (ANALYZE) on it.",
+                "%s: refreshing the ANN index after the write-back failed (%s: %s). The "
+                "vectors are written, but the index may return fewer rows until the table is "
+                "vacuumed: run VACUUM (ANALYZE) on it (REINDEX an HNSW index first).",
                 self.name,
                 type(err).__name__,
                 err,
             )
             return
-        logger.info("%s: VACUUM (ANALYZE) in %.1f s", self.name, time.monotonic() - started)
+        logger.info("%s: %s in %.1f s", self.name, done, time.monotonic() - started)
 
     def _read_distance(self, distance: str | None) -> str:
         indexes = self.ann_indexes()
