@@ -1,5 +1,5 @@
 """FAISS through LangChain's ``FAISS``: a flat inner-product index over normalized vectors,
-an ``IndexIVFFlat`` (``nlist`` = 4 * sqrt(n), default ``nprobe`` = 1) as users build it, and
+an ``IndexIVFFlat`` (``nlist`` = 4 * sqrt(n), at most n / 39; ``nprobe`` = 8) as users build it, and
 an ``IndexHNSWFlat``, which cannot be updated in place and is refused."""
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class FaissKind(StoreKind):
                 faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
             )
             index.train(docs.vectors)
+            # FAISS's default nprobe = 1 leaves some queries with fewer than k results on
+            # lists this small, before any tuning; 8 probes is a usual first setting
+            index.nprobe = 8
         store = FAISS(
             docs.embeddings(),
             index,

@@ -26,6 +26,7 @@ class LanceDBKind(StoreKind):
             embedding=docs.embeddings(),
             table_name="contract",
             distance="cosine",
+            mode="append",  # the wrapper's default, "overwrite", keeps only the last batch
         )
         for s in range(0, len(docs.ids), 2000):
             store.add_texts(
