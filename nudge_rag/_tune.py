@@ -484,6 +484,8 @@ def resolve_state_dir(
     store: EmbeddingStore,
     state_dir: str | os.PathLike | None = AUTO,
     persist_dir: str | os.PathLike | None = None,
+    *,
+    warn: bool = True,
 ) -> Path | None:
     """Where the originals of ``store`` are kept: one rule for every entry point.
 
@@ -505,6 +507,9 @@ def resolve_state_dir(
     Returns:
         The folder, or ``None`` for memory (or the store's own state).
 
+    ``warn=False`` leaves out the in-memory warning (for readers that only look for a saved
+    query adapter).
+
     Raises:
         StateDirError: a store on a server with no folder given (originals must outlive this
             process), or a folder that cannot be used.
@@ -525,6 +530,8 @@ def resolve_state_dir(
                 "vectors outlive this process (or state_dir='memory' to keep them in memory)"
             )
             raise StateDirError(msg)
+        if not warn:
+            return None
         logger.warning(
             "the original vectors of %s are kept in memory only: a restore() from another "
             "process cannot find them, and they are lost when this one ends. If you persist "
