@@ -7,6 +7,7 @@ logs each search to a ``nudge_rag.FeedbackLog`` for ``engine.finetune_from_feedb
 """
 
 from llama_index_nudge.base import Nudge, NudgeFinetuneEngine
+from llama_index_nudge.embedding import AdaptedQueryEmbedding
 from llama_index_nudge.feedback import FeedbackRetriever
 from llama_index_nudge.questions import (
     DEFAULT_QUESTION_PROMPT,
@@ -24,6 +25,7 @@ from llama_index_nudge.stores import (
 )
 
 __all__ = [
+    "AdaptedQueryEmbedding",
     "DEFAULT_QUESTIONS_KEY",
     "DEFAULT_QUESTION_PROMPT",
     "ChromaAdapter",
