@@ -250,7 +250,8 @@ def _tune_store(
         raise TypeError(msg)
     if passive == "auto":
         passive = "read"
-        if searchable and store.count() >= store_mode_min_docs:
+        # The query adapter scores validation queries against every stored vector.
+        if searchable and query_adapter == "off" and store.count() >= store_mode_min_docs:
             passive = "store"
     if passive == "store" and query_adapter != "off":
         msg = (
