@@ -277,7 +277,7 @@ class QueryAdapter:
         return self.val_score_ - self.base_score_
 
     def transform(self, query_embeddings: Any) -> np.ndarray:
-        """Adapt query embeddings: ``unit(unit(q) @ matrix_)``, in blocks of ``batch_size``.
+        """Adapt query embeddings: ``unit(q @ matrix_)``, in blocks of ``batch_size``.
 
         Args:
             query_embeddings: ``(n, dim)`` (or one ``(dim,)``) float array.
@@ -290,16 +290,31 @@ class QueryAdapter:
             ValueError: wrong dimension, NaN or inf.
         """
         self._check_fitted()
-        single = np.ndim(query_embeddings) == 1
-        queries = np.atleast_2d(np.asarray(query_embeddings)) if single else query_embeddings
-        queries = check_matrix(
-            queries, "query_embeddings", dim=self.n_features_in_, allow_empty=True
-        )
+        # A light check (this runs for every search): the shape, then NaN / inf.
+        try:
+            queries = np.asarray(query_embeddings, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            msg = f"query_embeddings must be a float array, got {type(query_embeddings).__name__}"
+            raise TypeError(msg) from err
+        single = queries.ndim == 1
+        if single:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.n_features_in_:
+            msg = (
+                f"query_embeddings must have shape (n, {self.n_features_in_}) or "
+                f"({self.n_features_in_},), got {np.shape(query_embeddings)}"
+            )
+            raise ValueError(msg)
+        if not np.isfinite(queries).all():
+            msg = "query_embeddings contain NaN or inf"
+            raise ValueError(msg)
         batch = check_positive_int(self.batch_size, "batch_size")
         out = np.empty(queries.shape, dtype=np.float32)
         for start in range(0, queries.shape[0], batch):
-            block = _unit(queries[start : start + batch])
-            out[start : start + batch] = _unit(block @ self.matrix_)
+            # unit(unit(q) @ M) = unit(q @ M): a positive scale does not change the direction.
+            mapped = queries[start : start + batch] @ self.matrix_
+            norms = np.sqrt(np.einsum("ij,ij->i", mapped, mapped))
+            out[start : start + batch] = mapped / np.where(norms > 0, norms, 1.0)[:, None]
         return out[0] if single else out
 
     @classmethod
