@@ -942,6 +942,12 @@ class WriteBack:
                 msg = f"base must have the shape of vectors {vectors.shape}, got {base.shape}"
                 raise ValueError(msg)
         payload = None if query_adapter is None else _adapter_payload(query_adapter)
+        if payload is not None and ids and payload["dim"] != vectors.shape[1]:
+            msg = (
+                f"query_adapter is {payload['dim']}-dimensional, but the vectors are "
+                f"{vectors.shape[1]}-dimensional"
+            )
+            raise ValueError(msg)
         with self.locked("apply"):
             report = self._apply(ids, vectors, base, dict(info or {}), payload)
         self.last_report = report
@@ -1029,12 +1035,6 @@ class WriteBack:
         self._state.save_pending("apply", plan_ids, plan_vecs, self.batch_size, meta)
         self._run_plan("apply", plan_ids, plan_vecs, self.batch_size, start=0)
         if adapter is not None:
-            if adapter["dim"] != vectors.shape[1] and ids:
-                msg = (
-                    f"query_adapter is {adapter['dim']}-dimensional, but the vectors written "
-                    f"are {vectors.shape[1]}-dimensional"
-                )
-                raise ValueError(msg)
             self._state.save_query_adapter(adapter)
             logger.info("saved the query adapter with the tuned vectors")
         if skipped:

@@ -142,3 +142,13 @@ def test_bad_options():
         StoreTuner(store, state_dir="memory", variant="m", query_adapter="on")
     with pytest.raises(ValueError, match="passive='read'"):
         tune_store(WriteBack(store), NudgeN(), tq, ta, vq, va, passive="store", query_adapter="on")
+
+
+def test_apply_refuses_an_adapter_of_another_dimension_before_writing(tmp_path):
+    store, *_ = store_task()
+    before = store.vectors.copy()
+    wrong = QueryAdapter.from_matrix(np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="query_adapter is 3-dimensional"):
+        WriteBack(store, tmp_path).apply(["d0"], store.vectors[:1] * 0 + 1, query_adapter=wrong)
+    np.testing.assert_array_equal(store.vectors, before)
+    assert WriteBack(store, tmp_path).query_adapter() is None
