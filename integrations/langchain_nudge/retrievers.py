@@ -26,6 +26,7 @@ from nudge_rag import (
     StateDirError,
     StoreTuner,
     TuneResult,
+    UnsupportedStoreError,
     WriteBack,
     WriteBackStatus,
     backend_for,
@@ -282,14 +283,16 @@ class NudgeRetriever(BaseRetriever):
         if self._no_state:
             return None
         if self._reader is None:
-            store = (
-                self.embedding_store
-                if self.embedding_store is not None
-                else backend_for(self.vectorstore, "langchain")
-            )
             try:
+                store = (
+                    self.embedding_store
+                    if self.embedding_store is not None
+                    else backend_for(self.vectorstore, "langchain")
+                )
                 folder = resolve_state_dir(store, self.state_dir, warn=False)
-            except StateDirError:  # a server store without state_dir: nothing saved to find
+            except (UnsupportedStoreError, StateDirError):
+                # A store nudge-rag cannot tune, or a server store without state_dir: no
+                # state to find an adapter in; searching works as before.
                 self._no_state = True
                 return None
             self._reader = WriteBack(store, folder, lock_timeout=self.lock_timeout)
