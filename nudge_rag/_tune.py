@@ -306,6 +306,11 @@ def _fit_adapter(
     """The adapter fitted after ``solver``, and whether ``mode`` keeps it."""
     tuned = solver.embeddings_
     if val is not None:
+        if solver.refit_on_val:
+            logger.warning(
+                "refit_on_val: NUDGE was refitted on the validation pairs, so the query "
+                "adapter's validation scores are optimistic (the documents moved toward them)"
+            )
         adapter = QueryAdapter().fit(tuned, train, val)
     else:
         params = {**solver.get_params(), "gamma": solver.gamma_, "show_progress": False}
