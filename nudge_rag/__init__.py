@@ -30,6 +30,7 @@ from nudge_rag._feedback import (
 )
 from nudge_rag._metrics import Relevance, evaluate
 from nudge_rag._pairs import group_pairs, normalize_pairs
+from nudge_rag._query_adapter import QueryAdapter
 from nudge_rag._queryset import QuerySet
 from nudge_rag._questions import parse_questions
 from nudge_rag._report import evaluate_store, write_report
@@ -69,6 +70,7 @@ __all__ = [
     "NotFittedError",
     "NudgeM",
     "NudgeN",
+    "QueryAdapter",
     "QuerySet",
     "Relevance",
     "RetrievalDataset",

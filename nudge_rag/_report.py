@@ -188,6 +188,20 @@ def report_data(
         "state_dir": None if result.state_dir is None else str(result.state_dir),
         "dry_run": bool(dry_run),
         "context": dict(context or {}),
+        "query_adapter": _adapter_data(result),
+    }
+
+
+def _adapter_data(result: Any) -> dict[str, Any] | None:
+    """What ``query_adapter`` chose: NUDGE alone vs NUDGE + adapter on validation."""
+    scores = getattr(result, "query_adapter_scores", None)
+    if scores is None:
+        return None
+    return {
+        "mode": result.query_adapter_mode,
+        "kept": result.query_adapter is not None,
+        "reason": result.query_adapter_reason,
+        **{k: v for k, v in scores.items()},
     }
 
 
@@ -326,6 +340,23 @@ def _markdown(data: Mapping[str, Any], png: str | None) -> str:
             mark = " ←" if math.isclose(g, data["gamma"], rel_tol=1e-9, abs_tol=1e-12) else ""
             lines.append(f"| {g:.4g}{mark} | {_pct(s)} | {_pct(e) if e is not None else ''} |")
         lines += [""]
+    adapter = data.get("query_adapter")
+    if adapter:
+        how = "validation" if adapter["chosen_by"] == "val" else "cross-validation"
+        lines += [
+            f"Query adapter (`query_adapter={adapter['mode']!r}`): "
+            f"**{'kept' if adapter['kept'] else 'not kept'}**. {how.capitalize()} nDCG@10 over "
+            f"{adapter['n_queries']} questions:",
+            "",
+            "| | nDCG@10 | lambda | blend |",
+            "|---|---|---|---|",
+            f"| NUDGE alone | {_pct(adapter['nudge'])} | | |",
+            f"| NUDGE + adapter | {_pct(adapter['nudge+adapter'])} | {adapter['lambda']:g} "
+            f"| {adapter['blend']:g} |",
+            "",
+            adapter["reason"],
+            "",
+        ]
     if data["timings"]:
         lines += ["| stage | seconds |", "|---|---|"]
         lines += [f"| {name} | {secs:.2f} |" for name, secs in data["timings"].items()]

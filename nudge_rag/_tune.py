@@ -16,12 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from nudge_rag._errors import DimensionMismatchError, StateDirError, UnknownIdError
 from nudge_rag._pairs import Pairs, group_pairs, normalize_pairs
+from nudge_rag._query_adapter import DEFAULT_FOLDS as ADAPTER_FOLDS
+from nudge_rag._query_adapter import QueryAdapter
 from nudge_rag._queryset import QuerySet, row_index
 from nudge_rag._solver import NudgeM, NudgeN
 from nudge_rag._store import (
@@ -39,6 +41,8 @@ from nudge_rag.backends._spec import metric_hints
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTO_MIN_GAIN",
+    "QUERY_ADAPTER_MODES",
     "STORE_MODE_MIN_DOCS",
     "StoreTuner",
     "TuneResult",
@@ -55,6 +59,26 @@ _N_SHOWN = 3
 #: ``tune_store(passive="auto")`` asks the store's index instead of reading every vector from
 #: this many stored documents on (reading 200k x 768 float32 is ~600 MB).
 STORE_MODE_MIN_DOCS = 200_000
+
+#: ``query_adapter`` values: ``"off"`` (NUDGE alone), ``"on"`` (always keep the adapter),
+#: ``"auto"`` (keep it only when validation shows a gain of at least :data:`AUTO_MIN_GAIN`).
+QueryAdapterMode = Literal["off", "on", "auto"]
+QUERY_ADAPTER_MODES: tuple[str, ...] = ("off", "on", "auto")
+
+#: ``query_adapter="auto"`` keeps the adapter when it gains at least this much nDCG@10 over
+#: NUDGE alone on validation (or cross-validation): the best of 24 (lambda, blend) points
+#: beats NUDGE alone by a little through noise alone.
+AUTO_MIN_GAIN = 0.005
+
+
+def check_query_adapter(value: Any) -> str:
+    """``query_adapter``: one of :data:`QUERY_ADAPTER_MODES` (``True``/``False`` too)."""
+    if value is True or value is False:
+        return "on" if value else "off"
+    if isinstance(value, str) and value.lower() in QUERY_ADAPTER_MODES:
+        return value.lower()
+    msg = f"query_adapter must be one of {QUERY_ADAPTER_MODES}, got {value!r}"
+    raise ValueError(msg)
 
 
 @dataclass
@@ -79,6 +103,14 @@ class TuneResult:
             deleted and re-added): their stale originals were dropped and their current
             vectors used as originals; those that changed while this fit ran were not tuned
             (they are not in ``changed_ids``).
+        query_adapter: the :class:`~nudge_rag.QueryAdapter` saved with the vectors and
+            applied to queries (``None``: NUDGE alone).
+        query_adapter_mode: the ``query_adapter`` option (``"off"``, ``"on"``, ``"auto"``).
+        query_adapter_reason: what was chosen and why, in one sentence.
+        query_adapter_scores: validation nDCG@10 of NUDGE alone (``"nudge"``) and with the
+            adapter (``"nudge+adapter"``), the chosen ``"lambda"`` and ``"blend"``, how they
+            were chosen (``"chosen_by"``: ``"val"`` or ``"cv"``) and on how many queries
+            (``"n_queries"``); ``None`` with ``"off"``.
     """
 
     solver: NudgeN | NudgeM
@@ -93,6 +125,10 @@ class TuneResult:
     timings: dict[str, float] = field(default_factory=dict)
     state_dir: Path | None = None
     drifted_ids: list[str] = field(default_factory=list)
+    query_adapter: QueryAdapter | None = None
+    query_adapter_mode: str = "off"
+    query_adapter_reason: str = ""
+    query_adapter_scores: dict[str, Any] | None = None
 
     @property
     def variant(self) -> str:
@@ -126,6 +162,7 @@ def tune_store(
     *,
     passive: str = "auto",
     store_mode_min_docs: int = STORE_MODE_MIN_DOCS,
+    query_adapter: QueryAdapterMode = "off",
 ) -> TuneResult:
     """Fit ``solver`` on the store behind ``writeback`` and write the moved rows back.
 
@@ -148,6 +185,13 @@ def tune_store(
             to the store's search (approximate for HNSW). ``"auto"`` uses ``"store"`` when the
             store can search and holds at least ``store_mode_min_docs`` documents.
         store_mode_min_docs: the ``"auto"`` threshold.
+        query_adapter: ``"off"`` (default): NUDGE alone. ``"on"``: after NUDGE, fit a
+            :class:`~nudge_rag.QueryAdapter` on the tuned documents (lambda and blend chosen
+            on the validation queries, or cross-validated on the folds of gamma's
+            cross-validation with NUDGE re-applied at the chosen gamma on each fold) and save
+            it with the vectors. ``"auto"``: the same, kept only when it gains at least
+            :data:`AUTO_MIN_GAIN` nDCG@10 over NUDGE alone on that validation. NUDGE-N
+            (cosine) and ``passive="read"`` only.
 
     Returns:
         A :class:`TuneResult`.
@@ -172,6 +216,7 @@ def tune_store(
             val_answer_ids,
             passive=passive,
             store_mode_min_docs=store_mode_min_docs,
+            query_adapter=check_query_adapter(query_adapter),
         )
 
 
@@ -185,7 +230,14 @@ def _tune_store(
     *,
     passive: str,
     store_mode_min_docs: int,
+    query_adapter: str = "off",
 ) -> TuneResult:
+    if query_adapter != "off" and isinstance(solver, NudgeM):
+        msg = (
+            f"query_adapter={query_adapter!r} needs NUDGE-N (cosine stores); "
+            "use query_adapter='off' with NUDGE-M"
+        )
+        raise ValueError(msg)
     if writeback.has_pending:
         msg = (
             "an interrupted write-back is pending for this store: call resume() to finish it "
@@ -205,8 +257,16 @@ def _tune_store(
         raise TypeError(msg)
     if passive == "auto":
         passive = "read"
-        if searchable and store.count() >= store_mode_min_docs:
+        # The query adapter scores validation queries against every stored vector.
+        if searchable and query_adapter == "off" and store.count() >= store_mode_min_docs:
             passive = "store"
+    if passive == "store" and query_adapter != "off":
+        msg = (
+            f"query_adapter={query_adapter!r} scores validation queries against every "
+            "stored vector, which passive='store' does not read: pass passive='read' or "
+            "query_adapter='off'"
+        )
+        raise ValueError(msg)
     if passive == "store":
         return _tune_store_side(
             writeback, solver, train_embeddings, train_answer_ids, val_embeddings, val_answer_ids
@@ -232,7 +292,83 @@ def _tune_store(
         val = QuerySet.from_ids(val_embeddings, val_answer_ids, rows, name="val answer ids")
     solver.fit(corpus, train, val)
     timings["solve"] = perf_counter() - start
-    return _write(writeback, solver, ids, timings, corpus)
+    adapter = None
+    if query_adapter != "off":
+        start = perf_counter()
+        adapter = _fit_adapter(solver, corpus, train, val, query_adapter)
+        timings["adapter"] = perf_counter() - start
+    return _write(writeback, solver, ids, timings, corpus, adapter)
+
+
+@dataclass(frozen=True)
+class _AdapterChoice:
+    kept: QueryAdapter | None
+    mode: str
+    reason: str
+    scores: dict[str, Any]
+
+
+def _fit_adapter(
+    solver: NudgeN | NudgeM,
+    corpus: np.ndarray,
+    train: QuerySet,
+    val: QuerySet | None,
+    mode: str,
+) -> _AdapterChoice:
+    """The adapter fitted after ``solver``, and whether ``mode`` keeps it."""
+    tuned = solver.embeddings_
+    if val is not None:
+        if solver.refit_on_val:
+            logger.warning(
+                "refit_on_val: NUDGE was refitted on the validation pairs, so the query "
+                "adapter's validation scores are optimistic (the documents moved toward them)"
+            )
+        adapter = QueryAdapter().fit(tuned, train, val)
+    else:
+        params = {**solver.get_params(), "gamma": solver.gamma_, "show_progress": False}
+
+        def fold_docs(fold_train: QuerySet) -> np.ndarray:
+            # The documents as NUDGE tunes them without the fold's held-out queries.
+            return type(solver)(**params).fit(corpus, fold_train).embeddings_
+
+        adapter = QueryAdapter(
+            cv=solver.cv if solver.cv is not None else ADAPTER_FOLDS,
+            random_state=solver.random_state,
+            cv_max_queries=solver.cv_max_queries,
+        ).fit(tuned, train, fold_docs=fold_docs)
+    scores = {
+        "nudge": adapter.base_score_,
+        "nudge+adapter": adapter.val_score_,
+        "lambda": adapter.lambda_,
+        "blend": adapter.blend_,
+        "chosen_by": adapter.chosen_by_,
+        "n_queries": adapter.n_val_queries_,
+    }
+    where = (
+        f"on {adapter.n_val_queries_} validation queries"
+        if adapter.chosen_by_ == "val"
+        else f"cross-validated over {adapter.n_folds_} folds of the training queries"
+    )
+    summary = (
+        f"nDCG@10 {adapter.val_score_:.4f} with the adapter (lambda={adapter.lambda_:g}, "
+        f"blend={adapter.blend_:g}) vs {adapter.base_score_:.4f} NUDGE alone, {where}"
+    )
+    if mode == "on":
+        reason = f"query_adapter='on': kept; {summary}"
+        kept: QueryAdapter | None = adapter
+    elif adapter.gain_ >= AUTO_MIN_GAIN:
+        reason = (
+            f"query_adapter='auto': kept, gain {adapter.gain_:+.4f} >= {AUTO_MIN_GAIN}; {summary}"
+        )
+        kept = adapter
+    else:
+        reason = (
+            f"query_adapter='auto': not kept, gain {adapter.gain_:+.4f} < {AUTO_MIN_GAIN}; "
+            f"{summary}"
+        )
+        kept = None
+    logger.info("%s", reason)
+    return _AdapterChoice(kept, mode, reason, scores)
 
 
 def _write(
@@ -241,6 +377,7 @@ def _write(
     ids: Sequence[str],
     timings: dict[str, float],
     corpus: np.ndarray | None = None,
+    adapter: _AdapterChoice | None = None,
 ) -> TuneResult:
     start = perf_counter()
     changed = [ids[r] for r in solver.changed_rows_.tolist()]
@@ -251,7 +388,12 @@ def _write(
         "gamma": float(solver.gamma_),
         "method": method,
     }
-    report = writeback.apply(changed, solver.changed_embeddings_, base=base, info=info)
+    kept = None if adapter is None else adapter.kept
+    if kept is not None:
+        info["query_adapter"] = f"lambda={kept.lambda_:g}, blend={kept.blend_:g}"
+    report = writeback.apply(
+        changed, solver.changed_embeddings_, base=base, info=info, query_adapter=kept
+    )
     if report.skipped_ids:
         skipped = set(report.skipped_ids)
         changed = [i for i in changed if i not in skipped]
@@ -270,6 +412,10 @@ def _write(
         timings=timings,
         state_dir=writeback.state_dir,
         drifted_ids=list(report.drifted_ids) + list(report.skipped_ids),
+        query_adapter=kept,
+        query_adapter_mode="off" if adapter is None else adapter.mode,
+        query_adapter_reason="" if adapter is None else adapter.reason,
+        query_adapter_scores=None if adapter is None else adapter.scores,
     )
 
 
@@ -375,6 +521,8 @@ def resolve_state_dir(
     state_dir: str | os.PathLike | None = AUTO,
     persist_dir: str | os.PathLike | None = None,
     framework: str | None = None,
+    *,
+    warn: bool = True,
 ) -> Path | None:
     """Where the originals of ``store`` are kept: one rule for every entry point.
 
@@ -398,6 +546,9 @@ def resolve_state_dir(
     Returns:
         The folder, or ``None`` for memory (or the store's own state).
 
+    ``warn=False`` leaves out the in-memory warning (for readers that only look for a saved
+    query adapter).
+
     Raises:
         StateDirError: a store on a server with no folder given (originals must outlive this
             process), or a folder that cannot be used.
@@ -418,6 +569,8 @@ def resolve_state_dir(
                 "vectors outlive this process (or state_dir='memory' to keep them in memory)"
             )
             raise StateDirError(msg)
+        if not warn:
+            return None
         logger.info(
             "the original vectors of %s are kept in memory only, with the store object: a "
             "restore() from another process cannot find them. %s",
@@ -472,6 +625,9 @@ class StoreTuner:
         framework: ``"langchain"`` / ``"llama-index"``, for the unsupported-store message.
         lock_timeout: seconds to wait for another fit, restore or resume of the same store
             (``0``: fail at once with :class:`~nudge_rag.StoreBusyError`; ``None``: wait).
+        query_adapter: ``"off"`` (default), ``"on"`` or ``"auto"``: fit a query-side
+            :class:`~nudge_rag.QueryAdapter` after NUDGE and save it with the vectors (see
+            :func:`tune_store`); :meth:`adapt_queries` applies the saved one.
 
     Raises:
         UnsupportedStoreError: a store no backend can read and write.
@@ -494,11 +650,19 @@ class StoreTuner:
         explain_unknown: Callable[[list[str]], str | None] | None = None,
         framework: str | None = None,
         lock_timeout: float | None = 0.0,
+        query_adapter: QueryAdapterMode = "off",
     ):
         self.store: EmbeddingStore = backend_for(store, framework)
+        self.query_adapter = check_query_adapter(query_adapter)
         self.variant = variant
         self.solver_params = dict(solver_params or {})
-        make_solver(variant, **self.solver_params)  # fail now on a bad variant or parameter
+        solver = make_solver(variant, **self.solver_params)  # fail now on a bad variant/param
+        if self.query_adapter != "off" and isinstance(solver, NudgeM):
+            msg = (
+                f"query_adapter={self.query_adapter!r} needs NUDGE-N (variant='n', cosine "
+                "stores); use query_adapter='off' with NUDGE-M"
+            )
+            raise ValueError(msg)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.embed_batch_size = check_positive_int(embed_batch_size, "embed_batch_size")
         if passive not in ("auto", "read", "store"):
@@ -710,6 +874,7 @@ class StoreTuner:
             val_embeddings,
             val_answers,
             passive=self.passive,
+            query_adapter=self.query_adapter,
         )
         logger.info(
             "NUDGE-%s: %d of %d stored vectors moved (gamma=%s, chosen by %s) from %d "
@@ -724,8 +889,31 @@ class StoreTuner:
         self.result_ = result
         return result
 
+    def saved_query_adapter(self) -> QueryAdapter | None:
+        """The query adapter saved with this store's tuned vectors (``None``: none)."""
+        return self.writeback.query_adapter()
+
+    def adapt_queries(self, query_embeddings: Any) -> np.ndarray:
+        """Apply the saved query adapter, if any, to query embeddings.
+
+        Args:
+            query_embeddings: ``(n, dim)`` or ``(dim,)`` float array from the model.
+
+        Returns:
+            float32 array of the same shape: adapted (unit-norm) when an adapter is saved,
+            else the input unchanged.
+        """
+        adapter = self.writeback.query_adapter()
+        if adapter is None:
+            return np.asarray(query_embeddings, dtype=np.float32)
+        return adapter.transform(query_embeddings)
+
     def restore(self) -> int:
-        """Write every original back and forget them; returns how many were restored."""
+        """Write every original back and forget them (and any query adapter).
+
+        Returns:
+            How many vectors were restored.
+        """
         self.result_ = None
         return self.writeback.restore()
 

@@ -32,11 +32,13 @@ process anyway).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import os
 import threading
+import time
 import weakref
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -66,6 +68,7 @@ from nudge_rag._identity import (
     same_folder,
 )
 from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
+from nudge_rag._query_adapter import QueryAdapter
 from nudge_rag._queryset import row_index
 from nudge_rag._store import (
     EmbeddingStore,
@@ -91,10 +94,15 @@ PENDING = "pending.npz"
 PROGRESS = "progress.json"
 APPLIED = "applied.npz"
 META = "meta.json"
-STATE_FILES = (ORIGINALS, PENDING, PROGRESS, APPLIED, META, IDENTITY, CLAIM)
+QUERY_ADAPTER = "query_adapter.json"
+STATE_FILES = (ORIGINALS, PENDING, PROGRESS, APPLIED, META, QUERY_ADAPTER, IDENTITY, CLAIM)
 #: A restore, resume or fit that would drop the originals of at least this many saved ids,
 #: and of most of them, stops instead: the state most likely belongs to another store.
 SUSPECT_MIN = 10
+
+#: Seconds a query adapter read from a state without a cheap version check (a database) is
+#: reused before it is read again (a re-fit elsewhere is seen this long after at most).
+ADAPTER_RECHECK_S = 5.0
 
 #: A stored vector within ``DRIFT_RTOL * |reference| + DRIFT_ATOL`` (euclidean) of its original
 #: or of a vector this write-back wrote counts as unchanged. Loose enough for stores that
@@ -147,6 +155,8 @@ class WriteBackStatus:
         applied_at: when it completed, ISO 8601 UTC.
         locked_by: who holds the writer lock now, e.g. ``"pid 12 on host x (MainThread,
             fit, since 2026-01-01T00:00:00+00:00)"``; ``None`` when free.
+        query_adapter: the query adapter saved with the tuned vectors (``lambda``,
+            ``blend``, ``val_score``, ``base_score``, ``chosen_by``, ``dim``); ``None``: none.
     """
 
     state_dir: Path | None
@@ -162,6 +172,7 @@ class WriteBackStatus:
     method: str | None
     applied_at: str | None
     locked_by: str | None
+    query_adapter: dict[str, Any] | None = None
 
     @property
     def next_step(self) -> str:
@@ -175,9 +186,12 @@ class WriteBackStatus:
                 "every original back, discard_pending() drops the plan and keeps the originals"
             )
         if self.tuned:
+            adapter = (
+                " (and a query adapter, which restore() removes)" if self.query_adapter else ""
+            )
             return (
-                f"{self.n_originals} stored vector(s) have saved originals: restore() puts them "
-                "back; a new fit starts from them"
+                f"{self.n_originals} stored vector(s) have saved originals{adapter}: restore() "
+                "puts them back; a new fit starts from them"
             )
         return "the store holds its original vectors: nothing to do"
 
@@ -466,6 +480,7 @@ class _State:
         self.delete_originals()
         self._delete(APPLIED)
         self._delete(META)
+        self._delete(QUERY_ADAPTER)
         self.clear_pending()
         self._delete(IDENTITY)
 
@@ -490,6 +505,26 @@ class _State:
 
     def holds_state(self) -> bool:
         return self._exists(ORIGINALS) or self._exists(PENDING)
+
+    # query adapter -------------------------------------------------------------
+    def load_query_adapter(self) -> dict[str, Any] | None:
+        return self._load_json(QUERY_ADAPTER)
+
+    def save_query_adapter(self, payload: dict[str, Any] | None) -> None:
+        if payload is None:
+            self._delete(QUERY_ADAPTER)
+        else:
+            self._save_json(QUERY_ADAPTER, payload)
+
+    def query_adapter_version(self) -> Any:
+        """A token that changes when the saved adapter does (cheap: a ``stat``)."""
+        if self.root is None:
+            return id(self._mem.get(QUERY_ADAPTER))
+        try:
+            st = (self.root / QUERY_ADAPTER).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     # meta ---------------------------------------------------------------------
     def load_meta(self) -> dict[str, Any]:
@@ -529,7 +564,8 @@ class _StoreState:
         self._inner = inner
         self.root = getattr(inner, "root", None)
         lock = getattr(inner, "lock", None)
-        self.lock: StoreLock = lock if lock is not None else _memory_of(owner)[LOCK_FILE]
+        self._memory = _memory_of(owner)
+        self.lock: StoreLock = lock if lock is not None else self._memory[LOCK_FILE]
         self.verifies = callable(getattr(inner, "load_applied", None))
 
     def __getattr__(self, name: str) -> Any:
@@ -603,9 +639,37 @@ class _StoreState:
         got = getattr(self._inner, "finish_restore", None)
         if callable(got):
             got()
-            return
-        self._inner.delete_originals()
-        self._inner.clear_pending()
+        else:
+            self._inner.delete_originals()
+            self._inner.clear_pending()
+        self.save_query_adapter(None)
+
+    def load_query_adapter(self) -> dict[str, Any] | None:
+        got = getattr(self._inner, "load_query_adapter", None)
+        if callable(got):
+            return got()
+        return self._memory.get(QUERY_ADAPTER)
+
+    def save_query_adapter(self, payload: dict[str, Any] | None) -> None:
+        got = getattr(self._inner, "save_query_adapter", None)
+        if callable(got):
+            got(payload)
+        elif payload is None:
+            self._memory.pop(QUERY_ADAPTER, None)
+        else:  # a state without a place for it: kept for this process only
+            logger.warning(
+                "%s keeps no query adapter: it is kept in this process only",
+                type(self._inner).__name__,
+            )
+            self._memory[QUERY_ADAPTER] = dict(payload)
+
+    def query_adapter_version(self) -> Any:
+        got = getattr(self._inner, "query_adapter_version", None)
+        if callable(got):
+            return got()
+        if not callable(getattr(self._inner, "load_query_adapter", None)):
+            return id(self._memory.get(QUERY_ADAPTER))
+        return None  # unknown: WriteBack re-reads it every ADAPTER_RECHECK_S
 
     def clean_temp_files(self) -> int:
         return 0
@@ -634,6 +698,45 @@ class _StoreState:
 
     def holds_state(self) -> bool:
         return self.count_originals() > 0 or self.has_pending()
+
+
+def _adapter_payload(adapter: QueryAdapter) -> dict[str, Any]:
+    """A fitted adapter as a JSON-able record (the matrix as base64 float32 bytes)."""
+    matrix = np.ascontiguousarray(adapter.matrix_, dtype="<f4")
+    record: dict[str, Any] = {"dim": int(matrix.shape[0])}
+    for name in ("lambda_", "blend_", "val_score_", "base_score_", "chosen_by_"):
+        value = getattr(adapter, name, None)
+        record[name.rstrip("_")] = value if isinstance(value, (str, type(None))) else float(value)
+    record["saved_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["matrix"] = base64.b64encode(matrix.tobytes()).decode("ascii")
+    return record
+
+
+def _adapter_summary(payload: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The record without its matrix (for ``status``)."""
+    if payload is None:
+        return None
+    return {k: v for k, v in payload.items() if k != "matrix"}
+
+
+def _adapter_from_payload(payload: dict[str, Any] | None, where: Any) -> QueryAdapter | None:
+    if payload is None:
+        return None
+    try:
+        dim = int(payload["dim"])
+        matrix = np.frombuffer(base64.b64decode(payload["matrix"]), dtype="<f4")
+        matrix = matrix.reshape(dim, dim).astype(np.float32)
+        info = {
+            f"{name}_": payload.get(name)
+            for name in ("lambda", "blend", "val_score", "base_score", "chosen_by")
+        }
+        return QueryAdapter.from_matrix(matrix, **info)
+    except (KeyError, ValueError, TypeError) as err:
+        msg = (
+            f"cannot read the saved query adapter ({where or 'state in the store'}): "
+            f"{type(err).__name__}: {err}. Fit again, or restore() to remove it."
+        )
+        raise WriteBackError(msg) from err
 
 
 def _close(current: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -713,6 +816,7 @@ class WriteBack:
         self._lock: StoreLock = self._state.lock
         self._home, self._home_where = self._find_home(owner, own_state)
         self.last_report: WriteReport | None = None
+        self._adapter_cache: tuple[Any, float, QueryAdapter | None] | None = None
         if self._state.has_temp_files():  # left by a killed writer: remove unless one is busy
             # (never wait here: a writer at work may be writing them right now)
             with contextlib.suppress(StoreBusyError), self.locked("clean up", timeout=0):
@@ -989,7 +1093,29 @@ class WriteBack:
             method=meta.get("method"),
             applied_at=meta.get("applied_at"),
             locked_by=None if holder is None else describe_holder(holder),
+            query_adapter=_adapter_summary(self._state.load_query_adapter()),
         )
+
+    def query_adapter(self) -> QueryAdapter | None:
+        """The query adapter saved with the tuned vectors, or ``None`` (none, or restored).
+
+        Read once and reused while the saved one is unchanged (a ``stat`` per call for a
+        state folder; a state kept in a database is read again after
+        :data:`ADAPTER_RECHECK_S` seconds), so a fit or restore by another process is seen
+        by this object. Cheap enough to call for every query.
+
+        Raises:
+            WriteBackError: the saved adapter is unreadable.
+        """
+        version = self._state.query_adapter_version()
+        now = time.monotonic()
+        cached = self._adapter_cache
+        if cached is not None and cached[0] == version:
+            if version is not None or now - cached[1] < ADAPTER_RECHECK_S:
+                return cached[2]
+        adapter = _adapter_from_payload(self._state.load_query_adapter(), self.state_dir)
+        self._adapter_cache = (version, now, adapter)
+        return adapter
 
     def read_corpus(self, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
         """Read the store's vectors with saved originals in place of tuned ones.
@@ -1039,6 +1165,7 @@ class WriteBack:
         *,
         base: np.ndarray | None = None,
         info: Mapping[str, Any] | None = None,
+        query_adapter: QueryAdapter | None = None,
     ) -> WriteReport:
         """Make the store hold ``vectors`` for ``ids`` and originals for every other saved id.
 
@@ -1050,6 +1177,11 @@ class WriteBack:
                 (or saved original) is no longer its ``base`` changed while the fit ran: it
                 is left as it is and reported in ``skipped_ids``.
             info: what to record in ``meta.json`` about this fit (``variant``, ``gamma``...).
+            query_adapter: a fitted :class:`~nudge_rag.QueryAdapter` to save with these
+                vectors (:meth:`query_adapter` gives it to every reader of the store). Any
+                adapter saved before is removed before the first write (it was fitted for
+                other vectors) and the new one saved once the plan is complete, so an
+                interrupted write-back that is resumed leaves no adapter.
 
         Returns:
             A :class:`WriteReport` (also :attr:`last_report`).
@@ -1077,13 +1209,25 @@ class WriteBack:
             if base.shape != vectors.shape:
                 msg = f"base must have the shape of vectors {vectors.shape}, got {base.shape}"
                 raise ValueError(msg)
+        payload = None if query_adapter is None else _adapter_payload(query_adapter)
+        if payload is not None and ids and payload["dim"] != vectors.shape[1]:
+            msg = (
+                f"query_adapter is {payload['dim']}-dimensional, but the vectors are "
+                f"{vectors.shape[1]}-dimensional"
+            )
+            raise ValueError(msg)
         with self.locked("apply"):
-            report = self._apply(ids, vectors, base, dict(info or {}))
+            report = self._apply(ids, vectors, base, dict(info or {}), payload)
         self.last_report = report
         return report
 
     def _apply(
-        self, ids: list[str], vectors: np.ndarray, base: np.ndarray | None, info: dict[str, Any]
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        base: np.ndarray | None,
+        info: dict[str, Any],
+        adapter: dict[str, Any] | None = None,
     ) -> WriteReport:
         self._refuse_if_pending()
         self._check_place()
@@ -1160,8 +1304,13 @@ class WriteBack:
             **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
             "n_tuned": int(w_idx.size),
         }
+        if self._state.load_query_adapter() is not None:  # fitted for the vectors replaced now
+            self._state.save_query_adapter(None)
         self._state.save_pending("apply", plan_ids, plan_vecs, self.batch_size, meta)
         self._run_plan("apply", plan_ids, plan_vecs, self.batch_size, start=0)
+        if adapter is not None:
+            self._state.save_query_adapter(adapter)
+            logger.info("saved the query adapter with the tuned vectors")
         if skipped:
             logger.warning(
                 "%d document(s) changed while the fit ran (not the vector it started from): "

@@ -40,6 +40,7 @@ from nudge_rag._search import search
 from nudge_rag._solver import NudgeM, NudgeN
 from nudge_rag._store import DISTANCES, BaseEmbeddingStore, StatefulEmbeddingStore
 from nudge_rag._synthetic import make_retrieval_task
+from nudge_rag._tune import QUERY_ADAPTER_MODES
 from nudge_rag._validation import check_positive_int
 
 __all__ = ["main", "run_benchmark"]
@@ -522,6 +523,7 @@ def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
             embed_batch_size=args.embed_batch_size,
             passive=args.passive,
             show_progress=out.progress,
+            query_adapter=args.query_adapter,
         )
         ids, dim = tuner.preflight()
         known = set(ids)
@@ -551,8 +553,9 @@ def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
             name: _embed(tuner, p.questions, embedder, dim, out) for name, p in scored.items()
         }
         start = time.perf_counter()
+        saved = None if args.dry_run else tuner.saved_query_adapter()
         evaluations: dict[str, dict[str, Any]] = {
-            name: {"before": _measure(store, p, vectors[name], args.k)}
+            name: {"before": _measure(store, p, _adapted(saved, vectors[name]), args.k)}
             for name, p in scored.items()
         }
         timings["evaluate before"] = time.perf_counter() - start
@@ -570,7 +573,8 @@ def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
         if not args.dry_run:
             start = time.perf_counter()
             for name, p in scored.items():
-                evaluations[name]["after"] = _measure(store, p, vectors[name], args.k)
+                queries = _adapted(result.query_adapter, vectors[name])
+                evaluations[name]["after"] = _measure(store, p, queries, args.k)
             timings["evaluate after"] = time.perf_counter() - start
         result.timings = timings
         summary = _tune_summary(args, opened, result, evaluations, embedder)
@@ -614,11 +618,19 @@ def _cmd_tune(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def _adapted(adapter: Any, vectors: np.ndarray) -> np.ndarray:
+    """Query vectors through a saved query adapter (unchanged without one)."""
+    return vectors if adapter is None else adapter.transform(vectors)
+
+
 def _tune_summary(
     args: argparse.Namespace, opened: Any, result: Any, evaluations: dict, embedder: Any
 ) -> dict[str, Any]:
+    from nudge_rag._report import _adapter_data
+
     changed = result.changed_ids
     return {
+        "query_adapter": _adapter_data(result),
         "store": opened.uri,
         "collection": opened.collection,
         "dry_run": bool(args.dry_run),
@@ -675,6 +687,15 @@ def _print_tune(out: _Out, s: dict[str, Any], evaluations: dict, args: argparse.
         if a:
             line += f" -> {_pct(a[f'ndcg@{k}'])}"
         out.say(line)
+    adapter = s.get("query_adapter")
+    if adapter:
+        how = "validation" if adapter["chosen_by"] == "val" else "cross-validation"
+        out.say(
+            f"  query adapter ({adapter['mode']}): {'kept' if adapter['kept'] else 'not kept'}; "
+            f"{how} nDCG@10 {_pct(adapter['nudge'])} NUDGE alone, "
+            f"{_pct(adapter['nudge+adapter'])} with the adapter (lambda {adapter['lambda']:g}, "
+            f"blend {adapter['blend']:g})"
+        )
     if s["dry_run"]:
         out.say("  nothing was written (dry run)")
     elif s["state_dir"]:
@@ -700,7 +721,14 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
         embedder = _load_embedder(args)
         tuner = StoreTuner(store, state_dir="memory", embed_batch_size=args.embed_batch_size)
         vectors = _embed(tuner, pairs.questions, embedder, dim, out)
-        scores = _measure(store, pairs, vectors, args.k)
+        adapter = None
+        if not args.no_query_adapter:
+            try:
+                saved, _ = _saved_state(args, store)
+            except CliError:  # a server store without --state-dir: no saved state to look in
+                saved = None
+            adapter = None if saved is None else saved.query_adapter()
+        scores = _measure(store, pairs, _adapted(adapter, vectors), args.k)
     result = {
         **{k: v for k, v in scores.items() if k != "search"},
         "k": args.k,
@@ -710,6 +738,7 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
         "collection": opened.collection,
         "pairs": pairs.source,
         "model": embedder.label,
+        "query_adapter": adapter is not None,
     }
     if args.json:
         print(json.dumps(result))
@@ -719,7 +748,8 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
             f"{opened.uri} (collection {opened.collection}), {scores['n_queries']} questions "
             f"from {pairs.source}: recall@{k} {_pct(scores[f'recall@{k}'])}, nDCG@{k} "
             f"{_pct(scores[f'ndcg@{k}'])}{' (graded)' if pairs.graded else ''}, "
-            f"MRR@{k} {_pct(scores[f'mrr@{k}'])} ({scores['search']})"
+            f"MRR@{k} {_pct(scores[f'mrr@{k}'])} ({scores['search']}"
+            f"{', saved query adapter applied' if adapter is not None else ''})"
         )
     return 0
 
@@ -793,6 +823,7 @@ def _from_writeback_status(info: dict[str, Any], st: Any) -> None:
         info["rows_moved"] = getattr(st, "n_tuned", None)
         info["tuned_at"] = getattr(st, "applied_at", None)
     info["locked_by"] = getattr(st, "locked_by", None)
+    info["query_adapter"] = getattr(st, "query_adapter", None)
     info["next_step"] = _shell_next_step(info)
 
 
@@ -839,6 +870,13 @@ def _cmd_status(args: argparse.Namespace, out: _Out) -> int:
         )
     else:
         out.say("  not tuned (no originals saved)")
+    adapter = info.get("query_adapter")
+    if adapter:
+        out.say(
+            f"  query adapter saved (lambda {adapter.get('lambda')}, blend "
+            f"{adapter.get('blend')}, chosen by {adapter.get('chosen_by')}): queries through "
+            "nudge-rag's retrievers and 'evaluate' are adapted; 'restore' removes it"
+        )
     pending = info["pending"]
     if pending:
         out.say(
@@ -1150,6 +1188,13 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         help="cut-off of the before/after scores (default: 10)",
     )
+    tune.add_argument(
+        "--query-adapter",
+        choices=QUERY_ADAPTER_MODES,
+        default="off",
+        help="after NUDGE, also fit a linear map of the query embeddings, saved with the "
+        "vectors: on, auto (kept only when validation shows a gain) or off (default)",
+    )
     tune.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
 
     ev = sub.add_parser(
@@ -1160,13 +1205,18 @@ def _parser() -> argparse.ArgumentParser:
         "does; graded relevance where the pairs carry grades. recall@k = relevant documents in "
         "the top k / min(#relevant, k) (the NUDGE paper's definition).",
     )
-    _store_args(ev, state=False)
+    _store_args(ev)
     ev.add_argument("--pairs", required=True, metavar="FILE", help="the pairs to score")
     ev.add_argument(
         "--split", metavar="NAME", help="qrels split of a BEIR --pairs folder (default: test)"
     )
     _embed_args(ev)
     ev.add_argument("--k", type=_int_at_least(1), default=10, help="cut-off (default: 10)")
+    ev.add_argument(
+        "--no-query-adapter",
+        action="store_true",
+        help="score without the query adapter saved with the tuned vectors (NUDGE alone)",
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     restore = sub.add_parser(

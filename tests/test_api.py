@@ -20,6 +20,7 @@ EXPECTED = [
     "NotFittedError",
     "NudgeM",
     "NudgeN",
+    "QueryAdapter",
     "QuerySet",
     "Relevance",
     "RetrievalDataset",

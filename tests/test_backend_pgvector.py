@@ -264,3 +264,24 @@ def test_resume_saves_the_originals_of_batches_that_never_committed(pg_url, docs
     np.testing.assert_array_equal(store.get_vectors([f"d{k}" for k in range(N_DOCS)]), expected)
     again.store.close()
     store.close()
+
+
+def test_query_adapter_in_the_database(pg_url, docs):
+    """The adapter is kept in the store's own state: found by a fresh backend, gone on restore."""
+    from nudge_rag import StoreTuner
+
+    table = _table(pg_url, docs, "vector_cosine_ops")
+    rng = np.random.default_rng(1)
+    answers = [[f"d{k % N_DOCS}"] for k in range(120)]
+    queries = _unit(docs[[k % N_DOCS for k in range(120)]] + 0.5 * rng.standard_normal((120, DIM)))
+    with PgVectorBackend.from_url(pg_url, table=table) as store:
+        tuner = StoreTuner(store, query_adapter="on", solver_params={"cv": 3})
+        result = tuner.tune_embedded(queries, answers)
+        assert result.query_adapter is not None
+        with PgVectorBackend.from_url(pg_url, table=table) as other:
+            found = WriteBack(other).query_adapter()
+            np.testing.assert_allclose(found.matrix_, result.query_adapter.matrix_)
+            assert WriteBack(other).status().query_adapter["lambda"] == found.lambda_
+            assert WriteBack(other).restore() > 0
+            assert WriteBack(other).query_adapter() is None
+            assert WriteBack(other).status().query_adapter is None

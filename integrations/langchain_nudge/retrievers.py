@@ -22,11 +22,15 @@ from langchain_nudge._compat import (
 from langchain_nudge.questions import DEFAULT_PROMPT, generate_pairs, pairs_from_metadata
 from nudge_rag import (
     FeedbackLog,
+    QueryAdapter,
+    StateDirError,
     StoreTuner,
     TuneResult,
+    UnsupportedStoreError,
     WriteBack,
     WriteBackStatus,
     backend_for,
+    resolve_state_dir,
     tune_from_feedback,
 )
 from nudge_rag.backends import langchain_result_ids
@@ -147,6 +151,14 @@ class NudgeRetriever(BaseRetriever):
             store (another retriever, engine or process; one writer at a time): ``0``
             (default) raises :class:`nudge_rag.StoreBusyError` at once, ``None`` waits as
             long as it takes.
+        query_adapter: ``"off"`` (default), ``"on"`` or ``"auto"``: after NUDGE, also fit a
+            linear map of the query embeddings toward the tuned documents
+            (:class:`nudge_rag.QueryAdapter`; ``"auto"`` keeps it only when validation shows
+            a gain) and save it with the tuned vectors. Whatever this option, a saved
+            adapter is applied by ``invoke``/``ainvoke``: the question is embedded with
+            ``embed_query``, adapted, and searched by vector. The feedback log keeps the
+            model's own query vector, before the adapter. :attr:`tune_result` says what was
+            chosen and why.
 
     Unknown keyword arguments are refused (a typo would otherwise be ignored silently).
     """
@@ -167,8 +179,11 @@ class NudgeRetriever(BaseRetriever):
     feedback_log: FeedbackLog | None = Field(default=None, alias="feedback", exclude=True)
     feedback_store_name: str | None = None
     lock_timeout: float | None = Field(default=0.0, ge=0)
+    query_adapter: Literal["off", "on", "auto"] = "off"
 
     _tuner: StoreTuner | None = PrivateAttr(default=None)
+    _reader: WriteBack | None = PrivateAttr(default=None)
+    _no_state: bool = PrivateAttr(default=False)
     _feedback_store: str | None = PrivateAttr(default=None)
     _set_ids: Callable[[list[Document]], None] | None = PrivateAttr(default=None)
     _embedder_id: str | None = PrivateAttr(default=None)
@@ -195,6 +210,7 @@ class NudgeRetriever(BaseRetriever):
                 show_progress=self.show_progress,
                 lock_timeout=self.lock_timeout,
                 framework="langchain",
+                query_adapter=self.query_adapter,
             )
         return self._tuner
 
@@ -232,30 +248,79 @@ class NudgeRetriever(BaseRetriever):
             raise ValueError(msg)
         return int(k), {**self.search_kwargs, **kwargs}
 
+    def saved_query_adapter(self) -> QueryAdapter | None:
+        """The query adapter saved with the store's tuned vectors (``None``: none).
+
+        Looked up in the store's write-back state (the folder ``state_dir`` resolves to, the
+        in-memory state of the store object, or the store's own tables), so an adapter
+        another retriever or process saved is found; a ``stat`` per call once read.
+        """
+        if self._tuner is not None:
+            return self._tuner.writeback.query_adapter()
+        if self._no_state:
+            return None
+        if self._reader is None:
+            try:
+                store = (
+                    self.embedding_store
+                    if self.embedding_store is not None
+                    else backend_for(self.vectorstore, "langchain")
+                )
+                folder = resolve_state_dir(store, self.state_dir, warn=False)
+            except (UnsupportedStoreError, StateDirError):
+                # A store nudge-rag cannot tune, or a server store without state_dir: no
+                # state to find an adapter in; searching works as before.
+                self._no_state = True
+                return None
+            self._reader = WriteBack(store, folder, lock_timeout=self.lock_timeout)
+        return self._reader.query_adapter()
+
+    def _query_vectors(
+        self, vector: list[float], adapter: QueryAdapter | None
+    ) -> list[float] | None:
+        """The vector to search by (adapted when an adapter is saved), or ``None``: by text."""
+        if adapter is not None:
+            if not self._searches_by_vector():
+                logger.warning(
+                    "%s cannot search by vector: the saved query adapter is not applied",
+                    type(self.vectorstore).__name__,
+                )
+                return None
+            return adapter.transform(np.asarray(vector, dtype=np.float32)).tolist()
+        return vector if self._searches_by_vector() else None
+
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, params = self._search_args(kwargs)
-        if self.feedback_log is None:
+        adapter = self.saved_query_adapter()
+        if self.feedback_log is None and adapter is None:
             return self._with_ids(self.vectorstore.similarity_search(query, k=k, **params))
         vector = list(self._query_embeddings().embed_query(query))
-        if self._searches_by_vector():
-            docs = self.vectorstore.similarity_search_by_vector(vector, k=k, **params)
+        search_vector = self._query_vectors(vector, adapter)
+        if search_vector is not None:
+            docs = self.vectorstore.similarity_search_by_vector(search_vector, k=k, **params)
         else:  # the store embeds the query itself (a second embedding call)
             docs = self.vectorstore.similarity_search(query, k=k, **params)
+        if self.feedback_log is None:
+            return self._with_ids(docs)
         return self._log_search(query, vector, self._with_ids(docs))
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, params = self._search_args(kwargs)
-        if self.feedback_log is None:
+        adapter = self.saved_query_adapter()
+        if self.feedback_log is None and adapter is None:
             return self._with_ids(await self.vectorstore.asimilarity_search(query, k=k, **params))
         vector = list(await self._query_embeddings().aembed_query(query))
-        if self._searches_by_vector():
-            docs = await self.vectorstore.asimilarity_search_by_vector(vector, k=k, **params)
+        search_vector = self._query_vectors(vector, adapter)
+        if search_vector is not None:
+            docs = await self.vectorstore.asimilarity_search_by_vector(search_vector, k=k, **params)
         else:
             docs = await self.vectorstore.asimilarity_search(query, k=k, **params)
+        if self.feedback_log is None:
+            return self._with_ids(docs)
         # The log's write may wait for another process: keep it off the event loop.
         return await asyncio.to_thread(self._log_search, query, vector, self._with_ids(docs))
 
@@ -265,7 +330,7 @@ class NudgeRetriever(BaseRetriever):
         if embeddings is None:
             msg = (
                 f"{type(self.vectorstore).__name__} has no embeddings object: a retriever with "
-                "a feedback log embeds each question once to log its vector"
+                "a feedback log (or a saved query adapter) embeds each question once"
             )
             raise ValueError(msg)
         return embeddings

@@ -7,6 +7,7 @@ log)`` logs each search to a ``nudge_rag.FeedbackLog`` for ``engine.finetune_fro
 """
 
 from llama_index_nudge.base import Nudge, NudgeFinetuneEngine
+from llama_index_nudge.embedding import AdaptedQueryEmbedding
 from llama_index_nudge.feedback import FeedbackRetriever
 from llama_index_nudge.questions import (
     DEFAULT_QUESTION_PROMPT,
@@ -18,6 +19,7 @@ from llama_index_nudge.questions import (
 from llama_index_nudge.stores import adapter_for, default_state_dir
 
 __all__ = [
+    "AdaptedQueryEmbedding",
     "DEFAULT_QUESTIONS_KEY",
     "DEFAULT_QUESTION_PROMPT",
     "FeedbackRetriever",

@@ -28,6 +28,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     msg = "llama_index_nudge needs llama-index-core: pip install 'nudge-rag[llama-index]'"
     raise ImportError(msg) from err
 
+from llama_index_nudge.embedding import AdaptedQueryEmbedding
 from llama_index_nudge.feedback import embedder_id
 from llama_index_nudge.questions import (
     DEFAULT_QUESTIONS_KEY,
@@ -180,6 +181,14 @@ class NudgeFinetuneEngine:
         lock_timeout: seconds a finetune, restore or resume waits for another writer of the
             same store (another engine, retriever or process; one writer at a time): ``0``
             (default) raises :class:`nudge_rag.StoreBusyError` at once, ``None`` waits.
+        query_adapter: ``"off"`` (default), ``"on"`` or ``"auto"``: after NUDGE, also fit a
+            linear map of query embeddings toward the tuned nodes
+            (:class:`nudge_rag.QueryAdapter`; ``"auto"`` keeps it only when validation shows
+            a gain) and save it with the vectors. :meth:`get_finetuned_model` returns the
+            embedding model that applies it to queries (text embeddings unchanged) and
+            :meth:`as_retriever` uses that model; ``result_`` says what was chosen and why.
+            Code that queries the index with its own model still gets NUDGE's gain.
+        index: the ``VectorStoreIndex`` (``from_index`` sets it), for :meth:`as_retriever`.
 
     Examples:
         >>> engine = NudgeFinetuneEngine.from_index(index, train_pairs=pairs)  # doctest: +SKIP
@@ -206,6 +215,8 @@ class NudgeFinetuneEngine:
         docstore: Any = None,
         show_progress: bool = False,
         lock_timeout: float | None = 0.0,
+        query_adapter: Literal["off", "on", "auto"] = "off",
+        index: Any = None,
     ):
         if not isinstance(embed_model, BaseEmbedding):
             msg = (
@@ -229,7 +240,9 @@ class NudgeFinetuneEngine:
             lock_timeout=lock_timeout,
             explain_unknown=self._explain_unknown,
             framework="llama-index",
+            query_adapter=query_adapter,
         )
+        self.index = index
         self.store = self.tuner.store
         self.state_dir = self.tuner.state_dir
         self.writeback = self.tuner.writeback
@@ -294,6 +307,7 @@ class NudgeFinetuneEngine:
             None,
             val_pairs=val_pairs,
             docstore=getattr(index, "docstore", None),
+            index=index,
             **kwargs,
         )
         if train_pairs is not None:
@@ -449,8 +463,35 @@ class NudgeFinetuneEngine:
             embedder=embedder_id(self.embed_model),
         )
 
+    def get_finetuned_model(self) -> AdaptedQueryEmbedding:
+        """The embedding model to query this store with: queries adapted, texts unchanged.
+
+        An :class:`AdaptedQueryEmbedding` over ``embed_model`` that applies the query
+        adapter saved with the store's tuned vectors (looked up on each query, so a later
+        ``finetune()`` or ``restore()`` is followed); without a saved adapter it returns the
+        model's own embeddings. As LlamaIndex's adapter engine did, pass it where queries
+        are embedded: ``index.as_retriever(embed_model=engine.get_finetuned_model())``.
+        """
+        return AdaptedQueryEmbedding(self.embed_model, self.writeback.query_adapter)
+
+    def as_retriever(self, **kwargs: Any) -> Any:
+        """``index.as_retriever(embed_model=self.get_finetuned_model(), **kwargs)``.
+
+        Raises:
+            ValueError: the engine was built without the index (use ``from_index`` or
+                ``index=``).
+        """
+        if self.index is None:
+            msg = (
+                "as_retriever needs the VectorStoreIndex: build the engine with "
+                "NudgeFinetuneEngine.from_index(index) or pass index="
+            )
+            raise ValueError(msg)
+        kwargs.setdefault("embed_model", self.get_finetuned_model())
+        return self.index.as_retriever(**kwargs)
+
     def restore(self) -> int:
-        """Write the original embeddings back and forget them.
+        """Write the original embeddings back and forget them (and any query adapter).
 
         Returns:
             How many vectors were restored.

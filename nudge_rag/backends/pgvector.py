@@ -1096,6 +1096,44 @@ class PgVectorState:
 
         self._do("save the fit record", work)
 
+    # the query adapter saved with the tuned vectors ----------------------------
+    @property
+    def _adapter_target(self) -> str:
+        """Its row in ``nudge_meta`` (no other table changes)."""
+        return f"{self.target}#query_adapter"
+
+    def load_query_adapter(self) -> dict[str, Any] | None:
+        """The saved query adapter record, or ``None``."""
+        query = self._sql("SELECT meta FROM {nudge_meta} WHERE target = %(target)s")
+
+        def work(conn: Any) -> dict[str, Any] | None:
+            if not self._exists(conn):
+                return None
+            row = conn.execute(query, {"target": self._adapter_target}).fetchone()
+            return dict(row[0]) if row and isinstance(row[0], dict) else None
+
+        return self._do("read the query adapter", work)
+
+    def save_query_adapter(self, payload: dict[str, Any] | None) -> None:
+        """Replace the saved query adapter record (``None``: remove it)."""
+        from psycopg.types.json import Jsonb
+
+        upsert = self._sql(
+            "INSERT INTO {nudge_meta} (target, meta) VALUES (%(target)s, %(meta)s) "
+            "ON CONFLICT (target) DO UPDATE SET meta = excluded.meta"
+        )
+        delete = self._sql("DELETE FROM {nudge_meta} WHERE target = %(target)s")
+
+        def work(conn: Any) -> None:
+            if payload is None:
+                if self._exists(conn):
+                    conn.execute(delete, {"target": self._adapter_target})
+                return
+            self.create(conn)
+            conn.execute(upsert, {"target": self._adapter_target, "meta": Jsonb(dict(payload))})
+
+        self._do("save the query adapter", work)
+
     # pending plan ------------------------------------------------------------
     def load_pending(self) -> tuple[str, list[str], np.ndarray, int, int] | None:
         """``(kind, ids, vectors, batch_size, batches_done)`` of the pending plan, or ``None``."""

@@ -12,6 +12,7 @@ import llama_index_nudge
 def test_all_imports():
     assert sorted(llama_index_nudge.__all__) == sorted(
         [
+            "AdaptedQueryEmbedding",
             "DEFAULT_QUESTIONS_KEY",
             "DEFAULT_QUESTION_PROMPT",
             "FeedbackRetriever",
