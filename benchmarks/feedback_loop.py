@@ -30,7 +30,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_nudge import NudgeRetriever
 
-from nudge_rag import FeedbackLog, evaluate, load_embedded
+from nudge_rag import FeedbackLog, evaluate
+from nudge_rag.data import load_embedded
 
 DATA = Path(
     os.environ.get("NUDGE_RAG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

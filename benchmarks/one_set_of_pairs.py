@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nudge_rag import NudgeM, NudgeN, QuerySet, evaluate, load_embedded, search
+from nudge_rag import NudgeM, NudgeN, QuerySet, evaluate, search
+from nudge_rag.data import load_embedded
 
 
 def pooled(a: QuerySet, b: QuerySet) -> QuerySet:

@@ -18,7 +18,8 @@ import sys
 
 import numpy as np
 
-from nudge_rag import NudgeM, NudgeN, QuerySet, Relevance, evaluate, load_embedded, search
+from nudge_rag import NudgeM, NudgeN, QuerySet, Relevance, evaluate, search
+from nudge_rag.data import load_embedded
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int, iters: int = 100) -> np.ndarray:

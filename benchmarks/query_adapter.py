@@ -43,7 +43,8 @@ from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
 from langchain_nudge import NudgeRetriever  # noqa: E402
 from ood import spherical_kmeans  # noqa: E402
 
-from nudge_rag import Relevance, evaluate, load_embedded, search  # noqa: E402
+from nudge_rag import Relevance, evaluate, search  # noqa: E402
+from nudge_rag.data import load_embedded  # noqa: E402
 
 K = 10
 
@@ -186,7 +187,8 @@ def main(argv=None) -> int:
 
 def generated() -> None:
     """NUDGE-N alone vs "on" vs "auto" on generated tasks (the adapter gains little there)."""
-    from nudge_rag import ArrayStore, StoreTuner, make_retrieval_task
+    from nudge_rag import ArrayStore, StoreTuner
+    from nudge_rag.data import make_retrieval_task
 
     print()
     print(

@@ -15,7 +15,8 @@ import argparse
 
 import numpy as np
 
-from nudge_rag import NudgeM, NudgeN, evaluate, load_embedded, search
+from nudge_rag import NudgeM, NudgeN, evaluate, search
+from nudge_rag.data import load_embedded
 
 
 def main() -> None:

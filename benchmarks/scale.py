@@ -54,7 +54,8 @@ def _drop_pages(arr) -> None:
 def child(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from nudge_rag import NudgeM, NudgeN, make_scale_task
+    from nudge_rag import NudgeM, NudgeN
+    from nudge_rag.data import make_scale_task
 
     t0 = time.perf_counter()
     data = make_scale_task(
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
         child(args)
         return 0
 
-    from nudge_rag import write_memmap_corpus
+    from nudge_rag.data import write_memmap_corpus
 
     corpus = Path(args.dir) / f"corpus_{args.docs}x{args.dim}.npy"
     if not corpus.exists():

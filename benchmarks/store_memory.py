@@ -106,7 +106,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from nudge_rag import write_memmap_corpus
+    from nudge_rag.data import write_memmap_corpus
 
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)

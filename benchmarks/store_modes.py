@@ -148,8 +148,8 @@ def run_tune(store, train_emb, train_ids, val_emb, val_ids, mode: str) -> dict:
 def part_nfcorpus(args) -> None:
     import numpy as np
 
-    from nudge_rag import load_embedded
     from nudge_rag.backends import ChromaBackend, QdrantBackend
+    from nudge_rag.data import load_embedded
 
     d = load_embedded(DATA / "nfcorpus")
     emb = np.asarray(d.doc_embeddings, dtype=np.float32)
@@ -192,8 +192,8 @@ def scaled_counts(n_docs: int) -> tuple[int, int, int]:
 def child_scale(args) -> None:
     import numpy as np
 
-    from nudge_rag import make_scale_task
     from nudge_rag.backends import ChromaBackend, QdrantBackend
+    from nudge_rag.data import make_scale_task
 
     n_train, n_val, n_answered = scaled_counts(args.docs)
     data = make_scale_task(
@@ -221,7 +221,7 @@ def child_scale(args) -> None:
 def part_scale(args) -> int:
     import numpy as np
 
-    from nudge_rag import write_memmap_corpus
+    from nudge_rag.data import write_memmap_corpus
 
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)

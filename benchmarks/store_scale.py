@@ -361,7 +361,7 @@ def child(args) -> None:
 
     import numpy as np
 
-    from nudge_rag import make_scale_task
+    from nudge_rag.data import make_scale_task
 
     n_train, n_val = query_counts(args.answered)
     data = make_scale_task(
@@ -380,7 +380,7 @@ def child(args) -> None:
 
 def run_sizes(args, work: Path) -> int:
     """Fill each store at each size and measure every mode in a child; print the rows."""
-    from nudge_rag import write_memmap_corpus
+    from nudge_rag.data import write_memmap_corpus
 
     for n in [int(x) for x in args.docs.split(",")]:
         corpus = work / f"corpus_{n}x{args.dim}.npy"

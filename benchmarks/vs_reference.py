@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from nudge_rag import load_embedded
 from nudge_rag.compat import NUDGEM, NUDGEN
+from nudge_rag.data import load_embedded
 
 
 def as_reference_dict(split):

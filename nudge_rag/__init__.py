@@ -6,15 +6,7 @@ chosen on validation queries. The model is never touched. This package depends o
 scipy only; framework adapters live in ``llama_index_nudge`` and ``langchain_nudge``.
 """
 
-from nudge_rag._data import (
-    DataFileError,
-    EmbeddedDataset,
-    EmbeddedSplit,
-    RetrievalDataset,
-    load_beir,
-    load_embedded,
-    split_dataset,
-)
+from nudge_rag import data, pairs  # noqa: F401 - nudge_rag.data, nudge_rag.pairs
 from nudge_rag._errors import (
     DimensionMismatchError,
     MetricMismatchError,
@@ -29,10 +21,8 @@ from nudge_rag._feedback import (
     tune_from_feedback,
 )
 from nudge_rag._metrics import Relevance, evaluate
-from nudge_rag._pairs import group_pairs, normalize_pairs
 from nudge_rag._query_adapter import QueryAdapter
 from nudge_rag._queryset import QuerySet
-from nudge_rag._questions import parse_questions
 from nudge_rag._report import evaluate_store, write_report
 from nudge_rag._search import search
 from nudge_rag._solver import DEFAULT_GAMMAS, NotFittedError, NudgeM, NudgeN
@@ -42,7 +32,6 @@ from nudge_rag._store import (
     SearchableEmbeddingStore,
     check_similarity,
 )
-from nudge_rag._synthetic import make_retrieval_task, make_scale_task, write_memmap_corpus
 from nudge_rag._tune import StoreTuner, TuneResult, make_solver, resolve_state_dir, tune_store
 from nudge_rag._writeback import (
     StoreBusyError,
@@ -56,13 +45,10 @@ from nudge_rag.backends import ArrayStore, backend_for
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataFileError",
     "ArrayStore",
     "BaseEmbeddingStore",
     "DEFAULT_GAMMAS",
     "DimensionMismatchError",
-    "EmbeddedDataset",
-    "EmbeddedSplit",
     "EmbeddingStore",
     "FeedbackLog",
     "FeedbackPairs",
@@ -73,7 +59,6 @@ __all__ = [
     "QueryAdapter",
     "QuerySet",
     "Relevance",
-    "RetrievalDataset",
     "SearchableEmbeddingStore",
     "StateDirError",
     "StoreTuner",
@@ -90,20 +75,11 @@ __all__ = [
     "check_similarity",
     "evaluate",
     "evaluate_store",
-    "group_pairs",
-    "load_beir",
-    "load_embedded",
-    "make_retrieval_task",
-    "make_scale_task",
     "make_solver",
-    "normalize_pairs",
-    "parse_questions",
     "resolve_state_dir",
     "search",
-    "split_dataset",
     "tune_from_feedback",
     "tune_store",
-    "write_memmap_corpus",
     "write_report",
     "__version__",
 ]

@@ -8,7 +8,7 @@ Four forms, told apart by what the path is:
 * **CSV** (``.csv``): a header with ``question`` and ``doc_id`` columns (and optionally
   ``grade``), one pair per row;
 * **LlamaIndex** ``EmbeddingQAFinetuneDataset`` **JSON** (``.json``): ``queries``, ``corpus``,
-  ``relevant_docs`` (read with :meth:`nudge_rag.RetrievalDataset.from_json`; a ``relevance``
+  ``relevant_docs`` (read with :meth:`nudge_rag.data.RetrievalDataset.from_json`; a ``relevance``
   key gives grades);
 * **a BEIR folder** (a directory): ``queries.jsonl`` + ``qrels/<split>.tsv`` (also the
   ``queries_<split>.jsonl`` + ``qrels_<split>.tsv`` layout), graded by the qrels scores.

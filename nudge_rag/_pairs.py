@@ -19,7 +19,7 @@ __all__ = ["Pairs", "group_pairs", "normalize_pairs"]
 Pairs = Any
 """Training pairs: ``[(question, doc_id), ...]``, ``{question: doc_id | [doc_ids]}``, a dataset
 with ``.queries``, ``.corpus`` and ``.relevant_docs`` (LlamaIndex's
-``EmbeddingQAFinetuneDataset``, :class:`nudge_rag.RetrievalDataset`), or the path of such a
+``EmbeddingQAFinetuneDataset``, :class:`nudge_rag.data.RetrievalDataset`), or the path of such a
 dataset saved as JSON."""
 
 

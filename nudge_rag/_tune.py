@@ -788,7 +788,7 @@ class StoreTuner:
         write-back, the metric, an empty store, unknown document ids.
 
         Args:
-            train_pairs: training pairs in any form :func:`nudge_rag.normalize_pairs` accepts.
+            train_pairs: training pairs in any form :func:`nudge_rag.pairs.normalize_pairs` accepts.
             val_pairs: optional validation pairs; without them gamma is cross-validated on
                 the training pairs (see the solver).
             embed: embeds a batch of questions (``list[str] -> (n, dim)``), with the model

@@ -1278,7 +1278,7 @@ def _parser() -> argparse.ArgumentParser:
             "with NUDGE-M and NUDGE-N (gamma chosen on dev) and print recall@k / nDCG@k on "
             "test. --data takes a folder in the nfcorpus layout (DATA/SPLIT/emb/MODEL/...) or a "
             "BEIR folder with an emb/MODEL/ folder of corpus.npy + corpus.ids.json and "
-            "queries[_SPLIT].npy + ids (see nudge_rag.load_embedded). Without --data a "
+            "queries[_SPLIT].npy + ids (see nudge_rag.data.load_embedded). Without --data a "
             "generated task is used."
         ),
     )

@@ -6,13 +6,10 @@ import nudge_rag
 import nudge_rag.backends
 
 EXPECTED = [
-    "DataFileError",
     "ArrayStore",
     "BaseEmbeddingStore",
     "DEFAULT_GAMMAS",
     "DimensionMismatchError",
-    "EmbeddedDataset",
-    "EmbeddedSplit",
     "EmbeddingStore",
     "FeedbackLog",
     "FeedbackPairs",
@@ -23,7 +20,6 @@ EXPECTED = [
     "QueryAdapter",
     "QuerySet",
     "Relevance",
-    "RetrievalDataset",
     "SearchableEmbeddingStore",
     "StateDirError",
     "StoreTuner",
@@ -41,20 +37,11 @@ EXPECTED = [
     "check_similarity",
     "evaluate",
     "evaluate_store",
-    "group_pairs",
-    "load_beir",
-    "load_embedded",
-    "make_retrieval_task",
-    "make_scale_task",
     "make_solver",
-    "normalize_pairs",
-    "parse_questions",
     "resolve_state_dir",
     "search",
-    "split_dataset",
     "tune_from_feedback",
     "tune_store",
-    "write_memmap_corpus",
     "write_report",
 ]
 
@@ -68,3 +55,32 @@ def test_all_is_pinned():
 def test_backends_all_resolves():
     for name in nudge_rag.backends.__all__:
         assert hasattr(nudge_rag.backends, name), name
+
+
+SUBMODULES = {
+    "nudge_rag.data": [
+        "DataFileError",
+        "EmbeddedDataset",
+        "EmbeddedSplit",
+        "RetrievalDataset",
+        "load_beir",
+        "load_embedded",
+        "make_retrieval_task",
+        "make_scale_task",
+        "split_dataset",
+        "write_memmap_corpus",
+    ],
+    "nudge_rag.pairs": ["group_pairs", "normalize_pairs", "parse_questions"],
+}
+
+
+def test_submodules_all_is_pinned():
+    import importlib
+
+    for module_name, expected in SUBMODULES.items():
+        module = importlib.import_module(module_name)
+        assert sorted(module.__all__) == sorted(expected), module_name
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module_name}.{name}"
+        # not at the top level too: one place per name
+        assert not set(expected) & set(nudge_rag.__all__)

@@ -259,7 +259,7 @@ def test_pairs_from_csv(tmp_path):
 
 
 def test_pairs_from_a_llama_index_dataset_json(tmp_path):
-    from nudge_rag import RetrievalDataset
+    from nudge_rag.data import RetrievalDataset
 
     ds = RetrievalDataset(
         queries={"q1": "what is a?", "q2": "and b?"},
@@ -441,7 +441,7 @@ def _minilm_path():
 @pytest.mark.slow  # embeds nfcorpus questions with the real model: about 14 s
 def test_sentence_transformers_from_an_offline_folder_matches_the_stored_embeddings(nfcorpus_dir):
     # the nfcorpus query vectors were made with this model: re-embedding gives them back
-    from nudge_rag import load_embedded
+    from nudge_rag.data import load_embedded
 
     data = load_embedded(nfcorpus_dir, "nudge_split", splits="test")
     test = data.split("test")

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nudge_rag import ArrayStore, Relevance, StoreTuner, evaluate, make_retrieval_task, search
+from nudge_rag import ArrayStore, Relevance, StoreTuner, evaluate, search
 from nudge_rag.cli import main
+from nudge_rag.data import make_retrieval_task
 
 HERE = Path(__file__).resolve().parent
 K = 10

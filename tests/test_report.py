@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import nudge_rag
-from nudge_rag import ArrayStore, StoreTuner, evaluate_store, make_retrieval_task, write_report
+from nudge_rag import ArrayStore, StoreTuner, evaluate_store, write_report
 from nudge_rag._report import report_data, score_ranking
+from nudge_rag.data import make_retrieval_task
 
 
 def _unit(x):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_nudge._compat import Document
-from nudge_rag import group_pairs, normalize_pairs, parse_questions
+from nudge_rag.pairs import group_pairs, normalize_pairs, parse_questions
 
 logger = logging.getLogger(__name__)
 

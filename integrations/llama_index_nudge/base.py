@@ -38,14 +38,14 @@ from llama_index_nudge.questions import (
 from nudge_rag import (
     ArrayStore,
     FeedbackLog,
-    RetrievalDataset,
     StoreTuner,
     TuneResult,
     WriteBackStatus,
-    normalize_pairs,
     tune_from_feedback,
 )
 from nudge_rag.backends import backend_for_index
+from nudge_rag.data import RetrievalDataset
+from nudge_rag.pairs import normalize_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -535,7 +535,7 @@ class Nudge:
     Args:
         embed_model: a LlamaIndex ``BaseEmbedding``.
         train_dataset: LlamaIndex's ``EmbeddingQAFinetuneDataset``, any object or mapping with
-            ``queries``, ``corpus``, ``relevant_docs``, a :class:`nudge_rag.RetrievalDataset`,
+            ``queries``, ``corpus``, ``relevant_docs``, a :class:`nudge_rag.data.RetrievalDataset`,
             or a JSON path written by ``save_json``.
         val_dataset: optional validation dataset (same forms); its relevant docs must be in
             the training corpus.

@@ -21,7 +21,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     msg = "llama_index_nudge needs llama-index-core: pip install 'nudge-rag[llama-index]'"
     raise ImportError(msg) from err
 
-from nudge_rag import parse_questions
+from nudge_rag.pairs import parse_questions
 
 logger = logging.getLogger(__name__)
 
