@@ -259,6 +259,75 @@ class StoreContract:
         )
         assert tuned
 
+    @pytest.mark.slow
+    def test_sigkill_mid_write_back_then_restore_or_resume(self, made, kind, tmp_path):
+        """``kill -9`` between two batches: ``restore`` brings back every original, and after
+        a second kill ``resume`` finishes the fit (the command line, one process each)."""
+        if made.uri is None or not kind.multi_process:
+            pytest.skip("the store cannot be opened by a second process while the test holds it")
+        import json
+        import os
+        import subprocess
+        import sys
+
+        docs = made.docs
+        queries, answers = _pairs(docs)
+        texts = list(docs.queries)
+        lines = [json.dumps({"question": q, "doc_ids": a}) for q, a in zip(texts, answers)]
+        (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        lookup = tmp_path / "questions.npz"
+        np.savez(lookup, texts=np.asarray(texts), vectors=queries)
+        here = Path(__file__).resolve().parent
+        env = {
+            **os.environ,
+            "NUDGE_CLI_QUESTIONS": str(lookup),
+            "PYTHONPATH": os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONWARNINGS": "ignore",
+        }
+        store = ["--store", made.uri, "--collection", made.collection, *made.cli_args]
+        state = ["--state-dir", str(tmp_path / "state")]
+        tune = ["tune", *store, *state, "--pairs", str(tmp_path / "train.jsonl")]
+        tune += ["--gamma", "0.5", "--batch-size", "8", "--progress", "off"]
+        tune += ["--embed", "test_cli_stores:LookupEmbeddings"]
+
+        def run(*args: str, kill_after: int = 0) -> subprocess.CompletedProcess:
+            if kill_after:
+                cmd = [sys.executable, str(here / "kill_child.py"), str(kill_after), *args]
+            else:
+                cmd = [sys.executable, "-m", "nudge_rag.cli", *args]
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+        stored = _cli_vectors(made, docs.ids)
+        killed = run(*tune, kill_after=2)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        now = _cli_vectors(made, docs.ids)
+        moved = ~np.all(np.isclose(now, stored, rtol=0, atol=1e-6), axis=1)
+        assert 0 < moved.sum() <= 16  # two batches of 8 written, the rest not
+        status = run("status", *store, *state, "--json")
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert json.loads(status.stdout)["pending"], status.stdout
+        restored = run("restore", *store, *state)
+        assert restored.returncode == 0, restored.stderr[-2000:]
+        np.testing.assert_allclose(
+            _cli_vectors(made, docs.ids), stored, rtol=0, atol=kind.restore_atol
+        )
+        assert run(*tune, kill_after=3).returncode == -9
+        resumed = run("resume", *store, *state)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        clean = run("restore", *store, *state)
+        assert clean.returncode == 0, clean.stderr[-2000:]
+        assert run(*tune).returncode == 0
+        fitted = _cli_vectors(made, docs.ids)
+        assert run("restore", *store, *state).returncode == 0
+        assert run(*tune, kill_after=3).returncode == -9
+        assert run("resume", *store, *state).returncode == 0
+        # a resumed fit writes exactly what an uninterrupted one does
+        np.testing.assert_allclose(_cli_vectors(made, docs.ids), fitted, rtol=0, atol=1e-6)
+        assert run("restore", *store, *state).returncode == 0
+        np.testing.assert_allclose(
+            _cli_vectors(made, docs.ids), stored, rtol=0, atol=kind.restore_atol
+        )
+
     def test_refused_configuration(self, kind, config, tmp_path, request):
         if config not in kind.refused:
             pytest.skip("a supported configuration")

@@ -114,6 +114,8 @@ class StoreKind:
         refused: configuration -> the message (regex) of the error that refuses it before
             anything is written.
         module_needed: the client module; tests skip (naming the extra) where it is missing.
+        multi_process: whether a second process can open the store while the test holds it
+            (DuckDB locks its file; an embedded Chroma folder serves one process).
         extra: the pip extra that installs the store.
     """
 
@@ -125,6 +127,7 @@ class StoreKind:
     refused: ClassVar[Mapping[str, str]] = {}
     module_needed: ClassVar[str] = ""
     extra: ClassVar[str] = ""
+    multi_process: ClassVar[bool] = True  # a second process may open it while the test does
 
     def skip_if_missing(self) -> None:
         """Skip with the extra's name when the store's client is not installed."""

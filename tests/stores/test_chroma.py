@@ -16,6 +16,7 @@ class ChromaKind(StoreKind):
     approximate = frozenset({"hnsw"})
     module_needed = "langchain_chroma"
     extra = "chroma"
+    multi_process = False
     restore_atol = 1e-7  # Chroma's write/read round trip moves some components by 1 ulp
 
     def make(self, tmp_path, docs, config, request) -> Made:

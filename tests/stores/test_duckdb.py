@@ -32,6 +32,7 @@ class DuckDBKind(StoreKind):
     configs = ("langchain", "llama-index")
     module_needed = "duckdb"
     extra = "duckdb"
+    multi_process = False
 
     def make(self, tmp_path, docs, config, request) -> Made:
         import duckdb
