@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,29 @@ class PgServer:
             self.server.ensure_postgres_running()
         self.wait(time.monotonic() + 60)
 
+    def ensure_running(self, timeout: float = 90.0) -> None:
+        """Bring the server back if it stopped (killed by a test, or by the system under
+        memory pressure); waits for it within ``timeout`` seconds, restarting as needed."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError as err:
+            warnings.warn(
+                f"the test PostgreSQL server was down ({err}); restarting it", stacklevel=2
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.restart()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.cleanup()
@@ -263,6 +287,17 @@ def _pg_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _pg_server_up(request):
+    """Before each test that uses PostgreSQL, make sure its server takes connections.
+
+    A server that stopped (a test killed it, or the system did, e.g. under memory pressure)
+    is restarted on the same data, within a bound, instead of failing every later test.
+    """
+    if "pg_server" in request.fixturenames or "pg_url" in request.fixturenames:
+        request.getfixturevalue("pg_server").ensure_running()
 
 
 @pytest.fixture(scope="session")
