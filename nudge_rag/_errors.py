@@ -24,6 +24,7 @@ __all__ = [
     "StoreURIError",
     "TuneInProgressError",
     "UnknownIdError",
+    "UnsafeFileError",
     "UnsupportedStoreError",
     "WriteBackError",
     "WrongStateError",
@@ -152,3 +153,7 @@ class MetricUnknownError(ValueError):
 
     Pass the metric: ``distance=`` in Python, ``--distance`` on the command line.
     """
+
+
+class UnsafeFileError(OSError):
+    """A state file is a symbolic link or not a regular file: it is never followed."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._errors import UnsafeFileError
+
 __all__ = [
     "UnsafeFileError",
     "atomic_save_npz",
@@ -26,10 +28,6 @@ __all__ = [
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-class UnsafeFileError(OSError):
-    """A state file is a symbolic link or not a regular file: it is never followed."""
 
 
 def open_regular(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
