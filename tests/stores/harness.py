@@ -24,6 +24,8 @@ for _path in (_HERE.parent, _HERE.parent / "integration_langchain"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
 from langchain_helpers import LookupEmbeddings  # noqa: E402
 
 #: Ids every store with free-form string ids must keep exactly.
