@@ -11,7 +11,10 @@ import logging
 
 import numpy as np
 import pytest
-from langchain_core.vectorstores import InMemoryVectorStore
+
+pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+
+from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
 from langchain_helpers import (
     LookupEmbeddings,
     exact_ndcg,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from llama_helpers import LookupEmbedding, query_vectors, split_pairs
+
+pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
+
+from llama_helpers import LookupEmbedding, query_vectors, split_pairs  # noqa: E402
 from llama_index.core import VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index_nudge import AdaptedQueryEmbedding, NudgeFinetuneEngine
