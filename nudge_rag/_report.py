@@ -25,7 +25,7 @@ import numpy as np
 from nudge_rag._metrics import evaluate
 from nudge_rag._queryset import Relevance
 from nudge_rag._search import search
-from nudge_rag._store import SearchableEmbeddingStore
+from nudge_rag._store import SearchableEmbeddingStore, supports
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def ranked_ids(store: Any, queries: np.ndarray, k: int) -> tuple[list[list[str]]
         ``(ids per query, how)`` where ``how`` is ``"store search"`` or ``"exact search"``.
     """
     queries = np.asarray(queries, dtype=np.float32)
-    if isinstance(store, SearchableEmbeddingStore):
+    if supports(store, SearchableEmbeddingStore):
         nearest = store.nearest
         out: list[list[str]] = []
         for s in range(0, queries.shape[0], _QUERY_BATCH):

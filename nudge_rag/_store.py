@@ -31,6 +31,7 @@ __all__ = [
     "UNIT_NORM_TOL",
     "check_similarity",
     "rows_unit_norm",
+    "supports",
 ]
 
 Distance = Literal["cosine", "dot", "l2"]
@@ -192,6 +193,26 @@ class BaseEmbeddingStore:
     def default_state_dir(self) -> Path | None:
         """``None``: keep originals where the caller says."""
         return None
+
+
+def supports(store: object, capability: type) -> bool:
+    """Whether ``store`` offers the members of the Protocol ``capability``.
+
+    ``isinstance`` alone is not enough for the wrappers nudge-rag and its users put around a
+    backend: one that forwards members with ``__getattr__`` is invisible to Python 3.12+'s
+    protocol check, and one whose property declines with ``AttributeError`` passes 3.11's.
+    This looks the Protocol's own members up on the object, so both answer the same on every
+    Python version.
+    """
+    names = [
+        n
+        for n, v in vars(capability).items()
+        if not n.startswith("_") and (callable(v) or isinstance(v, property))
+    ]
+    try:
+        return all(getattr(store, n) is not None for n in names)
+    except AttributeError:
+        return False
 
 
 def check_similarity(

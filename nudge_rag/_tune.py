@@ -32,6 +32,7 @@ from nudge_rag._store import (
     StatefulEmbeddingStore,
     check_similarity,
     rows_unit_norm,
+    supports,
 )
 from nudge_rag._validation import check_positive_int
 from nudge_rag._writeback import WriteBack, WriteBackError, WriteBackStatus
@@ -251,7 +252,7 @@ def _tune_store(
         msg = f"passive must be 'auto', 'read' or 'store', got {passive!r}"
         raise ValueError(msg)
     store = writeback.store
-    searchable = isinstance(store, SearchableEmbeddingStore)
+    searchable = supports(store, SearchableEmbeddingStore)
     if passive == "store" and not searchable:
         msg = f"passive='store' needs a store with nearest(); {type(store).__name__} has none"
         raise TypeError(msg)
@@ -556,7 +557,7 @@ def resolve_state_dir(
     if isinstance(state_dir, str) and state_dir == MEMORY:
         return None
     if state_dir is None or (isinstance(state_dir, str) and state_dir == AUTO):
-        if isinstance(store, StatefulEmbeddingStore):
+        if supports(store, StatefulEmbeddingStore):
             return None  # the store's own state (e.g. tables in its database) outlives us
         if persist_dir is not None:
             return _usable_folder(Path(persist_dir) / STATE_FOLDER, "persist_dir")

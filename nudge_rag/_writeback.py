@@ -75,6 +75,7 @@ from nudge_rag._store import (
     IndexedEmbeddingStore,
     SharedStateEmbeddingStore,
     StatefulEmbeddingStore,
+    supports,
 )
 from nudge_rag._validation import check_matrix, check_positive_int, check_storable_ids
 
@@ -806,8 +807,8 @@ class WriteBack:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.show_progress = show_progress
         self.lock_timeout = _check_timeout(lock_timeout)
-        owner = store.state_owner if isinstance(store, SharedStateEmbeddingStore) else store
-        own_state = store.writeback_state if isinstance(store, StatefulEmbeddingStore) else None
+        owner = store.state_owner if supports(store, SharedStateEmbeddingStore) else store
+        own_state = store.writeback_state if supports(store, StatefulEmbeddingStore) else None
         if self.state_dir is None and own_state is not None:
             # The store keeps the state itself (pgvector: side tables in its database).
             self._state: Any = _StoreState(own_state(), owner)
@@ -1658,7 +1659,7 @@ class WriteBack:
         else:
             self._state.finish_apply(self._state.pending_meta())
         logger.info("%s complete: %d vector(s) written", kind, written)
-        if isinstance(self.store, IndexedEmbeddingStore):  # e.g. pgvector: VACUUM (ANALYZE)
+        if supports(self.store, IndexedEmbeddingStore):  # e.g. pgvector: VACUUM (ANALYZE)
             self.store.refresh_index()
 
 

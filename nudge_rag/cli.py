@@ -38,7 +38,7 @@ from nudge_rag._masking import MaskSecretsFilter, mask_secrets
 from nudge_rag._metrics import evaluate
 from nudge_rag._search import search
 from nudge_rag._solver import NudgeM, NudgeN
-from nudge_rag._store import DISTANCES, BaseEmbeddingStore, StatefulEmbeddingStore
+from nudge_rag._store import DISTANCES, BaseEmbeddingStore, StatefulEmbeddingStore, supports
 from nudge_rag._synthetic import make_retrieval_task
 from nudge_rag._tune import QUERY_ADAPTER_MODES
 from nudge_rag._validation import check_positive_int
@@ -352,7 +352,7 @@ def _read_pairs(path: str | None, split: str | None, option: str) -> Any:
 
 def _own_state(store: Any) -> bool:
     """Whether the store keeps its write-back state itself (pgvector: tables in its database)."""
-    return isinstance(store, StatefulEmbeddingStore)
+    return supports(store, StatefulEmbeddingStore)
 
 
 def _state_folder(args: argparse.Namespace, store: Any) -> Path | None:
