@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -182,10 +183,8 @@ class PgServer:
                     raise
                 time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
                 if self.server is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # the next attempt reports the error
                         self.restart()
-                    except Exception:  # noqa: BLE001 - the next attempt reports the error
-                        pass
 
     def wait(self, deadline: float) -> None:
         """Wait until the server takes connections, or raise the last error at ``deadline``."""

@@ -132,7 +132,7 @@ def open_store(
 
 
 # ---------------------------------------------------------------------- helpers
-def _import(module: str, extra: str, uri: str) -> Any:
+def need(module: str, extra: str, uri: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as err:
@@ -142,7 +142,7 @@ def _import(module: str, extra: str, uri: str) -> Any:
         raise StoreURIError(msg) from err
 
 
-def _folder(rest: str, uri: str, what: str) -> Path:
+def existing_path(rest: str, uri: str, what: str) -> Path:
     if not rest:
         msg = f"--store {uri!r}: give the {what} after the colon"
         raise StoreURIError(msg)
@@ -153,7 +153,7 @@ def _folder(rest: str, uri: str, what: str) -> Path:
     return path
 
 
-def _choose(names: list[str], collection: str | None, uri: str, what: str = "collection") -> str:
+def choose(names: list[str], collection: str | None, uri: str, what: str = "collection") -> str:
     if collection is not None:
         if collection not in names:
             have = ", ".join(sorted(names)) or "none"
@@ -169,12 +169,12 @@ def _choose(names: list[str], collection: str | None, uri: str, what: str = "col
     raise StoreURIError(msg)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _split_vector(collection: str | None) -> tuple[str | None, str | None]:
+def split_vector(collection: str | None) -> tuple[str | None, str | None]:
     if collection is not None and ":" in collection:
         name, _, vector = collection.partition(":")
         return name, vector
@@ -186,14 +186,3 @@ def redact(uri: str) -> str:
     from nudge_rag._masking import mask_secrets
 
     return mask_secrets(uri)
-
-
-#: The helpers an opener in a store module uses (the names say what they check).
-choose, existing_path, need, first_line, split_vector = (
-    _choose,
-    _folder,
-    _import,
-    _first_line,
-    _split_vector,
-)
-_redact = redact

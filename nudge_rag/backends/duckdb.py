@@ -21,6 +21,7 @@ the ``duckdb-extension-json`` / ``duckdb-extension-fts`` wheels (the ``duckdb`` 
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,8 +278,6 @@ def install_extensions_from_wheels(connection: Any = None) -> list[str]:
     Returns:
         The extension files installed.
     """
-    import importlib
-
     import duckdb
 
     con = connection or duckdb.connect()
@@ -324,7 +323,8 @@ def langchain_result_ids(vectorstore: Any) -> None:
     """
     if "similarity_search" in vars(vectorstore):
         return None
-    from langchain_core.documents import Document
+    # the Document class the wrapper's own module uses (nudge_rag imports no framework)
+    Document = vars(importlib.import_module(type(vectorstore).__module__))["Document"]
 
     def similarity_search(query: str, k: int = 4, **kwargs: Any) -> list[Any]:
         return similarity_search_by_vector(vectorstore._embedding.embed_query(query), k)

@@ -17,6 +17,7 @@ LlamaIndex has no maintained sqlite-vec store.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,7 +233,8 @@ def langchain_result_ids(vectorstore: Any) -> None:
         return None
     import json
 
-    from langchain_core.documents import Document
+    # the Document class the wrapper's own module uses (nudge_rag imports no framework)
+    Document = vars(importlib.import_module(type(vectorstore).__module__))["Document"]
 
     t, v = _quote(vectorstore._table), _quote(f"{vectorstore._table}_vec")
 

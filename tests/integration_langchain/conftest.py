@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,12 +13,8 @@ if str(Path(__file__).parent) not in sys.path:
 
 # Without the langchain extra every test module here skips (pytest.importorskip at its top)
 # and these fixtures are never used: import the helpers only when the framework is there.
-try:
-    import langchain_core  # noqa: F401
-except ModuleNotFoundError:
-    pass
-else:
-    from langchain_helpers import DATA_DIR
+if importlib.util.find_spec("langchain_core") is not None:
+    from langchain_helpers import DATA_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")

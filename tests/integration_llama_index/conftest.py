@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,12 +15,8 @@ if str(Path(__file__).parent) not in sys.path:
 
 # Without the llama-index extra every test module here skips (pytest.importorskip at its top)
 # and these fixtures are never used: import the helpers only when the framework is there.
-try:
-    import llama_index.core  # noqa: F401
-except ModuleNotFoundError:
-    pass
-else:
-    from llama_helpers import NFCORPUS, LookupEmbedding, toy_nodes, unit_rows
+if importlib.util.find_spec("llama_index") is not None:
+    from llama_helpers import NFCORPUS, LookupEmbedding, toy_nodes, unit_rows  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -61,9 +61,6 @@ class FaissKind(StoreKind):
             )
         return Made(store, "langchain")
 
-    def set_search(self, made, config) -> None:
-        pass
-
 
 class TestFaiss(StoreContract):
     KIND = FaissKind
