@@ -73,9 +73,14 @@ STORE_NOTES: dict[str, tuple[str, str, str]] = {
     "pgvector": (
         "LangChain's `distance_strategy` is the metric (`COSINE` for NUDGE-N, `MAX_INNER_PRODUCT` "
         "for NUDGE-M); LlamaIndex's `PGVectorStore` always ranks by cosine distance (NUDGE-N).",
-        'Any HNSW / IVFFlat index updates itself on `UPDATE`. `passive="store"` without a '
-        "vector index makes every validation query a sequential scan; prefer the read mode "
-        "there (see Benchmarks).",
+        "An HNSW or IVFFlat index keeps the old row versions of an `UPDATE` until a vacuum: the "
+        "backend runs `VACUUM (ANALYZE)` after each fit, restore and resume (first `REINDEX "
+        "INDEX CONCURRENTLY` of an HNSW index when over 2 % of rows are dead). A table with no "
+        "index cannot tell its metric: pass `distance=` (CLI: `--distance`). "
+        '`passive="store"` without a vector index makes every validation query a sequential '
+        "scan; prefer the read mode there. Over HNSW, raise `hnsw.ef_search` in "
+        "`search_params`: an approximate kNN makes validation scores optimistic (see "
+        "Benchmarks).",
         "Originals, the pending plan and progress live in side tables of the same database "
         "(`nudge_originals`, `nudge_pending`, `nudge_plans`), each batch one transaction with "
         "its originals: no `state_dir` is needed, and `restore()` works from any process that "

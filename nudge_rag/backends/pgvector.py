@@ -12,7 +12,8 @@ Works on the tables the frameworks create and on any table of your own:
 Reads go through the primary key in bounded batches (keyset pagination for the id listing),
 with the vectors sent in pgvector's binary form (no re-embedding, no text parsing). Writes are
 ``UPDATE ... SET embedding = ... WHERE <key> = ...``, one transaction per batch: text, metadata
-and every other column stay, and any HNSW / IVFFlat index updates itself.
+and every other column stay; after the last batch an HNSW / IVFFlat index is refreshed
+(:meth:`PgVectorBackend.refresh_index`).
 
 The write-back state (originals, pending plan, progress) lives in side tables of the same
 database and schema (``nudge_originals``, ``nudge_pending``, ``nudge_plans``, keyed by
