@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -124,14 +124,8 @@ def store_specs() -> tuple[StoreSpec, ...]:
         module = importlib.import_module(f"{__package__}.{info.name}")  # a plugin, by name
         spec = getattr(module, "SPEC", None)
         if isinstance(spec, StoreSpec):
-            specs.append(_with_module(spec, module.__name__))
+            specs.append(replace(spec, module=module.__name__))
     return tuple(sorted(specs, key=lambda s: s.name))
-
-
-def _with_module(spec: StoreSpec, module: str) -> StoreSpec:
-    from dataclasses import replace
-
-    return replace(spec, module=module)
 
 
 def metric_hints(kind: Literal["cosine", "dot"]) -> str:
