@@ -41,6 +41,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from nudge_rag._errors import TuneInProgressError, UnknownIdError
+from nudge_rag._lock import AdvisoryLock, FileLock, LockBusy, WriterLock, describe_holder
 from nudge_rag._masking import mask_secrets
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,28 @@ class _Sql:
     def sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
-    # Each dialect defines: _connect(), transaction(write) and tune_lock(key).
+    @contextlib.contextmanager
+    def tune_lock(self, key: str) -> Iterator[None]:
+        """Hold the re-tune lock of ``key``; another holder, even in this thread, refuses.
+
+        A new lock each time (a lock file, or a PostgreSQL session), so two logs on one
+        database in one process exclude each other too.
+        """
+        lock = self._tune_lock(key)
+        try:
+            lock.acquire("re-tune", timeout=0)
+        except LockBusy as err:
+            msg = (
+                f"another re-tune of store {key!r} from the feedback log {self!r} is running "
+                f"({describe_holder(err.holder)}); nothing was done: try again when it ends"
+            )
+            raise TuneInProgressError(msg) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # Each dialect defines: _connect(), transaction(write) and _tune_lock(key).
 
 
 class _Sqlite(_Sql):
@@ -264,29 +286,10 @@ class _Sqlite(_Sql):
         finally:
             cur.close()
 
-    @contextlib.contextmanager
-    def tune_lock(self, key: str) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not on POSIX
-            logger.warning("no fcntl here: re-tunes from %s are not locked", self.path)
-            yield
-            return
+    def _tune_lock(self, key: str) -> WriterLock:
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        lock_path = self.path.with_name(f"{self.path.name}.tune-{digest}.lock")
-        with open(lock_path, "a") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                msg = (
-                    f"another re-tune of store {key!r} from the feedback log {self.path} is "
-                    f"running (lock {lock_path}); nothing was done: try again when it ends"
-                )
-                raise TuneInProgressError(msg) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        path = self.path.with_name(f"{self.path.name}.tune-{digest}.lock")
+        return FileLock(path, f"re-tunes of store {key!r} from the feedback log {self.path}")
 
 
 class _Postgres(_Sql):
@@ -343,24 +346,11 @@ class _Postgres(_Sql):
         finally:
             cur.close()
 
-    @contextlib.contextmanager
-    def tune_lock(self, key: str) -> Iterator[None]:
+    def _tune_lock(self, key: str) -> WriterLock:
         lock_id = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big", signed=True)
-        conn = self._connect()  # its own session: the lock lives as long as it does
-        try:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()[0]
-            if not got:
-                msg = (
-                    f"another re-tune of store {key!r} from the feedback log {self!r} is "
-                    "running; nothing was done: try again when it ends"
-                )
-                raise TuneInProgressError(msg)
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
-        finally:
-            conn.close()
+        return AdvisoryLock(
+            self._connect, (lock_id,), f"re-tunes of store {key!r} from the feedback log {self!r}"
+        )
 
 
 def _open_backend(location: Any, busy_timeout: float, synchronous: str) -> _Sql:

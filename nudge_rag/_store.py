@@ -143,7 +143,7 @@ class StatefulEmbeddingStore(Protocol):
     """
 
     def writeback_state(self) -> Any:
-        """The state object (the methods of the file state, plus ``lock`` and ``write_batch``)."""
+        """The state, a :class:`~nudge_rag.backends.WriteBackState` (with its writer lock)."""
         ...
 
 

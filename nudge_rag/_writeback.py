@@ -34,14 +34,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import os
-import threading
 import time
-import weakref
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,26 +46,22 @@ from typing import Any
 import numpy as np
 
 from nudge_rag._errors import StoreBusyError, WriteBackError, WrongStateError
-from nudge_rag._files import (
-    UnsafeFileError,
-    atomic_save_npz,
-    atomic_write_json,
-    fsync_dir,
-    open_regular,
-    read_regular,
-)
 from nudge_rag._identity import (
-    CLAIM,
-    CLAIM_KEY,
-    IDENTITY,
     StoreIdentity,
     fingerprint,
     identity_of,
     same_folder,
 )
-from nudge_rag._lock import LOCK_FILE, LockBusy, StoreLock, describe_holder, file_lock
+from nudge_rag._lock import LockBusy, WriterLock, describe_holder
 from nudge_rag._query_adapter import QueryAdapter
 from nudge_rag._queryset import row_index
+from nudge_rag._state import (
+    META,
+    ORIGINALS,
+    PENDING,
+    FolderState,
+    WriteBackState,
+)
 from nudge_rag._store import (
     EmbeddingStore,
     IndexedEmbeddingStore,
@@ -90,13 +82,6 @@ __all__ = [
     "WrongStateError",
 ]
 
-ORIGINALS = "originals.npz"
-PENDING = "pending.npz"
-PROGRESS = "progress.json"
-APPLIED = "applied.npz"
-META = "meta.json"
-QUERY_ADAPTER = "query_adapter.json"
-STATE_FILES = (ORIGINALS, PENDING, PROGRESS, APPLIED, META, QUERY_ADAPTER, IDENTITY, CLAIM)
 #: A restore, resume or fit that would drop the originals of at least this many saved ids,
 #: and of most of them, stops instead: the state most likely belongs to another store.
 SUSPECT_MIN = 10
@@ -197,510 +182,6 @@ class WriteBackStatus:
         return "the store holds its original vectors: nothing to do"
 
 
-_MEMORY_LOCK = threading.Lock()
-_MEMORY_STATES: dict[tuple[int, str | None], tuple[Any, dict[str, Any]]] = {}
-
-
-def _memory_of(owner: object) -> dict[str, Any]:
-    """The in-memory write-back state of ``owner``, shared by every user of it.
-
-    ``owner`` is what a backend's ``state_owner`` names: the store object itself (an
-    ``InMemoryVectorStore``), or a pair ``(client, collection name)`` for a collection that
-    several wrapper objects can reach through one client object (Chroma, Qdrant in memory).
-    Kept while that object lives (a weak reference where it allows one, else a strong one).
-    Holds the state's writer lock under ``LOCK_FILE``.
-    """
-    if isinstance(owner, tuple) and len(owner) == 2:
-        anchor, collection = owner[0], str(owner[1])
-    else:
-        anchor, collection = owner, None
-    key = (id(anchor), collection)
-    with _MEMORY_LOCK:
-        got = _MEMORY_STATES.get(key)
-        if got is not None and got[0]() is anchor:
-            return got[1]
-        try:
-            ref: Any = weakref.ref(anchor, lambda _ref, key=key: _MEMORY_STATES.pop(key, None))
-        except TypeError:  # no weak references: hold it (the state is small next to the store)
-            ref = lambda anchor=anchor: anchor  # noqa: E731
-        label = collection or getattr(anchor, "name", None) or type(anchor).__name__
-        memory: dict[str, Any] = {LOCK_FILE: StoreLock(None, f"{label} (state in memory)")}
-        _MEMORY_STATES[key] = (ref, memory)
-        return memory
-
-
-class _State:
-    """Originals, pending plan, applied plan, progress and meta, on disk (``root``) or in memory.
-
-    Built on six primitives (``_load_npz``, ``_save_npz``, ``_delete``, ``_rename``,
-    ``_load_json``, ``_save_json``) plus :attr:`lock`, so a backend can keep the same state
-    elsewhere (e.g. in its database) by overriding them.
-    """
-
-    #: files and memory have no transactions: WriteBack writes a batch, then its progress
-    write_batch: Callable[[str, int, list[str], np.ndarray], None] | None = None
-
-    def __init__(self, root: str | os.PathLike | None, owner: object):
-        self.root = Path(root) if root is not None else None
-        self._mem: dict[str, Any] = _memory_of(owner) if root is None else {}
-        self.lock: StoreLock = (
-            file_lock(self.root) if self.root is not None else self._mem[LOCK_FILE]
-        )
-
-    # primitives --------------------------------------------------------------
-    def _load_npz(
-        self, name: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
-    ) -> dict[str, np.ndarray] | None:
-        if self.root is None:
-            return self._mem.get(name)
-        path = self.root / name
-        if not os.path.lexists(path):
-            return None
-        try:
-            with (
-                os.fdopen(open_regular(path, os.O_RDONLY), "rb") as fh,
-                np.load(fh, allow_pickle=False) as data,
-            ):
-                out = {k: data[k] for k in keys}
-                out.update((k, data[k]) for k in optional if k in data.files)
-        except UnsafeFileError as err:
-            msg = f"write-back state file {err.strerror}; the store was not touched"
-            raise WriteBackError(msg) from err
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
-            msg = (
-                f"cannot read write-back state file {path}: {type(err).__name__}: {err}. "
-                "It is truncated or corrupted; the store was not touched. If it holds originals, "
-                "restore it from a backup before deleting it."
-            )
-            raise WriteBackError(msg) from err
-        if "vectors" not in keys:
-            return out
-        ids, vectors = out["ids"], out["vectors"]
-        if ids.ndim != 1 or vectors.ndim != 2 or ids.shape[0] != vectors.shape[0]:
-            msg = (
-                f"write-back state file {path} is inconsistent: "
-                f"{ids.shape[0] if ids.ndim else 0} ids "
-                f"for vectors of shape {vectors.shape}; the store was not touched"
-            )
-            raise WriteBackError(msg)
-        if not np.isfinite(vectors).all():
-            msg = (
-                f"write-back state file {path} holds NaN or inf vectors; the store was not touched"
-            )
-            raise WriteBackError(msg)
-        return out
-
-    def _save_npz(self, name: str, **arrays: np.ndarray) -> None:
-        if self.root is None:
-            self._mem[name] = {k: np.array(v, copy=True) for k, v in arrays.items()}
-        else:
-            atomic_save_npz(self.root / name, **arrays)
-
-    def _delete(self, name: str) -> None:
-        if self.root is None:
-            self._mem.pop(name, None)
-        else:
-            (self.root / name).unlink(missing_ok=True)
-            fsync_dir(self.root)
-
-    def _rename(self, src: str, dst: str) -> None:
-        if self.root is None:
-            if src in self._mem:
-                self._mem[dst] = self._mem.pop(src)
-        else:
-            os.replace(self.root / src, self.root / dst)
-            fsync_dir(self.root)
-
-    def _exists(self, name: str) -> bool:
-        return name in self._mem if self.root is None else os.path.lexists(self.root / name)
-
-    def _load_json(self, name: str) -> dict[str, Any] | None:
-        if self.root is None:
-            got = self._mem.get(name)
-            return dict(got) if got is not None else None
-        path = self.root / name
-        if not os.path.lexists(path):
-            return None
-        try:
-            payload = json.loads(read_regular(path).decode("utf-8"))
-        except UnsafeFileError as err:
-            msg = f"write-back state file {err.strerror}; the store was not touched"
-            raise WriteBackError(msg) from err
-        except (OSError, ValueError) as err:
-            logger.warning("unreadable write-back state file %s (%s): ignored", path, err)
-            return None
-        return payload if isinstance(payload, dict) else None
-
-    def _save_json(self, name: str, payload: dict[str, Any]) -> None:
-        if self.root is None:
-            self._mem[name] = dict(payload)
-        else:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.root / name, payload)
-
-    def clean_temp_files(self) -> int:
-        """Remove ``.<state file>.*.tmp`` files a killed writer left; call under the lock."""
-        if self.root is None or not self.root.is_dir():
-            return 0
-        removed = 0
-        for path in self.root.glob(".*.tmp"):
-            if any(path.name.startswith(f".{name}.") for name in STATE_FILES):
-                path.unlink(missing_ok=True)
-                removed += 1
-        if removed:
-            logger.info(
-                "removed %d temporary file(s) a killed writer left in %s", removed, self.root
-            )
-        return removed
-
-    def has_temp_files(self) -> bool:
-        """Whether :meth:`clean_temp_files` has anything to remove."""
-        if self.root is None or not self.root.is_dir():
-            return False
-        return any(
-            path.name.startswith(f".{name}.")
-            for path in self.root.glob(".*.tmp")
-            for name in STATE_FILES
-        )
-
-    # originals ---------------------------------------------------------------
-    def load_originals(self) -> tuple[list[str], np.ndarray] | None:
-        data = self._load_npz(ORIGINALS, ("ids", "vectors"))
-        if data is None:
-            return None
-        return data["ids"].astype(str).tolist(), data["vectors"].astype(np.float32, copy=False)
-
-    def count_originals(self) -> int:
-        data = self._load_npz(ORIGINALS, ("ids",))
-        return 0 if data is None else int(data["ids"].shape[0])
-
-    def save_originals(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        self._save_npz(ORIGINALS, ids=np.asarray(ids, dtype=str), vectors=vectors)
-
-    def delete_originals(self) -> None:
-        self._delete(ORIGINALS)
-
-    # the last completed plan: what this write-back put in the store --------------
-    def load_applied(self) -> tuple[list[str], np.ndarray] | None:
-        data = self._load_npz(APPLIED, ("ids", "vectors"))
-        if data is None:
-            return None
-        return data["ids"].astype(str).tolist(), data["vectors"].astype(np.float32, copy=False)
-
-    def save_applied(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        self._save_npz(APPLIED, ids=np.asarray(ids, dtype=str), vectors=vectors)
-
-    # pending plan ------------------------------------------------------------
-    def has_pending(self) -> bool:
-        return self._exists(PENDING)
-
-    def load_pending(self) -> tuple[str, list[str], np.ndarray, int, int] | None:
-        data = self._load_npz(PENDING, ("ids", "vectors", "kind", "batch_size"))
-        if data is None:
-            return None
-        done = self._load_progress()
-        return (
-            str(data["kind"]),
-            data["ids"].astype(str).tolist(),
-            data["vectors"].astype(np.float32, copy=False),
-            int(data["batch_size"]),
-            done,
-        )
-
-    def pending_summary(self) -> tuple[str, int, int] | None:
-        """``(kind, n_ids, batch_size)`` of the pending plan without loading its vectors."""
-        data = self._load_npz(PENDING, ("ids", "kind", "batch_size"))
-        if data is None:
-            return None
-        return str(data["kind"]), int(data["ids"].shape[0]), int(data["batch_size"])
-
-    def pending_meta(self) -> dict[str, Any]:
-        """What ``apply`` recorded about the fit whose plan is pending (``{}`` if nothing)."""
-        data = self._load_npz(PENDING, (), optional=("meta",))
-        if data is None or "meta" not in data:
-            return {}
-        try:
-            meta = json.loads(str(data["meta"]))
-        except ValueError:
-            return {}
-        return meta if isinstance(meta, dict) else {}
-
-    def save_pending(
-        self,
-        kind: str,
-        ids: Sequence[str],
-        vectors: np.ndarray,
-        batch_size: int,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        self.save_progress(0)
-        self._save_npz(
-            PENDING,
-            ids=np.asarray(ids, dtype=str),
-            vectors=vectors,
-            kind=np.asarray(kind),
-            batch_size=np.asarray(batch_size),
-            meta=np.asarray(json.dumps(meta or {})),
-        )
-
-    def _load_progress(self) -> int:
-        if self.root is None:
-            return int(self._mem.get(PROGRESS, 0))
-        path = self.root / PROGRESS
-        if not os.path.lexists(path):
-            return 0
-        try:
-            return int(json.loads(read_regular(path).decode("utf-8"))["batches_done"])
-        except UnsafeFileError as err:
-            msg = f"write-back state file {err.strerror}; the store was not touched"
-            raise WriteBackError(msg) from err
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            logger.warning("unreadable %s (%s): resuming from the first batch", path, err)
-            return 0
-
-    def save_progress(self, batches_done: int) -> None:
-        if self.root is None:
-            self._mem[PROGRESS] = batches_done
-        else:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.root / PROGRESS, {"batches_done": batches_done})
-
-    def clear_pending(self) -> None:
-        self._delete(PENDING)
-        self._delete(PROGRESS)
-
-    def finish_apply(self, meta: dict[str, Any]) -> None:
-        """The pending plan is written: it becomes what the store holds (``applied``)."""
-        meta = {**meta, "applied_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self._save_json(META, meta)
-        self._rename(PENDING, APPLIED)
-        self._delete(PROGRESS)
-
-    def finish_restore(self) -> None:
-        """Every original is back: forget everything (originals first)."""
-        self.delete_originals()
-        self._delete(APPLIED)
-        self._delete(META)
-        self._delete(QUERY_ADAPTER)
-        self.clear_pending()
-        self._delete(IDENTITY)
-
-    # identity and claims (see nudge_rag._identity) ------------------------------------
-    def load_identity(self) -> dict[str, Any] | None:
-        return self._load_json(IDENTITY)
-
-    def save_identity(self, payload: dict[str, Any]) -> None:
-        if self.root is not None:
-            self._save_json(IDENTITY, payload)
-
-    def load_claim(self) -> str | None:
-        got = self._load_json(CLAIM)
-        folder = None if got is None else got.get("state_dir")
-        return folder if isinstance(folder, str) else None
-
-    def save_claim(self, folder: str | None) -> None:
-        if folder is None:
-            self._delete(CLAIM)
-        else:
-            self._save_json(CLAIM, {"state_dir": folder})
-
-    def holds_state(self) -> bool:
-        return self._exists(ORIGINALS) or self._exists(PENDING)
-
-    # query adapter -------------------------------------------------------------
-    def load_query_adapter(self) -> dict[str, Any] | None:
-        return self._load_json(QUERY_ADAPTER)
-
-    def save_query_adapter(self, payload: dict[str, Any] | None) -> None:
-        if payload is None:
-            self._delete(QUERY_ADAPTER)
-        else:
-            self._save_json(QUERY_ADAPTER, payload)
-
-    def query_adapter_version(self) -> Any:
-        """A token that changes when the saved adapter does (cheap: a ``stat``)."""
-        if self.root is None:
-            return id(self._mem.get(QUERY_ADAPTER))
-        try:
-            st = (self.root / QUERY_ADAPTER).stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    # meta ---------------------------------------------------------------------
-    def load_meta(self) -> dict[str, Any]:
-        return self._load_json(META) or {}
-
-    def save_meta(self, meta: dict[str, Any]) -> None:
-        self._save_json(META, meta)
-
-    @property
-    def has_applied(self) -> bool:
-        return self._exists(APPLIED)
-
-
-class _StoreState:
-    """A state a backend keeps itself (``store.writeback_state()``, e.g. pgvector's side tables).
-
-    Such a state must offer ``load_originals``, ``save_originals`` (makes the saved originals
-    exactly the ids given), ``delete_originals``, ``load_pending``, ``save_pending``,
-    ``clear_pending`` and either ``save_progress`` or ``write_batch`` (below). Everything
-    else :class:`WriteBack` uses has a default here, taken from the state when it has it:
-    ``lock`` (a :class:`StoreLock`-like
-    object; default: the in-process lock of the store object), and ``load_applied`` /
-    ``save_applied`` / ``load_meta`` / ``save_meta`` / ``pending_meta``. Without
-    ``load_applied`` the state does not know what it wrote, so documents changed by someone
-    else are not detected (:attr:`verifies` is false).
-
-    A state that lives where the vectors do may also offer ``write_batch(kind, batches_done,
-    ids, vectors)``: write one batch of the plan into the store, together with the progress
-    and (for ``"apply"``) the originals of its rows that have none saved yet, copied from the
-    rows themselves, all in one transaction. :class:`WriteBack` then calls it instead of
-    ``store.set_vectors`` + ``save_progress``, and saves no new originals before the plan:
-    a batch can only commit with its originals, and a row whose batch did not commit still
-    holds its original.
-    """
-
-    def __init__(self, inner: Any, owner: object):
-        self._inner = inner
-        self.root = getattr(inner, "root", None)
-        lock = getattr(inner, "lock", None)
-        self._memory = _memory_of(owner)
-        self.lock: StoreLock = lock if lock is not None else self._memory[LOCK_FILE]
-        self.verifies = callable(getattr(inner, "load_applied", None))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    @property
-    def write_batch(self) -> Callable[[str, int, list[str], np.ndarray], None] | None:
-        got = getattr(self._inner, "write_batch", None)
-        return got if callable(got) else None
-
-    def has_pending(self) -> bool:
-        got = getattr(self._inner, "has_pending", None)  # cheaper than reading the plan
-        return bool(got()) if callable(got) else self._inner.load_pending() is not None
-
-    def pending_summary(self) -> tuple[str, int, int] | None:
-        pending = self._inner.load_pending()
-        return None if pending is None else (pending[0], len(pending[1]), pending[3])
-
-    def _load_progress(self) -> int:
-        pending = self._inner.load_pending()
-        return 0 if pending is None else int(pending[4])
-
-    def save_pending(
-        self,
-        kind: str,
-        ids: Sequence[str],
-        vectors: np.ndarray,
-        batch_size: int,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        if callable(getattr(self._inner, "pending_meta", None)):
-            self._inner.save_pending(kind, ids, vectors, batch_size, meta)
-        else:
-            self._inner.save_pending(kind, ids, vectors, batch_size)
-
-    def pending_meta(self) -> dict[str, Any]:
-        got = getattr(self._inner, "pending_meta", None)
-        return got() if callable(got) else {}
-
-    def count_originals(self) -> int:
-        loaded = self._inner.load_originals()
-        return 0 if loaded is None else len(loaded[0])
-
-    def load_applied(self) -> tuple[list[str], np.ndarray] | None:
-        got = getattr(self._inner, "load_applied", None)
-        return got() if callable(got) else None
-
-    def save_applied(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        got = getattr(self._inner, "save_applied", None)
-        if callable(got):
-            got(ids, vectors)
-
-    def load_meta(self) -> dict[str, Any]:
-        got = getattr(self._inner, "load_meta", None)
-        return (got() or {}) if callable(got) else {}
-
-    def save_meta(self, meta: dict[str, Any]) -> None:
-        got = getattr(self._inner, "save_meta", None)
-        if callable(got):
-            got(meta)
-
-    def finish_apply(self, meta: dict[str, Any]) -> None:
-        got = getattr(self._inner, "finish_apply", None)
-        if callable(got):
-            got(meta)
-            return
-        self.save_meta(meta)
-        self._inner.clear_pending()
-
-    def finish_restore(self) -> None:
-        got = getattr(self._inner, "finish_restore", None)
-        if callable(got):
-            got()
-        else:
-            self._inner.delete_originals()
-            self._inner.clear_pending()
-        self.save_query_adapter(None)
-
-    def load_query_adapter(self) -> dict[str, Any] | None:
-        got = getattr(self._inner, "load_query_adapter", None)
-        if callable(got):
-            return got()
-        return self._memory.get(QUERY_ADAPTER)
-
-    def save_query_adapter(self, payload: dict[str, Any] | None) -> None:
-        got = getattr(self._inner, "save_query_adapter", None)
-        if callable(got):
-            got(payload)
-        elif payload is None:
-            self._memory.pop(QUERY_ADAPTER, None)
-        else:  # a state without a place for it: kept for this process only
-            logger.warning(
-                "%s keeps no query adapter: it is kept in this process only",
-                type(self._inner).__name__,
-            )
-            self._memory[QUERY_ADAPTER] = dict(payload)
-
-    def query_adapter_version(self) -> Any:
-        got = getattr(self._inner, "query_adapter_version", None)
-        if callable(got):
-            return got()
-        if not callable(getattr(self._inner, "load_query_adapter", None)):
-            return id(self._memory.get(QUERY_ADAPTER))
-        return None  # unknown: WriteBack re-reads it every ADAPTER_RECHECK_S
-
-    def clean_temp_files(self) -> int:
-        return 0
-
-    def has_temp_files(self) -> bool:
-        return False
-
-    def load_identity(self) -> dict[str, Any] | None:
-        return None  # the state lives in the store itself
-
-    def save_identity(self, payload: dict[str, Any]) -> None:
-        return None
-
-    def load_claim(self) -> str | None:
-        folder = self.load_meta().get(CLAIM_KEY)
-        return folder if isinstance(folder, str) else None
-
-    def save_claim(self, folder: str | None) -> None:
-        meta = self.load_meta()
-        if folder is None and CLAIM_KEY not in meta:
-            return
-        meta.pop(CLAIM_KEY, None)
-        if folder is not None:
-            meta[CLAIM_KEY] = folder
-        self.save_meta(meta)
-
-    def holds_state(self) -> bool:
-        return self.count_originals() > 0 or self.has_pending()
-
-
 def _adapter_payload(adapter: QueryAdapter) -> dict[str, Any]:
     """A fitted adapter as a JSON-able record (the matrix as base64 float32 bytes)."""
     matrix = np.ascontiguousarray(adapter.matrix_, dtype="<f4")
@@ -754,6 +235,18 @@ def _shown(ids: Sequence[str]) -> str:
 
 
 _UNSET: Any = object()
+
+
+def _store_state(store: Any) -> WriteBackState:
+    """The state ``store`` keeps itself (``store.writeback_state()``), checked."""
+    state = store.writeback_state()
+    if not isinstance(state, WriteBackState):
+        msg = (
+            f"{type(store).__name__}.writeback_state() must return a "
+            f"nudge_rag.WriteBackState, got {type(state).__name__}"
+        )
+        raise TypeError(msg)
+    return state
 
 
 class WriteBack:
@@ -811,10 +304,10 @@ class WriteBack:
         own_state = store.writeback_state if supports(store, StatefulEmbeddingStore) else None
         if self.state_dir is None and own_state is not None:
             # The store keeps the state itself (pgvector: side tables in its database).
-            self._state: Any = _StoreState(own_state(), owner)
+            self._state: WriteBackState = _store_state(store)
         else:
-            self._state = _State(self.state_dir, owner)
-        self._lock: StoreLock = self._state.lock
+            self._state = FolderState(self.state_dir, owner)
+        self._lock: WriterLock = self._state.lock
         self._home, self._home_where = self._find_home(owner, own_state)
         self.last_report: WriteReport | None = None
         self._adapter_cache: tuple[Any, float, QueryAdapter | None] | None = None
@@ -858,12 +351,12 @@ class WriteBack:
         the memory of the store object; it records where the originals went when they are
         kept elsewhere (see :mod:`nudge_rag._identity`).
         """
-        if isinstance(self._state, _StoreState):
+        if not isinstance(self._state, FolderState):
             return None, None
         if callable(own_state):
             if self.state_dir is None:
                 return None, None
-            return _StoreState(own_state(), owner), f"the store's own state ({self.store.name})"
+            return _store_state(self.store), f"the store's own state ({self.store.name})"
         try:
             default = self.store.default_state_dir()
         except Exception as err:  # noqa: BLE001 - a backend that cannot tell
@@ -872,10 +365,10 @@ class WriteBack:
         if default is not None:
             if self.state_dir is None or same_folder(default, self.state_dir):
                 return None, None  # memory on purpose (a dry run), or the default itself
-            return _State(default, owner), str(default)
+            return FolderState(default, owner), str(default)
         if self.state_dir is None:
             return None, None
-        return _State(None, owner), "memory"
+        return FolderState(None, owner), "memory"
 
     def identity(self, dim: int | None = None) -> StoreIdentity:
         """What this store is, as a state folder records it (see :class:`StoreIdentity`)."""
@@ -884,7 +377,7 @@ class WriteBack:
     def _here(self) -> str:
         if self.state_dir is not None:
             return str(self.state_dir)
-        if isinstance(self._state, _StoreState):
+        if not isinstance(self._state, FolderState):
             return f"the store's own state ({self.store.name})"
         return "memory"
 
@@ -1073,7 +566,7 @@ class WriteBack:
             summary = self._state.pending_summary()
         except WriteBackError:  # unreadable plan: resume() names the file
             summary = ("unreadable", 0, 1)
-        done = self._state._load_progress() if summary is not None else 0
+        done = self._state.pending_progress() if summary is not None else 0
         meta = self._state.load_meta()
         holder = self._lock.holder_now()
         n_originals = self._state.count_originals()
@@ -1500,7 +993,7 @@ class WriteBack:
         self, orig_ids: Sequence[str], orig_vecs: np.ndarray | None
     ) -> list[tuple[Sequence[str], np.ndarray]] | None:
         """Every vector this write-back may have left in the store, or ``None`` if unknown."""
-        if not getattr(self._state, "verifies", True):
+        if not self._state.verifies:
             return None
         refs: list[tuple[Sequence[str], np.ndarray]] = []
         if orig_vecs is not None:

@@ -520,7 +520,7 @@ def install_pg_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -
     ``slow`` sleeps before each batch (the write-back goes through ``write_batch``, not
     ``set_vectors``).
     """
-    state = target.writeback._state._inner
+    state = target.writeback._state
     if slow:
         real_batch = state.write_batch
 

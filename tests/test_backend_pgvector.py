@@ -168,7 +168,7 @@ def test_each_batch_saves_the_originals_of_its_rows(pg_url, docs):
                 hook(done, ids)
                 real(kind, done, ids, vectors)
 
-            wb._state._inner.write_batch = write_batch
+            wb._state.write_batch = write_batch
         res = tune_store(wb, NudgeN(gamma=0.3), queries, [[a] for a in answered])
         return sorted(res.changed_ids)
 
@@ -208,7 +208,7 @@ def test_a_batch_is_not_written_without_the_writer_lock(pg_url, docs):
     table = _table(pg_url, docs, "vector_cosine_ops")
     store = PgVectorBackend.from_url(pg_url, table=table)
     wb = WriteBack(store)
-    state = wb._state._inner
+    state = wb._state
     with wb.locked("apply"):
         state.save_pending("apply", ["d1"], docs[[2]], 1)
     with pytest.raises(WriteBackError, match="writer lock of .* was lost"):
@@ -236,7 +236,7 @@ def test_resume_saves_the_originals_of_batches_that_never_committed(pg_url, docs
     answered = [f"d{k}" for k in range(12)]
     queries = _unit(docs[:12] + 0.4 * rng.standard_normal((12, DIM)).astype(np.float32))
     wb = WriteBack(store, batch_size=4)
-    state = wb._state._inner
+    state = wb._state
     real = state.write_batch
 
     def killed_at_batch_2(kind, done, ids, vectors):

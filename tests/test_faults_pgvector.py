@@ -296,7 +296,7 @@ def test_readers_get_k_results_during_a_write_back(framework, reader, new_db):
         def query(_q):
             return [d.id for d in target.obj.invoke(next(questions), k=K)]
 
-    state = target.writeback._state._inner
+    state = target.writeback._state
     real_batch = state.write_batch
     committed: list[float] = []
 
@@ -350,7 +350,7 @@ def test_server_killed_mid_writeback(when, pg_server, new_db):
     ref = reference("core", new_db)
     args = new_args(new_db(), "core")
     target = fc.open_target(args)
-    state = target.writeback._state._inner
+    state = target.writeback._state
     if when != "saving_the_plan":
         real_batch, calls = state.write_batch, []
 

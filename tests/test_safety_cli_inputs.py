@@ -14,7 +14,7 @@ from numpy.testing import assert_array_equal
 from test_cli_stores import EMBED, LanceDir, Task
 
 from nudge_rag import BaseEmbeddingStore, WriteBack, WriteBackError
-from nudge_rag._writeback import META, PENDING
+from nudge_rag._state import META, PENDING
 from nudge_rag.backends._uri import open_store
 from nudge_rag.cli import main
 

@@ -22,7 +22,7 @@ from numpy.testing import assert_array_equal
 from nudge_rag import ArrayStore, WriteBack, WriteBackError
 from nudge_rag._lock import LOCK_FILE
 from nudge_rag._masking import MaskSecretsFilter, mask_secrets
-from nudge_rag._writeback import ORIGINALS
+from nudge_rag._state import ORIGINALS
 from nudge_rag.cli import main
 
 

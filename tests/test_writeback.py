@@ -7,7 +7,8 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from nudge_rag import ArrayStore, NudgeM, NudgeN, WriteBack, WriteBackError, tune_store
-from nudge_rag._writeback import ORIGINALS, PENDING, WrongStateError
+from nudge_rag._state import ORIGINALS, PENDING
+from nudge_rag._writeback import WrongStateError
 
 
 def unit(rng, n, dim=8):
@@ -219,7 +220,7 @@ import logging  # noqa: E402
 import threading  # noqa: E402
 
 from nudge_rag import StateDirError, StoreBusyError, StoreTuner  # noqa: E402
-from nudge_rag._writeback import APPLIED, META, PROGRESS  # noqa: E402
+from nudge_rag._state import APPLIED, META, PROGRESS  # noqa: E402
 
 
 def tuned(n, dim=8, value=0.25):

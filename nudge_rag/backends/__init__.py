@@ -4,22 +4,20 @@ A Chroma collection holds vectors by id the same way whether it was filled throu
 LlamaIndex, LangChain or the client directly, so the code that reads, writes and searches it
 lives here once, and :func:`backend_for` finds the backend for a framework's store object:
 
-* :mod:`~nudge_rag.backends.memory`: :class:`ArrayStore` (numpy, ``.npz``), LangChain's
-  ``InMemoryVectorStore``, LlamaIndex's ``SimpleVectorStore``;
-* :mod:`~nudge_rag.backends.chroma`: a ``chromadb`` collection (embedded or HTTP);
-* :mod:`~nudge_rag.backends.qdrant`: a Qdrant collection (local or server).
-* :mod:`~nudge_rag.backends.pgvector`: a pgvector table (LangChain ``PGVector``, LlamaIndex
-  ``PGVectorStore``, or a URL and a table); originals in side tables of the same database.
-* :mod:`~nudge_rag.backends.faiss`: a flat FAISS index (LangChain ``FAISS``, LlamaIndex
-  ``FaissVectorStore`` / ``FaissMapVectorStore``).
-* :mod:`~nudge_rag.backends.milvus`: a Milvus collection (Milvus Lite ``.db`` or a server).
-* :mod:`~nudge_rag.backends.lancedb`: a LanceDB table (a local folder).
+Each store is one module here that declares a ``SPEC`` (its name, extra, framework wrappers,
+``--store`` schemes and metric hints); :func:`supported_stores` lists them, and the registry,
+the command line's ``--store`` table and the docs' store pages are built from the specs.
+:class:`ArrayStore` (numpy, ``.npz``) is the store of plain arrays.
 
 Each implements :class:`~nudge_rag.EmbeddingStore` and writes in place (nothing is deleted
-and re-added). No client library is imported until a store of its kind is used.
+and re-added). A store that keeps its write-back state itself (pgvector: side tables and an
+advisory lock) returns a :class:`WriteBackState` with a :class:`WriterLock` from
+``writeback_state()``. No client library is imported until a store of its kind is used.
 CONTRIBUTING.md says how to add a store.
 """
 
+from nudge_rag._lock import WriterLock
+from nudge_rag._state import WriteBackState
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._registry import (
     backend_for,
@@ -51,6 +49,8 @@ __all__ = [
     "QdrantBackend",
     "STATE_FOLDER",
     "SimpleVectorStoreBackend",
+    "WriteBackState",
+    "WriterLock",
     "as_rows",
     "backend_for",
     "backend_for_index",

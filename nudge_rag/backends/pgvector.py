@@ -30,21 +30,21 @@ whenever no ``state_dir`` is given.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import numpy as np
 
 from nudge_rag._errors import MetricUnknownError, WriteBackError
+from nudge_rag._lock import AdvisoryLock
+from nudge_rag._state import WriteBackState
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import as_rows, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
@@ -875,7 +875,7 @@ def _columns_of(url: str, table: str, timeout: int) -> set[str]:
 
 
 # ---------------------------------------------------------------------- the state
-class PgVectorState:
+class PgVectorState(WriteBackState):
     """The write-back state of one table (or collection), in side tables of its database.
 
     Implements what :class:`~nudge_rag.WriteBack` keeps (the methods of its file state), each
@@ -901,7 +901,6 @@ class PgVectorState:
     def __init__(self, backend: PgVectorBackend):
         self.backend = backend
         self.target = backend.target
-        self.root = None  # no folder
         from psycopg import sql
 
         self._names = {n: sql.Identifier(backend.schema, n) for n in _STATE_TABLES}
@@ -1221,6 +1220,22 @@ class PgVectorState:
 
         self._do("save the write-back plan", work)
 
+    def save_progress(self, batches_done: int) -> None:
+        """Record how many batches of the plan are written.
+
+        :meth:`write_batch` records it with each batch; this is for a caller that wrote one.
+        """
+        query = self._sql(
+            "UPDATE {nudge_plans} SET batches_done = %(done)s WHERE target = %(target)s"
+        )
+
+        def work(conn: Any) -> None:
+            with conn.transaction():
+                self.lock.check_held(conn)
+                conn.execute(query, {"target": self.target, "done": int(batches_done)})
+
+        self._do("record the write-back progress", work)
+
     def write_batch(
         self, kind: str, batches_done: int, ids: Sequence[str], vectors: np.ndarray
     ) -> None:
@@ -1316,57 +1331,31 @@ class PgVectorState:
                     )
 
         self._do("finish the restore", work)
+        self.save_query_adapter(None)
 
 
-class PgVectorLock:
-    """One writer per table: an in-process re-entrant lock plus a PostgreSQL advisory lock.
+class PgVectorLock(AdvisoryLock):
+    """One writer per table: the :class:`~nudge_rag._lock.AdvisoryLock` of its target.
 
-    The advisory lock is held on a connection of its own for as long as the lock is held, so
-    writers in other processes or hosts wait for it (up to their ``lock_timeout``), and the
-    server frees it when the holder's session ends, however it ends. Who holds it is recorded
-    in ``nudge_locks`` for the next writer's message. (A server restart frees it too.)
+    Held on a connection of its own, so writers in other processes or hosts wait for it (up
+    to their ``lock_timeout``), and the server frees it when the holder's session ends,
+    however it ends (a server restart too). Who holds it is recorded in ``nudge_locks`` for
+    the next writer's message, and every write of the state checks, in its transaction, that
+    the lock is still held (:meth:`check_held`).
     """
 
+    busy_hint = (
+        "only one writer (fit, restore, resume) may work on a table at a time. Wait for it "
+        "to finish, or pass lock_timeout=<seconds> to wait for it."
+    )
+
     def __init__(self, backend: PgVectorBackend):
+        super().__init__(
+            self._open_session,
+            (_hash32("nudge_rag"), _hash32(backend.target)),
+            f"the write-back state of {backend.target}",
+        )
         self.backend = backend
-        self.name = backend.target
-        self._keys = (_hash32("nudge_rag"), _hash32(backend.target))
-        self._rlock = threading.RLock()
-        self._depth = 0
-        self._conn: Any = None
-        self._pid: int | None = None  # the server process of the session holding the lock
-        self.holder: dict[str, Any] | None = None
-
-    @property
-    def depth(self) -> int:
-        """How many nested acquisitions the holding thread is in."""
-        return self._depth
-
-    def acquire(self, what: str, timeout: float | None = 0.0) -> None:
-        """Take the lock; ``timeout`` seconds to wait (``None``: as long as it takes).
-
-        Raises:
-            LockBusy: another thread or process held it for ``timeout`` seconds.
-        """
-        from nudge_rag._lock import LockBusy
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if timeout is None:
-            got = self._rlock.acquire()
-        else:
-            got = self._rlock.acquire(timeout=timeout) if timeout else self._rlock.acquire(False)
-        if not got:
-            raise LockBusy(self._busy(self.holder, timeout), self.holder)
-        if self._depth:
-            self._depth += 1
-            return
-        try:
-            self._lock_db(what, deadline, timeout)
-            self._depth = 1
-        except BaseException:
-            self._unlock_db()
-            self._rlock.release()
-            raise
 
     def check_held(self, conn: Any) -> None:
         """Raise :class:`~nudge_rag.WriteBackError` unless this lock's session holds it now.
@@ -1380,19 +1369,13 @@ class PgVectorLock:
         if pid is not None and conn.execute(_HELD, (*self._keys, pid)).fetchone():
             return
         msg = (
-            f"the writer lock of {self.name} was lost (its PostgreSQL session ended: the server "
-            "restarted, or the session was terminated), so this writer stopped before writing "
-            "more: another writer may have started. Every id holds its original or its new "
-            "vector; once the server is reachable, call resume() (status() says what is pending)"
+            f"the writer lock of {self.backend.target} was lost (its PostgreSQL session ended: "
+            "the server restarted, or the session was terminated), so this writer stopped "
+            "before writing more: another writer may have started. Every id holds its original "
+            "or its new vector; once the server is reachable, call resume() (status() says "
+            "what is pending)"
         )
         raise WriteBackError(msg)
-
-    def release(self) -> None:
-        """Give back one :meth:`acquire`; the last one frees the advisory lock."""
-        self._depth -= 1
-        if self._depth == 0:
-            self._unlock_db()
-        self._rlock.release()
 
     def holder_now(self) -> dict[str, Any] | None:
         """Who holds the lock now (``None``: free), without taking it.
@@ -1407,92 +1390,66 @@ class PgVectorLock:
             with self.backend._connect() as conn:
                 if not conn.execute(_LOCKED, self._keys).fetchone():
                     return None
-                return self._record(conn) or {}
+                return self._read_holder(conn) or {}
         except psycopg.OperationalError:
             return None
 
-    # internals -----------------------------------------------------------------
-    def _busy(self, holder: dict[str, Any] | None, timeout: float | None) -> str:
-        from nudge_rag._lock import describe_holder
+    # the AdvisoryLock hooks ------------------------------------------------------
+    def _open_session(self) -> Any:
+        backend = self.backend
+        psycopg = _psycopg()
+        try:
+            conn = backend._connect()
+        except psycopg.OperationalError as err:
+            where = _where(backend.url)
+            msg = f"PostgreSQL at {where} cannot be reached to lock {self.name}: {err}"
+            raise WriteBackError(msg) from err
+        try:
+            PgVectorState(backend).create(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-        waited = f" after waiting {timeout:g} s" if timeout else ""
-        return (
-            f"the write-back state of {self.name} is locked by {describe_holder(holder)}{waited}: "
-            "only one writer (fit, restore, resume) may work on a table at a time. Wait for it "
-            "to finish, or pass lock_timeout=<seconds> to wait for it."
+    def _try(self) -> bool:
+        try:
+            return super()._try()
+        except _psycopg().OperationalError as err:
+            where = _where(self.backend.url)
+            msg = f"PostgreSQL at {where} failed while locking {self.name}: {err}"
+            raise WriteBackError(msg) from err
+
+    def _taken(self, holder: dict[str, Any]) -> None:
+        from psycopg.types.json import Jsonb
+
+        self._conn.execute(
+            sql_format(
+                self.backend.schema,
+                "INSERT INTO {} (target, holder) VALUES (%s, %s) "
+                "ON CONFLICT (target) DO UPDATE SET holder = excluded.holder",
+            ),
+            (self.backend.target, Jsonb(holder)),
         )
 
-    def _record(self, conn: Any) -> dict[str, Any] | None:
+    def _release_record(self, conn: Any) -> None:
+        conn.execute(
+            sql_format(self.backend.schema, "UPDATE {} SET holder = NULL WHERE target = %s"),
+            (self.backend.target,),
+        )
+
+    def _recorded(self) -> dict[str, Any] | None:
+        return self._read_holder(self._conn) if self._conn is not None else None
+
+    def _read_holder(self, conn: Any) -> dict[str, Any] | None:
         """Who holds the lock, as its holder recorded in ``nudge_locks`` (read on ``conn``)."""
         query = sql_format(self.backend.schema, "SELECT holder FROM {} WHERE target = %s")
         try:
             if not _table_exists(conn, self.backend.schema, "nudge_locks"):
                 return None
-            row = conn.execute(query, (self.name,)).fetchone()
+            row = conn.execute(query, (self.backend.target,)).fetchone()
         except _psycopg().OperationalError:
             return None
         return dict(row[0]) if row and isinstance(row[0], dict) else None
-
-    def _lock_db(self, what: str, deadline: float | None, timeout: float | None) -> None:
-        backend = self.backend
-        try:
-            conn = backend._connect()
-        except _psycopg().OperationalError as err:
-            msg = (
-                f"PostgreSQL at {_where(backend.url)} cannot be reached to lock {self.name}: {err}"
-            )
-            raise WriteBackError(msg) from err
-        self._conn = conn
-        self._pid = conn.info.backend_pid
-        try:
-            self._wait_db(conn, what, deadline, timeout)
-        except _psycopg().OperationalError as err:
-            msg = f"PostgreSQL at {_where(backend.url)} failed while locking {self.name}: {err}"
-            raise WriteBackError(msg) from err
-
-    def _wait_db(self, conn: Any, what: str, deadline: float | None, timeout: float | None) -> None:
-        from psycopg.types.json import Jsonb
-
-        from nudge_rag._lock import LockBusy
-
-        backend = self.backend
-        PgVectorState(backend).create(conn)
-        sleep = 0.01
-        while not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._keys).fetchone()[0]:
-            if deadline is not None and time.monotonic() >= deadline:
-                holder = self._record(conn)
-                raise LockBusy(self._busy(holder, timeout), holder)
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            time.sleep(sleep if left is None else min(sleep, left))
-            sleep = min(sleep * 2, 0.25)
-        self.holder = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "thread": threading.current_thread().name,
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "what": what,
-        }
-        conn.execute(
-            sql_format(
-                backend.schema,
-                "INSERT INTO {} (target, holder) VALUES (%s, %s) "
-                "ON CONFLICT (target) DO UPDATE SET holder = excluded.holder",
-            ),
-            (self.name, Jsonb(self.holder)),
-        )
-
-    def _unlock_db(self) -> None:
-        self.holder = None
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with suppress(Exception):  # a lost connection has freed the lock already
-            conn.execute(
-                sql_format(self.backend.schema, "UPDATE {} SET holder = NULL WHERE target = %s"),
-                (self.name,),
-            )
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", self._keys)
-        conn.close()
 
 
 def sql_format(schema: str, template: str) -> Any:
