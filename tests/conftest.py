@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -243,30 +244,31 @@ class PgServer:
         if self.server is not None:
             self.server.cleanup()
             self.server = None
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
+def pg_server():
     """A running :class:`PgServer`, started once per test session and always stopped.
 
     Skips (with the reason) when ``pgserver`` / ``psycopg`` are missing or the server cannot
     start, except in CI (``$CI`` set), where that fails. Never kill or restart it: a test
     that takes its server away uses :func:`own_pg_server` (other tests share this one).
     """
-    yield from _pg_server(tmp_path_factory)
+    yield from _pg_server()
 
 
 @pytest.fixture(scope="module")
-def own_pg_server(tmp_path_factory):
+def own_pg_server():
     """A :class:`PgServer` of this test module alone, for tests that kill or restart it.
 
     A module overrides ``pg_server`` (and ``pg_url``) with it, so that killing it never takes
     the session's server away from the other test files.
     """
-    yield from _pg_server(tmp_path_factory)
+    yield from _pg_server()
 
 
-def _pg_server(tmp_path_factory):
+def _pg_server():
     import warnings
 
     try:
@@ -276,7 +278,12 @@ def _pg_server(tmp_path_factory):
         import psycopg  # noqa: F401
     except ImportError as err:
         _skip_or_fail(f"PostgreSQL tests need pgserver and psycopg (nudge-rag[test]): {err}")
-    server = PgServer(tmp_path_factory.mktemp("pgserver"))
+    # Not under pytest's basetemp: every new pytest session of this user (a quick loop in
+    # another terminal) makes /tmp/pytest-of-<user> mode 0700 again, and a server that runs as
+    # pgserver's own system user (when the tests run as root) then cannot reach its data
+    # folder: its next checkpoint PANICs and the server is gone. A folder of its own keeps the
+    # traverse permissions pgserver gives it.
+    server = PgServer(Path(tempfile.mkdtemp(prefix="nudge-rag-pg-")))
     try:
         server.start()
     except Exception as err:  # noqa: BLE001 - any failure to start is reported the same way
