@@ -1,38 +1,106 @@
-"""Run ``nudge-rag`` with SIGKILL after the k-th batch the write-back writes into the store.
+"""Run ``nudge-rag`` and SIGKILL it at one point of the write-back, as ``kill -9`` would.
 
-``python kill_child.py K nudge-rag-args...``: the store's backend, opened from its URI as the
-command line opens it, kills this process as soon as its ``set_vectors`` has written ``K``
-batches, as a crash or ``kill -9`` would, between two batches of a fit, a restore or a resume.
+``python kill_child.py POINT nudge-rag-args...``: the command line runs as usual (the store
+opened from its URI) and the process kills itself at ``POINT`` of the write-back sequence that
+``tune``, ``restore`` or ``resume`` goes through (:class:`nudge_rag.WriteBack`):
+
+* ``originals``: the originals of the rows to move are saved (a file state; a store that
+  keeps its own state saves them with each batch), no plan yet;
+* ``plan``: the plan (``"apply"`` or ``"restore"``) is saved, nothing written;
+* ``batch:K``: batch ``K`` is written into the store: through ``set_vectors``, its progress
+  not yet recorded, or through the state's ``write_batch`` (pgvector: the batch, its
+  originals and its progress in one transaction), committed;
+* ``progress:K``: batch ``K``'s progress is recorded (a file state);
+* ``finish``: every batch is written, and the plan is not yet marked done
+  (``finish_apply`` / ``finish_restore`` not run).
+
+A point the command never reaches lets it finish (exit status 0): the parent checks ``-9``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 
 
-def main(argv: list[str]) -> int:
-    after = int(argv[0])
+def _die() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after(real, when):
+    """``real``, then death when ``when(*args)`` holds."""
+
+    @functools.wraps(real)
+    def wrapper(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if when(*args, **kwargs):
+            _die()
+        return out
+
+    return wrapper
+
+
+def _before(real):
+    @functools.wraps(real)
+    def wrapper(*args, **kwargs):
+        _die()
+
+    return wrapper
+
+
+def arm(point: str) -> None:
+    """Patch the write-back so that this process dies at ``point``."""
+    from nudge_rag import _writeback as wb
     from nudge_rag.backends import _uri
 
-    real_open = _uri.open_store
+    name, _, number = point.partition(":")
+    k = int(number or 0)
+    states = (wb._State, wb._StoreState)  # a state folder, or the store's own state
+    if name == "originals":
+        real = wb.WriteBack._save_originals
+        wb.WriteBack._save_originals = _after(real, lambda self, ids, vectors: len(ids) > 0)
+    elif name == "plan":
+        for cls in states:
+            cls.save_pending = _after(cls.save_pending, lambda *a, **kw: True)
+    elif name == "progress":
+        wb._State.save_progress = _after(wb._State.save_progress, lambda self, done: done == k)
+    elif name == "finish":
+        for cls in states:
+            cls.finish_apply = _before(cls.finish_apply)
+            cls.finish_restore = _before(cls.finish_restore)
+    elif name == "batch":
+        real_open, real_write_batch = _uri.open_store, wb._StoreState.write_batch.fget
 
-    def open_store(*args, **kwargs):
-        opened = real_open(*args, **kwargs)
-        backend, calls = opened.backend, [0]
-        real_set = backend.set_vectors
+        def open_store(*args, **kwargs):
+            opened = real_open(*args, **kwargs)
+            calls = [0]
 
-        def set_vectors(ids, vectors):
-            real_set(ids, vectors)
-            calls[0] += 1
-            if calls[0] >= after:
-                os.kill(os.getpid(), signal.SIGKILL)
+            def written(*a, **kw) -> bool:
+                calls[0] += 1
+                return calls[0] == k
 
-        backend.set_vectors = set_vectors
-        return opened
+            opened.backend.set_vectors = _after(opened.backend.set_vectors, written)
+            return opened
 
-    _uri.open_store = open_store
+        def write_batch(self):
+            got = real_write_batch(self)
+            if got is None:
+                return None
+            return _after(got, lambda kind, done, ids, vectors: done == k)
+
+        _uri.open_store = open_store
+        wb._StoreState.write_batch = property(write_batch)
+    else:
+        msg = f"unknown kill point {point!r}"
+        raise ValueError(msg)
+
+
+def main(argv: list[str]) -> int:
+    arm(argv[0])
     from nudge_rag.cli import main as cli
 
     return cli(argv[1:])

@@ -16,6 +16,7 @@ class MilvusKind(StoreKind):
     module_needed = "langchain_milvus"
     extra = "milvus"
     restore_atol = 0.0
+    multi_process = False
 
     def make(self, tmp_path, docs, config, request) -> Made:
         from langchain_milvus import Milvus

@@ -85,6 +85,22 @@ class PgVectorKind(StoreKind):
         extra = ("--distance", "cosine") if config == "exact" else ()
         return Made(store, "langchain", url, "contract", close, extra)
 
+    def settle(self, made: Made) -> None:
+        """Wait until the server has seen a killed writer go: its advisory lock is freed."""
+        import time
+
+        import psycopg
+
+        held = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+        )
+        deadline = time.monotonic() + 15
+        with psycopg.connect(made.uri, autocommit=True) as conn:
+            while conn.execute(held).fetchone()[0]:
+                assert time.monotonic() < deadline, "the killed writer's lock was not freed"
+                time.sleep(0.02)
+
     def ann_slack(self, config: str) -> float:
         # IVFFlat's lists are k-means centroids of the vectors it was built on; tuned vectors
         # move, and one probe then misses a little more (nfcorpus: 1.1 points)

@@ -12,6 +12,7 @@ class QdrantKind(StoreKind):
     module_needed = "langchain_qdrant"
     extra = "qdrant"
     odd_ids = False  # Qdrant point ids are unsigned integers or UUIDs
+    multi_process = False
 
     def make(self, tmp_path, docs, config, request) -> Made:
         import uuid
