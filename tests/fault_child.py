@@ -13,8 +13,8 @@ this script opens it from the path / port in the arguments, runs the fit through
 * ``{"at": "inside_set", "batch": k, "part": m}``: the k-th ``set_vectors`` writes its first
   ``m`` rows through the real store, then the process dies.
 * ``None``: no hook (the parent may kill it at a random time; ``slow`` sleeps per batch).
-* ``{"at": "pg_commit" | "pg_after" | "pg_partial", ...}``: pgvector only (state in
-  side tables, no files): before / after a transaction's COMMIT (``install_pg_hooks``).
+* ``{"at": "pg_commit" | "pg_partial", ...}``: pgvector only (state in side tables, no
+  files): before a transaction's COMMIT (``install_pg_hooks``).
 
 The same module builds the data and opens the stores for the parent (``open_target``), so the
 parent and the child agree on ids, vectors and training queries.
@@ -512,8 +512,6 @@ def install_pg_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -
       ``PgVectorState``: ``save_pending``, ``write_batch`` (batch n with its originals and
       progress), ``finish_apply``) has run every statement of its transaction, and the
       process dies before the COMMIT;
-    * ``{"at": "pg_after", "method": M, "nth": n}``: the n-th call of ``M`` returned (its
-      transaction committed), e.g. ``write_batch`` n: batch n is written and recorded;
     * ``{"at": "pg_partial", "batch": k, "part": m}``: batch k's real transaction for its
       first ``m`` rows runs inside an open transaction, and the process dies before the COMMIT.
 
@@ -558,10 +556,10 @@ def install_pg_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -
     def wrapper(*a, **kw):
         flags["calls"] += 1
         hit = flags["calls"] == nth
-        flags["armed"] = hit and kill["at"] == "pg_commit"
+        flags["armed"] = hit
         out = real(*a, **kw)
         if hit:
-            _die()  # pg_after; for pg_commit the transaction hook has died already
+            _die()  # a method without a transaction of its own: once it returned
         return out
 
     setattr(owner, method, wrapper)
