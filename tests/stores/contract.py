@@ -229,6 +229,8 @@ class StoreContract:
     def test_command_line_tune_status_restore(self, made, kind, tmp_path, monkeypatch, capsys):
         if made.uri is None:
             pytest.skip("not on the command line")
+        if kind.exclusive:
+            made.close()  # its client locks the store
         from nudge_rag.cli import main
 
         docs = made.docs
@@ -332,8 +334,13 @@ class StoreContract:
                 cli.run(*cli.tune)
             else:
                 assert "finished the interrupted write-back" in out, out
-            final = fitted  # exactly: the same float32 vectors, written by the same plan
-            np.testing.assert_array_equal(_cli_vectors(made, docs.ids), fitted)
+            final = fitted
+            # exactly the same vectors where restore is exact; a store that rounds what it is
+            # given (restore_atol) gave this fit originals a rounding away from the first's
+            exact = kind.restore_atol == 0
+            np.testing.assert_allclose(
+                _cli_vectors(made, docs.ids), fitted, rtol=0, atol=0 if exact else 1e-6
+            )
             check_status(None, n)
         else:
             cli.run(*cli.tune)

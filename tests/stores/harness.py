@@ -98,6 +98,16 @@ class Made:
     cli_args: tuple[str, ...] = ()  # more --store arguments the CLI needs (e.g. --distance)
     docs: Docs | None = None  # what it holds, with the ids the store gave them
 
+    def __post_init__(self) -> None:
+        release, done = self.close, []
+
+        def close_once() -> None:  # a test may close it early; the fixture closes it again
+            if not done:
+                done.append(True)
+                release()
+
+        self.close = close_once
+
     def search(self, vector: np.ndarray, k: int) -> list[tuple[str, Any, Any]]:
         """``(id, text, metadata)`` of the wrapper's own top ``k`` for ``vector``.
 
@@ -136,6 +146,9 @@ class StoreKind:
             (DuckDB and Qdrant lock their folder; an embedded Chroma folder, a Milvus Lite
             file and an in-memory store serve one process).
         extra: the pip extra that installs the store.
+        exclusive: whether the wrapper's client locks the store (a Qdrant folder, a Milvus
+            Lite file): a test closes the wrapper (``Made.close``) before the command line
+            opens the store.
     """
 
     name: ClassVar[str] = ""
@@ -147,6 +160,7 @@ class StoreKind:
     module_needed: ClassVar[str] = ""
     extra: ClassVar[str] = ""
     multi_process: ClassVar[bool] = True  # a second process may open it while the test does
+    exclusive: ClassVar[bool] = False  # its client locks the store, even in this process
 
     def skip_if_missing(self) -> None:
         """Skip with the extra's name when the store's client is not installed."""

@@ -17,6 +17,7 @@ class MilvusKind(StoreKind):
     extra = "milvus"
     restore_atol = 0.0
     multi_process = False
+    exclusive = True  # Milvus Lite serves its file to one client: the test closes it first
 
     def make(self, tmp_path, docs, config, request) -> Made:
         from langchain_milvus import Milvus
@@ -38,7 +39,7 @@ class MilvusKind(StoreKind):
 
             server_manager_instance.release_server(str(file))
 
-        return Made(store, "langchain", None, "contract", close)
+        return Made(store, "langchain", f"milvus:{file}", "contract", close)
 
 
 class TestMilvus(StoreContract):

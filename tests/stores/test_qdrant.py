@@ -1,4 +1,7 @@
-"""Qdrant through LangChain's ``QdrantVectorStore`` on a local folder (exact search)."""
+"""Qdrant through LangChain's ``QdrantVectorStore`` on a local folder (exact search).
+
+The local client locks its folder: tests close the wrapper before the command line opens it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ class QdrantKind(StoreKind):
     extra = "qdrant"
     odd_ids = False  # Qdrant point ids are unsigned integers or UUIDs
     multi_process = False
+    exclusive = True
+    restore_atol = 1e-7  # a cosine collection normalizes what it is given: 1 ulp here and there
 
     def make(self, tmp_path, docs, config, request) -> Made:
         import uuid
@@ -36,7 +41,7 @@ class QdrantKind(StoreKind):
                 metadatas=docs.metadatas[s : s + 2000],
                 ids=docs.ids[s : s + 2000],
             )
-        return Made(store, "langchain", None, "contract", client.close)
+        return Made(store, "langchain", f"qdrant:{folder}", "contract", client.close)
 
 
 class TestQdrant(StoreContract):
