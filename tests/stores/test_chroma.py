@@ -13,6 +13,17 @@ from .contract import StoreContract
 from .harness import KILL_POINTS, Made, StoreKind
 
 
+def _let_go() -> None:
+    """Drop this process's Chroma clients: the next one reads the folder afresh."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()
+
+
+def _keep() -> None:
+    """Nothing to let go of (a server's client)."""
+
+
 class ChromaKind(StoreKind):
     name = "chroma"
     configs = ("hnsw", "http")
@@ -32,10 +43,12 @@ class ChromaKind(StoreKind):
             uri = f"chroma+http://{server.host}:{server.port}"
             # a server store has no folder of its own for the originals
             cli_args: tuple[str, ...] = ("--state-dir", str(tmp_path / "chroma_state"))
+            close = _keep  # the server's collection stays as it is
         else:
             name, folder = "contract", tmp_path / "chroma"
             where = {"persist_directory": str(folder)}
             uri, cli_args = f"chroma:{folder}", ()
+            close = _let_go
         store = Chroma(
             collection_name=name,
             embedding_function=docs.embeddings(),
@@ -48,7 +61,22 @@ class ChromaKind(StoreKind):
                 metadatas=docs.metadatas[s : s + 2000],
                 ids=docs.ids[s : s + 2000],
             )
-        return Made(store, "langchain", uri, name, cli_args=cli_args)
+        return Made(store, "langchain", uri, name, close, cli_args)
+
+    def reopen(self, made: Made) -> Made:
+        """A new client of the folder (this process's cached one does not see other
+        processes' writes); the server's collection as it is."""
+        if not made.uri.startswith("chroma:"):
+            return made
+        from langchain_chroma import Chroma
+
+        _let_go()
+        store = Chroma(
+            collection_name=made.collection,
+            embedding_function=made.store.embeddings,
+            persist_directory=made.uri.removeprefix("chroma:"),
+        )
+        return Made(store, "langchain", made.uri, made.collection, _let_go)
 
     def kill_points(self, config: str) -> tuple[tuple[str, str], ...]:
         if config != "http":

@@ -43,6 +43,15 @@ class QdrantKind(StoreKind):
             )
         return Made(store, "langchain", f"qdrant:{folder}", "contract", client.close)
 
+    def reopen(self, made: Made) -> Made:
+        """A new client of the folder (close the test's first: it locks the folder)."""
+        from langchain_qdrant import QdrantVectorStore
+        from qdrant_client import QdrantClient
+
+        client = QdrantClient(path=made.uri.removeprefix("qdrant:"))
+        store = QdrantVectorStore(client, made.collection, embedding=made.store.embeddings)
+        return Made(store, "langchain", made.uri, made.collection, client.close)
+
 
 class TestQdrant(StoreContract):
     KIND = QdrantKind
