@@ -238,43 +238,25 @@ def open_target(args: dict[str, Any]) -> Target:
 
 
 # ---------------------------------------------------------------------- FAISS (saved folder)
-def make_faiss_folder(folder: Path, framework: str) -> None:
-    """Save a FAISS store of ``make_data()`` in ``folder``, as each framework saves one.
-
-    ``"core"``/``"langchain"``: LangChain's ``save_local`` (``index.faiss`` + ``index.pkl``);
-    ``"llama"``: a ``VectorStoreIndex`` over a ``FaissVectorStore``, ``persist``-ed.
-    """
+def make_llama_faiss_folder(folder: Path) -> None:
+    """Persist a ``VectorStoreIndex`` over a ``FaissVectorStore`` of ``make_data()`` in
+    ``folder``, as LlamaIndex saves one (LangChain's ``save_local`` folder is the harness's
+    FAISS kind, ``tests/stores/test_faiss.py``)."""
     import faiss
+    from llama_helpers import LookupEmbedding
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.faiss import FaissVectorStore
 
     data = make_data()
-    ids = doc_ids("faiss_folder")
-    if framework == "llama":
-        from llama_helpers import LookupEmbedding
-        from llama_index.core import StorageContext, VectorStoreIndex
-        from llama_index.core.schema import TextNode
-        from llama_index.vector_stores.faiss import FaissVectorStore
-
-        nodes = [
-            TextNode(id_=i, text=f"document {k}", embedding=v.tolist(), metadata={"i": k})
-            for k, (i, v) in enumerate(zip(ids, data["docs"]))
-        ]
-        store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(DIM))
-        context = StorageContext.from_defaults(vector_store=store)
-        index = VectorStoreIndex(nodes, storage_context=context, embed_model=LookupEmbedding())
-        index.storage_context.persist(str(folder))
-        return
-    from langchain_community.vectorstores import FAISS
-    from langchain_community.vectorstores.utils import DistanceStrategy
-    from langchain_helpers import LookupEmbeddings
-
-    store = FAISS.from_embeddings(
-        [(f"document {k}", v.tolist()) for k, v in enumerate(data["docs"])],
-        LookupEmbeddings({}),
-        metadatas=[{"i": k} for k in range(N_DOCS)],
-        ids=ids,
-        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
-    )
-    store.save_local(str(folder))
+    nodes = [
+        TextNode(id_=i, text=f"document {k}", embedding=v.tolist(), metadata={"i": k})
+        for k, (i, v) in enumerate(zip(doc_ids("faiss_folder"), data["docs"]))
+    ]
+    store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(DIM))
+    context = StorageContext.from_defaults(vector_store=store)
+    index = VectorStoreIndex(nodes, storage_context=context, embed_model=LookupEmbedding())
+    index.storage_context.persist(str(folder))
 
 
 class FaissTarget(Target):

@@ -35,6 +35,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import fault_child as fc  # noqa: E402
+from stores.test_faiss import FaissKind  # noqa: E402
 from test_faults import (  # noqa: E402
     IN_PLAN,
     N_BATCHES,
@@ -45,6 +46,7 @@ from test_faults import (  # noqa: E402
     finish,
     read,
     run_child,
+    template_docs,
 )
 
 # each case kills a tuning process and checks every row: 3-4 s; `pytest -m "not slow"` leaves them out.
@@ -55,10 +57,12 @@ KIND = "faiss_folder"
 
 @pytest.fixture(scope="module")
 def faiss_templates(tmp_path_factory):
-    """A saved LangChain FAISS folder and a persisted LlamaIndex FAISS folder."""
+    """A saved LangChain FAISS folder (the harness's flat kind) and a persisted LlamaIndex
+    FAISS folder."""
     root = tmp_path_factory.mktemp("faiss_templates")
-    fc.make_faiss_folder(root / "langchain", "langchain")
-    fc.make_faiss_folder(root / "llama", "llama")
+    made = FaissKind().make(root / "made", template_docs(), "flat", None)
+    shutil.copytree(made.uri.removeprefix("faiss:"), root / "langchain")
+    fc.make_llama_faiss_folder(root / "llama")
     return root
 
 
