@@ -331,18 +331,14 @@ def _sqlalchemy_url(url: str) -> str:
 
 
 def make_pg_database(url: str) -> None:
-    """Fill the (empty) database at ``url`` with ``make_data()`` twice, text and metadata too.
-
-    * ``faults_docs`` (``id`` text key, ``body``, ``meta`` jsonb, ``embedding vector(8)``)
-      with an HNSW ``vector_cosine_ops`` index: the plain table the core API tunes;
-    * LangChain's ``PGVector`` collection ``faults`` (``langchain_pg_embedding``).
+    """Make the plain table the core API tunes in the (empty) database at ``url``:
+    ``faults_docs`` (``id`` text key, ``body``, ``meta`` jsonb, ``embedding vector(8)``) with
+    ``make_data()``, text and metadata too, and an HNSW ``vector_cosine_ops`` index. (The
+    LangChain ``PGVector`` collection ``faults`` beside it is the harness's pgvector kind.)
 
     Every connection is closed at the end, so the database can serve as a template.
     """
     import psycopg
-    from langchain_helpers import LookupEmbeddings
-    from langchain_postgres import PGVector
-    from langchain_postgres.vectorstores import DistanceStrategy
 
     data = make_data()
     ids = doc_ids("pgvector")
@@ -359,20 +355,6 @@ def make_pg_database(url: str) -> None:
             for k, (doc_id, vec) in enumerate(zip(ids, data["docs"])):
                 copy.write_row((doc_id, f"document {k}", json.dumps({"i": k}), str(vec.tolist())))
         conn.execute(f"CREATE INDEX ON {PG_TABLE} USING hnsw (embedding vector_cosine_ops)")
-    store = PGVector(
-        embeddings=LookupEmbeddings({}),
-        connection=_sqlalchemy_url(url),
-        collection_name=COLLECTION,
-        distance_strategy=DistanceStrategy.COSINE,
-        use_jsonb=True,
-    )
-    store.add_embeddings(
-        [f"document {k}" for k in range(N_DOCS)],
-        [v.tolist() for v in data["docs"]],
-        metadatas=[{"i": k} for k in range(N_DOCS)],
-        ids=ids,
-    )
-    store._engine.dispose()
 
 
 def pg_text(args: dict[str, Any]) -> list[tuple[str, str, int]]:

@@ -43,6 +43,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import fault_child as fc  # noqa: E402
+from stores.test_pgvector import PgVectorKind  # noqa: E402
 from test_faults import (  # noqa: E402
     N_BATCHES,
     N_MOVED,
@@ -51,6 +52,7 @@ from test_faults import (  # noqa: E402
     finish,
     read,
     run_child,
+    template_docs,
 )
 
 from nudge_rag import WriteBackError  # noqa: E402
@@ -91,11 +93,14 @@ def pg_url(pg_server) -> str:
 
 @pytest.fixture(scope="module")
 def pg_template(pg_url):
-    """A database filled by ``fc.make_pg_database`` (no open connections: a template)."""
+    """A database with ``make_data()`` twice (no open connections: a template): the plain
+    table of ``fc.make_pg_database`` and the harness's LangChain ``PGVector`` collection."""
     name = f"faults_tmpl_{uuid.uuid4().hex[:8]}"
     _admin(pg_url, f"CREATE DATABASE {name}")
     try:
-        fc.make_pg_database(fc.pg_url_for(pg_url, name))
+        url = fc.pg_url_for(pg_url, name)
+        fc.make_pg_database(url)
+        PgVectorKind().fill(url, template_docs(), "exact", fc.COLLECTION).close()
         yield name
     finally:
         _drop(pg_url, name)

@@ -38,14 +38,18 @@ class PgVectorKind(StoreKind):
     restore_atol = 0.0
 
     def make(self, tmp_path, docs, config, request) -> Made:
+        return self.fill(_database(request.getfixturevalue("pg_url")), docs, config)
+
+    def fill(self, url: str, docs, config: str, collection: str = "contract") -> Made:
+        """A LangChain ``PGVector`` collection holding ``docs`` in the database at ``url``
+        (which has the ``vector`` extension), in configuration ``config``."""
         import psycopg
         from langchain_postgres import PGVector
         from langchain_postgres.vectorstores import DistanceStrategy
 
-        url = _database(request.getfixturevalue("pg_url"))
         store = PGVector(
             embeddings=docs.embeddings(),
-            collection_name="contract",
+            collection_name=collection,
             connection=url.replace("postgresql://", "postgresql+psycopg://", 1),
             distance_strategy=DistanceStrategy.COSINE,
             # no embedding_length: langchain-postgres keeps the first one it is given in a
@@ -83,7 +87,7 @@ class PgVectorKind(StoreKind):
             store._engine.dispose()
 
         extra = ("--distance", "cosine") if config == "exact" else ()
-        return Made(store, "langchain", url, "contract", close, extra)
+        return Made(store, "langchain", url, collection, close, extra)
 
     def settle(self, made: Made) -> None:
         """Wait until the server has seen a killed writer go: its advisory lock is freed."""
