@@ -13,8 +13,8 @@ this script opens it from the path / port in the arguments, runs the fit through
 * ``{"at": "inside_set", "batch": k, "part": m}``: the k-th ``set_vectors`` writes its first
   ``m`` rows through the real store, then the process dies.
 * ``None``: no hook (the parent may kill it at a random time; ``slow`` sleeps per batch).
-* ``{"at": "pg_commit" | "pg_after" | "pg_partial", ...}``: pgvector only (state in
-  side tables, no files): before / after a transaction's COMMIT (``install_pg_hooks``).
+* ``{"at": "pg_commit" | "pg_partial", ...}``: pgvector only (state in side tables, no
+  files): before a transaction's COMMIT (``install_pg_hooks``).
 
 The same module builds the data and opens the stores for the parent (``open_target``), so the
 parent and the child agree on ids, vectors and training queries.
@@ -238,43 +238,25 @@ def open_target(args: dict[str, Any]) -> Target:
 
 
 # ---------------------------------------------------------------------- FAISS (saved folder)
-def make_faiss_folder(folder: Path, framework: str) -> None:
-    """Save a FAISS store of ``make_data()`` in ``folder``, as each framework saves one.
-
-    ``"core"``/``"langchain"``: LangChain's ``save_local`` (``index.faiss`` + ``index.pkl``);
-    ``"llama"``: a ``VectorStoreIndex`` over a ``FaissVectorStore``, ``persist``-ed.
-    """
+def make_llama_faiss_folder(folder: Path) -> None:
+    """Persist a ``VectorStoreIndex`` over a ``FaissVectorStore`` of ``make_data()`` in
+    ``folder``, as LlamaIndex saves one (LangChain's ``save_local`` folder is the harness's
+    FAISS kind, ``tests/stores/test_faiss.py``)."""
     import faiss
+    from llama_helpers import LookupEmbedding
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.faiss import FaissVectorStore
 
     data = make_data()
-    ids = doc_ids("faiss_folder")
-    if framework == "llama":
-        from llama_helpers import LookupEmbedding
-        from llama_index.core import StorageContext, VectorStoreIndex
-        from llama_index.core.schema import TextNode
-        from llama_index.vector_stores.faiss import FaissVectorStore
-
-        nodes = [
-            TextNode(id_=i, text=f"document {k}", embedding=v.tolist(), metadata={"i": k})
-            for k, (i, v) in enumerate(zip(ids, data["docs"]))
-        ]
-        store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(DIM))
-        context = StorageContext.from_defaults(vector_store=store)
-        index = VectorStoreIndex(nodes, storage_context=context, embed_model=LookupEmbedding())
-        index.storage_context.persist(str(folder))
-        return
-    from langchain_community.vectorstores import FAISS
-    from langchain_community.vectorstores.utils import DistanceStrategy
-    from langchain_helpers import LookupEmbeddings
-
-    store = FAISS.from_embeddings(
-        [(f"document {k}", v.tolist()) for k, v in enumerate(data["docs"])],
-        LookupEmbeddings({}),
-        metadatas=[{"i": k} for k in range(N_DOCS)],
-        ids=ids,
-        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
-    )
-    store.save_local(str(folder))
+    nodes = [
+        TextNode(id_=i, text=f"document {k}", embedding=v.tolist(), metadata={"i": k})
+        for k, (i, v) in enumerate(zip(doc_ids("faiss_folder"), data["docs"]))
+    ]
+    store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(DIM))
+    context = StorageContext.from_defaults(vector_store=store)
+    index = VectorStoreIndex(nodes, storage_context=context, embed_model=LookupEmbedding())
+    index.storage_context.persist(str(folder))
 
 
 class FaissTarget(Target):
@@ -349,18 +331,14 @@ def _sqlalchemy_url(url: str) -> str:
 
 
 def make_pg_database(url: str) -> None:
-    """Fill the (empty) database at ``url`` with ``make_data()`` twice, text and metadata too.
-
-    * ``faults_docs`` (``id`` text key, ``body``, ``meta`` jsonb, ``embedding vector(8)``)
-      with an HNSW ``vector_cosine_ops`` index: the plain table the core API tunes;
-    * LangChain's ``PGVector`` collection ``faults`` (``langchain_pg_embedding``).
+    """Make the plain table the core API tunes in the (empty) database at ``url``:
+    ``faults_docs`` (``id`` text key, ``body``, ``meta`` jsonb, ``embedding vector(8)``) with
+    ``make_data()``, text and metadata too, and an HNSW ``vector_cosine_ops`` index. (The
+    LangChain ``PGVector`` collection ``faults`` beside it is the harness's pgvector kind.)
 
     Every connection is closed at the end, so the database can serve as a template.
     """
     import psycopg
-    from langchain_helpers import LookupEmbeddings
-    from langchain_postgres import PGVector
-    from langchain_postgres.vectorstores import DistanceStrategy
 
     data = make_data()
     ids = doc_ids("pgvector")
@@ -377,20 +355,6 @@ def make_pg_database(url: str) -> None:
             for k, (doc_id, vec) in enumerate(zip(ids, data["docs"])):
                 copy.write_row((doc_id, f"document {k}", json.dumps({"i": k}), str(vec.tolist())))
         conn.execute(f"CREATE INDEX ON {PG_TABLE} USING hnsw (embedding vector_cosine_ops)")
-    store = PGVector(
-        embeddings=LookupEmbeddings({}),
-        connection=_sqlalchemy_url(url),
-        collection_name=COLLECTION,
-        distance_strategy=DistanceStrategy.COSINE,
-        use_jsonb=True,
-    )
-    store.add_embeddings(
-        [f"document {k}" for k in range(N_DOCS)],
-        [v.tolist() for v in data["docs"]],
-        metadatas=[{"i": k} for k in range(N_DOCS)],
-        ids=ids,
-    )
-    store._engine.dispose()
 
 
 def pg_text(args: dict[str, Any]) -> list[tuple[str, str, int]]:
@@ -512,8 +476,6 @@ def install_pg_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -
       ``PgVectorState``: ``save_pending``, ``write_batch`` (batch n with its originals and
       progress), ``finish_apply``) has run every statement of its transaction, and the
       process dies before the COMMIT;
-    * ``{"at": "pg_after", "method": M, "nth": n}``: the n-th call of ``M`` returned (its
-      transaction committed), e.g. ``write_batch`` n: batch n is written and recorded;
     * ``{"at": "pg_partial", "batch": k, "part": m}``: batch k's real transaction for its
       first ``m`` rows runs inside an open transaction, and the process dies before the COMMIT.
 
@@ -558,10 +520,10 @@ def install_pg_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -
     def wrapper(*a, **kw):
         flags["calls"] += 1
         hit = flags["calls"] == nth
-        flags["armed"] = hit and kill["at"] == "pg_commit"
+        flags["armed"] = hit
         out = real(*a, **kw)
         if hit:
-            _die()  # pg_after; for pg_commit the transaction hook has died already
+            _die()  # a method without a transaction of its own: once it returned
         return out
 
     setattr(owner, method, wrapper)

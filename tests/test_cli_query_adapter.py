@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli_stores import EMBED, ChromaDir, K, LookupEmbeddings, ok_json, run_cli, task  # noqa: F401
+from test_cli_stores import EMBED, CliStore, K, LookupEmbeddings, ok_json, run_cli, task  # noqa: F401
 
 from nudge_rag import ArrayStore, Relevance, StoreTuner, evaluate, search
 
@@ -24,10 +24,8 @@ def exact(data, docs, queries, split="test"):
     return evaluate(top, rel, K, metrics=("recall", "ndcg", "mrr"))
 
 
-def test_tune_with_query_adapter_evaluate_status_restore(task, tmp_path):  # noqa: F811
-    pytest.importorskip("chromadb")
-    store = ChromaDir()
-    args = store.build(task, tmp_path)
+def test_tune_with_query_adapter_evaluate_status_restore(task, tmp_path, request):  # noqa: F811
+    args = CliStore("chroma", "hnsw", task, tmp_path, request).args
     python = StoreTuner(ArrayStore(task.ids, task.docs), state_dir="memory", query_adapter="on")
     expected = python.tune(
         task.pairs("train"),

@@ -1,18 +1,20 @@
 """The command line on real stores, run as a user runs it (one process per command).
 
-Per store kind: ``tune -> evaluate -> status -> restore -> evaluate``, with the numbers
-checked against the Python API on the same data (:class:`nudge_rag.StoreTuner` over an
-in-memory copy of the vectors, exact search with :func:`nudge_rag.search`). Bad inputs
+Per store (the harness's kinds, ``tests/stores``: made through the framework wrapper users
+run, named by their ``--store`` URI): ``tune -> evaluate -> status -> restore -> evaluate``,
+with the numbers checked against the Python API on the same data (:class:`nudge_rag.StoreTuner`
+over an in-memory copy of the vectors, exact search with :func:`nudge_rag.search`). Bad inputs
 (missing file, bad line, unknown doc id, wrong dimension, wrong metric, unreachable server,
 unknown scheme) exit 2 with one line on stderr and leave the store as it was.
 
-The questions are embedded by :class:`LookupEmbeddings` below (a LangChain-style
-``Embeddings`` given as ``--embed test_cli_stores:LookupEmbeddings``) that returns the
-task's query vectors, so no model is downloaded.
+The questions are embedded by :class:`cli_lookup.LookupEmbeddings` (``--embed
+cli_lookup:LookupEmbeddings``), which returns the task's query vectors, so no model is
+downloaded.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -22,33 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_lookup import LookupEmbeddings
 
-from nudge_rag import ArrayStore, Relevance, StoreTuner, evaluate, search
+from nudge_rag import ArrayStore, Relevance, StoreTuner, backend_for, evaluate, search
 from nudge_rag.cli import main
 from nudge_rag.data import make_retrieval_task
 
 HERE = Path(__file__).resolve().parent
 K = 10
 N_DOCS, DIM = 300, 16
-
-
-class LookupEmbeddings:
-    """LangChain-style embeddings that look each question up in ``$NUDGE_CLI_QUESTIONS``.
-
-    ``$NUDGE_CLI_PAD=1`` appends a zero (a model of the wrong dimension).
-    """
-
-    def __init__(self, path: str | None = None, pad: bool | None = None) -> None:
-        data = np.load(path or os.environ["NUDGE_CLI_QUESTIONS"])
-        self.vectors = dict(zip(data["texts"].tolist(), data["vectors"]))
-        self.pad = os.environ.get("NUDGE_CLI_PAD") == "1" if pad is None else pad
-
-    def embed_query(self, text: str) -> list[float]:
-        vector = self.vectors[text]
-        return [*vector.tolist(), 0.0] if self.pad else vector.tolist()
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return [self.embed_query(t) for t in texts]
 
 
 # ---------------------------------------------------------------------------- the task
@@ -130,317 +114,116 @@ def ok_json(res: subprocess.CompletedProcess) -> dict:
     return json.loads(res.stdout)
 
 
-EMBED = ("--embed", "test_cli_stores:LookupEmbeddings")
+EMBED = ("--embed", "cli_lookup:LookupEmbeddings")
 
 
 # ---------------------------------------------------------------------------- stores
-class StoreKind:
-    """Builds one store kind from the task and reads its vectors back (fresh client)."""
+def _kind(name: str):
+    """The harness's store kind ``name`` (``tests/stores/test_<name>.py``)."""
+    from stores.test_chroma import ChromaKind
+    from stores.test_faiss import FaissKind
+    from stores.test_lancedb import LanceDBKind
+    from stores.test_milvus import MilvusKind
+    from stores.test_pgvector import PgVectorKind
+    from stores.test_qdrant import QdrantKind
 
-    name = ""
+    kinds = (ChromaKind, FaissKind, LanceDBKind, MilvusKind, PgVectorKind, QdrantKind)
+    return {k.name: k for k in kinds}[name]()
 
-    def build(self, task: Task, folder: Path) -> list[str]:  # returns --store/--collection args
-        raise NotImplementedError
+
+class CliStore:
+    """A harness store holding the task's documents, as the command line names it.
+
+    Attributes:
+        name: the store's spec name; ``config`` its index configuration.
+        args: ``--store URI --collection NAME`` (and what else the store needs).
+        collection: the collection the store holds the documents in.
+        path: the store's folder or file (``None`` for a server).
+        ids: the store's ids of ``task.ids`` (Qdrant's are UUIDs), in the task's order.
+        files: the task's pair files, with the store's ids.
+    """
+
+    def __init__(self, name: str, config: str, task: Task, folder: Path, request):
+        from stores.harness import Docs
+
+        self.kind = _kind(name)
+        self.kind.skip_if_missing()
+        docs = Docs(
+            list(task.ids),
+            [f"text {i}" for i in task.ids],
+            [{"n": int(i)} for i in task.ids],
+            task.docs.copy(),
+        )
+        self.made = self.kind.make(folder, docs, config, request)
+        self.made.docs = docs
+        request.addfinalizer(self.made.close)
+        if not self.kind.multi_process:
+            self.made.close()  # the command line opens the store, in another process
+        self.name, self.config, self.ids = name, config, docs.ids
+        self.collection = self.made.collection
+        self.args = ["--store", self.made.uri, "--collection", self.collection]
+        self.args += list(self.made.cli_args)
+        scheme, _, rest = self.made.uri.partition(":")
+        self.path = None if "http" in scheme or "/" not in rest else Path(rest)
+        self.files = task.files
+        if self.ids != task.ids:  # pairs name the store's ids
+            to_store = dict(zip(task.ids, self.ids))
+            self.files = {}
+            for split, path in task.files.items():
+                lines = [json.loads(line) for line in path.read_text().splitlines()]
+                for line in lines:
+                    line["doc_ids"] = [to_store[i] for i in line["doc_ids"]]
+                self.files[split] = folder / path.name
+                self.files[split].write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
     def read(self, ids: list[str]) -> np.ndarray:
-        raise NotImplementedError
-
-
-class ChromaDir(StoreKind):
-    name = "chroma"
-
-    def build(self, task, folder):
-        import chromadb
-
-        self.path = folder / "chroma"
-        client = chromadb.PersistentClient(path=str(self.path))
-        col = client.create_collection(
-            "docs", configuration={"hnsw": {"space": "cosine", "ef_search": 400}}
-        )
-        col.add(
-            ids=task.ids,
-            embeddings=task.docs,
-            documents=[f"text {i}" for i in task.ids],
-            metadatas=[{"n": int(i)} for i in task.ids],
-        )
-        self._drop()
-        return ["--store", f"chroma:{self.path}", "--collection", "docs"]
-
-    @staticmethod
-    def _drop():
-        from chromadb.api.shared_system_client import SharedSystemClient
-
-        SharedSystemClient.clear_system_cache()  # the next client reads the folder afresh
-
-    def _collection(self):
-        import chromadb
-
-        self._drop()
-        return chromadb.PersistentClient(path=str(self.path)).get_collection("docs")
-
-    def read(self, ids):
-        got = self._collection().get(ids=ids, include=["embeddings", "documents", "metadatas"])
-        by_id = dict(zip(got["ids"], got["embeddings"]))
-        docs = dict(zip(got["ids"], got["documents"]))
-        assert all(docs[i] == f"text {i}" for i in ids)  # text kept through tune and restore
-        self._drop()
-        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
-
-
-class ChromaHttp(ChromaDir):
-    name = "chroma-http"
-
-    def __init__(self, server):
-        self.server = server
-
-    def build(self, task, folder):
-        client = self.server.client()
-        self.collection = f"docs_{folder.name}"[:60]
-        col = client.create_collection(
-            self.collection, configuration={"hnsw": {"space": "cosine", "ef_search": 400}}
-        )
-        col.add(ids=task.ids, embeddings=task.docs, documents=[f"text {i}" for i in task.ids])
-        self.state = folder / "state"
-        url = f"chroma+http://{self.server.host}:{self.server.port}"
-        return ["--store", url, "--collection", self.collection, "--state-dir", str(self.state)]
-
-    def _collection(self):
-        return self.server.client().get_collection(self.collection)
-
-    def read(self, ids):
-        got = self._collection().get(ids=ids, include=["embeddings", "documents"])
-        by_id = dict(zip(got["ids"], got["embeddings"]))
-        assert dict(zip(got["ids"], got["documents"]))[ids[0]] == f"text {ids[0]}"
-        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
-
-
-class QdrantDir(StoreKind):
-    name = "qdrant"
-
-    def build(self, task, folder):
-        from qdrant_client import QdrantClient, models
-
-        self.path = folder / "qdrant"
-        client = QdrantClient(path=str(self.path))
-        client.create_collection(
-            "docs", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
-        )
-        client.upsert(
-            "docs",
-            points=[
-                models.PointStruct(id=int(i), vector=v.tolist(), payload={"text": f"text {i}"})
-                for i, v in zip(task.ids, task.docs)
-            ],
-        )
-        client.close()
-        return ["--store", f"qdrant:{self.path}", "--collection", "docs"]
-
-    def read(self, ids):
-        from qdrant_client import QdrantClient
-
-        client = QdrantClient(path=str(self.path))
+        """The stored vectors of ``ids`` (the task's ids), as a new process opens the store;
+        their text must still be the task's."""
+        rows = [int(i) for i in ids]
+        store_ids = [self.ids[r] for r in rows]
+        reopened = self.kind.reopen(self.made)
         try:
-            points = client.retrieve("docs", ids=[int(i) for i in ids], with_vectors=True)
+            vectors = backend_for(reopened.store).get_vectors(store_ids)
+            for r, vector in list(zip(rows, vectors))[:3]:  # text kept through every write
+                hit_id, text, _ = reopened.search(vector, 1)[0]
+                assert hit_id == self.ids[r] and text in (None, f"text {r}")
         finally:
-            client.close()
-        by_id = {str(p.id): p for p in points}
-        assert by_id[ids[0]].payload == {"text": f"text {ids[0]}"}
-        return np.asarray([by_id[i].vector for i in ids], dtype=np.float32)
+            if reopened is not self.made:
+                reopened.close()
+        return np.asarray(vectors, dtype=np.float32)
+
+    @functools.cached_property
+    def state(self) -> Path:
+        """The state folder the command line uses by default."""
+        from nudge_rag.backends._uri import open_store
+
+        with open_store(self.made.uri, self.collection) as opened:
+            return opened.backend.default_state_dir()
 
 
-class FaissDir(StoreKind):
-    """A LangChain ``FAISS.save_local`` folder (inner product over unit vectors: cosine)."""
-
-    name = "faiss"
-
-    def build(self, task, folder):
-        from langchain_community.vectorstores import FAISS
-        from langchain_community.vectorstores.utils import DistanceStrategy
-
-        self.path = folder / "faiss"
-        store = FAISS.from_embeddings(
-            list(zip([f"text {i}" for i in task.ids], task.docs.tolist())),
-            LookupEmbeddings(task.lookup, False),
-            ids=task.ids,
-            distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
-        )
-        store.save_local(str(self.path))
-        return ["--store", f"faiss:{self.path}", "--trust-pickle"]
-
-    def read(self, ids):
-        from langchain_community.vectorstores import FAISS
-
-        store = FAISS.load_local(
-            str(self.path),
-            LookupEmbeddings(self.lookup, False),
-            allow_dangerous_deserialization=True,
-        )
-        rows = {d: r for r, d in store.index_to_docstore_id.items()}
-        assert store.docstore.search(ids[0]).page_content == f"text {ids[0]}"
-        return np.stack([store.index.reconstruct(rows[i]) for i in ids])
-
-
-class MilvusFile(StoreKind):
-    name = "milvus"
-
-    def build(self, task, folder):
-        from pymilvus import DataType, MilvusClient
-
-        self.path = folder / "milvus.db"
-        client = MilvusClient(uri=str(self.path), db_name="default")
-        schema = client.create_schema(auto_id=False)
-        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
-        schema.add_field("text", DataType.VARCHAR, max_length=64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-        params = client.prepare_index_params()
-        params.add_index("vector", index_type="FLAT", metric_type="COSINE")
-        client.create_collection("docs", schema=schema, index_params=params)
-        rows = [{"pk": i, "text": f"text {i}", "vector": v} for i, v in zip(task.ids, task.docs)]
-        client.insert("docs", rows)
-        client.flush("docs")
-        self._release(client)
-        return ["--store", f"milvus:{self.path}", "--collection", "docs"]
-
-    def _release(self, client):
-        from milvus_lite.server_manager import server_manager_instance
-
-        client.close()
-        server_manager_instance.release_server(str(self.path))  # its lock, for the CLI
-
-    def read(self, ids):
-        from pymilvus import MilvusClient
-
-        client = MilvusClient(uri=str(self.path), db_name="default")
-        try:
-            client.load_collection("docs")
-            got = client.get("docs", ids=ids, output_fields=["vector", "text"])
-        finally:
-            self._release(client)
-        by_id = {r["pk"]: r for r in got}
-        assert by_id[ids[0]]["text"] == f"text {ids[0]}"
-        return np.asarray([by_id[i]["vector"] for i in ids], dtype=np.float32)
-
-
-class LanceDir(StoreKind):
-    name = "lancedb"
-
-    def build(self, task, folder):
-        import lancedb
-        import pyarrow as pa
-
-        self.path = folder / "lance"
-        data = pa.table(
-            {
-                "id": task.ids,
-                "text": [f"text {i}" for i in task.ids],
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(task.docs.ravel()), DIM),
-            }
-        )
-        lancedb.connect(self.path).create_table("docs", data=data)
-        return ["--store", f"lancedb:{self.path}", "--collection", "docs"]
-
-    def read(self, ids):
-        import lancedb
-
-        table = lancedb.connect(self.path).open_table("docs").to_arrow().to_pydict()
-        by_id = dict(zip(table["id"], table["vector"]))
-        assert dict(zip(table["id"], table["text"]))[ids[0]] == f"text {ids[0]}"
-        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
-
-
-class PgTable(StoreKind):
-    """A plain pgvector table with an HNSW cosine index (the metric is read from it)."""
-
-    name = "pgvector"
-
-    def __init__(self, server):
-        self.server = server
-
-    def build(self, task, folder):
-        import psycopg
-
-        self.table = f"docs_{folder.name}".replace("-", "_")[:50].lower()
-        with psycopg.connect(self.server.url, autocommit=True) as conn:
-            conn.execute(
-                f"CREATE TABLE {self.table} (id text PRIMARY KEY, text text, "
-                f"embedding vector({DIM}))"
-            )
-            with conn.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {self.table} VALUES (%s, %s, %s::vector)",
-                    [(i, f"text {i}", str(v.tolist())) for i, v in zip(task.ids, task.docs)],
-                )
-            conn.execute(
-                f"CREATE INDEX ON {self.table} USING hnsw (embedding vector_cosine_ops) "
-                "WITH (m = 16, ef_construction = 200)"
-            )
-        return ["--store", self.server.url, "--collection", self.table]
-
-    def read(self, ids):
-        import psycopg
-
-        with psycopg.connect(self.server.url) as conn:
-            rows = conn.execute(
-                f"SELECT id, text, embedding::text FROM {self.table} WHERE id = ANY(%s)", (ids,)
-            ).fetchall()
-        by_id = {r[0]: json.loads(r[2]) for r in rows}
-        assert {r[0]: r[1] for r in rows}[ids[0]] == f"text {ids[0]}"
-        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
-
-
-def _kinds():
-    return ["chroma", "chroma-http", "qdrant", "faiss", "milvus", "lancedb", "pgvector"]
-
-
-# kind -> (modules it needs, the extra that installs them)
-_NEEDS = {
-    "chroma": (("chromadb",), "chroma"),
-    "chroma-http": (("chromadb",), "chroma"),
-    "qdrant": (("qdrant_client",), "qdrant"),
-    "faiss": (("faiss", "langchain_community"), "faiss"),
-    "milvus": (("pymilvus", "milvus_lite"), "milvus"),
-    "lancedb": (("lancedb",), "lancedb"),
-    "pgvector": (("psycopg",), "postgres"),
-}
-_BACKEND = {"faiss": "faiss", "milvus": "milvus", "lancedb": "lancedb", "pgvector": "pgvector"}
+#: The stores of the command-line flow: (kind, configuration).
+FLOW = [
+    ("chroma", "hnsw"),
+    ("chroma", "http"),
+    ("qdrant", "local"),
+    ("faiss", "flat"),
+    ("milvus", "flat"),
+    ("lancedb", "exact"),
+    ("pgvector", "hnsw"),
+]
 
 
 @pytest.fixture
-def store(request, task, tmp_path):
-    import importlib.util
-
-    kind = request.param
-    modules, extra = _NEEDS[kind]
-    for module in modules:
-        pytest.importorskip(module, reason=f"pip install 'nudge-rag[{extra}]'")
-    if (
-        kind in _BACKEND
-        and importlib.util.find_spec(f"nudge_rag.backends.{_BACKEND[kind]}") is None
-    ):
-        pytest.skip(f"nudge_rag.backends.{_BACKEND[kind]} is not in this checkout")
-    made = {
-        "chroma": ChromaDir,
-        "qdrant": QdrantDir,
-        "faiss": FaissDir,
-        "milvus": MilvusFile,
-        "lancedb": LanceDir,
-    }.get(kind)
-    if kind == "chroma-http":
-        made = ChromaHttp(request.getfixturevalue("chroma_server"))
-    elif kind == "pgvector":
-        made = PgTable(request.getfixturevalue("pg_server"))
-    else:
-        made = made()
-    made.lookup = task.lookup
-    made.args = made.build(task, tmp_path)
-    return made
+def store(request, task, tmp_path) -> CliStore:
+    name, config = request.param
+    return CliStore(name, config, task, tmp_path, request)
 
 
 # ---------------------------------------------------------------------------- end to end
 @pytest.mark.slow  # the whole command-line flow on each store: 15-57 s
-@pytest.mark.parametrize("store", _kinds(), indirect=True)
-def test_tune_evaluate_status_restore_evaluate(task, store):
-    files = task.files
+@pytest.mark.parametrize("store", FLOW, indirect=True, ids=[f"{n}-{c}" for n, c in FLOW])
+def test_tune_evaluate_status_restore_evaluate(task, store, tmp_path):
+    files = store.files
     original = store.read(task.ids)
     np.testing.assert_allclose(original, task.docs, atol=1e-6)
 
@@ -455,7 +238,7 @@ def test_tune_evaluate_status_restore_evaluate(task, store):
     rows = [int(i) for i in expected.changed_ids]
     tuned_docs[rows] = expected.solver.changed_embeddings_
 
-    report = ["--report", str(store.path.parent / "report")] if store.name == "chroma" else []
+    report = ["--report", str(tmp_path / "report")] if store.config == "hnsw" else []
     tuned = ok_json(
         run_cli(
             task,
@@ -577,7 +360,7 @@ def _unknown_id_file(task: Task) -> Path:
     return path
 
 
-@pytest.mark.parametrize("store", ["chroma"], indirect=True)
+@pytest.mark.parametrize("store", [("chroma", "hnsw")], indirect=True, ids=["chroma"])
 @pytest.mark.parametrize(
     "case",
     ["missing file", "bad line", "unknown doc id", "wrong dimension", "wrong metric", "bad scheme"],
@@ -613,7 +396,7 @@ def test_bad_input_exits_2_and_leaves_the_store_unchanged(task, store, case, cap
     assert expect in lines[0]
     assert "Traceback" not in err
     np.testing.assert_allclose(store.read(task.ids), task.docs, atol=1e-6)
-    state = store.path / "nudge_state" / "docs"
+    state = store.state
     assert not (state / "originals.npz").exists() and not (state / "pending.npz").exists()
 
 
@@ -653,7 +436,7 @@ def test_unreachable_server_exits_2(task, scheme, tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("store", ["chroma"], indirect=True)
+@pytest.mark.parametrize("store", [("chroma", "hnsw")], indirect=True, ids=["chroma"])
 def test_dry_run_writes_nothing_and_says_what_would_change(task, store, tmp_path):
     report = tmp_path / "report"
     res = run_cli(
@@ -674,21 +457,21 @@ def test_dry_run_writes_nothing_and_says_what_would_change(task, store, tmp_path
     assert "dry run" in res.stdout and "would move" in res.stdout
     assert "nothing was written" in res.stdout
     np.testing.assert_allclose(store.read(task.ids), task.docs, atol=1e-6)
-    assert not (store.path / "nudge_state").exists()
+    assert not store.state.parent.exists()  # no state folder at all
     data = json.loads((report / "report.json").read_text())
     assert data["dry_run"] is True and data["rows_moved"] > 0
     assert "after" not in data["metrics"]["validation"]
 
 
 @pytest.mark.slow  # several command-line runs: about 17 s
-@pytest.mark.parametrize("store", ["chroma"], indirect=True)
+@pytest.mark.parametrize("store", [("chroma", "hnsw")], indirect=True, ids=["chroma"])
 def test_pending_write_back_is_reported_refused_and_resumed(task, store):
     # an interrupted tune: originals saved, a plan of 3 batches pending, none written yet
     from nudge_rag._writeback import WriteBack
 
     ids = task.ids[:6]
     target = -task.docs[:6]
-    wb = WriteBack(ArrayStore(task.ids, task.docs), store.path / "nudge_state" / "docs")
+    wb = WriteBack(ArrayStore(task.ids, task.docs), store.state)
     wb._state.save_originals(ids, task.docs[:6])
     wb._state.save_pending("apply", ids, target, 2)
 

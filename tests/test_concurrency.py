@@ -203,23 +203,22 @@ class StoreCase:
 
             # langchain-qdrant embeds a probe text ("dummy_text") to learn the dimension
             probe = np.ones(self.data.docs.shape[1]) if self.kind.startswith("qdrant") else None
-            self._embeddings = LookupEmbeddings(
-                self.lookup, as_arrays=self.kind == "memory", default=probe
-            )
+            self._embeddings = LookupEmbeddings(self.lookup, default=probe)
         return self._embeddings
 
     # opening -----------------------------------------------------------------
     def _open_memory(self) -> None:
-        if self.framework == "langchain":
-            from langchain_core.vectorstores import InMemoryVectorStore
+        """The harness's in-memory kind (``InMemoryVectorStore`` / ``SimpleVectorStore``)."""
+        from stores.harness import Docs
+        from stores.test_memory import MemoryKind
 
-            self._memory = InMemoryVectorStore(self.embeddings)
-            self._memory.add_texts(self.data.texts, ids=self.data.ids)
-        else:
-            from llama_index.core.vector_stores import SimpleVectorStore
-
-            self._memory = SimpleVectorStore()
-            self._memory.add(self._nodes(self.data.ids, self.data.texts, self.data.docs))
+        data = self.data
+        docs = Docs(list(data.ids), list(data.texts), [{} for _ in data.ids], data.docs)
+        docs.queries = data.questions
+        config = "langchain" if self.framework == "langchain" else "llama-index"
+        self._memory = MemoryKind().make(self.folder, docs, config, None).store
+        if self.framework == "langchain":  # the user's edits add their texts to its table
+            self._embeddings = self._memory.embedding
 
     def _open_chroma(self) -> None:
         import chromadb

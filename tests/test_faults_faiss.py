@@ -9,7 +9,9 @@ seeded random moment. The parent then loads the folder afresh: same ids and coun
 vector original or tuned; ``resume()`` in a new process reaches the uninterrupted result,
 ``restore()`` the originals (exactly). Also: searches during a write-back always return k
 results, and the memory mode's documented limit (a crash loses unsaved writes; ``restore()``
-is the way back).
+is the way back). The kill points the command line goes through on the same folder (after
+the originals or the plan are saved, after batch k, after its progress) are the store
+contract's kill test (``tests/stores/test_faiss.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import fault_child as fc  # noqa: E402
+from stores.test_faiss import FaissKind  # noqa: E402
 from test_faults import (  # noqa: E402
     IN_PLAN,
     N_BATCHES,
@@ -43,6 +46,7 @@ from test_faults import (  # noqa: E402
     finish,
     read,
     run_child,
+    template_docs,
 )
 
 # each case kills a tuning process and checks every row: 3-4 s; `pytest -m "not slow"` leaves them out.
@@ -53,10 +57,12 @@ KIND = "faiss_folder"
 
 @pytest.fixture(scope="module")
 def faiss_templates(tmp_path_factory):
-    """A saved LangChain FAISS folder and a persisted LlamaIndex FAISS folder."""
+    """A saved LangChain FAISS folder (the harness's flat kind) and a persisted LlamaIndex
+    FAISS folder."""
     root = tmp_path_factory.mktemp("faiss_templates")
-    fc.make_faiss_folder(root / "langchain", "langchain")
-    fc.make_faiss_folder(root / "llama", "llama")
+    made = FaissKind().make(root / "made", template_docs(), "flat", None)
+    shutil.copytree(made.uri.removeprefix("faiss:"), root / "langchain")
+    fc.make_llama_faiss_folder(root / "llama")
     return root
 
 
@@ -106,22 +112,39 @@ def _check_text(args: dict) -> None:
     assert got == [(f"document {k}", k) for k in range(fc.N_DOCS)]
 
 
-# Every pre-plan point; in the plan: plan saved, after batches 1/3/5, inside batches 1/3/5,
-# progress of batch 2 recorded (8 of test_faults' 13: each child costs ~1.5 s to start).
-CASES = [("core", k) for k in PRE_PLAN + [IN_PLAN[i] for i in (0, 1, 3, 5, 6, 8, 10, 11)]]
+# Killed while a state file is renamed into place (originals, plan), after the last batch
+# before its progress is recorded, and inside batches 1/3/5; then resume or restore. The other
+# points (originals saved, plan saved, after batch k, progress recorded) are the store
+# contract's kill test on the same saved folder through the command line
+# (tests/stores/test_faiss.py, "flat": status, restore, then resume after the same kill).
+CASES = [
+    ("core", PRE_PLAN[0], "resume"),
+    ("core", PRE_PLAN[2], "resume"),
+    ("core", IN_PLAN[5], "resume"),
+    ("core", IN_PLAN[6], "restore"),
+    ("core", IN_PLAN[8], "resume"),
+    ("core", IN_PLAN[10], "restore"),
+]
+# The frameworks' engines killed (LangChain's NudgeRetriever, LlamaIndex's NudgeFinetuneEngine)
+_FRAMEWORK_KILLS = (
+    PRE_PLAN[1],
+    {"at": "after_set", "batch": 2},
+    {"at": "inside_set", "batch": 4, "part": 1},
+)
 CASES += [
-    (fw, kill)
-    for fw in ("langchain", "llama")
-    for kill in (
-        PRE_PLAN[1],
-        {"at": "after_set", "batch": 2},
-        {"at": "inside_set", "batch": 4, "part": 1},
+    (fw, kill, branch)
+    for fw, branches in (
+        ("langchain", ("restore", "resume", "restore")),
+        ("llama", ("resume", "restore", "resume")),
     )
+    for kill, branch in zip(_FRAMEWORK_KILLS, branches)
 ]
 
 
-@pytest.mark.parametrize(("framework", "kill"), CASES, ids=[f"{f}-{_kid(k)}" for f, k in CASES])
-def test_killed(framework, kill, tmp_path, tmp_path_factory, faiss_templates):
+@pytest.mark.parametrize(
+    ("framework", "kill", "branch"), CASES, ids=[f"{f}-{_kid(k)}" for f, k, _ in CASES]
+)
+def test_killed(framework, kill, branch, tmp_path, tmp_path_factory, faiss_templates):
     ref = reference(framework, tmp_path_factory, faiss_templates)
     args = new_folder(framework, tmp_path, faiss_templates)
     assert run_child(args, kill) == -9
@@ -131,7 +154,6 @@ def test_killed(framework, kill, tmp_path, tmp_path_factory, faiss_templates):
         assert not tuned.any()
     elif kill["at"] in ("after_set", "inside_set"):
         assert tuned.any()  # the batches written before the kill are in the saved file
-    branch = "resume" if CASES.index((framework, kill)) % 2 == 0 else "restore"
     finish(args, ref, branch, plan_expected=not pre_plan)
     _check_text(args)
 

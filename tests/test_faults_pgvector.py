@@ -5,10 +5,12 @@ The write-back state of a pgvector table lives in side tables of its own databas
 kill points are transactions, not file renames. A child process (``tests/fault_child.py``,
 ``PgTarget``) tunes a table through the core API (``WriteBack`` + ``tune_store`` on
 ``PgVectorBackend.from_url``) or LangChain's ``PGVector`` through ``NudgeRetriever`` and
-SIGKILLs itself: inside the plan's transaction or after it, after batch k's transaction
-(its rows, the originals of those rows and its progress commit together), inside it (its
-UPDATE ran, or only its first m rows, and the COMMIT was never sent), inside the last
-transaction (plan -> applied), or when the parent kills it at a seeded random moment.
+SIGKILLs itself inside a transaction, before its COMMIT: the plan's, batch k's (its UPDATE
+ran, or only its first m rows; its rows, the originals of those rows and its progress commit
+together) or the last one (plan -> applied); or the parent kills it at a seeded random
+moment. Kills after a transaction committed (the plan, batch k, the last batch) are the store
+contract's kill test on pgvector with its state in the database
+(``tests/stores/test_pgvector.py``).
 
 Each case runs in its own database, copied from one template (``CREATE DATABASE ...
 TEMPLATE``), so every case starts from identical rows and ids. After each kill: the same ids
@@ -41,6 +43,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import fault_child as fc  # noqa: E402
+from stores.test_pgvector import PgVectorKind  # noqa: E402
 from test_faults import (  # noqa: E402
     N_BATCHES,
     N_MOVED,
@@ -49,6 +52,7 @@ from test_faults import (  # noqa: E402
     finish,
     read,
     run_child,
+    template_docs,
 )
 
 from nudge_rag import WriteBackError  # noqa: E402
@@ -89,11 +93,14 @@ def pg_url(pg_server) -> str:
 
 @pytest.fixture(scope="module")
 def pg_template(pg_url):
-    """A database filled by ``fc.make_pg_database`` (no open connections: a template)."""
+    """A database with ``make_data()`` twice (no open connections: a template): the plain
+    table of ``fc.make_pg_database`` and the harness's LangChain ``PGVector`` collection."""
     name = f"faults_tmpl_{uuid.uuid4().hex[:8]}"
     _admin(pg_url, f"CREATE DATABASE {name}")
     try:
-        fc.make_pg_database(fc.pg_url_for(pg_url, name))
+        url = fc.pg_url_for(pg_url, name)
+        fc.make_pg_database(url)
+        PgVectorKind().fill(url, template_docs(), "exact", fc.COLLECTION).close()
         yield name
     finally:
         _drop(pg_url, name)
@@ -181,24 +188,20 @@ def _commit(method: str, nth: int = 1) -> dict:
     return {"at": "pg_commit", "method": method, "nth": nth}
 
 
-def _after(method: str, nth: int = 1) -> dict:
-    return {"at": "pg_after", "method": method, "nth": nth}
-
-
 # (kill, rows tuned when it hits, batches recorded as done; None: no plan pending). A first
 # fit saves no originals before its plan: each batch's transaction copies its rows' originals,
-# so the originals saved are always exactly the rows tuned.
+# so the originals saved are always exactly the rows tuned. Kills after a transaction
+# committed (the plan saved, batch k written, the last batch written before the plan is
+# applied) are the store contract's kill test on a pgvector table with its state in the
+# database (tests/stores/test_pgvector.py: status, restore, then resume after the same kill);
+# these are kills inside a transaction, before its COMMIT.
 PRE_PLAN = [
     (_commit("save_pending"), 0, None),  # the plan's transaction never commits
 ]
 IN_PLAN = [
-    (_after("save_pending"), 0, 0),  # plan committed, nothing written
-    # batch k (rows, originals, progress) committed
-    *((_after("write_batch", k), BATCH * k, k) for k in (1, 4)),
     # batch k's UPDATE ran (all its rows, or its first m) but never committed
     *((_commit("write_batch", k), BATCH * (k - 1), k - 1) for k in (2, 4)),
     ({"at": "pg_partial", "batch": 3, "part": 2}, 2 * BATCH, 2),
-    (_after("write_batch", 5), N_MOVED, N_BATCHES),  # the last batch committed
     (_commit("finish_apply"), N_MOVED, N_BATCHES),  # every batch written, plan not yet applied
 ]
 
@@ -207,18 +210,29 @@ def _pid(kill: dict) -> str:
     return "-".join(str(kill[k]) for k in ("at", "method", "nth", "batch", "part") if k in kill)
 
 
-CASES = [("core", *case) for case in PRE_PLAN + IN_PLAN]  # 1 + 8
-# LangChain (each child ~3 s): batch 3 half written, uncommitted (then resume); batch 2 not
-# committed (then restore); the plan not committed (then a new fit)
-CASES += [("langchain", *case) for case in (IN_PLAN[5], IN_PLAN[3], PRE_PLAN[0])]
+# (framework, kill, rows tuned, batches done, then resume or restore)
+CASES = [
+    ("core", *PRE_PLAN[0], "resume"),  # no plan: a new fit
+    ("core", *IN_PLAN[0], "resume"),
+    ("core", *IN_PLAN[1], "restore"),
+    ("core", *IN_PLAN[2], "resume"),
+    ("core", *IN_PLAN[3], "resume"),
+]
+# LangChain (each child ~3 s): batch 3 half written, uncommitted (then restore); batch 2 not
+# committed (then resume); the plan not committed (then a new fit)
+CASES += [
+    ("langchain", *IN_PLAN[2], "restore"),
+    ("langchain", *IN_PLAN[0], "resume"),
+    ("langchain", *PRE_PLAN[0], "restore"),
+]
 
 
 @pytest.mark.parametrize(
-    ("framework", "kill", "n_tuned", "done"),
+    ("framework", "kill", "n_tuned", "done", "branch"),
     CASES,
-    ids=[f"{f}-{_pid(k)}" for f, k, _, _ in CASES],
+    ids=[f"{f}-{_pid(k)}" for f, k, _, _, _ in CASES],
 )
-def test_killed(framework, kill, n_tuned, done, new_db):
+def test_killed(framework, kill, n_tuned, done, branch, new_db):
     ref = reference(framework, new_db)
     args = new_args(new_db(), framework)
     assert run_child(args, kill) == -9
@@ -228,7 +242,6 @@ def test_killed(framework, kill, n_tuned, done, new_db):
     # ... with its originals and its progress
     assert pending_progress(args) == (None if done is None else "apply", done or 0, n_tuned)
     assert fc.pg_text(args) == TEXT
-    branch = "resume" if CASES.index((framework, kill, n_tuned, done)) % 2 == 0 else "restore"
     finish(args, ref, branch, plan_expected=done is not None, n_saved=n_tuned)
     _, vectors = read(args)
     if branch == "resume" and done is not None:

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
-from test_cli_stores import EMBED, LanceDir, Task
+from test_cli_stores import EMBED, CliStore, Task
 
 from nudge_rag import BaseEmbeddingStore, WriteBack, WriteBackError
 from nudge_rag._state import META, PENDING
@@ -27,18 +27,12 @@ def task(tmp_path_factory) -> Task:
 
 
 @pytest.fixture
-def lance(task, tmp_path, monkeypatch):
+def lance(task, tmp_path, monkeypatch, request):
     monkeypatch.setenv("NUDGE_CLI_QUESTIONS", str(task.lookup))
     monkeypatch.setenv("NUDGE_CLI_PAD", "0")
     monkeypatch.chdir(tmp_path)
-    store = LanceDir()
-    store.args = store.build(task, tmp_path)
+    store = CliStore("lancedb", "exact", task, tmp_path, request)
     store.before = store.read(task.ids)
-    opened = open_store(store.args[1], "docs")
-    try:
-        store.state = opened.backend.default_state_dir()
-    finally:
-        opened.close()
     return store
 
 
@@ -160,7 +154,7 @@ def test_a_state_of_another_dimension_is_refused_naming_both(lance, task, tmp_pa
         argv = _tune(lance, task) if command == "tune" else [command, *lance.args]
         code, _, err = _run(capsys, *argv, "--state-dir", str(state))
         assert code == 2, (command, err)
-        assert "ArrayStore" in err and "LanceDBBackend 'docs'" in err, err
+        assert "ArrayStore" in err and f"LanceDBBackend '{lance.collection}'" in err, err
         _untouched(lance, task)
     assert len(WriteBack(other, state).moved_ids()) == 20  # nothing dropped
 
@@ -190,7 +184,7 @@ class _FailsOnSecondWrite(BaseEmbeddingStore):
 
 
 def test_discard_drops_a_plan_that_cannot_finish_and_keeps_every_original(lance, task, capsys):
-    opened = open_store(lance.args[1], "docs")
+    opened = open_store(lance.args[1], lance.collection)
     try:
         failing = _FailsOnSecondWrite(opened.backend)
         wb = WriteBack(failing, lance.state, batch_size=10)

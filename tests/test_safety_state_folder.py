@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
-from test_cli_stores import EMBED, ChromaDir, LanceDir, Task, run_cli
+from test_cli_stores import EMBED, CliStore, Task, run_cli
 
 from nudge_rag import ArrayStore, StoreTuner, WriteBack, WriteBackError
 from nudge_rag._identity import CLAIM, IDENTITY
@@ -43,10 +43,9 @@ def _add_table(path, name, task):
     lancedb.connect(path).create_table(name, data=data)
 
 
-def test_cli_wrong_state_dir_never_loses_an_original(task, tmp_path):
-    pytest.importorskip("lancedb", reason="pip install 'nudge-rag[lancedb]'")
-    store = LanceDir()
-    where = store.build(task, tmp_path)
+def test_cli_wrong_state_dir_never_loses_an_original(task, tmp_path, request):
+    store = CliStore("lancedb", "exact", task, tmp_path, request)
+    where, name = store.args, store.collection
     _add_table(store.path, "other", task)
     before = store.read(task.ids)
     state_a = tmp_path / "A"
@@ -56,10 +55,10 @@ def test_cli_wrong_state_dir_never_loses_an_original(task, tmp_path):
     tuned = store.read(task.ids)
     assert not np.array_equal(tuned, before)
     ident = json.loads((state_a / IDENTITY).read_text())
-    assert ident["kind"] == "LanceDBBackend" and ident["collection"] == "docs"
+    assert ident["kind"] == "LanceDBBackend" and ident["collection"] == name
     assert ident["dim"] == task.docs.shape[1] and len(ident["fingerprint"]) == 8
     # Every call without the folder, or with it for another collection, is refused.
-    other = [a if a != "docs" else "other" for a in where]
+    other = [a if a != name else "other" for a in where]
     for args in (
         ["status", *where],
         [*tune],  # a second tune with the default folder
@@ -80,9 +79,9 @@ def test_cli_wrong_state_dir_never_loses_an_original(task, tmp_path):
         res = run_cli(task, *args)
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         line = res.stderr.strip()
-        assert str(state_a) in line or "'docs'" in line, (args, line)
+        assert str(state_a) in line or f"'{name}'" in line, (args, line)
         if "other" in args:
-            assert "'docs'" in line and "'other'" in line, line  # both stores named
+            assert f"'{name}'" in line and "'other'" in line, line  # both stores named
         else:
             assert f"--state-dir {state_a}" in line, line
         assert_array_equal(store.read(task.ids), tuned)  # nothing written
@@ -91,15 +90,14 @@ def test_cli_wrong_state_dir_never_loses_an_original(task, tmp_path):
     assert res.returncode == 0, res.stderr
     assert_array_equal(store.read(task.ids), before)
     # The default folder no longer points at A: a plain status works again.
-    assert not (store.path.parent / "nudge_state" / "docs" / CLAIM).exists()
+    assert not (store.state / CLAIM).exists()
     res = run_cli(task, "status", *where, "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["tuned"] is False, res.stderr
 
 
-def test_cli_default_folder_in_use_refuses_another_state_dir(task, tmp_path):
-    pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
-    store = ChromaDir()
-    where = store.build(task, tmp_path)
+def test_cli_default_folder_in_use_refuses_another_state_dir(task, tmp_path, request):
+    store = CliStore("chroma", "hnsw", task, tmp_path, request)
+    where = store.args
     before = store.read(task.ids)
     tune = ["tune", *where, "--pairs", str(task.files["train"]), *EMBED, "--json"]
     assert run_cli(task, *tune).returncode == 0

@@ -42,6 +42,22 @@ ODD_IDS = [
     "%s %(x)s {}",
 ]
 
+#: Where the kill test kills a command (``kill_child.py`` points): ``(command, point)``.
+KILL_POINTS: tuple[tuple[str, str], ...] = (
+    ("tune", "originals"),  # originals saved, no plan
+    ("tune", "plan"),  # plan saved, nothing written
+    ("tune", "batch:1"),  # the first batch written
+    ("tune", "batch:3"),  # a batch in the middle written
+    ("tune", "progress:2"),  # a batch written and recorded
+    ("tune", "finish"),  # every batch written, the plan not marked done
+    ("restore", "plan"),
+    ("restore", "batch:2"),
+    ("restore", "finish"),
+)
+#: Points of a state folder only (a store that keeps its own state saves the originals and
+#: progress of each batch with it).
+FILE_STATE_POINTS = frozenset({"originals", "progress:2"})
+
 
 @dataclass
 class Docs:
@@ -82,6 +98,16 @@ class Made:
     cli_args: tuple[str, ...] = ()  # more --store arguments the CLI needs (e.g. --distance)
     docs: Docs | None = None  # what it holds, with the ids the store gave them
 
+    def __post_init__(self) -> None:
+        release, done = self.close, []
+
+        def close_once() -> None:  # a test may close it early; the fixture closes it again
+            if not done:
+                done.append(True)
+                release()
+
+        self.close = close_once
+
     def search(self, vector: np.ndarray, k: int) -> list[tuple[str, Any, Any]]:
         """``(id, text, metadata)`` of the wrapper's own top ``k`` for ``vector``.
 
@@ -117,8 +143,12 @@ class StoreKind:
             anything is written.
         module_needed: the client module; tests skip (naming the extra) where it is missing.
         multi_process: whether a second process can open the store while the test holds it
-            (DuckDB locks its file; an embedded Chroma folder serves one process).
+            (DuckDB and Qdrant lock their folder; an embedded Chroma folder, a Milvus Lite
+            file and an in-memory store serve one process).
         extra: the pip extra that installs the store.
+        exclusive: whether the wrapper's client locks the store (a Qdrant folder, a Milvus
+            Lite file): a test closes the wrapper (``Made.close``) before the command line
+            opens the store.
     """
 
     name: ClassVar[str] = ""
@@ -130,6 +160,7 @@ class StoreKind:
     module_needed: ClassVar[str] = ""
     extra: ClassVar[str] = ""
     multi_process: ClassVar[bool] = True  # a second process may open it while the test does
+    exclusive: ClassVar[bool] = False  # its client locks the store, even in this process
 
     def skip_if_missing(self) -> None:
         """Skip with the extra's name when the store's client is not installed."""
@@ -142,6 +173,25 @@ class StoreKind:
 
     def set_search(self, made: Made, config: str) -> None:
         """Set the search settings of ``config`` on the wrapper (default: nothing)."""
+
+    def kill_points(self, config: str) -> tuple[tuple[str, str], ...]:
+        """The kill points the kill test runs on ``config``: every one on the first
+        configuration, one of ``tune`` and one of ``restore`` on the others (their write-back
+        goes through the same code; only the index differs)."""
+        if not self.multi_process or config in self.refused:
+            return ()
+        if config == self.configs[0]:
+            return KILL_POINTS
+        return (("tune", "batch:3"), ("restore", "batch:2"))
+
+    def settle(self, made: Made) -> None:
+        """Wait until a killed writer no longer holds the store (default: at once; a file lock
+        dies with its process)."""
+
+    def reopen(self, made: Made) -> Made:
+        """The store as a new process opens it through its wrapper (default: ``made``, whose
+        wrapper reads the store itself)."""
+        return made
 
     def ann_slack(self, config: str) -> float:
         """How much more an ANN configuration may lose to exact search after a fit (nDCG)."""

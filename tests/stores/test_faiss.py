@@ -61,6 +61,19 @@ class FaissKind(StoreKind):
             )
         return Made(store, "langchain")
 
+    def reopen(self, made: Made) -> Made:
+        """The saved folder loaded afresh (the test's wrapper holds its index in memory)."""
+        from langchain_community.vectorstores import FAISS
+
+        folder = made.uri.removeprefix("faiss:")
+        store = FAISS.load_local(
+            folder,
+            made.store.embeddings,
+            allow_dangerous_deserialization=True,
+            distance_strategy=made.store.distance_strategy,
+        )
+        return Made(store, "langchain", made.uri, made.collection, cli_args=made.cli_args)
+
 
 class TestFaiss(StoreContract):
     KIND = FaissKind

@@ -11,6 +11,7 @@ class MemoryKind(StoreKind):
     configs = ("langchain", "llama-index")
     module_needed = "langchain_core"
     extra = "langchain"
+    multi_process = False
 
     def make(self, tmp_path, docs, config, request) -> Made:
         if config == "langchain":

@@ -16,19 +16,30 @@ class MilvusKind(StoreKind):
     module_needed = "langchain_milvus"
     extra = "milvus"
     restore_atol = 0.0
+    multi_process = False
+    exclusive = True  # Milvus Lite serves its file to one client: the test closes it first
 
     def make(self, tmp_path, docs, config, request) -> Made:
+        file = tmp_path / "milvus.db"
+        made = self._open(docs.embeddings(), file)
+        made.store.add_embeddings(
+            docs.texts, docs.vectors.tolist(), docs.metadatas, ids=docs.ids, batch_size=2000
+        )
+        return made
+
+    def reopen(self, made: Made) -> Made:
+        """The wrapper on the file again (close the test's first: Milvus Lite serves one)."""
+        return self._open(made.store.embeddings, made.uri.removeprefix("milvus:"))
+
+    @staticmethod
+    def _open(embeddings, file) -> Made:
         from langchain_milvus import Milvus
 
-        file = tmp_path / "milvus.db"
         store = Milvus(
-            docs.embeddings(),
+            embeddings,
             collection_name="contract",
             connection_args={"uri": str(file), "db_name": "default"},
             index_params={"metric_type": "COSINE", "index_type": "FLAT", "params": {}},
-        )
-        store.add_embeddings(
-            docs.texts, docs.vectors.tolist(), docs.metadatas, ids=docs.ids, batch_size=2000
         )
 
         def close() -> None:
@@ -37,7 +48,7 @@ class MilvusKind(StoreKind):
 
             server_manager_instance.release_server(str(file))
 
-        return Made(store, "langchain", None, "contract", close)
+        return Made(store, "langchain", f"milvus:{file}", "contract", close)
 
 
 class TestMilvus(StoreContract):

@@ -38,14 +38,18 @@ class PgVectorKind(StoreKind):
     restore_atol = 0.0
 
     def make(self, tmp_path, docs, config, request) -> Made:
+        return self.fill(_database(request.getfixturevalue("pg_url")), docs, config)
+
+    def fill(self, url: str, docs, config: str, collection: str = "contract") -> Made:
+        """A LangChain ``PGVector`` collection holding ``docs`` in the database at ``url``
+        (which has the ``vector`` extension), in configuration ``config``."""
         import psycopg
         from langchain_postgres import PGVector
         from langchain_postgres.vectorstores import DistanceStrategy
 
-        url = _database(request.getfixturevalue("pg_url"))
         store = PGVector(
             embeddings=docs.embeddings(),
-            collection_name="contract",
+            collection_name=collection,
             connection=url.replace("postgresql://", "postgresql+psycopg://", 1),
             distance_strategy=DistanceStrategy.COSINE,
             # no embedding_length: langchain-postgres keeps the first one it is given in a
@@ -83,7 +87,23 @@ class PgVectorKind(StoreKind):
             store._engine.dispose()
 
         extra = ("--distance", "cosine") if config == "exact" else ()
-        return Made(store, "langchain", url, "contract", close, extra)
+        return Made(store, "langchain", url, collection, close, extra)
+
+    def settle(self, made: Made) -> None:
+        """Wait until the server has seen a killed writer go: its advisory lock is freed."""
+        import time
+
+        import psycopg
+
+        held = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+        )
+        deadline = time.monotonic() + 15
+        with psycopg.connect(made.uri, autocommit=True) as conn:
+            while conn.execute(held).fetchone()[0]:
+                assert time.monotonic() < deadline, "the killed writer's lock was not freed"
+                time.sleep(0.02)
 
     def ann_slack(self, config: str) -> float:
         # IVFFlat's lists are k-means centroids of the vectors it was built on; tuned vectors

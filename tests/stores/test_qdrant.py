@@ -1,4 +1,7 @@
-"""Qdrant through LangChain's ``QdrantVectorStore`` on a local folder (exact search)."""
+"""Qdrant through LangChain's ``QdrantVectorStore`` on a local folder (exact search).
+
+The local client locks its folder: tests close the wrapper before the command line opens it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ class QdrantKind(StoreKind):
     module_needed = "langchain_qdrant"
     extra = "qdrant"
     odd_ids = False  # Qdrant point ids are unsigned integers or UUIDs
+    multi_process = False
+    exclusive = True
+    restore_atol = 1e-7  # a cosine collection normalizes what it is given: 1 ulp here and there
 
     def make(self, tmp_path, docs, config, request) -> Made:
         import uuid
@@ -35,7 +41,16 @@ class QdrantKind(StoreKind):
                 metadatas=docs.metadatas[s : s + 2000],
                 ids=docs.ids[s : s + 2000],
             )
-        return Made(store, "langchain", None, "contract", client.close)
+        return Made(store, "langchain", f"qdrant:{folder}", "contract", client.close)
+
+    def reopen(self, made: Made) -> Made:
+        """A new client of the folder (close the test's first: it locks the folder)."""
+        from langchain_qdrant import QdrantVectorStore
+        from qdrant_client import QdrantClient
+
+        client = QdrantClient(path=made.uri.removeprefix("qdrant:"))
+        store = QdrantVectorStore(client, made.collection, embedding=made.store.embeddings)
+        return Made(store, "langchain", made.uri, made.collection, client.close)
 
 
 class TestQdrant(StoreContract):
