@@ -101,7 +101,7 @@ def reference(framework: str, tmp_path_factory, templates) -> dict:
 
 
 def _check_text(args: dict) -> None:
-    """Text and metadata of the saved folder are what make_faiss_folder wrote."""
+    """Text and metadata of the saved folder are what the template was made with (template_docs)."""
     target = fc.open_target(args)
     if args["framework"] == "llama":
         nodes = target.index.docstore.get_nodes(fc.doc_ids(KIND))
