@@ -388,6 +388,8 @@ class StoreContract:
 
         if config in kind.refused:
             pytest.skip("refused configuration")
+        if config in kind.nfcorpus_skip:
+            pytest.skip(kind.nfcorpus_skip[config])
         ds = nfcorpus
         vectors = np.asarray(ds.doc_embeddings, dtype=np.float32)
         ids = list(ds.doc_ids)

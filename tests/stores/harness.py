@@ -149,6 +149,10 @@ class StoreKind:
         exclusive: whether the wrapper's client locks the store (a Qdrant folder, a Milvus
             Lite file): a test closes the wrapper (``Made.close``) before the command line
             opens the store.
+        all_kill_points: whether the kill test runs every write-back point on the first
+            configuration (see :meth:`kill_points`).
+        nfcorpus_skip: configuration -> why the nfcorpus test (a measure of the index) does
+            not run on it.
     """
 
     name: ClassVar[str] = ""
@@ -160,6 +164,8 @@ class StoreKind:
     module_needed: ClassVar[str] = ""
     extra: ClassVar[str] = ""
     multi_process: ClassVar[bool] = True  # a second process may open it while the test does
+    all_kill_points: ClassVar[bool] = False
+    nfcorpus_skip: ClassVar[Mapping[str, str]] = {}
     exclusive: ClassVar[bool] = False  # its client locks the store, even in this process
 
     def skip_if_missing(self) -> None:
@@ -175,12 +181,17 @@ class StoreKind:
         """Set the search settings of ``config`` on the wrapper (default: nothing)."""
 
     def kill_points(self, config: str) -> tuple[tuple[str, str], ...]:
-        """The kill points the kill test runs on ``config``: every one on the first
-        configuration, one of ``tune`` and one of ``restore`` on the others (their write-back
-        goes through the same code; only the index differs)."""
+        """The kill points the kill test runs on ``config``.
+
+        Every point runs where :attr:`all_kill_points` says so, on the first configuration:
+        the write-back sequence and its state are the same code for every store that keeps
+        its state in a folder (FAISS runs them all) and for a store that keeps its own
+        (pgvector). Elsewhere one point of ``tune`` and one of ``restore``: what a store adds
+        is its ``set_vectors`` and its index.
+        """
         if not self.multi_process or config in self.refused:
             return ()
-        if config == self.configs[0]:
+        if self.all_kill_points and config == self.configs[0]:
             return KILL_POINTS
         return (("tune", "batch:3"), ("restore", "batch:2"))
 

@@ -12,6 +12,7 @@ from .harness import Made, StoreKind
 
 class FaissKind(StoreKind):
     name = "faiss"
+    all_kill_points = True  # its state in a folder: every point
     configs = ("flat", "ivf", "hnsw")
     approximate = frozenset({"ivf"})
     # an HNSW graph cannot move a vector in place: refused before anything is written,

@@ -31,6 +31,7 @@ def _database(pg_url: str) -> str:
 
 class PgVectorKind(StoreKind):
     name = "pgvector"
+    all_kill_points = True  # its own state in the database: every point
     configs = ("exact", "hnsw", "ivfflat")
     approximate = frozenset({"hnsw", "ivfflat"})
     module_needed = "langchain_postgres"
