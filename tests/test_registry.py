@@ -13,6 +13,7 @@ from nudge_rag import (
     UnsupportedStoreError,
     backend_for,
 )
+from nudge_rag._errors import MetricUnknownError, StoreURIError
 from nudge_rag.backends import InMemoryVectorStoreBackend, register_backend, supported_stores
 
 
@@ -101,3 +102,27 @@ def test_register_backend_for_a_new_class():
     made = ArrayStore(["a"], np.ones((1, 2), dtype=np.float32))
     register_backend(Custom, lambda vs: made, framework="langchain", extra="custom")
     assert backend_for(Custom()) is made
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ValueError("no table 't'\nmore"), r"^--store duckdb:x: no table 't'$"),
+        (MetricUnknownError("how it ranks is not known"), r"pass --distance cosine, dot or l2"),
+        (StoreURIError("--store duckdb:x: already named"), r"^--store duckdb:x: already named$"),
+    ],
+)
+def test_an_opener_that_fails_closes_its_client_and_names_the_flag(error, message):
+    from nudge_rag.backends._uri import closing_on_error
+
+    closed = []
+    with pytest.raises(StoreURIError, match=message):
+        with closing_on_error(lambda: closed.append(True), "duckdb:x"):
+            raise error
+    assert closed == [True]
+    with pytest.raises(KeyboardInterrupt), closing_on_error(lambda: closed.append(True), "u"):
+        raise KeyboardInterrupt
+    assert closed == [True, True]
+    with closing_on_error(lambda: closed.append(True), "u"):
+        pass  # no error: the client stays open for the caller
+    assert closed == [True, True]

@@ -12,15 +12,16 @@ libraries are imported only when a store of their kind is opened.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nudge_rag._errors import StoreURIError
+from nudge_rag._errors import MetricUnknownError, StoreURIError
 from nudge_rag._store import DISTANCES, EmbeddingStore
 from nudge_rag.backends._spec import Scheme, StoreSpec, store_specs
 
@@ -167,6 +168,30 @@ def choose(names: list[str], collection: str | None, uri: str, what: str = "coll
         raise StoreURIError(msg)
     msg = f"--store {uri}: give --collection; {what}s there: {', '.join(sorted(names))}"
     raise StoreURIError(msg)
+
+
+@contextlib.contextmanager
+def closing_on_error(close: Callable[[], Any], uri: str) -> Iterator[None]:
+    """An opener's set-up after its client is open: on any error the client is closed.
+
+    A ``ValueError`` comes out as a :class:`StoreURIError` naming ``--store`` (a metric the
+    store does not record, with the ``--distance`` flag that gives it).
+    """
+    try:
+        yield
+    except StoreURIError:
+        close()
+        raise
+    except MetricUnknownError as err:
+        close()
+        msg = f"--store {uri}: {first_line(err)}; pass --distance cosine, dot or l2"
+        raise StoreURIError(msg) from err
+    except ValueError as err:
+        close()
+        raise StoreURIError(f"--store {uri}: {first_line(err)}") from err
+    except BaseException:
+        close()
+        raise
 
 
 def first_line(err: BaseException) -> str:

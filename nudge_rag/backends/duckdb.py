@@ -351,7 +351,14 @@ def langchain_result_ids(vectorstore: Any) -> None:
 
 def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any) -> Any:
     """``duckdb:FILE.duckdb --collection TABLE`` (the command line's opener)."""
-    from nudge_rag.backends._uri import OpenedStore, StoreURIError, choose, existing_path, need
+    from nudge_rag.backends._uri import (
+        OpenedStore,
+        StoreURIError,
+        choose,
+        closing_on_error,
+        existing_path,
+        need,
+    )
 
     path = existing_path(rest, uri, "DuckDB database file")
     duckdb = need("duckdb", "duckdb", uri)
@@ -360,7 +367,7 @@ def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any
     except Exception as err:  # noqa: BLE001 - e.g. the file is held by another process
         msg = f"--store {uri}: cannot open the DuckDB file: {str(err).splitlines()[0]}"
         raise StoreURIError(msg) from err
-    try:
+    with closing_on_error(connection.close, uri):
         table = choose(_tables(connection), collection, uri, "table")
         columns = {r[0] for r in connection.execute(f"DESCRIBE {_quote(table)}").fetchall()}
         id_column = "node_id" if "node_id" in columns else "id"
@@ -375,13 +382,6 @@ def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any
         backend = DuckDBBackend(
             connection, table, id_column=id_column, distance=distance or layout or "cosine"
         )
-    except MetricUnknownError as err:
-        connection.close()
-        msg = f"--store {uri}: {err}; pass --distance cosine, dot or l2"
-        raise StoreURIError(msg) from err
-    except ValueError as err:
-        connection.close()
-        raise StoreURIError(f"--store {uri}: {str(err).splitlines()[0]}") from err
     return OpenedStore(backend, uri, "duckdb", table, connection.close)
 
 

@@ -28,6 +28,7 @@ from nudge_rag.backends._uri import (
     OpenOptions,
     StoreURIError,
     choose,
+    closing_on_error,
     existing_path,
     first_line,
     need,
@@ -487,15 +488,9 @@ def _open_milvus(
     except Exception as err:  # noqa: BLE001 - milvus-lite raises many kinds
         msg = f"--store {uri}: cannot open the Milvus Lite file: {first_line(err)}"
         raise StoreURIError(msg) from err
-    try:
+    with closing_on_error(client.close, uri):
         name = choose([str(c) for c in client.list_collections()], name, uri)
         backend = MilvusBackend(client, name, field, uri=str(path))
-    except StoreURIError:
-        client.close()
-        raise
-    except ValueError as err:
-        client.close()
-        raise StoreURIError(f"--store {uri}: {first_line(err)}") from err
 
     def close() -> None:
         client.close()

@@ -22,6 +22,7 @@ from nudge_rag.backends._uri import (
     OpenOptions,
     StoreURIError,
     choose,
+    closing_on_error,
     existing_path,
     first_line,
     need,
@@ -278,18 +279,12 @@ def _qdrant_backend(client: Any, collection: str | None, uri: str) -> tuple[Any,
 def _qdrant(client: Any, collection: str | None, uri: str) -> OpenedStore:
 
     name, vector = split_vector(collection)
-    try:
+    with closing_on_error(client.close, uri):
         if vector is not None:
             choose([c.name for c in client.get_collections().collections], name, uri)
             backend = QdrantBackend(client, name, vector)
         else:
             backend, name = _qdrant_backend(client, name, uri)
-    except StoreURIError:
-        client.close()
-        raise
-    except ValueError as err:
-        client.close()
-        raise StoreURIError(f"--store {uri}: {err}") from err
     return OpenedStore(backend, uri, "qdrant", str(name), client.close)
 
 

@@ -259,7 +259,14 @@ def langchain_result_ids(vectorstore: Any) -> None:
 
 def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any) -> Any:
     """``sqlite-vec:FILE.db --collection TABLE`` (the command line's opener)."""
-    from nudge_rag.backends._uri import OpenedStore, StoreURIError, choose, existing_path, need
+    from nudge_rag.backends._uri import (
+        OpenedStore,
+        StoreURIError,
+        choose,
+        closing_on_error,
+        existing_path,
+        need,
+    )
 
     path = existing_path(rest, uri, "SQLite database file")
     need("sqlite_vec", "sqlite-vec", uri)
@@ -274,15 +281,9 @@ def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any
     except Exception as err:  # noqa: BLE001 - sqlite raises many kinds
         msg = f"--store {uri}: cannot open the SQLite file: {str(err).splitlines()[0]}"
         raise StoreURIError(msg) from err
-    try:
+    with closing_on_error(connection.close, uri):
         table = choose(tables, collection, uri, "SQLiteVec table")
         backend = SqliteVecBackend(connection, table)
-    except StoreURIError:
-        connection.close()
-        raise
-    except ValueError as err:
-        connection.close()
-        raise StoreURIError(f"--store {uri}: {str(err).splitlines()[0]}") from err
     return OpenedStore(backend, uri, "sqlite-vec", table, connection.close)
 
 
