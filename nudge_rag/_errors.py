@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CliError",
     "DataFileError",
     "DimensionMismatchError",
     "EmbedderError",
@@ -157,3 +158,11 @@ class MetricUnknownError(ValueError):
 
 class UnsafeFileError(OSError):
     """A state file is a symbolic link or not a regular file: it is never followed."""
+
+
+class CliError(Exception):
+    """A failure ``nudge-rag`` reports in one line, with its exit status (the CLI's own)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status

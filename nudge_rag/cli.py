@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from nudge_rag._data import EmbeddedDataset, load_embedded
-from nudge_rag._errors import UnknownIdError, UnsupportedStoreError
+from nudge_rag._errors import CliError, UnknownIdError, UnsupportedStoreError
 from nudge_rag._masking import MaskSecretsFilter, mask_secrets
 from nudge_rag._metrics import evaluate
 from nudge_rag._search import search
@@ -78,14 +78,6 @@ example:
   nudge-rag status --store chroma:./db --collection docs
   nudge-rag restore --store chroma:./db --collection docs
 """
-
-
-class CliError(Exception):
-    """A failure the command reports in one line, with its exit status."""
-
-    def __init__(self, message: str, status: int = 2):
-        super().__init__(message)
-        self.status = status
 
 
 def _progress(total: int, enabled: bool) -> Any:
