@@ -1017,7 +1017,7 @@ class WriteBack:
 
     def _log_unverified(self) -> None:
         logger.info(
-            "the write-back state of %s does not record every vector it wrote (written by an "
+            "%s does not record every vector it wrote (written by an "
             "older nudge-rag, or a dropped plan): documents changed by someone else cannot be "
             "told apart until the next completed fit or restore",
             self._lock.name,
