@@ -79,15 +79,20 @@ def test_in_process_lock_is_reentrant_and_excludes_other_threads():
 
 def test_feedback_retune_lock_is_a_file_lock_that_names_its_holder(tmp_path):
     log, other = FeedbackLog(tmp_path / "f.db"), FeedbackLog(tmp_path / "f.db")
+
+    def recorded(key: str) -> dict | None:  # what another process reads in the lock file
+        return other._db._tune_lock(key).holder_now()
+
     try:
         with log._db.tune_lock("s"):
+            assert recorded("s")["what"] == "re-tune"
             with pytest.raises(TuneInProgressError, match=rf"pid {os.getpid()} .*re-tune"):
-                with other._db.tune_lock("s"):
-                    pass
+                other._db.tune_lock("s").__enter__()
             with other._db.tune_lock("t"):  # another store's re-tune is not in the way
-                pass
-        with other._db.tune_lock("s"):  # released
-            pass
+                assert recorded("t")["pid"] == os.getpid()
+        assert recorded("s") is None and recorded("t") is None  # released, records cleared
+        with other._db.tune_lock("s"):  # free again: the other log takes it
+            assert recorded("s")["pid"] == os.getpid()
     finally:
         log.close()
         other.close()
@@ -102,7 +107,8 @@ def test_feedback_retune_lock_file_is_never_written_through_a_link(tmp_path, cap
     lock.path.symlink_to(victim)
     try:
         with caplog.at_level("WARNING"), log._db.tune_lock("s"):
-            pass
+            assert lock.path.is_file() and not lock.path.is_symlink()
+            assert lock.holder_now()["what"] == "re-tune"  # the record is in the new file
     finally:
         log.close()
     assert victim.read_text(encoding="utf-8") == "keep me"

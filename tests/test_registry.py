@@ -124,5 +124,5 @@ def test_an_opener_that_fails_closes_its_client_and_names_the_flag(error, messag
         raise KeyboardInterrupt
     assert closed == [True, True]
     with closing_on_error(lambda: closed.append(True), "u"):
-        pass  # no error: the client stays open for the caller
-    assert closed == [True, True]
+        handed_over = "backend"  # the set-up succeeded: the caller now owns the client
+    assert handed_over == "backend" and closed == [True, True]  # not closed
