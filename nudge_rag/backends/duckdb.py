@@ -33,6 +33,14 @@ from nudge_rag._errors import MetricUnknownError
 from nudge_rag._store import DISTANCES, BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, to_cosine, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    StoreURIError,
+    choose,
+    closing_on_error,
+    existing_path,
+    need,
+)
 
 __all__ = ["DuckDBBackend", "install_extensions_from_wheels"]
 
@@ -351,15 +359,6 @@ def langchain_result_ids(vectorstore: Any) -> None:
 
 def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any) -> Any:
     """``duckdb:FILE.duckdb --collection TABLE`` (the command line's opener)."""
-    from nudge_rag.backends._uri import (
-        OpenedStore,
-        StoreURIError,
-        choose,
-        closing_on_error,
-        existing_path,
-        need,
-    )
-
     path = existing_path(rest, uri, "DuckDB database file")
     duckdb = need("duckdb", "duckdb", uri)
     try:

@@ -29,6 +29,14 @@ from nudge_rag._errors import UnsupportedStoreError
 from nudge_rag._store import BaseEmbeddingStore
 from nudge_rag.backends._common import STATE_FOLDER, as_rows, unknown_ids
 from nudge_rag.backends._spec import Scheme, StoreSpec, Wrapper
+from nudge_rag.backends._uri import (
+    OpenedStore,
+    StoreURIError,
+    choose,
+    closing_on_error,
+    existing_path,
+    need,
+)
 
 __all__ = ["SqliteVecBackend", "connect_sqlite_vec"]
 
@@ -259,15 +267,6 @@ def langchain_result_ids(vectorstore: Any) -> None:
 
 def _open(uri: str, scheme: str, rest: str, collection: str | None, options: Any) -> Any:
     """``sqlite-vec:FILE.db --collection TABLE`` (the command line's opener)."""
-    from nudge_rag.backends._uri import (
-        OpenedStore,
-        StoreURIError,
-        choose,
-        closing_on_error,
-        existing_path,
-        need,
-    )
-
     path = existing_path(rest, uri, "SQLite database file")
     need("sqlite_vec", "sqlite-vec", uri)
     try:
