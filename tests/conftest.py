@@ -306,12 +306,14 @@ def _pg_server_up(request):
         request.getfixturevalue("pg_server").ensure_running()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pg_url(pg_server) -> str:
-    """Connection URL of the session's PostgreSQL 16 + pgvector server (``vector`` created).
+    """Connection URL of the PostgreSQL 16 + pgvector server (``vector`` created).
 
     A libpq URL on a unix socket (``postgresql://postgres:@/postgres?host=<dir>``) for
     psycopg; SQLAlchemy takes it as ``postgresql+psycopg://...``. One server serves every
     test: give each test its own tables / collections (unique names), or its own database.
+    Module-scoped, so that a module that overrides ``pg_server`` with :func:`own_pg_server`
+    gets its own server's URL here too.
     """
     return pg_server.url

@@ -86,12 +86,6 @@ def pg_server(own_pg_server):
 
 
 @pytest.fixture(scope="module")
-def pg_url(pg_server) -> str:
-    """The URL of this module's own server."""
-    return pg_server.url
-
-
-@pytest.fixture(scope="module")
 def pg_template(pg_url):
     """A database with ``make_data()`` twice (no open connections: a template): the plain
     table of ``fc.make_pg_database`` and the harness's LangChain ``PGVector`` collection."""

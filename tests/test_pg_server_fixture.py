@@ -18,12 +18,6 @@ def pg_server(own_pg_server):
     return own_pg_server
 
 
-@pytest.fixture(scope="module")
-def pg_url(pg_server) -> str:
-    """The URL of this module's own server."""
-    return pg_server.url
-
-
 def test_kill_the_server(pg_server):
     pg_server.kill()
     with pytest.raises(psycopg.OperationalError):
