@@ -106,11 +106,6 @@ class WriteBackState(abc.ABC):
     def save_applied(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Record what the store holds for ``ids`` because of this write-back."""
 
-    @property
-    def has_applied(self) -> bool:
-        """Whether a completed plan is recorded."""
-        return self.load_applied() is not None
-
     # the pending plan ----------------------------------------------------------
     @abc.abstractmethod
     def load_pending(self) -> tuple[str, list[str], np.ndarray, int, int] | None:
@@ -559,7 +554,3 @@ class FolderState(WriteBackState):
 
     def save_meta(self, meta: dict[str, Any]) -> None:
         self._save_json(META, meta)
-
-    @property
-    def has_applied(self) -> bool:
-        return self._exists(APPLIED)

@@ -1164,12 +1164,40 @@ class PgVectorState(WriteBackState):
 
     def has_pending(self) -> bool:
         """Whether a plan is pending (without reading it)."""
-        query = self._sql("SELECT 1 FROM {nudge_plans} WHERE target = %(target)s")
+        return self._plan_row() is not None
 
-        def work(conn: Any) -> bool:
-            return self._exists(conn) and bool(
-                conn.execute(query, {"target": self.target}).fetchone()
-            )
+    def pending_summary(self) -> tuple[str, int, int] | None:
+        """``(kind, n_ids, batch_size)`` of the pending plan, from its row (no vectors read)."""
+        row = self._plan_row()
+        return None if row is None else (str(row[0]), int(row[2]), int(row[1]))
+
+    def pending_progress(self) -> int:
+        """Batches of the pending plan written (``0`` without one), from its row."""
+        row = self._plan_row()
+        return 0 if row is None else int(row[3])
+
+    def count_originals(self) -> int:
+        """How many ids have a saved original (counted in the database, none read)."""
+        query = self._sql("SELECT count(*) FROM {nudge_originals} WHERE target = %(target)s")
+
+        def work(conn: Any) -> int:
+            if not self._exists(conn):
+                return 0
+            return int(conn.execute(query, {"target": self.target}).fetchone()[0])
+
+        return self._do("count the saved originals", work)
+
+    def _plan_row(self) -> tuple[Any, ...] | None:
+        """``(kind, batch_size, n_rows, batches_done)`` of the pending plan, or ``None``."""
+        query = self._sql(
+            "SELECT kind, batch_size, n_rows, batches_done FROM {nudge_plans} "
+            "WHERE target = %(target)s"
+        )
+
+        def work(conn: Any) -> tuple[Any, ...] | None:
+            if not self._exists(conn):
+                return None
+            return conn.execute(query, {"target": self.target}).fetchone()
 
         return self._do("read the pending plan", work)
 
