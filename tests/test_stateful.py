@@ -1,12 +1,13 @@
 """The write-back against a model, under random fits, restores, kills and the user's edits.
 
-A Hypothesis state machine drives one store (LangChain's ``InMemoryVectorStore``, state in
-memory; an in-memory Chroma collection, state in a folder; a PostgreSQL + pgvector table,
-state in side tables whose originals each batch's transaction saves) through
+A Hypothesis state machine drives one store, made by ``tests/stores``' harness as its users
+make it (LangChain's ``InMemoryVectorStore``, state in memory; a collection of LangChain's
+in-memory ``Chroma``, state in a folder; a LangChain ``PGVector`` collection in PostgreSQL,
+state in side tables whose originals each batch's transaction saves), through
 ``StoreTuner``: fits of random training pairs, ``restore()``, ``resume()``,
-``discard_pending()``, and the user's
-own changes (a document updated in place, deleted and added again under its id, deleted,
-or a new one added). A *kill* makes ``set_vectors`` write the first ``m`` rows of its
+``discard_pending()``, and the user's own changes through the LangChain wrapper (a document
+updated in place, deleted and added again under its id, deleted, or a new one added).
+A *kill* makes ``set_vectors`` write the first ``m`` rows of its
 ``k``-th batch and then raise (through a store that delegates to the real one; for
 pgvector the ``k``-th batch's transaction dies before its COMMIT); afterwards the tuner is
 built anew, as the next process would.
@@ -53,6 +54,9 @@ from hypothesis.stateful import (  # noqa: E402
 TESTS = Path(__file__).resolve().parent
 if str(TESTS / "integration_langchain") not in sys.path:
     sys.path.insert(0, str(TESTS / "integration_langchain"))
+
+from stores.harness import Docs, Made, StoreKind  # noqa: E402
+from stores.test_memory import MemoryKind  # noqa: E402
 
 from nudge_rag import (  # noqa: E402
     ArrayStore,
@@ -154,127 +158,83 @@ class KillableStore(BaseEmbeddingStore):
 
 
 # ---------------------------------------------------------------------- the stores
-class MemoryStore:
-    """LangChain's ``InMemoryVectorStore``; the user's changes through its own API."""
+class HarnessStore:
+    """A store as ``tests/stores``' kind ``KIND`` makes it in configuration ``CONFIG``; the
+    user's changes through its LangChain wrapper (``Made.add``/``update``/``delete``)."""
 
-    state_dir = "memory"
-
-    def __init__(self, ids: list[str], vectors: np.ndarray):
-        from langchain_core.vectorstores import InMemoryVectorStore
-        from langchain_helpers import LookupEmbeddings
-
-        self.embeddings = LookupEmbeddings({})
-        self.vectorstore = InMemoryVectorStore(self.embeddings)
-        for doc_id, vector in zip(ids, vectors, strict=True):
-            self.add(doc_id, vector)
-
-    def backend(self) -> Any:
-        return backend_for(self.vectorstore)
-
-    def add(self, doc_id: str, vector: np.ndarray) -> None:
-        text = f"{doc_id} as of {uuid.uuid4().hex}"
-        self.embeddings.vectors[text] = vector
-        self.vectorstore.add_texts([text], ids=[doc_id])
-
-    update = add  # add_texts with an existing id replaces the document
-
-    def delete(self, doc_id: str) -> None:
-        self.vectorstore.delete(ids=[doc_id])
-
-    def close(self) -> None:
-        """Nothing to release: the store and its state live in this object."""
-
-
-class ChromaStore:
-    """A collection of an in-memory Chroma client (l2 stores vectors exactly as given);
-    the write-back state in a folder."""
-
-    _client: Any = None
+    KIND: type[StoreKind] = MemoryKind
+    CONFIG = "langchain"
+    state_dir: Any = "memory"  # the write-back state: in memory, a folder, or the store's own
 
     def __init__(self, ids: list[str], vectors: np.ndarray):
-        import chromadb
+        docs = Docs(list(ids), [self._text(i) for i in ids], [{} for _ in ids], vectors)
+        self.made = self.make(docs)
 
-        if ChromaStore._client is None:
-            ChromaStore._client = chromadb.EphemeralClient()
-        self.name = f"s-{uuid.uuid4().hex[:12]}"
-        self.collection = self._client.create_collection(self.name, metadata={"hnsw:space": "l2"})
-        self.collection.add(ids=ids, embeddings=vectors, documents=ids)
-        self.state_dir = tempfile.mkdtemp(prefix="nudge-stateful-")
+    def make(self, docs: Docs) -> Made:
+        return self.KIND().make(None, docs, self.CONFIG, None)
+
+    @staticmethod
+    def _text(doc_id: str) -> str:
+        return f"{doc_id} as of {uuid.uuid4().hex}"  # a text per vector: the lookup's key
 
     def backend(self) -> Any:
-        from nudge_rag.backends import ChromaBackend
-
-        return ChromaBackend(self._client.get_collection(self.name))
+        return backend_for(self.made.store)
 
     def add(self, doc_id: str, vector: np.ndarray) -> None:
-        self.collection.add(ids=[doc_id], embeddings=[vector], documents=[f"{doc_id}, new"])
+        self.made.add(doc_id, self._text(doc_id), vector)
 
     def update(self, doc_id: str, vector: np.ndarray) -> None:
-        self.collection.update(ids=[doc_id], embeddings=[vector], documents=[f"{doc_id}, ed"])
+        self.made.update(doc_id, self._text(doc_id), vector)
 
     def delete(self, doc_id: str) -> None:
-        self.collection.delete(ids=[doc_id])
+        self.made.delete(doc_id)
 
     def close(self) -> None:
-        self._client.delete_collection(self.name)
+        self.made.close()
+
+
+class ChromaStore(HarnessStore):
+    """A collection of the process's in-memory Chroma (HNSW, cosine); the write-back state in
+    a folder."""
+
+    CONFIG = "ephemeral"
+
+    def make(self, docs: Docs) -> Made:
+        from stores.test_chroma import ChromaKind
+
+        self.state_dir = tempfile.mkdtemp(prefix="nudge-stateful-")
+        return ChromaKind().make(None, docs, self.CONFIG, None)
+
+    def close(self) -> None:
+        self.made.close()  # drops the collection
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-class PgStore:
-    """A table in the session's PostgreSQL + pgvector; the write-back state in side tables of
-    the same database (each batch saves its rows' originals in its own transaction); the
-    user's changes are SQL statements."""
+class PgStore(HarnessStore):
+    """A LangChain ``PGVector`` collection in a database of the session's PostgreSQL server;
+    the write-back state in side tables of the same database (each batch saves its rows'
+    originals in its own transaction)."""
 
-    url = ""  # the session server, set by the test
+    url = ""  # a database of the session server with pgvector, set by the test
     state_dir = None  # the backend keeps the state itself
     per_batch = True
 
-    def __init__(self, ids: list[str], vectors: np.ndarray):
-        import psycopg
+    def make(self, docs: Docs) -> Made:
+        from stores.test_pgvector import PgVectorKind
 
-        self.table = f"s_{uuid.uuid4().hex[:12]}"
-        self.backends: list[Any] = []
-        self.conn = psycopg.connect(self.url, autocommit=True)
-        self.conn.execute(
-            f"CREATE TABLE {self.table} (id text PRIMARY KEY, body text, embedding vector({DIM}))"
-        )
-        for doc_id, vector in zip(ids, vectors, strict=True):
-            self.add(doc_id, vector)
-
-    def backend(self) -> Any:
-        from nudge_rag.backends import PgVectorBackend
-
-        made = PgVectorBackend.from_url(self.url, table=self.table, distance="cosine")
-        self.backends.append(made)
-        return made
-
-    def add(self, doc_id: str, vector: np.ndarray) -> None:
-        self.conn.execute(
-            f"INSERT INTO {self.table} (id, body, embedding) VALUES (%s, %s, %s::vector)",
-            (doc_id, f"{doc_id}, new", str(vector.tolist())),
-        )
-
-    def update(self, doc_id: str, vector: np.ndarray) -> None:
-        self.conn.execute(
-            f"UPDATE {self.table} SET embedding = %s::vector, body = %s WHERE id = %s",
-            (str(vector.tolist()), f"{doc_id}, ed", doc_id),
-        )
-
-    def delete(self, doc_id: str) -> None:
-        self.conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (doc_id,))
+        name = f"s_{uuid.uuid4().hex[:12]}"
+        return PgVectorKind().fill(self.url, docs, "exact", collection=name)
 
     def close(self) -> None:
-        for made in self.backends:
-            made.close()
-        self.conn.execute(f"DROP TABLE {self.table}")
-        self.conn.close()
+        self.made.store.delete_collection()  # its rows too: the next one reuses the ids
+        self.made.close()
 
 
 # ---------------------------------------------------------------------- the machine
 class WriteBackMachine(RuleBasedStateMachine):
     """One store, one tuner (built anew after every kill), and the model of both."""
 
-    store_class: type = MemoryStore
+    store_class: type = HarnessStore
 
     @initialize(seed=st.integers(0, 2**16))
     def open_store(self, seed: int) -> None:
@@ -560,11 +520,12 @@ class PgMachine(WriteBackMachine):
 @pytest.mark.parametrize("store", ["InMemoryVectorStore", "chroma", "pgvector"])
 def test_writeback_never_loses_an_original(store, request):
     if store == "chroma":
-        pytest.importorskip("chromadb", reason="pip install 'nudge-rag[chroma]'")
+        pytest.importorskip("langchain_chroma", reason="pip install 'nudge-rag[chroma]'")
     elif store == "pgvector":
-        PgStore.url = request.getfixturevalue("pg_url")
-    else:
-        pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
+        pytest.importorskip("langchain_postgres", reason="pip install 'nudge-rag[postgres]'")
+        from stores.test_pgvector import new_database
+
+        PgStore.url = new_database(request.getfixturevalue("pg_url"))
     COUNTS.clear()
     machine = {"chroma": ChromaMachine, "pgvector": PgMachine}.get(store, WriteBackMachine)
     # Hypothesis seeds a derandomized run from the machine's source, so an edit to the machine

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,7 +35,15 @@ from nudge_rag import (
     backend_for,
 )
 
-from .harness import FILE_STATE_POINTS, ODD_IDS, Docs, Made, StoreKind, toy_docs
+from .harness import (
+    FILE_STATE_POINTS,
+    ODD_IDS,
+    Docs,
+    Made,
+    StoreKind,
+    toy_docs,
+    unit_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -180,19 +189,47 @@ class StoreContract:
         backend = backend_for(made.store)
         np.testing.assert_allclose(backend.get_vectors(docs.ids), docs.vectors, atol=1e-6)
 
-    def test_restore_keeps_a_users_edit(self, made, kind, tmp_path):
+    def test_restore_keeps_a_users_edit(self, made, kind, config, tmp_path):
+        """Between a fit and ``restore`` the user edits tuned documents through the wrapper:
+        one updated, one deleted, one deleted and added again, and a new one added.
+        ``restore`` gives every other document its original, keeps the user's vectors and
+        names what it left: the edited ones drifted, the deleted one missing."""
         docs = made.docs
         queries, answers = _pairs(docs)
         backend = backend_for(made.store)
         stored = dict(zip(docs.ids, backend.get_vectors(docs.ids)))
         tuner = StoreTuner(made.store, state_dir=tmp_path / "state", solver_params={"gamma": 0.5})
-        result = tuner.tune_embedded(queries, answers)
-        edited = result.changed_ids[0]
-        mine = np.roll(docs.vectors[:1], 3, axis=1)
-        backend.set_vectors([edited], mine)  # the user re-embeds one document
+        changed = tuner.tune_embedded(queries, answers).changed_ids
+        updated, deleted, readded = changed[:3]
+        mine = unit_rows(np.random.default_rng(7).standard_normal((3, docs.vectors.shape[1])))
+        meta = [{"row": -k, "title": f"mine {k}"} for k in (1, 2, 3)]  # the docs' fields
+        if config in kind.cannot_delete:  # refused, the store as it was; re-embed in place
+            with pytest.raises(Exception, match=kind.cannot_delete[config]):
+                made.delete(deleted)
+            backend.set_vectors([updated], mine[:1])
+            edited, gone = {updated: mine[0]}, set()
+        else:
+            edited = {made.update(updated, "my edited passage", mine[0], meta[0]): mine[0]}
+            made.delete(deleted)
+            made.delete(readded)
+            edited[made.add(readded, "my passage, again", mine[1], meta[1])] = mine[1]
+            new_id = "a new one" if kind.odd_ids else str(uuid.uuid5(uuid.NAMESPACE_URL, "new"))
+            edited[made.add(new_id, "my new passage", mine[2], meta[2])] = mine[2]
+            assert len(edited) == 3, f"the store gave two edits one id: {sorted(edited)}"
+            # a store that numbers its rows gives a deleted-and-added document a new number
+            gone = {deleted} | ({updated, readded} - set(edited))
+        backend = backend_for(made.store)
+        assert sorted(backend.list_ids()) == sorted(set(docs.ids) - gone | set(edited))
+
+        tuner = StoreTuner(made.store, state_dir=tmp_path / "state")  # a later session
         tuner.restore()
-        np.testing.assert_allclose(backend.get_vectors([edited]), mine, atol=1e-6)
-        others = [i for i in docs.ids if i != edited]
+        report = tuner.writeback.last_report
+        assert set(report.missing_ids) == gone
+        assert set(report.drifted_ids) == set(edited) & set(changed)
+        np.testing.assert_allclose(
+            backend.get_vectors(list(edited)), np.stack(list(edited.values())), atol=1e-6
+        )
+        others = [i for i in docs.ids if i not in gone | set(edited)]
         np.testing.assert_allclose(
             backend.get_vectors(others),
             np.stack([stored[i] for i in others]),

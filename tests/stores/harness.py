@@ -88,6 +88,11 @@ class Made:
         uri: the CLI's ``--store`` (``None``: not on the command line).
         collection: the CLI's ``--collection``.
         close: releases the store's client.
+        upserts: whether the wrapper's own add replaces a document of the same id in place
+            (else :meth:`update` deletes it and adds it again, as its users must).
+        remove: how the user deletes a document where the wrapper has no ``delete`` (SQL on
+            the store's own connection).
+        lookup: the wrapper's :class:`LookupEmbeddings` where its ``embeddings`` is ``None``.
     """
 
     store: Any
@@ -97,6 +102,9 @@ class Made:
     close: Callable[[], None] = lambda: None
     cli_args: tuple[str, ...] = ()  # more --store arguments the CLI needs (e.g. --distance)
     docs: Docs | None = None  # what it holds, with the ids the store gave them
+    upserts: bool = False  # the wrapper's add replaces a document of the same id in place
+    remove: Callable[[str], None] | None = None  # a delete where the wrapper has none
+    lookup: Any = None  # the lookup "model", where the wrapper does not say which it has
 
     def __post_init__(self) -> None:
         release, done = self.close, []
@@ -107,6 +115,41 @@ class Made:
                 release()
 
         self.close = close_once
+
+    # the user's own edits, through the wrapper's API ------------------------------------
+    def add(self, doc_id: str, text: str, vector: np.ndarray, metadata: dict | None = None) -> str:
+        """Add a document (or put a deleted one back under its id) as the user would; returns
+        the id it has in the store (a store that numbers its rows gives a new one)."""
+        vector = np.asarray(vector, dtype=np.float32)
+        if self.framework == "langchain":
+            lookup = self.store.embeddings if self.lookup is None else self.lookup
+            lookup.vectors[text] = vector  # the lookup "model" learns the text
+            got = self.store.add_texts([text], metadatas=[dict(metadata or {})], ids=[doc_id])
+            return str(got[0]) if got else doc_id
+        from llama_index.core.schema import TextNode
+
+        node = TextNode(id_=doc_id, text=text, metadata=dict(metadata or {}))
+        node.embedding = vector.tolist()
+        got = self.store.add([node])
+        return str(got[0]) if got else doc_id
+
+    def delete(self, doc_id: str) -> None:
+        """Delete a document through the wrapper (or as its users must, :attr:`remove`)."""
+        if self.remove is not None:
+            self.remove(doc_id)
+        elif self.framework == "langchain":
+            self.store.delete(ids=[doc_id])
+        else:
+            self.store.delete_nodes(node_ids=[doc_id])
+
+    def update(
+        self, doc_id: str, text: str, vector: np.ndarray, metadata: dict | None = None
+    ) -> str:
+        """Change a document: in place where the wrapper upserts (:attr:`upserts`), else
+        deleted and added again under its id."""
+        if not self.upserts:
+            self.delete(doc_id)
+        return self.add(doc_id, text, vector, metadata)
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[str, Any, Any]]:
         """``(id, text, metadata)`` of the wrapper's own top ``k`` for ``vector``.
@@ -153,6 +196,8 @@ class StoreKind:
             configuration (see :meth:`kill_points`).
         nfcorpus_skip: configuration -> why the nfcorpus test (a measure of the index) does
             not run on it.
+        cannot_delete: configuration -> why its users cannot delete a document through the
+            wrapper (the edits test then re-embeds one in place).
     """
 
     name: ClassVar[str] = ""
@@ -166,6 +211,7 @@ class StoreKind:
     multi_process: ClassVar[bool] = True  # a second process may open it while the test does
     all_kill_points: ClassVar[bool] = False
     nfcorpus_skip: ClassVar[Mapping[str, str]] = {}
+    cannot_delete: ClassVar[Mapping[str, str]] = {}
     exclusive: ClassVar[bool] = False  # its client locks the store, even in this process
 
     def skip_if_missing(self) -> None:

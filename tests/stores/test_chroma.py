@@ -1,5 +1,6 @@
 """Chroma through LangChain's ``Chroma``: a persistent folder (``hnsw``) and a Chroma server
-(``http``, the session's ``chroma run``), HNSW at Chroma's defaults.
+(``http``, the session's ``chroma run``), HNSW at Chroma's defaults. ``ephemeral`` (the
+process's in-memory client, LangChain's default) is made for the other suites.
 
 Chroma always searches an HNSW index (``hnsw:space`` cosine here; ``M`` 16,
 ``construction_ef`` 100, ``search_ef`` 100) and updates it in place on upsert.
@@ -40,7 +41,14 @@ class ChromaKind(StoreKind):
     def make(self, tmp_path, docs, config, request) -> Made:
         from langchain_chroma import Chroma
 
-        if config == "http":
+        if config == "ephemeral":  # other suites' (not run by the contract): in memory
+            name = f"c_{uuid.uuid4().hex[:10]}"  # one client per process: a new collection
+            where, uri, cli_args = {}, None, ()
+
+            def close() -> None:
+                store.delete_collection()
+
+        elif config == "http":
             server = request.getfixturevalue("chroma_server")
             name = f"contract_{uuid.uuid4().hex[:8]}"  # one server for the session
             where = {"client": server.client()}
@@ -65,7 +73,7 @@ class ChromaKind(StoreKind):
                 metadatas=docs.metadatas[s : s + 2000],
                 ids=docs.ids[s : s + 2000],
             )
-        return Made(store, "langchain", uri, name, close, cli_args)
+        return Made(store, "langchain", uri, name, close, cli_args, upserts=True)
 
     def reopen(self, made: Made) -> Made:
         """A new client of the folder (this process's cached one does not see other
@@ -80,7 +88,7 @@ class ChromaKind(StoreKind):
             embedding_function=made.store.embeddings,
             persist_directory=made.uri.removeprefix("chroma:"),
         )
-        return Made(store, "langchain", made.uri, made.collection, _let_go)
+        return Made(store, "langchain", made.uri, made.collection, _let_go, upserts=True)
 
     def kill_points(self, config: str) -> tuple[tuple[str, str], ...]:
         if config != "http":

@@ -50,7 +50,13 @@ class DuckDBKind(StoreKind):
                     metadatas=docs.metadatas[s : s + 2000],
                     ids=docs.ids[s : s + 2000],
                 )
-            return Made(store, "langchain", f"duckdb:{file}", "embeddings", connection.close)
+
+            def remove(doc_id: str) -> None:  # the wrapper has no delete: users run SQL
+                connection.execute("DELETE FROM embeddings WHERE id = ?", [doc_id])
+
+            return Made(
+                store, "langchain", f"duckdb:{file}", "embeddings", connection.close, remove=remove
+            )
         pytest.importorskip(
             "llama_index.vector_stores.duckdb", reason="pip install 'nudge-rag[duckdb]'"
         )

@@ -18,6 +18,12 @@ class FaissKind(StoreKind):
     # an HNSW graph cannot move a vector in place: refused before anything is written,
     # naming the index types that can
     refused = {"hnsw": "IndexFlatIP / IndexFlatL2"}
+    cannot_delete = {
+        # LangChain's FAISS.delete renumbers its id map as a flat index shifts, which an IVF
+        # index does not; the direct map nudge-rag adds (an array) refuses the remove, so the
+        # store is left as it was instead of mislabelled
+        "ivf": "remove not supported with this direct_map format"
+    }
     module_needed = "faiss"
     extra = "faiss"
 

@@ -19,7 +19,7 @@ class MemoryKind(StoreKind):
 
             store = InMemoryVectorStore(docs.embeddings(as_arrays=True))  # arrays: faster search
             store.add_texts(docs.texts, metadatas=docs.metadatas, ids=docs.ids)
-            return Made(store, "langchain")
+            return Made(store, "langchain", upserts=True)
         from llama_index.core.schema import TextNode
         from llama_index.core.vector_stores import SimpleVectorStore
 
@@ -30,7 +30,7 @@ class MemoryKind(StoreKind):
                 for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors)
             ]
         )
-        return Made(store, "llama-index")
+        return Made(store, "llama-index", upserts=True)
 
 
 class TestMemory(StoreContract):

@@ -16,7 +16,7 @@ from .contract import StoreContract
 from .harness import Made, StoreKind
 
 
-def _database(pg_url: str) -> str:
+def new_database(pg_url: str) -> str:
     """A new database with pgvector on the session's server (ids are unique per table)."""
     import psycopg
 
@@ -39,7 +39,7 @@ class PgVectorKind(StoreKind):
     restore_atol = 0.0
 
     def make(self, tmp_path, docs, config, request) -> Made:
-        return self.fill(_database(request.getfixturevalue("pg_url")), docs, config)
+        return self.fill(new_database(request.getfixturevalue("pg_url")), docs, config)
 
     def fill(self, url: str, docs, config: str, collection: str = "contract") -> Made:
         """A LangChain ``PGVector`` collection holding ``docs`` in the database at ``url``
@@ -88,7 +88,7 @@ class PgVectorKind(StoreKind):
             store._engine.dispose()
 
         extra = ("--distance", "cosine") if config == "exact" else ()
-        return Made(store, "langchain", url, collection, close, extra)
+        return Made(store, "langchain", url, collection, close, extra, upserts=True)
 
     def settle(self, made: Made) -> None:
         """Wait until the server has seen a killed writer go: its advisory lock is freed."""

@@ -41,7 +41,7 @@ class QdrantKind(StoreKind):
                 metadatas=docs.metadatas[s : s + 2000],
                 ids=docs.ids[s : s + 2000],
             )
-        return Made(store, "langchain", f"qdrant:{folder}", "contract", client.close)
+        return Made(store, "langchain", f"qdrant:{folder}", "contract", client.close, upserts=True)
 
     def reopen(self, made: Made) -> Made:
         """A new client of the folder (close the test's first: it locks the folder)."""
@@ -50,7 +50,7 @@ class QdrantKind(StoreKind):
 
         client = QdrantClient(path=made.uri.removeprefix("qdrant:"))
         store = QdrantVectorStore(client, made.collection, embedding=made.store.embeddings)
-        return Made(store, "langchain", made.uri, made.collection, client.close)
+        return Made(store, "langchain", made.uri, made.collection, client.close, upserts=True)
 
 
 class TestQdrant(StoreContract):

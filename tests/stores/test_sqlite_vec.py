@@ -35,12 +35,27 @@ class SqliteVecKind(StoreKind):
                 "CREATE VIRTUAL TABLE docs_vec USING vec0(rowid INTEGER PRIMARY KEY, "
                 f"text_embedding float[{dim}] distance_metric=cosine)"
             )
-        store = SQLiteVec("docs", connection, docs.embeddings())
+        lookup = docs.embeddings()
+        store = SQLiteVec("docs", connection, lookup)
         for s in range(0, len(docs.ids), 2000):
             rowids = store.add_texts(docs.texts[s : s + 2000], docs.metadatas[s : s + 2000])
             assert rowids == list(range(s + 1, s + 1 + len(rowids)))
         docs.ids[:] = [str(k + 1) for k in range(len(docs.ids))]  # the store's ids
-        return Made(store, "langchain", f"sqlite-vec:{file}", "docs", connection.close)
+
+        def remove(rowid: str) -> None:  # the wrapper has no delete: users run SQL
+            with connection:
+                connection.execute("DELETE FROM docs WHERE rowid = ?", (int(rowid),))
+                connection.execute("DELETE FROM docs_vec WHERE rowid = ?", (int(rowid),))
+
+        return Made(
+            store,
+            "langchain",
+            f"sqlite-vec:{file}",
+            "docs",
+            connection.close,
+            remove=remove,
+            lookup=lookup,
+        )
 
 
 class TestSqliteVec(StoreContract):
