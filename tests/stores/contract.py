@@ -440,45 +440,63 @@ class StoreContract:
         made = kind.make(tmp_path, docs, config, request)
         to_store = dict(zip(ids, docs.ids))  # the store's own ids (rowids) where it gives them
         to_ds = dict(zip(docs.ids, ids))
+        # An ANN index is measured on every test query. An exact configuration's search is
+        # the store's own exact search: every third query goes through the wrapper (against
+        # exact search over the vectors read back on the same queries), and the whole test
+        # set's numbers come from those vectors (Milvus Lite answers a search in ~60 ms,
+        # SimpleVectorStore in ~110 ms: three passes over every query took 2 minutes each).
+        n_test = ds.test.n_queries
+        sample = np.arange(n_test) if config in kind.approximate else np.arange(0, n_test, 3)
         try:
             tuner = StoreTuner(made.store, state_dir=tmp_path / "st")
-            test = ds.test
 
             def ndcg() -> float:
                 kind.set_search(made, config)
-                hits = [[to_ds[h[0]] for h in made.search(q, K)] for q in test.query_embeddings]
+                hits = [
+                    [to_ds[h[0]] for h in made.search(q, K)]
+                    for q in ds.test.query_embeddings[sample]
+                ]
                 assert min(len(h) for h in hits) == K, "a query got fewer than k results"
-                return ranked_ndcg(ds, hits, K)
+                return ranked_ndcg(ds, hits, K, sample)
+
+            def read_back() -> np.ndarray:
+                return tuner.store.get_vectors(docs.ids)
 
             train, dev = ds.train, ds.dev
-            before = ndcg()
+            before, stored_before = ndcg(), read_back()
             tuner.tune_embedded(
                 train.query_embeddings,
                 _answer_ids(ds, train, to_store),
                 dev.query_embeddings,
                 _answer_ids(ds, dev, to_store),
             )
-            after = ndcg()
-            tuned = tuner.store.get_vectors(docs.ids)
-            exact_after = exact_ndcg(ds, tuned)
+            after, tuned = ndcg(), read_back()
             fitted = NudgeN().fit(vectors, train.queryset(), dev.queryset())
-            arrays = exact_ndcg(ds, fitted.embeddings_)
             tuner.restore()
-            restored = ndcg()
-            exact_before = exact_ndcg(ds, vectors)
+            restored, stored_restored = ndcg(), read_back()
+            full = {  # the whole test set, exact search over the vectors the store holds
+                "before": exact_ndcg(ds, stored_before),
+                "after": exact_ndcg(ds, tuned),
+                "arrays": exact_ndcg(ds, fitted.embeddings_),
+                "restored": exact_ndcg(ds, stored_restored),
+            }
             logger.warning(
-                "%s[%s] nfcorpus nDCG@10: before %.4f (exact %.4f), after %.4f (exact %.4f, "
-                "arrays %.4f), restored %.4f",
+                "%s[%s] nfcorpus nDCG@10 on %d test queries through the wrapper: before %.4f, "
+                "after %.4f, restored %.4f; every test query, exact search over the stored "
+                "vectors: before %.4f, after %.4f (arrays %.4f), restored %.4f",
                 kind.name,
                 config,
+                len(sample),
                 before,
-                exact_before,
                 after,
-                exact_after,
-                arrays,
                 restored,
+                *full.values(),
             )
-            assert exact_after == pytest.approx(arrays, abs=0.005)
+            assert full["before"] == pytest.approx(exact_ndcg(ds, vectors), abs=0.002)
+            assert full["after"] == pytest.approx(full["arrays"], abs=0.005)
+            assert full["restored"] == pytest.approx(full["before"], abs=0.002)
+            exact_before = exact_ndcg(ds, stored_before, queries=sample)
+            exact_after = exact_ndcg(ds, tuned, queries=sample)
             if config in kind.approximate:
                 # no worse than before (the planner may pick a sequential scan once the
                 # table is analyzed: then better, exact)
