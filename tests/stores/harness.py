@@ -196,8 +196,8 @@ class StoreKind:
             configuration (see :meth:`kill_points`).
         nfcorpus_skip: configuration -> why the nfcorpus test (a measure of the index) does
             not run on it.
-        cannot_delete: configuration -> why its users cannot delete a document through the
-            wrapper (the edits test then re-embeds one in place).
+        cannot_delete: configuration -> the error (regex) a delete through the wrapper gives,
+            the store left as it was (the edits test asserts it, then re-embeds in place).
     """
 
     name: ClassVar[str] = ""
