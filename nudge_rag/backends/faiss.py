@@ -682,5 +682,11 @@ SPEC = StoreSpec(
     ),
     cosine_hint="IndexFlatIP over normalized vectors (LangChain: normalize_L2=True)",
     dot_hint="IndexFlatIP, LangChain distance_strategy=MAX_INNER_PRODUCT without normalize_L2",
-    after_writes="nothing for flat indexes; the saved files are rewritten atomically",
+    after_writes=(
+        "nothing for flat indexes; the saved files are rewritten atomically. An "
+        "IndexIVFFlat gets a direct map, which update_vectors needs: with an array map "
+        "(ids 0..n-1, as LangChain's) FAISS then refuses LangChain's FAISS.delete and leaves "
+        "the index as it was (that delete renumbers its ids as a flat index does, which would "
+        "mislabel an IVF index's documents): rebuild the index to delete documents"
+    ),
 )
