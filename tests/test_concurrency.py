@@ -183,6 +183,7 @@ HARNESS_KINDS: dict[str, tuple[str, str | dict[str, str]]] = {
     "memory": ("memory", {"langchain": "langchain", "llama": "llama-index"}),
     "chroma": ("chroma", "hnsw"),  # a persistent folder
     "chroma_ephemeral": ("chroma", "ephemeral"),
+    "chroma_http": ("chroma", "http"),  # a collection of the session's server
     "qdrant": ("qdrant", "local"),  # a local folder
     "qdrant_memory": ("qdrant", {"langchain": "memory", "llama": "llama-index"}),
 }
@@ -190,11 +191,18 @@ WRAPPERS = {"langchain": "langchain", "llama": "llama-index"}  # the harness's f
 
 
 class StoreCase:
-    """One store of ``kind`` (``memory``, ``chroma``, ``chroma_ephemeral``, ``qdrant``,
-    ``qdrant_memory``) filled with ``data`` by its harness kind, seen through ``framework``'s
-    wrapper, and the user's own edits made through that wrapper."""
+    """One store of ``kind`` (``memory``, ``chroma``, ``chroma_ephemeral``, ``chroma_http``,
+    ``qdrant``, ``qdrant_memory``) filled with ``data`` by its harness kind, seen through
+    ``framework``'s wrapper, and the user's own edits made through that wrapper."""
 
-    def __init__(self, framework: str, kind: str, data: Data, folder: Path | None = None):
+    def __init__(
+        self,
+        framework: str,
+        kind: str,
+        data: Data,
+        folder: Path | None = None,
+        request: Any = None,  # the test's, for the server of ``chroma_http``
+    ):
         self.framework, self.kind, self.data = framework, kind, data
         if framework == "langchain":
             pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
@@ -210,7 +218,7 @@ class StoreCase:
         config = config if isinstance(config, str) else config[framework]
         metadatas = [{"k": k} for k in range(len(data.ids))]
         docs = Docs(list(data.ids), list(data.texts), metadatas, data.docs, data.questions)
-        self.made = self.store_kind.make(folder, docs, config, None)
+        self.made = self.store_kind.make(folder, docs, config, request)
         self.view = self.made  # the case's wrapper
         if self.made.framework != WRAPPERS[framework]:
             self.view = self.store_kind.wrapper(self.made, WRAPPERS[framework])
@@ -558,32 +566,15 @@ def workers(chroma_server):
         worker.close()
 
 
-class ServerCollection:
-    """A filled collection on the Chroma server, read with one client."""
-
-    def __init__(self, server: Any, data: Data):
-        self.client = server.client()
-        self.name = f"p-{uuid.uuid4().hex[:10]}"
-        self.collection = self.client.create_collection(
-            self.name, configuration={"hnsw": {"space": "cosine"}}
-        )
-        self.collection.add(ids=data.ids, embeddings=data.docs, documents=data.texts)
-
-    def read(self, ids: list[str]) -> np.ndarray:
-        got = self.collection.get(ids=ids, include=["embeddings"])
-        rows = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
-        return np.stack([rows[i] for i in ids])
-
-
 @pytest.mark.slow  # two processes, 20 rounds, a Chroma server: about 20 s
-def test_two_tuner_processes_lose_no_original(workers, chroma_server, tmp_path):
+def test_two_tuner_processes_lose_no_original(workers, tmp_path, request):
     """A LangChain retriever and a LlamaIndex engine in two processes on one collection of a
     Chroma server, with one ``state_dir``: 20 rounds of overlapping fits and restores (the
     roles alternate, so each framework's tuner is the first and the second writer)."""
     data = make_data()
     refs = refs_for(data)
-    server = ServerCollection(chroma_server, data)
-    where = {"collection": server.name, "state_dir": str(tmp_path / "state")}
+    server = StoreCase("langchain", "chroma_http", data, tmp_path, request)
+    where = {"collection": server.made.collection, "state_dir": str(tmp_path / "state")}
     pool = [workers["langchain"], workers["llama"]]
     busy = waited = 0
     for r in range(ROUNDS):
@@ -749,25 +740,20 @@ def test_a_live_holder_is_named_and_a_killed_one_does_not_block(tmp_path, caplog
 
 
 @pytest.mark.slow  # kills a tuner process: about 17 s
-def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, chroma_server, tmp_path, caplog):
+def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, tmp_path, caplog, request):
     """LangChain: a fit in another process writes slowly; while it is alive the retriever
     here gets ``StoreBusyError`` naming it; SIGKILLed mid write-back, its lock is gone:
     ``resume()`` here proceeds at once (reporting the dead holder) and ``restore()`` puts
     every original back. (It kills the module's LangChain worker: it runs last of them.)"""
-    from langchain_chroma import Chroma
-    from langchain_helpers import LookupEmbeddings
     from langchain_nudge import NudgeRetriever
 
     data = make_data()
-    server = ServerCollection(chroma_server, data)
+    server = StoreCase("langchain", "chroma_http", data, tmp_path, request)
     state = tmp_path / "state"
     worker = workers["langchain"]
-    vectorstore = Chroma(
-        collection_name=server.name,
-        client=server.client,
-        embedding_function=LookupEmbeddings(data.lookup()),
+    here = NudgeRetriever(
+        vectorstore=server.vectorstore, state_dir=state, solver_params={"gamma": GAMMA}
     )
-    here = NudgeRetriever(vectorstore=vectorstore, state_dir=state, solver_params={"gamma": GAMMA})
     host = socket.gethostname()
     try:
         worker.send(
@@ -776,7 +762,7 @@ def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, chroma_server, 
             lock_timeout=0,
             slow=0.2,
             batch_size=16,
-            collection=server.name,
+            collection=server.made.collection,
             state_dir=str(state),
         )
         for _ in range(3):  # three batches written, the fourth under way
