@@ -176,132 +176,58 @@ class Tuner:
         return self.fit() if op == "fit" else self.restore()
 
 
-class StoreCase:
-    """One store of ``kind`` (``memory``, ``chroma``, ``chroma_ephemeral``, ``qdrant``,
-    ``qdrant_memory``) filled with ``data``, seen through ``framework``'s wrapper, and the
-    user's own edits made through that framework (or the store's client)."""
+#: The harness kind (``tests/stores``) of each case's store, and its configuration (per
+#: framework where LlamaIndex makes its own; else the store is made through LangChain and seen
+#: through LlamaIndex's wrapper on the same client).
+HARNESS_KINDS: dict[str, tuple[str, str | dict[str, str]]] = {
+    "memory": ("memory", {"langchain": "langchain", "llama": "llama-index"}),
+    "chroma": ("chroma", "hnsw"),  # a persistent folder
+    "chroma_ephemeral": ("chroma", "ephemeral"),
+    "chroma_http": ("chroma", "http"),  # a collection of the session's server
+    "qdrant": ("qdrant", "local"),  # a local folder
+    "qdrant_memory": ("qdrant", {"langchain": "memory", "llama": "llama-index"}),
+}
+WRAPPERS = {"langchain": "langchain", "llama": "llama-index"}  # the harness's framework names
 
-    def __init__(self, framework: str, kind: str, data: Data, folder: Path | None = None):
-        self.framework, self.kind, self.data, self.folder = framework, kind, data, folder
+
+class StoreCase:
+    """One store of ``kind`` (``memory``, ``chroma``, ``chroma_ephemeral``, ``chroma_http``,
+    ``qdrant``, ``qdrant_memory``) filled with ``data`` by its harness kind, seen through
+    ``framework``'s wrapper, and the user's own edits made through that wrapper."""
+
+    def __init__(
+        self,
+        framework: str,
+        kind: str,
+        data: Data,
+        folder: Path | None = None,
+        request: Any = None,  # the test's, for the server of ``chroma_http``
+    ):
+        self.framework, self.kind, self.data = framework, kind, data
         if framework == "langchain":
             pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
         else:
             pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
-        self.lookup = data.lookup()
-        self._embeddings: Any = None
-        self.name = f"c-{uuid.uuid4().hex[:10]}"
-        self.client: Any = None
-        self.collection: Any = None
-        getattr(self, f"_open_{kind.split('_')[0]}")()
-        self.vectorstore = self.wrapper()
-
-    @property
-    def embeddings(self) -> Any:
-        """The LangChain embeddings: precomputed vectors by text, edits included."""
-        if self._embeddings is None:
-            from langchain_helpers import LookupEmbeddings
-
-            # langchain-qdrant embeds a probe text ("dummy_text") to learn the dimension
-            probe = np.ones(self.data.docs.shape[1]) if self.kind.startswith("qdrant") else None
-            self._embeddings = LookupEmbeddings(self.lookup, default=probe)
-        return self._embeddings
-
-    # opening -----------------------------------------------------------------
-    def _open_memory(self) -> None:
-        """The harness's in-memory kind (``InMemoryVectorStore`` / ``SimpleVectorStore``)."""
         from stores.harness import Docs
+        from stores.test_chroma import ChromaKind
         from stores.test_memory import MemoryKind
+        from stores.test_qdrant import QdrantKind
 
-        data = self.data
-        docs = Docs(list(data.ids), list(data.texts), [{} for _ in data.ids], data.docs)
-        docs.queries = data.questions
-        config = "langchain" if self.framework == "langchain" else "llama-index"
-        self._memory = MemoryKind().make(self.folder, docs, config, None).store
-        if self.framework == "langchain":  # the user's edits add their texts to its table
-            self._embeddings = self._memory.embedding
+        name, config = HARNESS_KINDS[kind]
+        self.store_kind = {"memory": MemoryKind, "chroma": ChromaKind, "qdrant": QdrantKind}[name]()
+        config = config if isinstance(config, str) else config[framework]
+        metadatas = [{"k": k} for k in range(len(data.ids))]
+        docs = Docs(list(data.ids), list(data.texts), metadatas, data.docs, data.questions)
+        self.made = self.store_kind.make(folder, docs, config, request)
+        self.view = self.made  # the case's wrapper
+        if self.made.framework != WRAPPERS[framework]:
+            self.view = self.store_kind.wrapper(self.made, WRAPPERS[framework])
+        self.vectorstore = self.view.store
 
-    def _open_chroma(self) -> None:
-        import chromadb
-
-        if self.kind == "chroma":
-            self.client = chromadb.PersistentClient(path=str(self.folder / "chroma"))
-        else:
-            self.client = chromadb.EphemeralClient()
-        self.collection = self.client.create_collection(
-            self.name, configuration={"hnsw": {"space": "cosine"}}
-        )
-        self.collection.add(
-            ids=self.data.ids,
-            embeddings=self.data.docs,
-            documents=self.data.texts,
-            metadatas=[{"k": k} for k in range(len(self.data.ids))],
-        )
-
-    def _open_qdrant(self) -> None:
-        from qdrant_client import QdrantClient, models
-
-        if self.kind == "qdrant":
-            self.client = QdrantClient(path=str(self.folder / "qdrant"))
-        else:
-            self.client = QdrantClient(":memory:")
-        if self.framework == "llama":
-            self._llama_qdrant = self._llama_qdrant_store()
-            self._llama_qdrant.add(self._nodes(self.data.ids, self.data.texts, self.data.docs))
-            return
-        params = models.VectorParams(size=self.data.docs.shape[1], distance=models.Distance.COSINE)
-        self.client.create_collection(self.name, vectors_config=params)
-        self.client.upsert(
-            self.name,
-            points=[
-                models.PointStruct(
-                    id=i, vector=v.tolist(), payload={"page_content": t, "metadata": {"k": k}}
-                )
-                for k, (i, t, v) in enumerate(
-                    zip(self.data.ids, self.data.texts, self.data.docs, strict=True)
-                )
-            ],
-            wait=True,
-        )
-
-    def _llama_qdrant_store(self) -> Any:
-        from llama_index.vector_stores.qdrant import QdrantVectorStore
-        from qdrant_client import models
-
-        params = models.VectorParams(size=self.data.docs.shape[1], distance=models.Distance.COSINE)
-        return QdrantVectorStore(client=self.client, collection_name=self.name, dense_config=params)
-
-    @staticmethod
-    def _nodes(ids, texts, vectors) -> list[Any]:
-        from llama_index.core.schema import TextNode
-
-        return [
-            TextNode(id_=i, text=t, embedding=np.asarray(v, dtype=np.float32).tolist())
-            for i, t, v in zip(ids, texts, vectors, strict=True)
-        ]
-
-    def wrapper(self, framework: str | None = None) -> Any:
-        """A framework wrapper over the store (a new one each call, except for in-memory
-        stores, whose object *is* the store); ``framework`` defaults to the case's."""
-        framework = framework or self.framework
-        if self.kind == "memory":
-            return self._memory
-        if framework == "langchain":
-            if self.kind.startswith("chroma"):
-                from langchain_chroma import Chroma
-
-                return Chroma(
-                    collection_name=self.name,
-                    client=self.client,
-                    embedding_function=self.embeddings,
-                )
-            from langchain_qdrant import QdrantVectorStore
-
-            return QdrantVectorStore(self.client, self.name, embedding=self.embeddings)
-        if self.kind.startswith("chroma"):
-            from llama_index.vector_stores.chroma import ChromaVectorStore
-
-            return ChromaVectorStore(chroma_collection=self.client.get_collection(self.name))
-        return self._llama_qdrant_store()
+    def wrapper(self, framework: str) -> Any:
+        """A new framework wrapper on the store's client (in-memory stores: the same object,
+        which *is* the store)."""
+        return self.store_kind.wrapper(self.made, WRAPPERS[framework]).store
 
     def tuner(self, pairs: Any, *, new_wrapper: str | None = None, **kwargs: Any) -> Tuner:
         """A tuner of ``pairs`` (a list, or the name of one of the data's) over the case's
@@ -325,48 +251,22 @@ class StoreCase:
 
         return backend_for(self.vectorstore).list_ids()
 
-    # the user's edits ----------------------------------------------------------
+    # the user's edits, through the case's wrapper --------------------------------
     def delete(self, doc_id: str) -> None:
-        if self.framework == "langchain":
-            self.vectorstore.delete(ids=[doc_id])
-        else:
-            self.vectorstore.delete_nodes(node_ids=[doc_id])
+        self.view.delete(doc_id)
 
     def readd(self, doc_id: str, text: str, vector: np.ndarray) -> None:
         """Delete the document and add it again under its id, with a new text and vector."""
-        self.delete(doc_id)
-        self._add(doc_id, text, vector)
+        self.view.delete(doc_id)
+        self.view.add(doc_id, text, vector, {"edited": True})
 
     def update(self, doc_id: str, text: str, vector: np.ndarray) -> None:
-        """Change the document in place (an upsert, or the store's own update)."""
-        if self.kind.startswith("chroma"):
-            from langchain_core.documents import Document
-
-            if self.framework == "langchain":
-                self.embeddings.vectors[text] = vector
-                edited = Document(page_content=text, metadata={"edited": True})
-                self.vectorstore.update_document(doc_id, edited)
-            else:
-                self.collection.update(ids=[doc_id], embeddings=[vector], documents=[text])
-            return
-        self._add(doc_id, text, vector)  # InMemoryVectorStore, SimpleVectorStore, Qdrant: upsert
-
-    def _add(self, doc_id: str, text: str, vector: np.ndarray) -> None:
-        if self.framework == "langchain":
-            self.embeddings.vectors[text] = vector
-            self.vectorstore.add_texts([text], ids=[doc_id])
-        else:
-            self.vectorstore.add(self._nodes([doc_id], [text], [vector]))
+        """Change the document: in place where the wrapper's add upserts (LlamaIndex's
+        ``ChromaVectorStore`` cannot: deleted and added again, as its users must)."""
+        self.view.update(doc_id, text, vector, {"edited": True})
 
     def close(self) -> None:
-        if self.kind == "qdrant" or self.kind == "qdrant_memory":
-            self.client.close()
-        if self.kind == "chroma_ephemeral":  # the process-wide in-memory system stays
-            self.client.delete_collection(self.name)
-        if self.kind == "chroma":
-            from chromadb.api.client import SharedSystemClient
-
-            SharedSystemClient.clear_system_cache()
+        self.made.close()
 
 
 def tolerance(kind: str) -> float:
@@ -666,32 +566,15 @@ def workers(chroma_server):
         worker.close()
 
 
-class ServerCollection:
-    """A filled collection on the Chroma server, read with one client."""
-
-    def __init__(self, server: Any, data: Data):
-        self.client = server.client()
-        self.name = f"p-{uuid.uuid4().hex[:10]}"
-        self.collection = self.client.create_collection(
-            self.name, configuration={"hnsw": {"space": "cosine"}}
-        )
-        self.collection.add(ids=data.ids, embeddings=data.docs, documents=data.texts)
-
-    def read(self, ids: list[str]) -> np.ndarray:
-        got = self.collection.get(ids=ids, include=["embeddings"])
-        rows = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
-        return np.stack([rows[i] for i in ids])
-
-
 @pytest.mark.slow  # two processes, 20 rounds, a Chroma server: about 20 s
-def test_two_tuner_processes_lose_no_original(workers, chroma_server, tmp_path):
+def test_two_tuner_processes_lose_no_original(workers, tmp_path, request):
     """A LangChain retriever and a LlamaIndex engine in two processes on one collection of a
     Chroma server, with one ``state_dir``: 20 rounds of overlapping fits and restores (the
     roles alternate, so each framework's tuner is the first and the second writer)."""
     data = make_data()
     refs = refs_for(data)
-    server = ServerCollection(chroma_server, data)
-    where = {"collection": server.name, "state_dir": str(tmp_path / "state")}
+    server = StoreCase("langchain", "chroma_http", data, tmp_path, request)
+    where = {"collection": server.made.collection, "state_dir": str(tmp_path / "state")}
     pool = [workers["langchain"], workers["llama"]]
     busy = waited = 0
     for r in range(ROUNDS):
@@ -857,25 +740,20 @@ def test_a_live_holder_is_named_and_a_killed_one_does_not_block(tmp_path, caplog
 
 
 @pytest.mark.slow  # kills a tuner process: about 17 s
-def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, chroma_server, tmp_path, caplog):
+def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, tmp_path, caplog, request):
     """LangChain: a fit in another process writes slowly; while it is alive the retriever
     here gets ``StoreBusyError`` naming it; SIGKILLed mid write-back, its lock is gone:
     ``resume()`` here proceeds at once (reporting the dead holder) and ``restore()`` puts
     every original back. (It kills the module's LangChain worker: it runs last of them.)"""
-    from langchain_chroma import Chroma
-    from langchain_helpers import LookupEmbeddings
     from langchain_nudge import NudgeRetriever
 
     data = make_data()
-    server = ServerCollection(chroma_server, data)
+    server = StoreCase("langchain", "chroma_http", data, tmp_path, request)
     state = tmp_path / "state"
     worker = workers["langchain"]
-    vectorstore = Chroma(
-        collection_name=server.name,
-        client=server.client,
-        embedding_function=LookupEmbeddings(data.lookup()),
+    here = NudgeRetriever(
+        vectorstore=server.vectorstore, state_dir=state, solver_params={"gamma": GAMMA}
     )
-    here = NudgeRetriever(vectorstore=vectorstore, state_dir=state, solver_params={"gamma": GAMMA})
     host = socket.gethostname()
     try:
         worker.send(
@@ -884,7 +762,7 @@ def test_a_tuner_process_killed_mid_write_blocks_no_one(workers, chroma_server, 
             lock_timeout=0,
             slow=0.2,
             batch_size=16,
-            collection=server.name,
+            collection=server.made.collection,
             state_dir=str(state),
         )
         for _ in range(3):  # three batches written, the fourth under way
@@ -933,7 +811,8 @@ def test_an_edited_document_is_the_users_not_restored_over(framework, kind, tmp_
         first = tuner.fit()
         moved = sorted(first.changed_ids, key=data.ids.index)
         assert len(moved) == 24
-        # The user replaces x (deleted, added again under its id) and updates y in place.
+        # The user replaces x (deleted, added again under its id) and updates y (in place
+        # where the wrapper can).
         x, y, z, w, v = moved[:5]
         edits = dict(zip((x, y, z, w), unit_rows(rng, 4, 8), strict=True))
         case.readd(x, "x, rewritten", edits[x])

@@ -223,6 +223,18 @@ class StoreKind:
         """A store holding ``docs`` in configuration ``config``."""
         raise NotImplementedError
 
+    def wrapper(self, made: Made, framework: str) -> Made:
+        """The store ``made`` (as :meth:`make` made it) seen through a new wrapper of
+        ``framework`` (``"langchain"`` or ``"llama-index"``) on the same client: what a second
+        retriever or engine of the same process holds. Its close leaves the client to
+        ``made.close``.
+
+        Raises:
+            NotImplementedError: the kind makes no such wrapper (default).
+        """
+        msg = f"{type(self).__name__} makes no second {framework} wrapper of a store"
+        raise NotImplementedError(msg)
+
     def set_search(self, made: Made, config: str) -> None:
         """Set the search settings of ``config`` on the wrapper (default: nothing)."""
 

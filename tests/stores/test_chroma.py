@@ -1,6 +1,7 @@
 """Chroma through LangChain's ``Chroma``: a persistent folder (``hnsw``) and a Chroma server
 (``http``, the session's ``chroma run``), HNSW at Chroma's defaults. ``ephemeral`` (the
-process's in-memory client, LangChain's default) is made for the other suites.
+process's in-memory client, LangChain's default) is made for the other suites, which also see
+a store through LlamaIndex's ``ChromaVectorStore`` (:meth:`ChromaKind.wrapper`).
 
 Chroma always searches an HNSW index (``hnsw:space`` cosine here; ``M`` 16,
 ``construction_ef`` 100, ``search_ef`` 100) and updates it in place on upsert.
@@ -74,6 +75,28 @@ class ChromaKind(StoreKind):
                 ids=docs.ids[s : s + 2000],
             )
         return Made(store, "langchain", uri, name, close, cli_args, upserts=True)
+
+    def wrapper(self, made: Made, framework: str) -> Made:
+        """A new LangChain ``Chroma`` or LlamaIndex ``ChromaVectorStore`` on the client of
+        ``made``'s ``Chroma``. LlamaIndex's ``add`` is Chroma's, which keeps the document an id
+        already names: the user's update deletes it and adds it again."""
+        client = made.store._client  # the client LangChain's Chroma opened
+        if framework == "langchain":
+            from langchain_chroma import Chroma
+
+            store = Chroma(
+                collection_name=made.collection,
+                client=client,
+                embedding_function=made.store.embeddings,
+            )
+        else:
+            from llama_index.vector_stores.chroma import ChromaVectorStore
+
+            store = ChromaVectorStore(chroma_collection=client.get_collection(made.collection))
+        upserts = framework == "langchain"
+        return Made(
+            store, framework, made.uri, made.collection, cli_args=made.cli_args, upserts=upserts
+        )
 
     def reopen(self, made: Made) -> Made:
         """A new client of the folder (this process's cached one does not see other

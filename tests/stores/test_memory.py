@@ -32,6 +32,12 @@ class MemoryKind(StoreKind):
         )
         return Made(store, "llama-index", upserts=True)
 
+    def wrapper(self, made: Made, framework: str) -> Made:
+        """The same object: an in-memory store *is* its wrapper (no other framework's)."""
+        if framework != made.framework:
+            return super().wrapper(made, framework)
+        return Made(made.store, made.framework, upserts=True)
+
 
 class TestMemory(StoreContract):
     KIND = MemoryKind
