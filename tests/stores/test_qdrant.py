@@ -1,6 +1,8 @@
 """Qdrant through LangChain's ``QdrantVectorStore`` on a local folder (exact search).
 
 The local client locks its folder: tests close the wrapper before the command line opens it.
+``open`` opens the folder from its URI as a new process does (LangChain's or LlamaIndex's
+``QdrantVectorStore``: the fault suite's child).
 """
 
 from __future__ import annotations
@@ -45,12 +47,23 @@ class QdrantKind(StoreKind):
 
     def reopen(self, made: Made) -> Made:
         """A new client of the folder (close the test's first: it locks the folder)."""
-        from langchain_qdrant import QdrantVectorStore
+        return self.open(made.uri, made.collection, made.store.embeddings)
+
+    def open(self, uri, collection, embeddings=None, framework="langchain") -> Made:
+        """A new local client of the folder (``qdrant:PATH``; no other may hold it) and the
+        wrapper over it: LangChain's or LlamaIndex's ``QdrantVectorStore``."""
         from qdrant_client import QdrantClient
 
-        client = QdrantClient(path=made.uri.removeprefix("qdrant:"))
-        store = QdrantVectorStore(client, made.collection, embedding=made.store.embeddings)
-        return Made(store, "langchain", made.uri, made.collection, client.close, upserts=True)
+        client = QdrantClient(path=uri.removeprefix("qdrant:"))
+        if framework == "llama-index":
+            from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+            store = QdrantVectorStore(client=client, collection_name=collection)
+        else:
+            from langchain_qdrant import QdrantVectorStore
+
+            store = QdrantVectorStore(client, collection, embedding=embeddings)
+        return Made(store, framework, uri, collection, client.close, upserts=True)
 
 
 class TestQdrant(StoreContract):
