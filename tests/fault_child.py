@@ -1,7 +1,9 @@
 """Child process for ``test_faults.py``: tune a store and write it back, then die on cue.
 
 Run as ``python tests/fault_child.py '<json args>'``. The parent creates and fills the store;
-this script opens it from the path / port in the arguments, runs the fit through the core API
+this script opens it as a new process does: a Chroma or Qdrant store through the harness's
+kind (``tests/stores``) from its CLI ``uri`` and ``collection`` in the arguments, a FAISS
+folder or a pgvector database from its path / URL. It runs the fit through the core API
 (``WriteBack`` + ``tune_store``), LangChain's ``NudgeRetriever`` or LlamaIndex's
 ``NudgeFinetuneEngine``, and SIGKILLs itself at the hook named by ``args["kill"]``:
 
@@ -15,6 +17,9 @@ this script opens it from the path / port in the arguments, runs the fit through
 * ``None``: no hook (the parent may kill it at a random time; ``slow`` sleeps per batch).
 * ``{"at": "pg_commit" | "pg_partial", ...}``: pgvector only (state in side tables, no
   files): before a transaction's COMMIT (``install_pg_hooks``).
+
+With ``args["query"] = {"seconds": s, "k": k}`` it is a reader instead: it searches the store
+through LangChain's wrapper for ``s`` seconds and prints what it got (``query_while``).
 
 The same module builds the data and opens the stores for the parent (``open_target``), so the
 parent and the child agree on ids, vectors and training queries.
@@ -37,6 +42,7 @@ import numpy as np
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 for extra in (
+    TESTS,  # the store harness: tests/stores
     REPO / "integrations",
     TESTS / "integration_langchain",
     TESTS / "integration_llama_index",
@@ -86,42 +92,72 @@ def train_pairs(args: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------- stores
-def chroma_client(args: dict[str, Any]):
-    import chromadb
+def kind_of(store: str):
+    """The harness's kind (``tests/stores``) of a target's store: how it is made, how exactly
+    ``restore`` gives its vectors back, and (Chroma, Qdrant) how a new process opens it.
 
-    if args["store"] == "chroma_http":
-        return chromadb.HttpClient(host=args["host"], port=args["port"])
-    return chromadb.PersistentClient(path=args["path"])
+    Imported here, not at the top: the FAISS and pgvector children do without the harness
+    (pytest and LangChain at start-up, in every child process).
+    """
+    if store == "qdrant_local":
+        from stores.test_qdrant import QdrantKind
+
+        return QdrantKind()
+    if store in ("chroma_persist", "chroma_http"):
+        from stores.test_chroma import ChromaKind
+
+        return ChromaKind()
+    if store == "faiss_folder":
+        from stores.test_faiss import FaissKind
+
+        return FaissKind()
+    if store == "pgvector":
+        from stores.test_pgvector import PgVectorKind
+
+        return PgVectorKind()
+    msg = f"no harness kind for fault target {store!r}"
+    raise ValueError(msg)
+
+
+def open_made(args: dict[str, Any], framework: str = "langchain"):
+    """The store of ``args`` (the CLI's ``uri`` and ``collection``) opened through its
+    ``framework`` wrapper as a new process opens it, by its harness kind: LangChain's
+    ``Chroma`` / ``QdrantVectorStore`` (which embeds the training questions) or LlamaIndex's
+    ``ChromaVectorStore`` / ``QdrantVectorStore``. A :class:`stores.harness.Made`."""
+    from langchain_helpers import LookupEmbeddings
+
+    data = make_data(**args.get("data", {}))
+    embeddings = LookupEmbeddings(data["questions"], default=np.ones(DIM) / DIM**0.5)
+    return kind_of(args["store"]).open(args["uri"], args["collection"], embeddings, framework)
 
 
 class Target:
-    """The store opened for ``args``: ``resume()``, ``restore()``, ``fit()``, ``read()``."""
+    """The store opened for ``args``: ``resume()``, ``restore()``, ``fit()``, ``read()``.
+
+    Chroma and Qdrant: ``made`` is the store as the harness opens it in a new process
+    (:func:`open_made`); the core API writes back through its backend (``backend_for``),
+    LangChain's ``NudgeRetriever`` and LlamaIndex's ``NudgeFinetuneEngine`` through the
+    wrapper itself.
+    """
 
     def __init__(self, args: dict[str, Any]):
         self.args = args
         self.framework = args.get("framework", "core")
         self.batch_size = int(args.get("batch_size", 3))
-        self.qdrant = None
-        self.collection = None
+        self.made = None
         self._connect()
         self.obj = self._build()
 
     def _connect(self) -> None:
-        """Open the client the backend reads through (Qdrant local, or Chroma)."""
-        if self.args["store"] == "qdrant_local":
-            from qdrant_client import QdrantClient
-
-            self.qdrant = QdrantClient(path=self.args["path"])
-        else:
-            self.chroma = chroma_client(self.args)
-            self.collection = self.chroma.get_collection(self.args["collection"])
+        """Open the store: LlamaIndex's wrapper for its engine, else LangChain's."""
+        self.made = open_made(
+            self.args, "llama-index" if self.framework == "llama" else "langchain"
+        )
 
     def _backend(self):
-        from nudge_rag.backends import ChromaBackend, QdrantBackend
+        from nudge_rag.backends import backend_for
 
-        if self.qdrant is not None:
-            return QdrantBackend(self.qdrant, self.args["collection"])
-        return ChromaBackend(self.collection)
+        return backend_for(self.made.store)
 
     def _build(self):
         data = make_data(**self.args.get("data", {}))
@@ -131,24 +167,10 @@ class Target:
 
             return WriteBack(self._backend(), state_dir, batch_size=self.batch_size)
         if self.framework == "langchain":
-            from langchain_helpers import LookupEmbeddings
             from langchain_nudge import NudgeRetriever
 
-            emb = LookupEmbeddings(data["questions"], default=np.ones(DIM) / DIM**0.5)
-            if self.qdrant is not None:
-                from langchain_qdrant import QdrantVectorStore
-
-                vs = QdrantVectorStore(self.qdrant, self.args["collection"], embedding=emb)
-            else:
-                from langchain_chroma import Chroma
-
-                vs = Chroma(
-                    collection_name=self.args["collection"],
-                    client=self.chroma,
-                    embedding_function=emb,
-                )
             return NudgeRetriever(
-                vectorstore=vs,
+                vectorstore=self.made.store,
                 k=5,
                 state_dir=state_dir,
                 solver_params={"gamma": GAMMA},
@@ -157,16 +179,8 @@ class Target:
         from llama_helpers import LookupEmbedding
         from llama_index_nudge import NudgeFinetuneEngine
 
-        if self.qdrant is not None:
-            from llama_index.vector_stores.qdrant import QdrantVectorStore
-
-            vs = QdrantVectorStore(client=self.qdrant, collection_name=self.args["collection"])
-        else:
-            from llama_index.vector_stores.chroma import ChromaVectorStore
-
-            vs = ChromaVectorStore(chroma_collection=self.collection)
         return NudgeFinetuneEngine(
-            vs,
+            self.made.store,
             LookupEmbedding(data["questions"]),
             state_dir=state_dir,
             solver_params={"gamma": GAMMA},
@@ -220,13 +234,9 @@ class Target:
         return ids, self.store.get_vectors(ids)
 
     def close(self) -> None:
-        if self.qdrant is not None:
-            self.qdrant.close()
-            self.qdrant = None
-        if self.args["store"] == "chroma_persist":
-            from chromadb.api.client import SharedSystemClient
-
-            SharedSystemClient.clear_system_cache()
+        if self.made is not None:
+            self.made.close()
+            self.made = None
 
 
 def open_target(args: dict[str, Any]) -> Target:
@@ -543,8 +553,35 @@ def install_pg_hooks(target: Target, kill: dict[str, Any] | None, slow: float) -
     psycopg.Connection.transaction = transaction
 
 
+def query_while(args: dict[str, Any], seconds: float, k: int) -> dict[str, Any]:
+    """Search the store of ``args`` for random unit vectors through LangChain's wrapper (as
+    :func:`open_made` opens it) for ``seconds``: ``n`` searches, ``bad`` (result counts under
+    ``k``) and ``ids`` (every id returned). Prints ``ready`` after the first search."""
+    made = open_made(args)
+    rng = np.random.default_rng(3)
+    n, bad, seen = 0, [], set()
+    deadline = None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            q = rng.standard_normal(DIM).astype(np.float32)
+            ids = [doc_id for doc_id, _, _ in made.search(q / np.linalg.norm(q), k)]
+            n += 1
+            seen.update(ids)
+            if len(ids) < k:
+                bad.append(len(ids))
+            if deadline is None:
+                print("ready", flush=True)
+                deadline = time.monotonic() + seconds
+    finally:
+        made.close()
+    return {"n": n, "bad": bad, "ids": sorted(seen)}
+
+
 def main(argv: list[str]) -> int:
     args = json.loads(argv[1])
+    if "query" in args:  # a reader process: {"query": {"seconds": s, "k": k}, ...}
+        print(json.dumps(query_while(args, **args["query"])), flush=True)
+        return 0
     target = open_target(args)
     install_hooks(target, args.get("kill"), float(args.get("slow", 0.0)))
     if args["store"] == "pgvector":

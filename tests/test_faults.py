@@ -6,6 +6,14 @@ kills it after a seeded random delay. After each kill the store must hold the sa
 with its original or its tuned vector; ``resume()`` then finishes to the uninterrupted result
 or ``restore()`` brings every original back. Also: a Chroma server killed mid write-back,
 concurrent readers, and idempotent re-fits.
+
+The Chroma (persistent folder, server) and Qdrant (local folder) stores are the harness's
+kinds (``tests/stores``): the parent makes them with ``make`` / ``fill``, and the child opens
+one as a new process does (``kind.open(uri, collection)``, the command line's names). They
+are cosine collections, as users make them for NUDGE-N: each write is normalized again, which
+moves some float32 components by 1 ulp, so a restore gives the originals back within the
+kind's ``restore_atol`` (1e-7); FAISS and pgvector check it bit for bit
+(``test_faults_faiss.py``, ``test_faults_pgvector.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +39,8 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import fault_child as fc  # noqa: E402
-from stores.harness import Docs  # noqa: E402
-from stores.test_qdrant import QdrantKind  # noqa: E402
+from stores.harness import Docs, Made  # noqa: E402
+from stores.test_chroma import ChromaKind  # noqa: E402
 
 from nudge_rag import WriteBackError  # noqa: E402
 
@@ -46,20 +53,6 @@ N_BATCHES = 5
 
 
 # ---------------------------------------------------------------------- store setup
-def _fill_chroma(client, name: str) -> None:
-    data = fc.make_data()
-    # l2 (Chroma's default; NUDGE-N ranks like cosine on unit vectors) stores vectors as
-    # given. A cosine collection re-normalizes every write, which moves some float32 rows
-    # by one ulp, so a restore there can only be exact to ~3e-8.
-    collection = client.create_collection(name, metadata={"hnsw:space": "l2"})
-    collection.add(
-        ids=fc.doc_ids("chroma_persist"),
-        embeddings=data["docs"],
-        documents=[f"document {k}" for k in range(fc.N_DOCS)],
-        metadatas=[{"i": k} for k in range(fc.N_DOCS)],
-    )
-
-
 def template_docs() -> Docs:
     """``fc.make_data()``'s documents for a harness kind: ``doc-k``, text ``document k``,
     metadata ``{"i": k}`` (what fault_child's targets read back)."""
@@ -72,52 +65,56 @@ def template_docs() -> Docs:
     )
 
 
+#: The harness's configuration of each store kept in a folder (copied for every case).
+FOLDER_CONFIGS = {"chroma_persist": "hnsw", "qdrant_local": "local"}
+
+
 @dataclass
 class Templates:
-    """Filled store folders, copied for every case."""
+    """Filled store folders, copied for every case: kind -> its (closed) ``Made``."""
 
-    root: Path
-    qdrant_collection: str
+    made: dict[str, Made]
 
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory) -> Templates:
-    """A filled Chroma persistent folder, and a Qdrant local folder made by the harness's
-    Qdrant kind (LangChain's QdrantVectorStore; ids are UUIDs of ``doc-k``)."""
-    import chromadb
-    from chromadb.api.client import SharedSystemClient
-
+    """A Chroma persistent folder and a Qdrant local folder holding ``template_docs()``, made
+    by the harness's kinds (LangChain's ``Chroma``, cosine; ``QdrantVectorStore``, whose ids
+    are UUIDs of ``doc-k``)."""
     root = tmp_path_factory.mktemp("templates")
-    _fill_chroma(chromadb.PersistentClient(path=str(root / "chroma")), fc.COLLECTION)
-    SharedSystemClient.clear_system_cache()
-    docs, kind = template_docs(), QdrantKind()
-    kind.skip_if_missing()
-    made = kind.make(root, docs, "local", None)  # root / "qdrant"
-    made.close()
-    assert docs.ids == fc.doc_ids("qdrant_local")
-    return Templates(root, made.collection)
+    made = {}
+    for kind, config in FOLDER_CONFIGS.items():
+        store_kind = fc.kind_of(kind)
+        store_kind.skip_if_missing()
+        docs = template_docs()
+        made[kind] = store_kind.make(root, docs, config, None)  # root / "chroma", "qdrant"
+        made[kind].close()
+        assert docs.ids == fc.doc_ids(kind)
+    return Templates(made)
 
 
 def new_store(kind: str, framework: str, where: Path, templates: Templates, server=None) -> dict:
-    """Args for a fresh, filled store of ``kind`` (its own folder or collection)."""
+    """Args for a fresh, filled store of ``kind``: a copy of its template folder, or a new
+    collection on the Chroma ``server`` made by the harness's Chroma kind."""
     where.mkdir(parents=True, exist_ok=True)
-    args = {
+    if kind == "chroma_http":
+        made = ChromaKind().fill(template_docs(), server=server)
+        made.close()
+        uri = made.uri
+    else:
+        made = templates.made[kind]
+        scheme, _, folder = made.uri.partition(":")
+        copy = where / Path(folder).name
+        shutil.copytree(folder, copy)
+        uri = f"{scheme}:{copy}"
+    return {
         "store": kind,
         "framework": framework,
+        "uri": uri,
+        "collection": made.collection,
         "state_dir": str(where / "state"),
         "batch_size": 3,
-        "collection": fc.COLLECTION,
     }
-    if kind == "chroma_persist":
-        shutil.copytree(templates.root / "chroma", where / "chroma")
-        args["path"] = str(where / "chroma")
-    elif kind == "qdrant_local":
-        shutil.copytree(templates.root / "qdrant", where / "qdrant")
-        args.update(path=str(where / "qdrant"), collection=templates.qdrant_collection)
-    else:
-        args.update(host=server.host, port=server.port, collection=f"f-{uuid.uuid4().hex[:10]}")
-        _fill_chroma(server.client(), args["collection"])
-    return args
 
 
 def read(args: dict) -> tuple[list[str], np.ndarray]:
@@ -169,7 +166,10 @@ def run_child(args: dict, kill, *, delay: float | None = None, slow: float = 0.0
 
 # ---------------------------------------------------------------------- checks
 def tol(kind: str) -> float:
-    return 1e-6 if kind == "qdrant_local" else 0.0
+    """How exactly ``restore`` gives the originals back: the harness kind's ``restore_atol``
+    (a cosine collection normalizes each vector written, which moves some components of a
+    float32 row by 1 ulp)."""
+    return fc.kind_of(kind).restore_atol
 
 
 def close(a: np.ndarray, b: np.ndarray, atol: float) -> np.ndarray:
@@ -383,17 +383,10 @@ def test_concurrent_readers(kind, request, tmp_path, templates):
     args = new_store(kind, "core", tmp_path, templates, server)
     target = fc.open_target(args)
     known = set(fc.doc_ids(kind))
-    if target.qdrant is not None:
-        client = target.qdrant
+    made = target.made  # the wrapper's own search, beside the write-back
 
-        def query(q):
-            res = client.query_points(args["collection"], query=q.tolist(), limit=K)
-            return [str(p.id) for p in res.points]
-    else:
-        collection = target.collection
-
-        def query(q):
-            return collection.query(query_embeddings=[q], n_results=K)["ids"][0]
+    def query(q):
+        return [doc_id for doc_id, _, _ in made.search(q, K)]
 
     real_set = target.store.set_vectors
 
@@ -415,36 +408,13 @@ def test_concurrent_readers(kind, request, tmp_path, templates):
     assert seen, "the reader never ran"
 
 
-READER_SCRIPT = """
-import sys, time, json, numpy as np, chromadb
-host, port, name, k = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-col = chromadb.HttpClient(host=host, port=port).get_collection(name)
-rng = np.random.default_rng(3); n = 0; bad = []
-deadline = time.monotonic() + 4
-while time.monotonic() < deadline:
-    q = rng.standard_normal(8).astype(np.float32)
-    ids = col.query(query_embeddings=[q / np.linalg.norm(q)], n_results=k)["ids"][0]
-    n += 1
-    if len(ids) < k: bad.append(len(ids))
-print(json.dumps({"n": n, "bad": bad, "ids": sorted(set(ids))}))
-"""
-
-
 def test_reader_process_and_retriever_during_fit(chroma_server, tmp_path, templates):
     """LangChain fit on the HTTP server while another process and the retriever query."""
     args = new_store("chroma_http", "langchain", tmp_path, templates, chroma_server)
     target = fc.open_target(args)
     known = set(fc.doc_ids("chroma_http"))
-    reader = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            READER_SCRIPT,
-            chroma_server.host,
-            str(chroma_server.port),
-            args["collection"],
-            str(K),
-        ],
+    reader = subprocess.Popen(  # opens the store through the harness, queries for 4 s
+        [sys.executable, CHILD, json.dumps({**args, "query": {"seconds": 4, "k": K}})],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -460,7 +430,8 @@ def test_reader_process_and_retriever_during_fit(chroma_server, tmp_path, templa
 
     target.store.set_vectors = slow_set
     try:
-        time.sleep(0.5)  # let the reader start querying (it runs for 4 s)
+        ready = reader.stdout.readline().strip()  # the reader has queried once
+        assert ready == b"ready", reader.communicate(timeout=60)[1].decode()[-2000:]
         target.fit()
     finally:
         target.close()

@@ -262,6 +262,26 @@ class StoreKind:
         wrapper reads the store itself)."""
         return made
 
+    def open(
+        self,
+        uri: str,
+        collection: str | None,
+        embeddings: Any = None,
+        framework: str = "langchain",
+    ) -> Made:
+        """The store the command line names (``--store uri --collection collection``) opened
+        through its ``framework`` wrapper (``"langchain"`` or ``"llama-index"``) as a new
+        process does: what a child process of a test opens (``tests/fault_child.py``).
+
+        Args:
+            uri: :attr:`Made.uri` of the store :meth:`make` made (or of a copy of its folder).
+            collection: :attr:`Made.collection`.
+            embeddings: the LangChain wrapper's embedding model (LlamaIndex's takes none).
+            framework: whose wrapper.
+        """
+        msg = f"the {self.name} kind does not open a store from its URI"
+        raise NotImplementedError(msg)
+
     def ann_slack(self, config: str) -> float:
         """How much more an ANN configuration may lose to exact search after a fit (nDCG)."""
         return 0.01

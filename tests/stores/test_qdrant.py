@@ -4,7 +4,8 @@ The local client locks its folder: tests close the wrapper before the command li
 ``memory`` (the same in ``QdrantClient(":memory:")``) and ``llama-index`` (a collection that
 LlamaIndex's ``QdrantVectorStore`` makes in memory: the same unnamed vector, LlamaIndex's
 payloads) are made for the other suites, which also see a store through the other framework's
-wrapper (:meth:`QdrantKind.wrapper`).
+wrapper (:meth:`QdrantKind.wrapper`); ``open`` opens the folder from its URI as a new process
+does (LangChain's or LlamaIndex's ``QdrantVectorStore``: the fault suite's child).
 """
 
 from __future__ import annotations
@@ -80,29 +81,41 @@ class QdrantKind(StoreKind):
         payloads differ: LlamaIndex's search fails on points LangChain wrote (no ``text``)."""
         from nudge_rag import backend_for
 
-        client = made.store.client
         lookup = made.lookup if made.lookup is not None else made.store.embeddings
-        if framework == "langchain":
-            from langchain_qdrant import QdrantVectorStore
-
-            vector_name = backend_for(made.store).vector_name
-            store = QdrantVectorStore(
-                client, made.collection, embedding=lookup, vector_name=vector_name
-            )
-        else:
-            from llama_index.vector_stores.qdrant import QdrantVectorStore
-
-            store = QdrantVectorStore(client=client, collection_name=made.collection)
-        return Made(store, framework, made.uri, made.collection, upserts=True, lookup=lookup)
+        name = backend_for(made.store).vector_name
+        made = self._wrap(made.store.client, framework, made.uri, made.collection, lookup, name)
+        made.lookup = lookup
+        return made
 
     def reopen(self, made: Made) -> Made:
         """A new client of the folder (close the test's first: it locks the folder)."""
-        from langchain_qdrant import QdrantVectorStore
+        return self.open(made.uri, made.collection, made.store.embeddings)
+
+    def open(self, uri, collection, embeddings=None, framework="langchain") -> Made:
+        """A new local client of the folder (``qdrant:PATH``; no other may hold it) and the
+        wrapper over it: LangChain's or LlamaIndex's ``QdrantVectorStore``."""
         from qdrant_client import QdrantClient
 
-        client = QdrantClient(path=made.uri.removeprefix("qdrant:"))
-        store = QdrantVectorStore(client, made.collection, embedding=made.store.embeddings)
-        return Made(store, "langchain", made.uri, made.collection, client.close, upserts=True)
+        client = QdrantClient(path=uri.removeprefix("qdrant:"))
+        return self._wrap(client, framework, uri, collection, embeddings, close=client.close)
+
+    @staticmethod
+    def _wrap(
+        client, framework, uri, collection, embeddings, vector_name: str = "", close=None
+    ) -> Made:
+        """``framework``'s ``QdrantVectorStore`` of ``collection`` on ``client``; ``close``
+        (default: nothing, the client stays open) releases it."""
+        if framework == "llama-index":
+            from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+            store = QdrantVectorStore(client=client, collection_name=collection)
+        else:
+            from langchain_qdrant import QdrantVectorStore
+
+            store = QdrantVectorStore(
+                client, collection, embedding=embeddings, vector_name=vector_name
+            )
+        return Made(store, framework, uri, collection, close or (lambda: None), upserts=True)
 
 
 class TestQdrant(StoreContract):
