@@ -1,11 +1,13 @@
 """Child process for ``test_faults.py``: tune a store and write it back, then die on cue.
 
 Run as ``python tests/fault_child.py '<json args>'``. The parent creates and fills the store;
-this script opens it as a new process does: a Chroma or Qdrant store through the harness's
-kind (``tests/stores``) from its CLI ``uri`` and ``collection`` in the arguments, a FAISS
-folder or a pgvector database from its path / URL. It runs the fit through the core API
-(``WriteBack`` + ``tune_store``), LangChain's ``NudgeRetriever`` or LlamaIndex's
-``NudgeFinetuneEngine``, and SIGKILLs itself at the hook named by ``args["kill"]``:
+this script opens it as a new process does, through the harness's kind (``tests/stores``)
+from its CLI ``uri`` and ``collection`` in the arguments: a Chroma or Qdrant store, a saved
+FAISS folder (LangChain's, or LlamaIndex's persisted index), LangChain's ``PGVector``
+collection (the pgvector ``"core"`` target is a plain table the core API opens by URL). It
+runs the fit through the core API (``WriteBack`` + ``tune_store``), LangChain's
+``NudgeRetriever`` or LlamaIndex's ``NudgeFinetuneEngine``, and SIGKILLs itself at the hook
+named by ``args["kill"]``:
 
 * ``{"at": "replace", "file": "originals.npz", "nth": 1, "when": "before"|"after"}``: inside
   ``atomic_save_npz`` (any ``os.replace`` onto that state file), before or after the rename;
@@ -94,10 +96,10 @@ def train_pairs(args: dict[str, Any]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------- stores
 def kind_of(store: str):
     """The harness's kind (``tests/stores``) of a target's store: how it is made, how exactly
-    ``restore`` gives its vectors back, and (Chroma, Qdrant) how a new process opens it.
+    ``restore`` gives its vectors back, and how a new process opens it.
 
-    Imported here, not at the top: the FAISS and pgvector children do without the harness
-    (pytest and LangChain at start-up, in every child process).
+    Imported here, not at the top: the pgvector ``"core"`` child does without the harness
+    (pytest and LangChain at start-up).
     """
     if store == "qdrant_local":
         from stores.test_qdrant import QdrantKind
@@ -122,8 +124,9 @@ def kind_of(store: str):
 def open_made(args: dict[str, Any], framework: str = "langchain"):
     """The store of ``args`` (the CLI's ``uri`` and ``collection``) opened through its
     ``framework`` wrapper as a new process opens it, by its harness kind: LangChain's
-    ``Chroma`` / ``QdrantVectorStore`` (which embeds the training questions) or LlamaIndex's
-    ``ChromaVectorStore`` / ``QdrantVectorStore``. A :class:`stores.harness.Made`."""
+    ``Chroma`` / ``QdrantVectorStore`` / ``FAISS`` / ``PGVector`` (which embeds the training
+    questions) or LlamaIndex's ``ChromaVectorStore`` / ``QdrantVectorStore`` /
+    ``FaissVectorStore`` (with its index). A :class:`stores.harness.Made`."""
     from langchain_helpers import LookupEmbeddings
 
     data = make_data(**args.get("data", {}))
@@ -134,10 +137,10 @@ def open_made(args: dict[str, Any], framework: str = "langchain"):
 class Target:
     """The store opened for ``args``: ``resume()``, ``restore()``, ``fit()``, ``read()``.
 
-    Chroma and Qdrant: ``made`` is the store as the harness opens it in a new process
-    (:func:`open_made`); the core API writes back through its backend (``backend_for``),
-    LangChain's ``NudgeRetriever`` and LlamaIndex's ``NudgeFinetuneEngine`` through the
-    wrapper itself.
+    ``made`` is the store as the harness opens it in a new process (:func:`open_made`); the
+    core API writes back through its backend (``backend_for``), LangChain's
+    ``NudgeRetriever`` and LlamaIndex's ``NudgeFinetuneEngine`` through the wrapper itself
+    (or :meth:`_engine_backend`, where a target gives them its own backend).
     """
 
     def __init__(self, args: dict[str, Any]):
@@ -159,18 +162,25 @@ class Target:
 
         return backend_for(self.made.store)
 
+    def _engine_backend(self):
+        """The backend the frameworks' engines write through (``None``: the one the registry
+        finds for the wrapper)."""
+        return None
+
     def _build(self):
         data = make_data(**self.args.get("data", {}))
-        state_dir = self.args["state_dir"]
+        state_dir = self.args.get("state_dir")  # None: the store keeps its own (pgvector)
         if self.framework == "core":
             from nudge_rag import WriteBack
 
             return WriteBack(self._backend(), state_dir, batch_size=self.batch_size)
+        backend = self._engine_backend()
         if self.framework == "langchain":
             from langchain_nudge import NudgeRetriever
 
             return NudgeRetriever(
                 vectorstore=self.made.store,
+                embedding_store=backend,
                 k=5,
                 state_dir=state_dir,
                 solver_params={"gamma": GAMMA},
@@ -180,7 +190,7 @@ class Target:
         from llama_index_nudge import NudgeFinetuneEngine
 
         return NudgeFinetuneEngine(
-            self.made.store,
+            self.made.store if backend is None else backend,
             LookupEmbedding(data["questions"]),
             state_dir=state_dir,
             solver_params={"gamma": GAMMA},
@@ -248,80 +258,24 @@ def open_target(args: dict[str, Any]) -> Target:
 
 
 # ---------------------------------------------------------------------- FAISS (saved folder)
-def make_llama_faiss_folder(folder: Path) -> None:
-    """Persist a ``VectorStoreIndex`` over a ``FaissVectorStore`` of ``make_data()`` in
-    ``folder``, as LlamaIndex saves one (LangChain's ``save_local`` folder is the harness's
-    FAISS kind, ``tests/stores/test_faiss.py``)."""
-    import faiss
-    from llama_helpers import LookupEmbedding
-    from llama_index.core import StorageContext, VectorStoreIndex
-    from llama_index.core.schema import TextNode
-    from llama_index.vector_stores.faiss import FaissVectorStore
-
-    data = make_data()
-    nodes = [
-        TextNode(id_=i, text=f"document {k}", embedding=v.tolist(), metadata={"i": k})
-        for k, (i, v) in enumerate(zip(doc_ids("faiss_folder"), data["docs"]))
-    ]
-    store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(DIM))
-    context = StorageContext.from_defaults(vector_store=store)
-    index = VectorStoreIndex(nodes, storage_context=context, embed_model=LookupEmbedding())
-    index.storage_context.persist(str(folder))
-
-
 class FaissTarget(Target):
-    """A FAISS store loaded from its saved folder, written through to it (``folder=``)."""
-
-    def _connect(self) -> None:
-        """No client: ``_build`` loads the saved folder."""
+    """A saved FAISS folder (``faiss:PATH``) as the harness's FAISS kind opens it: LangChain's
+    ``save_local`` folder, or LlamaIndex's persisted index for ``"llama"``. Every engine
+    writes through to the folder (``folder=``): LlamaIndex's by node id (``for_index`` of the
+    loaded index), not by the store's positions."""
 
     def _backend(self):
         from nudge_rag.backends import faiss as faiss_backend
 
-        folder = self.args["path"]
-        if self.framework == "llama":
-            return faiss_backend.for_index(self.index, folder=folder)
-        return faiss_backend.from_langchain(self.vectorstore, folder=folder)
-
-    def _build(self):
-        data = make_data(**self.args.get("data", {}))
-        folder, state_dir = self.args["path"], self.args["state_dir"]
-        if self.framework == "llama":
-            from llama_helpers import LookupEmbedding
-            from llama_index.core import StorageContext, load_index_from_storage
-            from llama_index.vector_stores.faiss import FaissVectorStore
-            from llama_index_nudge import NudgeFinetuneEngine
-
-            store = FaissVectorStore.from_persist_dir(folder)
-            context = StorageContext.from_defaults(vector_store=store, persist_dir=folder)
-            embed = LookupEmbedding(data["questions"])
-            self.index = load_index_from_storage(context, embed_model=embed)
-            return NudgeFinetuneEngine(
-                self._backend(),
-                embed,
-                state_dir=state_dir,
-                solver_params={"gamma": GAMMA},
-                batch_size=self.batch_size,
-            )
-        from langchain_community.vectorstores import FAISS
-        from langchain_helpers import LookupEmbeddings
-
-        emb = LookupEmbeddings(data["questions"], default=np.ones(DIM) / DIM**0.5)
-        self.vectorstore = FAISS.load_local(folder, emb, allow_dangerous_deserialization=True)
-        if self.framework == "core":
-            from nudge_rag import WriteBack
-
-            return WriteBack(self._backend(), state_dir, batch_size=self.batch_size)
-        from langchain_nudge import NudgeRetriever
-
-        return NudgeRetriever(
-            vectorstore=self.vectorstore,
-            embedding_store=self._backend(),
-            k=5,
-            state_dir=state_dir,
-            solver_params={"gamma": GAMMA},
-            batch_size=self.batch_size,
+        folder = self.made.uri.removeprefix("faiss:")
+        if self.made.index is not None:
+            return faiss_backend.for_index(self.made.index, folder=folder)
+        return faiss_backend.from_langchain(
+            self.made.store, folder=folder, index_name=self.made.collection
         )
+
+    def _engine_backend(self):
+        return self._backend()
 
 
 # ---------------------------------------------------------------------- PostgreSQL + pgvector
@@ -334,10 +288,6 @@ def pg_url_for(url: str, database: str) -> str:
 
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-def _sqlalchemy_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def make_pg_database(url: str) -> None:
@@ -380,59 +330,38 @@ def pg_text(args: dict[str, Any]) -> list[tuple[str, str, int]]:
     else:
         query = f"SELECT id, body, (meta->>'i')::int FROM {PG_TABLE}"
         params = ()
-    with psycopg.connect(args["url"], autocommit=True) as conn:
+    with psycopg.connect(args["uri"], autocommit=True) as conn:
         return sorted(conn.execute(query, params).fetchall())
 
 
 class PgTarget(Target):
-    """A pgvector table in the database ``args["url"]``; the state in its side tables.
+    """A pgvector table in the database ``args["uri"]``; the state in its side tables.
 
-    ``"core"``: ``WriteBack`` over ``PgVectorBackend.from_url(url, table="faults_docs")``;
-    ``"langchain"``: ``NudgeRetriever`` over LangChain's ``PGVector`` collection ``faults``.
+    ``"core"``: ``WriteBack`` over ``PgVectorBackend.from_url(uri, table="faults_docs")``
+    (the core API on a plain table: no wrapper); ``"langchain"``: ``NudgeRetriever`` over
+    LangChain's ``PGVector`` collection ``faults`` as the harness's pgvector kind opens it.
     """
 
     def _connect(self) -> None:
-        """No client: ``_build`` connects through the backend (and LangChain's engine)."""
-        self.vectorstore = None
-
-    def _build(self):
-        data = make_data(**self.args.get("data", {}))
-        url = self.args["url"]
-        if self.framework == "core":
-            from nudge_rag import WriteBack
-            from nudge_rag.backends.pgvector import PgVectorBackend
-
-            store = PgVectorBackend.from_url(url, table=PG_TABLE)
-            return WriteBack(store, batch_size=self.batch_size)
-        if self.framework != "langchain":
+        """LangChain's wrapper; the core API connects through its backend."""
+        if self.framework == "langchain":
+            super()._connect()
+        elif self.framework != "core":
             msg = f"pgvector fault targets are 'core' or 'langchain', got {self.framework!r}"
             raise ValueError(msg)
-        from langchain_helpers import LookupEmbeddings
-        from langchain_nudge import NudgeRetriever
-        from langchain_postgres import PGVector
-        from langchain_postgres.vectorstores import DistanceStrategy
 
-        emb = LookupEmbeddings(data["questions"], default=np.ones(DIM) / DIM**0.5)
-        self.vectorstore = PGVector(
-            embeddings=emb,
-            connection=_sqlalchemy_url(url),
-            collection_name=COLLECTION,
-            distance_strategy=DistanceStrategy.COSINE,
-            use_jsonb=True,
-            create_extension=False,
-        )
-        return NudgeRetriever(
-            vectorstore=self.vectorstore,
-            k=5,
-            solver_params={"gamma": GAMMA},
-            batch_size=self.batch_size,
-        )
+    def _build(self):
+        if self.framework != "core":
+            return super()._build()
+        from nudge_rag import WriteBack
+        from nudge_rag.backends.pgvector import PgVectorBackend
+
+        store = PgVectorBackend.from_url(self.args["uri"], table=PG_TABLE)
+        return WriteBack(store, batch_size=self.batch_size)
 
     def close(self) -> None:
-        self.store.close()
-        if self.vectorstore is not None:
-            self.vectorstore._engine.dispose()
-            self.vectorstore = None
+        self.store.close()  # the backend's connection, then the wrapper's engine
+        super().close()
 
 
 # ---------------------------------------------------------------------- hooks

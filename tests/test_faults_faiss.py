@@ -1,17 +1,18 @@
 """Write-back into a saved FAISS folder survives SIGKILL (issue 10; the suite of test_faults).
 
 A FAISS index lives in the process; what outlives it is the folder ``save_local`` /
-``storage_context.persist`` wrote. The child (``tests/fault_child.py``, ``FaissTarget``)
-loads the folder, tunes with the backend in write-through mode (``folder=``: each batch is
-written into the saved index file and flushed before it counts as done) and SIGKILLs itself
-while saving originals, between batches, inside a batch, or when the parent kills it at a
-seeded random moment. The parent then loads the folder afresh: same ids and count, every
-vector original or tuned; ``resume()`` in a new process reaches the uninterrupted result,
-``restore()`` the originals (exactly). Also: searches during a write-back always return k
-results, and the memory mode's documented limit (a crash loses unsaved writes; ``restore()``
-is the way back). The kill points the command line goes through on the same folder (after
-the originals or the plan are saved, after batch k, after its progress) are the store
-contract's kill test (``tests/stores/test_faiss.py``).
+``storage_context.persist`` wrote, made by the harness's FAISS kind (``flat``, LangChain's;
+``llama-index``, LlamaIndex's). The child (``tests/fault_child.py``, ``FaissTarget``) loads
+the folder through the kind (``FaissKind.open``), tunes with the backend in write-through mode
+(``folder=``: each batch is written into the saved index file and flushed before it counts as
+done) and SIGKILLs itself while saving originals, between batches, inside a batch, or when the
+parent kills it at a seeded random moment. The parent then loads the folder afresh: same ids
+and count, every vector original or tuned; ``resume()`` in a new process reaches the
+uninterrupted result, ``restore()`` the originals (exactly). Also: searches during a
+write-back always return k results, and the memory mode's documented limit (a crash loses
+unsaved writes; ``restore()`` is the way back). The kill points the command line goes through
+on the same folder (after the originals or the plan are saved, after batch k, after its
+progress) are the store contract's kill test (``tests/stores/test_faiss.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import fault_child as fc  # noqa: E402
+from stores.harness import Made  # noqa: E402
 from stores.test_faiss import FaissKind  # noqa: E402
 from test_faults import (  # noqa: E402
     IN_PLAN,
@@ -56,28 +58,30 @@ KIND = "faiss_folder"
 
 
 @pytest.fixture(scope="module")
-def faiss_templates(tmp_path_factory):
-    """A saved LangChain FAISS folder (the harness's flat kind) and a persisted LlamaIndex
-    FAISS folder."""
+def faiss_templates(tmp_path_factory) -> dict[str, Made]:
+    """The saved folders every case copies, made by the harness's FAISS kind: LangChain's
+    ``save_local`` folder (``flat``) and LlamaIndex's persisted index (``llama-index``)."""
     root = tmp_path_factory.mktemp("faiss_templates")
-    made = FaissKind().make(root / "made", template_docs(), "flat", None)
-    shutil.copytree(made.uri.removeprefix("faiss:"), root / "langchain")
-    fc.make_llama_faiss_folder(root / "llama")
-    return root
+    kind = FaissKind()
+    return {
+        "langchain": kind.make(root, template_docs(), "flat", None),
+        "llama": kind.make(root, template_docs(), "llama-index", None),
+    }
 
 
-def new_folder(framework: str, where: Path, templates: Path) -> dict:
-    """Args for a fresh copy of the saved folder (state in ``<where>/state``)."""
+def new_folder(framework: str, where: Path, templates: dict[str, Made]) -> dict:
+    """Args for a fresh copy of the saved folder (state in ``<where>/state``): its ``uri``
+    and ``collection`` as the command line names them."""
     where.mkdir(parents=True, exist_ok=True)
-    source = templates / ("llama" if framework == "llama" else "langchain")
-    shutil.copytree(source, where / "faiss")
+    made = templates["llama" if framework == "llama" else "langchain"]
+    shutil.copytree(made.uri.removeprefix("faiss:"), where / "faiss")
     return {
         "store": KIND,
         "framework": framework,
-        "path": str(where / "faiss"),
+        "uri": f"faiss:{where / 'faiss'}",
+        "collection": made.collection,
         "state_dir": str(where / "state"),
         "batch_size": 3,
-        "collection": fc.COLLECTION,
     }
 
 
@@ -102,12 +106,12 @@ def reference(framework: str, tmp_path_factory, templates) -> dict:
 
 def _check_text(args: dict) -> None:
     """Text and metadata of the saved folder are what the template was made with (template_docs)."""
-    target = fc.open_target(args)
+    made = fc.open_target(args).made
     if args["framework"] == "llama":
-        nodes = target.index.docstore.get_nodes(fc.doc_ids(KIND))
+        nodes = made.index.docstore.get_nodes(fc.doc_ids(KIND))
         got = [(n.text, n.metadata["i"]) for n in nodes]
     else:
-        docs = target.vectorstore.get_by_ids(fc.doc_ids(KIND))
+        docs = made.store.get_by_ids(fc.doc_ids(KIND))
         got = [(d.page_content, d.metadata["i"]) for d in docs]
     assert got == [(f"document {k}", k) for k in range(fc.N_DOCS)]
 
@@ -172,7 +176,7 @@ def test_timed_kill(seed, tmp_path, tmp_path_factory, faiss_templates):
 def test_readers_get_k_results_during_a_write_back(tmp_path, faiss_templates):
     args = new_folder("core", tmp_path, faiss_templates)
     target = fc.open_target(args)
-    index = target.vectorstore.index
+    index = target.made.store.index
     real_set = target.store.set_vectors
 
     def slow_set(ids, vectors):
@@ -207,16 +211,13 @@ def test_memory_mode_crash_loses_unsaved_writes_and_restore_recovers(tmp_path, f
     """Without ``folder=`` writes live in memory: after a crash the folder holds what was
     saved last (here the originals) while the plan says some batches were done; restore()
     (not resume()) is the documented way back, and it leaves the originals."""
-    from langchain_community.vectorstores import FAISS
-    from langchain_helpers import LookupEmbeddings
-
     from nudge_rag import NudgeN, WriteBack, tune_store
     from nudge_rag.backends.faiss import from_langchain
 
     args = new_folder("core", tmp_path, faiss_templates)
     ids, original = read(args)
     data = fc.make_data()
-    vs = FAISS.load_local(args["path"], LookupEmbeddings({}), allow_dangerous_deserialization=True)
+    vs = fc.open_made(args).store  # the saved folder, as the child loads it
     wb = WriteBack(from_langchain(vs), args["state_dir"], batch_size=3)
     calls = []
     real_set = wb.store.set_vectors
@@ -233,7 +234,7 @@ def test_memory_mode_crash_loses_unsaved_writes_and_restore_recovers(tmp_path, f
         tune_store(wb, NudgeN(gamma=fc.GAMMA), emb, [[i] for _, i in fc.train_pairs(args)])
     # A new process: the folder was never saved after the writes.
     assert np.array_equal(read(args)[1], original)
-    vs2 = FAISS.load_local(args["path"], LookupEmbeddings({}), allow_dangerous_deserialization=True)
+    vs2 = fc.open_made(args).store
     wb2 = WriteBack(from_langchain(vs2), args["state_dir"], batch_size=3)
     assert wb2.has_pending
     assert wb2.restore() == N_MOVED

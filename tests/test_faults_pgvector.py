@@ -4,13 +4,13 @@ The write-back state of a pgvector table lives in side tables of its own databas
 (``nudge_originals``, ``nudge_pending``, ``nudge_plans``...), one transaction per step, so the
 kill points are transactions, not file renames. A child process (``tests/fault_child.py``,
 ``PgTarget``) tunes a table through the core API (``WriteBack`` + ``tune_store`` on
-``PgVectorBackend.from_url``) or LangChain's ``PGVector`` through ``NudgeRetriever`` and
-SIGKILLs itself inside a transaction, before its COMMIT: the plan's, batch k's (its UPDATE
-ran, or only its first m rows; its rows, the originals of those rows and its progress commit
-together) or the last one (plan -> applied); or the parent kills it at a seeded random
-moment. Kills after a transaction committed (the plan, batch k, the last batch) are the store
-contract's kill test on pgvector with its state in the database
-(``tests/stores/test_pgvector.py``).
+``PgVectorBackend.from_url``) or LangChain's ``PGVector`` (opened by the harness's pgvector
+kind, ``PgVectorKind.open``) through ``NudgeRetriever`` and SIGKILLs itself inside a
+transaction, before its COMMIT: the plan's, batch k's (its UPDATE ran, or only its first m
+rows; its rows, the originals of those rows and its progress commit together) or the last one
+(plan -> applied); or the parent kills it at a seeded random moment. Kills after a transaction
+committed (the plan, batch k, the last batch) are the store contract's kill test on pgvector
+with its state in the database (``tests/stores/test_pgvector.py``).
 
 Each case runs in its own database, copied from one template (``CREATE DATABASE ...
 TEMPLATE``), so every case starts from identical rows and ids. After each kill: the same ids
@@ -120,7 +120,7 @@ def new_args(url: str, framework: str) -> dict:
     return {
         "store": "pgvector",
         "framework": framework,
-        "url": url,
+        "uri": url,
         "batch_size": BATCH,
         "collection": fc.COLLECTION,
     }
@@ -230,7 +230,7 @@ def test_killed(framework, kill, n_tuned, done, branch, new_db):
     ref = reference(framework, new_db)
     args = new_args(new_db(), framework)
     assert run_child(args, kill) == -9
-    wait_for_sessions_to_end(args["url"])
+    wait_for_sessions_to_end(args["uri"])
     tuned = check_consistent(args, ref)
     assert int(tuned.sum()) == n_tuned  # each batch is one transaction: all or nothing
     # ... with its originals and its progress
@@ -251,7 +251,7 @@ def test_killed(framework, kill, n_tuned, done, branch, new_db):
         assert np.array_equal(read(args)[1], ref["tuned"])
     assert fc.pg_text(args) == TEXT
     # Every backend, lock and status() call of this process closed what it opened.
-    wait_for_sessions_to_end(args["url"], timeout=5, what="connections were left open")
+    wait_for_sessions_to_end(args["uri"], timeout=5, what="connections were left open")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -261,7 +261,7 @@ def test_timed_kill(seed, new_db):
     args = new_args(new_db(), "core")
     delay = random.Random(seed).uniform(0.0, 0.1 + N_BATCHES * 0.03)
     run_child(args, None, delay=delay, slow=0.03)
-    wait_for_sessions_to_end(args["url"])
+    wait_for_sessions_to_end(args["uri"])
     n_saved = pending_progress(args)[2]
     assert int(check_consistent(args, ref).sum()) == n_saved  # originals = rows tuned
     finish(args, ref, "resume" if seed % 2 else "restore", plan_expected=None, n_saved=n_saved)
@@ -288,7 +288,7 @@ def test_readers_get_k_results_during_a_write_back(framework, reader, new_db):
     known = set(fc.doc_ids("pgvector"))
     other = None
     if reader == "another_backend":
-        other = PgVectorBackend.from_url(args["url"], table=fc.PG_TABLE)
+        other = PgVectorBackend.from_url(args["uri"], table=fc.PG_TABLE)
 
         def query(q):
             return other.nearest(q[None, :], K)[0][0]

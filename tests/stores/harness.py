@@ -93,6 +93,8 @@ class Made:
         remove: how the user deletes a document where the wrapper has no ``delete`` (SQL on
             the store's own connection).
         lookup: the wrapper's :class:`LookupEmbeddings` where its ``embeddings`` is ``None``.
+        index: LlamaIndex's ``VectorStoreIndex`` over the store where the store's own ids are
+            positions and the index names their nodes (``FaissVectorStore``).
     """
 
     store: Any
@@ -105,6 +107,7 @@ class Made:
     upserts: bool = False  # the wrapper's add replaces a document of the same id in place
     remove: Callable[[str], None] | None = None  # a delete where the wrapper has none
     lookup: Any = None  # the lookup "model", where the wrapper does not say which it has
+    index: Any = None  # LlamaIndex's index, where it names the store's nodes (FAISS)
 
     def __post_init__(self) -> None:
         release, done = self.close, []

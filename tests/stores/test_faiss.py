@@ -1,13 +1,19 @@
 """FAISS through LangChain's ``FAISS``: a flat inner-product index over normalized vectors,
 an ``IndexIVFFlat`` (``nlist`` = 4 * sqrt(n), at most n / 39; ``nprobe`` = 8) as users build it, and
-an ``IndexHNSWFlat``, which cannot be updated in place and is refused."""
+an ``IndexHNSWFlat``, which cannot be updated in place and is refused.
+
+``llama-index`` (a ``VectorStoreIndex`` over LlamaIndex's ``FaissVectorStore`` on an
+``IndexFlatIP``, persisted to a folder) is made for the fault suite, not run by the contract;
+``open`` opens either saved folder as a new process does (LangChain's ``FAISS.load_local``,
+LlamaIndex's ``load_index_from_storage``: the fault suite's child).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .contract import StoreContract
-from .harness import Made, StoreKind
+from .harness import Docs, Made, StoreKind
 
 
 class FaissKind(StoreKind):
@@ -28,6 +34,8 @@ class FaissKind(StoreKind):
     extra = "faiss"
 
     def make(self, tmp_path, docs, config, request) -> Made:
+        if config == "llama-index":  # the fault suite's (not run by the contract)
+            return self._persist_llama_index(tmp_path / "faiss_llama", docs)
         import faiss
         from langchain_community.docstore.in_memory import InMemoryDocstore
         from langchain_community.vectorstores import FAISS
@@ -68,18 +76,62 @@ class FaissKind(StoreKind):
             )
         return Made(store, "langchain")
 
+    def _persist_llama_index(self, folder, docs: Docs) -> Made:
+        """A ``VectorStoreIndex`` over a ``FaissVectorStore`` (``IndexFlatIP``) holding
+        ``docs``, persisted in ``folder`` (``storage_context.persist``), as LlamaIndex users
+        save one. Its ``uri`` names the folder for :meth:`open`; the command line's ``faiss:``
+        opens LangChain's folders only."""
+        import faiss
+        from llama_index.core import StorageContext, VectorStoreIndex
+        from llama_index.core.embeddings import MockEmbedding
+        from llama_index.core.schema import TextNode
+        from llama_index.vector_stores.faiss import FaissVectorStore
+
+        dim = docs.vectors.shape[1]
+        nodes = [
+            TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
+            for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors)
+        ]
+        store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(dim))
+        context = StorageContext.from_defaults(vector_store=store)
+        # the nodes carry their vectors: nothing is embedded
+        index = VectorStoreIndex(nodes, storage_context=context, embed_model=MockEmbedding(dim))
+        index.storage_context.persist(str(folder))
+        return Made(store, "llama-index", f"faiss:{folder}", None, index=index)
+
     def reopen(self, made: Made) -> Made:
         """The saved folder loaded afresh (the test's wrapper holds its index in memory)."""
-        from langchain_community.vectorstores import FAISS
+        embeddings = made.store.embeddings if made.framework == "langchain" else None
+        return self.open(made.uri, made.collection, embeddings, made.framework)
 
-        folder = made.uri.removeprefix("faiss:")
+    def open(self, uri, collection, embeddings=None, framework="langchain") -> Made:
+        """The saved folder (``faiss:PATH``) loaded as its framework's users load it:
+        LangChain's ``save_local`` folder with ``FAISS.load_local`` (``collection`` is its
+        ``index_name``; the kind's inner-product strategy), or LlamaIndex's persisted folder
+        with ``FaissVectorStore.from_persist_dir`` and ``load_index_from_storage``
+        (:attr:`Made.index`, which names the nodes of the store's positions; its embed model
+        is LlamaIndex's ``MockEmbedding``: nothing is embedded through it)."""
+        folder = uri.removeprefix("faiss:")
+        if framework == "llama-index":
+            from llama_index.core import StorageContext, load_index_from_storage
+            from llama_index.core.embeddings import MockEmbedding
+            from llama_index.vector_stores.faiss import FaissVectorStore
+
+            store = FaissVectorStore.from_persist_dir(folder)
+            context = StorageContext.from_defaults(vector_store=store, persist_dir=folder)
+            index = load_index_from_storage(context, embed_model=MockEmbedding(store.client.d))
+            return Made(store, framework, uri, collection, index=index)
+        from langchain_community.vectorstores import FAISS
+        from langchain_community.vectorstores.utils import DistanceStrategy
+
         store = FAISS.load_local(
             folder,
-            made.store.embeddings,
+            embeddings,
+            index_name=collection,
             allow_dangerous_deserialization=True,
-            distance_strategy=made.store.distance_strategy,
+            distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
         )
-        return Made(store, "langchain", made.uri, made.collection, cli_args=made.cli_args)
+        return Made(store, "langchain", uri, collection, cli_args=("--trust-pickle",))
 
 
 class TestFaiss(StoreContract):

@@ -4,7 +4,9 @@ Configurations: no index (exact; the CLI needs ``--distance``), and the ANN inde
 build: HNSW (``vector_cosine_ops``, default ``m``/``ef_construction``, default
 ``hnsw.ef_search`` = 40) and IVFFlat (``lists`` = rows / 1000 as pgvector advises, default
 ``ivfflat.probes`` = 1). The backend vacuums the table after a fit and after a restore, so
-the index stops serving dead row versions.
+the index stops serving dead row versions. ``fill`` makes a collection in a given database
+(the fault and stateful suites'), and ``open`` opens one from its URL and name as a new
+process does (the fault suite's child).
 """
 
 from __future__ import annotations
@@ -43,21 +45,12 @@ class PgVectorKind(StoreKind):
 
     def fill(self, url: str, docs, config: str, collection: str = "contract") -> Made:
         """A LangChain ``PGVector`` collection holding ``docs`` in the database at ``url``
-        (which has the ``vector`` extension), in configuration ``config``."""
+        (which has the ``vector`` extension), in configuration ``config``: the wrapper
+        :meth:`open` makes, filled through its ``add_embeddings``."""
         import psycopg
-        from langchain_postgres import PGVector
-        from langchain_postgres.vectorstores import DistanceStrategy
 
-        store = PGVector(
-            embeddings=docs.embeddings(),
-            collection_name=collection,
-            connection=url.replace("postgresql://", "postgresql+psycopg://", 1),
-            distance_strategy=DistanceStrategy.COSINE,
-            # no embedding_length: langchain-postgres keeps the first one it is given in a
-            # process-wide class; the ANN configurations set the column's dimension below
-            use_jsonb=True,
-            create_extension=False,
-        )
+        made = self.open(url, collection, docs.embeddings())
+        store = made.store
         for s in range(0, len(docs.ids), 1000):
             store.add_embeddings(
                 docs.texts[s : s + 1000],
@@ -83,12 +76,38 @@ class PgVectorKind(StoreKind):
                     f"(embedding vector_cosine_ops) WITH (lists = {lists})"
                 )
             conn.execute("ANALYZE langchain_pg_embedding")  # as autovacuum would, soon after
+        if config == "exact":  # no index to read the distance from
+            made.cli_args = ("--distance", "cosine")
+        return made
+
+    def open(self, uri, collection, embeddings=None, framework="langchain") -> Made:
+        """LangChain's ``PGVector`` of ``collection`` (made if missing, as the wrapper does) in
+        the database at ``uri`` (``postgresql://...``), cosine, metadata as ``jsonb``; its
+        close disposes of the wrapper's engine.
+
+        Raises:
+            NotImplementedError: ``framework`` is not ``"langchain"``.
+        """
+        if framework != "langchain":
+            return super().open(uri, collection, embeddings, framework)
+        from langchain_postgres import PGVector
+        from langchain_postgres.vectorstores import DistanceStrategy
+
+        store = PGVector(
+            embeddings=embeddings,
+            collection_name=collection,
+            connection=uri.replace("postgresql://", "postgresql+psycopg://", 1),
+            distance_strategy=DistanceStrategy.COSINE,
+            # no embedding_length: langchain-postgres keeps the first one it is given in a
+            # process-wide class; fill's ANN configurations set the column's dimension
+            use_jsonb=True,
+            create_extension=False,
+        )
 
         def close() -> None:
             store._engine.dispose()
 
-        extra = ("--distance", "cosine") if config == "exact" else ()
-        return Made(store, "langchain", url, collection, close, extra, upserts=True)
+        return Made(store, "langchain", uri, collection, close, upserts=True)
 
     def settle(self, made: Made) -> None:
         """Wait until the server has seen a killed writer go: its advisory lock is freed."""
