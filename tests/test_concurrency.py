@@ -604,8 +604,6 @@ def test_two_tuner_processes_lose_no_original(workers, tmp_path, request):
 
 def _worker_main(args: dict[str, Any]) -> int:
     """The worker process: one command per stdin line, one JSON reply line each."""
-    import chromadb
-
     records: list[str] = []
 
     class Keep(logging.Handler):
@@ -616,25 +614,19 @@ def _worker_main(args: dict[str, Any]) -> int:
     lock_log.addHandler(Keep())
     lock_log.setLevel(logging.INFO)
     data = make_data()
-    client = chromadb.HttpClient(host=args["host"], port=args["port"])
+    server = f"chroma+http://{args['host']}:{args['port']}"
+    framework = "langchain" if args["framework"] == "langchain" else "llama-index"
     stores: dict[str, Any] = {}
 
     def vectorstore(name: str) -> Any:
-        if name in stores:
-            return stores[name]
-        if args["framework"] == "langchain":
-            from langchain_chroma import Chroma
+        """The server's collection ``name`` through the framework's wrapper, opened as the
+        harness opens a store in a new process."""
+        if name not in stores:
             from langchain_helpers import LookupEmbeddings
+            from stores.test_chroma import ChromaKind
 
-            stores[name] = Chroma(
-                collection_name=name,
-                client=client,
-                embedding_function=LookupEmbeddings(data.lookup()),
-            )
-        else:
-            from llama_index.vector_stores.chroma import ChromaVectorStore
-
-            stores[name] = ChromaVectorStore(chroma_collection=client.get_collection(name))
+            embeddings = LookupEmbeddings(data.lookup())
+            stores[name] = ChromaKind().open(server, name, embeddings, framework).store
         return stores[name]
 
     # Import the framework now, so that the first round's two writers start together.
