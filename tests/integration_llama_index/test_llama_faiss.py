@@ -4,10 +4,7 @@
 ``nodes_dict`` maps them to node ids, so the engine gets ``for_index(index)``. The map store
 knows node ids, so the registry's backend serves ``from_index`` directly. Toy: finetune,
 ``persist`` / load in new objects / ``restore`` with text and metadata kept, NUDGE-M refused
-on L2, write-through to the persist folder. nfcorpus: the stored MiniLM vectors in an exact
-``IndexFlatIP``, train pairs with dev pairs for validation, ``index.as_retriever`` on the
-test queries: nDCG@10 before, after (within 0.005 of ``NudgeN`` on the arrays) and after
-restore (within 0.002 of before), originals back exactly.
+on L2, write-through to the persist folder. nfcorpus end to end: ``test_llama_nfcorpus.py``.
 """
 
 from __future__ import annotations
@@ -18,29 +15,16 @@ pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
 pytest.importorskip("llama_index.core", reason="pip install 'nudge-rag[llama-index]'")
 pytest.importorskip("llama_index.vector_stores.faiss", reason="pip install 'nudge-rag[faiss]'")
 
-import logging
-
 import faiss  # noqa: E402
 import numpy as np
-from llama_helpers import (  # noqa: E402
-    LookupEmbedding,
-    exact_ndcg,
-    query_vectors,
-    ranked_ndcg,
-    split_pairs,
-    toy_nodes,
-    toy_pairs,
-)
+from llama_helpers import LookupEmbedding, toy_nodes, toy_pairs  # noqa: E402
 from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage  # noqa: E402
-from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStore  # noqa: E402
 from llama_index_nudge import NudgeFinetuneEngine  # noqa: E402
 
-from nudge_rag import MetricMismatchError, NudgeN, backend_for  # noqa: E402
+from nudge_rag import MetricMismatchError, backend_for  # noqa: E402
 from nudge_rag.backends import FaissBackend  # noqa: E402
 from nudge_rag.backends.faiss import for_index, from_llama_index_map  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 GAMMA = 0.3
 
@@ -159,60 +143,6 @@ def test_map_store_from_index_and_write_through(toy, tmp_path):
     )
     result = engine.finetune()
     assert result.n_train_queries == 24 and len(result.changed_ids) >= 8
-
-
-# ---------------------------------------------------------------------- nfcorpus
-K = 10
-
-
-def _ndcg(index, ds) -> float:
-    retriever = index.as_retriever(similarity_top_k=K)
-    ranked = [[n.node.node_id for n in retriever.retrieve(text)] for text in ds.test.query_texts]
-    return ranked_ndcg(ds, ranked, K)
-
-
-@pytest.mark.slow  # end to end on nfcorpus: 4-7 s
-def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
-    ds = nfcorpus
-    docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    embed = LookupEmbedding(query_vectors(ds))
-    reference = exact_ndcg(
-        ds, NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_, K
-    )
-    nodes = [
-        TextNode(id_=doc_id, text=ds.doc_texts[k], embedding=docs[k].tolist())
-        for k, doc_id in enumerate(ds.doc_ids)
-    ]
-    store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(docs.shape[1]))  # exact search
-    index = VectorStoreIndex(
-        nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed
-    )
-    folder = tmp_path / "storage"
-    index.storage_context.persist(str(folder))
-    before = _ndcg(index, ds)
-    engine = NudgeFinetuneEngine(
-        for_index(index),
-        embed,
-        split_pairs(ds, "train"),
-        val_pairs=split_pairs(ds, "dev"),
-        persist_dir=folder,
-    )
-    engine.finetune()
-    after = _ndcg(index, ds)
-    engine.restore()
-    restored = _ndcg(index, ds)
-    logger.warning(
-        "LlamaIndex FaissVectorStore nDCG@10: before %.4f, after %.4f (arrays %.4f), restored %.4f",
-        before,
-        after,
-        reference,
-        restored,
-    )
-    assert before == pytest.approx(exact_ndcg(ds, docs, K), abs=0.002)
-    assert after == pytest.approx(reference, abs=0.005)
-    assert restored == pytest.approx(before, abs=0.002)
-    np.testing.assert_array_equal(_vectors(index), docs)  # originals back exactly
-    assert index.docstore.get_node(ds.doc_ids[0]).text == ds.doc_texts[0]
 
 
 def test_from_index_tunes_a_plain_faiss_store_by_node_id(toy):

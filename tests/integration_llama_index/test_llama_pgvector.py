@@ -3,12 +3,7 @@
 Toy store: the registry's backend (ids in ``node_id``, cosine: LlamaIndex always ranks by
 cosine distance), ``finetune`` and ``restore`` from a new engine (another process) with text and
 metadata kept and the originals in side tables of the same database (no folder), NUDGE-M
-refused on cosine before anything is written. nfcorpus: nodes with their stored MiniLM vectors
-(``embedding=`` set, nothing embedded) inserted by ``VectorStoreIndex`` into a table with no
-HNSW index (a sequential scan: exact search), train pairs with dev pairs for validation,
-``index.as_retriever`` on the test queries: nDCG@10 before, after (within 0.005 of ``NudgeN``
-on the arrays) and after restore (within 0.002 of before), originals back to float32 rounding,
-every node's text and metadata unchanged after finetune and after restore.
+refused on cosine before anything is written. nfcorpus end to end: ``test_llama_nfcorpus.py``.
 """
 
 from __future__ import annotations
@@ -20,32 +15,19 @@ pytest.importorskip(
     "llama_index.vector_stores.postgres", reason="pip install 'nudge-rag[postgres]'"
 )
 
-import asyncio
-import logging
 import uuid
 
 import numpy as np
 
 pytest.importorskip("psycopg", reason="pip install 'nudge-rag[postgres]'")
 
-from llama_helpers import (  # noqa: E402
-    LookupEmbedding,
-    exact_ndcg,
-    ranked_ndcg,
-    split_pairs,
-    toy_nodes,
-    toy_pairs,
-)
+from llama_helpers import LookupEmbedding, toy_nodes, toy_pairs  # noqa: E402
 from llama_index.core import StorageContext, VectorStoreIndex  # noqa: E402
-from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.vector_stores.postgres import PGVectorStore  # noqa: E402
 from llama_index_nudge import NudgeFinetuneEngine  # noqa: E402
 
-from nudge_rag import MetricMismatchError, NudgeN, backend_for  # noqa: E402
+from nudge_rag import MetricMismatchError, backend_for  # noqa: E402
 from nudge_rag.backends import PgVectorBackend  # noqa: E402
-
-logger = logging.getLogger(__name__)
-K = 10
 
 
 def _store(pg_url: str, dim: int, table_name: str | None = None) -> PGVectorStore:
@@ -72,18 +54,6 @@ def _rows(index, ids: list[str]) -> dict[str, tuple]:
     return {n.node_id: (n.get_content(), n.metadata) for n in index.vector_store.get_nodes(ids)}
 
 
-def _columns(pg_url: str, index) -> list[tuple]:
-    """Every row's non-vector columns as stored (text, metadata, node JSON), in key order."""
-    import psycopg
-
-    store = index.vector_store
-    table = f'"{store.schema_name}"."data_{store.table_name}"'
-    with psycopg.connect(pg_url) as conn:
-        return conn.execute(
-            f"SELECT id, node_id, text, metadata_::text FROM {table} ORDER BY id"
-        ).fetchall()
-
-
 def _originals(pg_url: str, backend: PgVectorBackend) -> int:
     """Originals saved for ``backend``'s table in the database's ``nudge_originals``."""
     import psycopg
@@ -91,21 +61,6 @@ def _originals(pg_url: str, backend: PgVectorBackend) -> int:
     with psycopg.connect(pg_url) as conn:
         query = "SELECT count(*) FROM nudge_originals WHERE target = %s"
         return conn.execute(query, (backend.target,)).fetchone()[0]
-
-
-def _retrieve_all(retriever, queries: list[str], concurrency: int = 4) -> list[list[str]]:
-    """Node ids per query from ``retriever.aretrieve`` (a few at once: each is a 30 ms scan)."""
-
-    async def run() -> list:
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(text: str) -> list[str]:
-            async with gate:
-                return [n.node.node_id for n in await retriever.aretrieve(text)]
-
-        return await asyncio.gather(*(one(text) for text in queries))
-
-    return asyncio.run(run())
 
 
 # ---------------------------------------------------------------------- toy store
@@ -162,61 +117,3 @@ def test_nudge_m_on_cosine_is_refused_before_writing(toy, toy_pg):
     np.testing.assert_array_equal(engine.store.get_vectors(ids), docs)
     status = engine.status()
     assert not status.tuned and status.n_originals == 0 and status.pending is None
-
-
-# ---------------------------------------------------------------------- nfcorpus
-@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
-def test_nfcorpus_end_to_end(nfcorpus, pg_url):
-    """The session's one nfcorpus table; searches take ~30 ms each (a sequential scan)."""
-    ds = nfcorpus
-    docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    embed = LookupEmbedding()
-    for split in ds.splits.values():
-        embed.add(split.query_texts, split.query_embeddings)
-    tuned = exact_ndcg(ds, NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_)
-    ids = list(ds.doc_ids)
-    metadata = [{"row": k, "title": f"doc {i}"} for k, i in enumerate(ids)]
-    nodes = [
-        TextNode(id_=i, text=ds.doc_texts[k], embedding=docs[k].tolist(), metadata=metadata[k])
-        for k, i in enumerate(ids)
-    ]
-    index = _index(pg_url, nodes, embed, docs.shape[1])  # the store's add, in batches
-    engine = NudgeFinetuneEngine.from_index(
-        index, train_pairs=split_pairs(ds, "train"), val_pairs=split_pairs(ds, "dev")
-    )
-    backend = engine.store
-    assert isinstance(backend, PgVectorBackend) and backend.distance == "cosine"
-    np.testing.assert_array_equal(backend.get_vectors(ids), docs)
-    retriever = index.as_retriever(similarity_top_k=K)
-
-    queries = list(ds.test.query_texts)
-
-    def ndcg() -> float:
-        return ranked_ndcg(ds, _retrieve_all(retriever, queries), K)
-
-    assert _rows(index, ids) == {i: (ds.doc_texts[k], metadata[k]) for k, i in enumerate(ids)}
-    columns = _columns(pg_url, index)
-    before = ndcg()
-    moved = engine.finetune().changed_ids
-    after = ndcg()
-    assert _columns(pg_url, index) == columns
-    assert engine.restore() == len(moved)
-    restored = ndcg()
-    logger.warning(
-        "LlamaIndex PGVectorStore (cosine, no index: exact) nDCG@10: before %.4f, after %.4f "
-        "(arrays %.4f), restored %.4f",
-        before,
-        after,
-        tuned,
-        restored,
-    )
-    assert before == pytest.approx(exact_ndcg(ds, docs), abs=0.002)
-    assert after == pytest.approx(tuned, abs=0.005)
-    assert restored == pytest.approx(before, abs=0.002)
-    np.testing.assert_allclose(backend.get_vectors(ids), docs, rtol=0, atol=1e-7)
-    assert _columns(pg_url, index) == columns
-    hit = retriever.retrieve(queries[0])[0].node
-    assert (hit.get_content(), hit.metadata) == (
-        ds.doc_texts[hit.metadata["row"]],
-        metadata[hit.metadata["row"]],
-    )

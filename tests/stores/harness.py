@@ -290,6 +290,24 @@ class StoreKind:
         return 0.01
 
 
+def llama_index_over(store: Any, docs: Docs, **kwargs: Any) -> Any:
+    """LlamaIndex's ``VectorStoreIndex`` over ``store`` holding ``docs`` as ``TextNode`` objects
+    with their vectors (nothing is embedded: its embed model is LlamaIndex's
+    ``MockEmbedding``), added as users add nodes: ``VectorStoreIndex(nodes, ...)``, in batches
+    of its ``insert_batch_size`` (``kwargs``)."""
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.schema import TextNode
+
+    nodes = [
+        TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
+        for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors, strict=True)
+    ]
+    context = StorageContext.from_defaults(vector_store=store)
+    embed = MockEmbedding(embed_dim=docs.vectors.shape[1])
+    return VectorStoreIndex(nodes, storage_context=context, embed_model=embed, **kwargs)
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to norm 1, float32."""
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .contract import StoreContract
-from .harness import Docs, Made, StoreKind
+from .harness import Docs, Made, StoreKind, llama_index_over
 
 
 class FaissKind(StoreKind):
@@ -82,20 +82,10 @@ class FaissKind(StoreKind):
         save one. Its ``uri`` names the folder for :meth:`open`; the command line's ``faiss:``
         opens LangChain's folders only."""
         import faiss
-        from llama_index.core import StorageContext, VectorStoreIndex
-        from llama_index.core.embeddings import MockEmbedding
-        from llama_index.core.schema import TextNode
         from llama_index.vector_stores.faiss import FaissVectorStore
 
-        dim = docs.vectors.shape[1]
-        nodes = [
-            TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
-            for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors)
-        ]
-        store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(dim))
-        context = StorageContext.from_defaults(vector_store=store)
-        # the nodes carry their vectors: nothing is embedded
-        index = VectorStoreIndex(nodes, storage_context=context, embed_model=MockEmbedding(dim))
+        store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(docs.vectors.shape[1]))
+        index = llama_index_over(store, docs)
         index.storage_context.persist(str(folder))
         return Made(store, "llama-index", f"faiss:{folder}", None, index=index)
 

@@ -1,11 +1,16 @@
 """LanceDB through LangChain's ``LanceDB``: no index (exact), and the IVF_PQ index users build
 (``create_index(metric="cosine")``, LanceDB's default partitions and sub-vectors; tables under
-256 rows cannot train one and stay exact)."""
+256 rows cannot train one and stay exact).
+
+``llama-index`` (LlamaIndex's ``LanceDBVectorStore``, no index: exact l2 search, filled by a
+``VectorStoreIndex``) is made for the LlamaIndex nfcorpus test, not run by the contract."""
 
 from __future__ import annotations
 
+import pytest
+
 from .contract import StoreContract
-from .harness import Made, StoreKind
+from .harness import Made, StoreKind, llama_index_over
 
 
 class LanceDBKind(StoreKind):
@@ -16,6 +21,8 @@ class LanceDBKind(StoreKind):
     extra = "lancedb"
 
     def make(self, tmp_path, docs, config, request) -> Made:
+        if config == "llama-index":  # the LlamaIndex nfcorpus test's (not run by the contract)
+            return self._llama_index(tmp_path / "lance", docs)
         import lancedb
         from langchain_community.vectorstores import LanceDB
 
@@ -39,6 +46,20 @@ class LanceDBKind(StoreKind):
                 metric="cosine", vector_column_name="vector"
             )
         return Made(store, "langchain", f"lancedb:{folder}", "contract")
+
+    @staticmethod
+    def _llama_index(folder, docs) -> Made:
+        """A ``LanceDBVectorStore`` table filled by a ``VectorStoreIndex`` in one
+        ``create_table`` with every row (:attr:`Made.index`; its embed model is LlamaIndex's
+        ``MockEmbedding``: the nodes carry their vectors, nothing is embedded)."""
+        pytest.importorskip(
+            "llama_index.vector_stores.lancedb", reason="pip install 'nudge-rag[lancedb]'"
+        )
+        from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+        store = LanceDBVectorStore(uri=str(folder), table_name="contract")
+        index = llama_index_over(store, docs, insert_batch_size=len(docs.ids))
+        return Made(store, "llama-index", f"lancedb:{folder}", "contract", index=index)
 
     def ann_slack(self, config: str) -> float:
         return 0.02  # product quantization loses more than HNSW

@@ -6,7 +6,9 @@ build: HNSW (``vector_cosine_ops``, default ``m``/``ef_construction``, default
 ``ivfflat.probes`` = 1). The backend vacuums the table after a fit and after a restore, so
 the index stops serving dead row versions. ``fill`` makes a collection in a given database
 (the fault and stateful suites'), and ``open`` opens one from its URL and name as a new
-process does (the fault suite's child).
+process does (the fault suite's child). ``llama-index`` (LlamaIndex's ``PGVectorStore``, no
+index: exact, filled by a ``VectorStoreIndex``) is made for the LlamaIndex nfcorpus test, not
+run by the contract.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import urllib.parse
 import uuid
 
+import pytest
+
 from .contract import StoreContract
-from .harness import Made, StoreKind
+from .harness import Made, StoreKind, llama_index_over
 
 
 def new_database(pg_url: str) -> str:
@@ -41,7 +45,45 @@ class PgVectorKind(StoreKind):
     restore_atol = 0.0
 
     def make(self, tmp_path, docs, config, request) -> Made:
-        return self.fill(new_database(request.getfixturevalue("pg_url")), docs, config)
+        url = new_database(request.getfixturevalue("pg_url"))
+        if config == "llama-index":  # the LlamaIndex nfcorpus test's (not run by the contract)
+            return self._llama_index(url, docs)
+        return self.fill(url, docs, config)
+
+    @staticmethod
+    def _llama_index(url: str, docs) -> Made:
+        """A ``PGVectorStore`` (table ``data_contract``, metadata as ``jsonb``, no
+        ``hnsw_kwargs``: a sequential scan, exact; it ranks by cosine) filled by a
+        ``VectorStoreIndex`` (:attr:`Made.index`) in the store's batches. The command line
+        names the table; with no index to read it from, it needs ``--distance``."""
+        pytest.importorskip(
+            "llama_index.vector_stores.postgres", reason="pip install 'nudge-rag[postgres]'"
+        )
+        from llama_index.vector_stores.postgres import PGVectorStore
+
+        sqlalchemy_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+        store = PGVectorStore.from_params(
+            connection_string=sqlalchemy_url,
+            async_connection_string=sqlalchemy_url,
+            table_name="contract",
+            embed_dim=docs.vectors.shape[1],
+            use_jsonb=True,
+        )
+        index = llama_index_over(store, docs)
+
+        def close() -> None:  # the sync engine; asyncio.run's loops took their connections
+            if store._engine is not None:
+                store._engine.dispose()
+
+        return Made(
+            store,
+            "llama-index",
+            url,
+            "data_contract",
+            close,
+            cli_args=("--distance", "cosine"),
+            index=index,
+        )
 
     def fill(self, url: str, docs, config: str, collection: str = "contract") -> Made:
         """A LangChain ``PGVector`` collection holding ``docs`` in the database at ``url``
