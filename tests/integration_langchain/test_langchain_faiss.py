@@ -3,11 +3,8 @@
 Toy store: the registry's backend and its metric (inner product, L2, ``normalize_L2``),
 NUDGE-M refused on L2, an HNSW index refused before anything is written, an IndexIVFFlat
 store (vectors move between lists), fit / save_local / load_local / restore in a new store
-object with text and metadata kept, write-through to the saved folder. nfcorpus: the stored MiniLM vectors in an exact inner-product index, train
-pairs with dev pairs for validation, the retriever on the test queries: nDCG@10 before,
-after (within 0.005 of ``NudgeN`` on the arrays) and after restore (within 0.002 of before),
-originals back exactly; the same through an IndexIVFFlat (64 lists, nprobe 16), whose
-approximate search loses a little before and after.
+object with text and metadata kept, write-through to the saved folder. nfcorpus end to end
+(flat and IVF-Flat): ``test_langchain_nfcorpus.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ pytest.importorskip("faiss", reason="pip install 'nudge-rag[faiss]'")
 pytest.importorskip("langchain_community", reason="pip install 'nudge-rag[faiss]' (or [lancedb])")
 pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
 
-import logging
 
 import faiss  # noqa: E402
 import numpy as np
@@ -27,24 +23,17 @@ from langchain_community.vectorstores import FAISS  # noqa: E402
 from langchain_community.vectorstores.utils import DistanceStrategy  # noqa: E402
 from langchain_helpers import (  # noqa: E402
     LookupEmbeddings,
-    exact_ndcg,
-    query_vectors,
-    ranked_ndcg,
-    split_pairs,
     toy_vectors,
 )
 from langchain_nudge import NudgeRetriever  # noqa: E402
 
 from nudge_rag import (  # noqa: E402
     MetricMismatchError,
-    NudgeN,
     UnsupportedStoreError,
     backend_for,
 )
 from nudge_rag.backends import FaissBackend  # noqa: E402
 from nudge_rag.backends.faiss import from_langchain  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 N_DOCS = 12
 TEXTS = [f"document {k} is about topic {k}" for k in range(N_DOCS)]
@@ -211,85 +200,3 @@ def test_write_through_folder(toy, tmp_path):
         str(folder), LookupEmbeddings(toy), allow_dangerous_deserialization=True
     )
     np.testing.assert_array_equal(_vectors(loaded), original)
-
-
-# ---------------------------------------------------------------------- nfcorpus
-K = 10
-
-
-def _ndcg(retriever: NudgeRetriever, ds) -> float:
-    results = retriever.batch(list(ds.test.query_texts), k=K)
-    return ranked_ndcg(ds, [[d.id for d in docs] for docs in results], K)
-
-
-@pytest.fixture(scope="module")
-def nf(nfcorpus):
-    """nfcorpus, its embeddings double, and NudgeN's scores on the arrays (exact top-10)."""
-    ds = nfcorpus
-    docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    solver = NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset())
-    return {
-        "ds": ds,
-        "docs": docs,
-        "embeddings": LookupEmbeddings(query_vectors(ds)),
-        "tuned": exact_ndcg(ds, solver.embeddings_, K),
-        "untuned": exact_ndcg(ds, docs, K),
-    }
-
-
-def _before_after_restored(store: FAISS, nf, label: str, **kwargs) -> tuple[float, ...]:
-    ds = nf["ds"]
-    retriever = NudgeRetriever(vectorstore=store, k=K, **kwargs)
-    before = _ndcg(retriever, ds)
-    retriever.fit(split_pairs(ds, "train"), val_pairs=split_pairs(ds, "dev"))
-    after = _ndcg(retriever, ds)
-    retriever.restore()
-    restored = _ndcg(retriever, ds)
-    logger.warning(
-        "LangChain %s nDCG@10: before %.4f, after %.4f (arrays %.4f), restored %.4f",
-        label,
-        before,
-        after,
-        nf["tuned"],
-        restored,
-    )
-    assert store.get_by_ids([ds.doc_ids[0]])[0].page_content == ds.doc_texts[0]
-    return before, after, restored
-
-
-def test_nfcorpus_end_to_end(nf, tmp_path):
-    ds, docs = nf["ds"], nf["docs"]
-    store = FAISS.from_embeddings(
-        list(zip(ds.doc_texts, docs.tolist())),
-        nf["embeddings"],
-        ids=list(ds.doc_ids),
-        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,  # exact IndexFlatIP
-    )
-    folder = tmp_path / "faiss"
-    store.save_local(str(folder))
-    before, after, restored = _before_after_restored(
-        store, nf, "FAISS IndexFlatIP", state_dir=folder / "nudge_state"
-    )
-    assert before == pytest.approx(nf["untuned"], abs=0.002)
-    assert after == pytest.approx(nf["tuned"], abs=0.005)
-    assert restored == pytest.approx(before, abs=0.002)
-    np.testing.assert_array_equal(_vectors(store), docs)  # originals back exactly
-
-
-def test_nfcorpus_ivf_flat(nf):
-    """IVF-Flat, 64 lists, nprobe 16: approximate search loses a little before and after."""
-    ds, docs = nf["ds"], nf["docs"]
-    dim = docs.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, 64, faiss.METRIC_INNER_PRODUCT)
-    index.train(docs)
-    index.nprobe = 16
-    store = FAISS(nf["embeddings"], index, InMemoryDocstore(), {})
-    store.add_embeddings(list(zip(ds.doc_texts, docs.tolist())), ids=list(ds.doc_ids))
-    before, after, restored = _before_after_restored(
-        store, nf, "FAISS IndexIVFFlat (nlist 64, nprobe 16)", state_dir="memory"
-    )
-    lost = nf["untuned"] - before  # what the approximate search loses untuned
-    assert 0 <= lost < 0.02
-    assert after == pytest.approx(nf["tuned"] - lost, abs=0.01)
-    assert restored == pytest.approx(before, abs=0.002)
-    np.testing.assert_array_equal(index.reconstruct_batch(np.arange(len(docs))), docs)

@@ -2,11 +2,8 @@
 
 Toy store: the registry's backend, the metric read from the index (COSINE, and LangChain's
 default AUTOINDEX L2), NUDGE-M refused on COSINE before anything is written, fit / restore
-with text and metadata kept and the originals next to the ``.db`` file. nfcorpus: the stored
-MiniLM vectors in an exact (``FLAT``, COSINE) collection loaded with the wrapper's batched
-insert, train pairs with dev pairs for validation, the retriever on the test queries: nDCG@10
-before, after (within 0.005 of ``NudgeN`` on the arrays) and after restore (within 0.002 of
-before), originals back to float32 rounding.
+with text and metadata kept and the originals next to the ``.db`` file. nfcorpus end to end:
+``test_langchain_nfcorpus.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import pytest
 pytest.importorskip("langchain_core", reason="pip install 'nudge-rag[langchain]'")
 pytest.importorskip("langchain_milvus", reason="pip install 'nudge-rag[milvus]'")
 
-import logging
 
 import numpy as np
 
@@ -24,19 +20,13 @@ pytest.importorskip("milvus_lite", reason="pip install 'nudge-rag[milvus]'")
 
 from langchain_helpers import (  # noqa: E402
     LookupEmbeddings,
-    exact_ndcg,
-    query_vectors,
-    ranked_ndcg,
-    split_pairs,
     toy_vectors,
 )
 from langchain_milvus import Milvus  # noqa: E402
 from langchain_nudge import NudgeRetriever  # noqa: E402
 
-from nudge_rag import MetricMismatchError, NudgeN, backend_for  # noqa: E402
+from nudge_rag import MetricMismatchError, backend_for  # noqa: E402
 from nudge_rag.backends import MilvusBackend  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 N_DOCS = 12
 TEXTS = [f"document {k} is about topic {k}" for k in range(N_DOCS)]
@@ -122,53 +112,3 @@ def test_fit_restore_keeps_text_and_metadata(toy, tmp_path):
     assert NudgeRetriever(vectorstore=again).restore() == len(result.changed_ids)
     np.testing.assert_array_equal(backend.get_vectors(IDS), original)
     assert _rows(store) == rows
-
-
-# ---------------------------------------------------------------------- nfcorpus
-def _ndcg(retriever: NudgeRetriever, ds) -> float:
-    ranked = []
-    for docs in retriever.batch(list(ds.test.query_texts), k=K):
-        # langchain-milvus puts the primary key in metadata["pk"]; the retriever copies it
-        assert all(d.id == d.metadata["pk"] for d in docs)
-        ranked.append([d.id for d in docs])
-    return ranked_ndcg(ds, ranked, K)
-
-
-@pytest.mark.slow  # end to end on nfcorpus: 15-36 s
-def test_nfcorpus_end_to_end(nfcorpus, tmp_path):
-    ds = nfcorpus
-    docs = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    table = query_vectors(ds)
-    tuned = exact_ndcg(
-        ds, NudgeN().fit(docs, ds.train.queryset(), ds.dev.queryset()).embeddings_, K
-    )
-    ids = list(ds.doc_ids)
-    metadatas = [{"row": k} for k in range(len(ids))]
-    store = _milvus(
-        tmp_path / "nf.db", LookupEmbeddings(table), ds.doc_texts, docs, ids, metadatas, name="nf"
-    )
-    retriever = NudgeRetriever(vectorstore=store, k=K)
-    # Milvus Lite answers a search in ~0.1 s here, so the untuned and restored rankings are
-    # computed exactly from the vectors read back from the store; the tuned one goes through
-    # the retriever (the FLAT index is exact search too).
-    before = exact_ndcg(ds, retriever.store.get_vectors(ids), K)
-    retriever.fit(split_pairs(ds, "train"), val_pairs=split_pairs(ds, "dev"))
-    after = _ndcg(retriever, ds)
-    retriever.restore()
-    restored = exact_ndcg(ds, retriever.store.get_vectors(ids), K)
-    logger.warning(
-        "LangChain Milvus Lite FLAT/COSINE nDCG@10: before %.4f, after %.4f (arrays %.4f), "
-        "restored %.4f",
-        before,
-        after,
-        tuned,
-        restored,
-    )
-    assert before == pytest.approx(exact_ndcg(ds, docs, K), abs=0.002)
-    assert after == pytest.approx(tuned, abs=0.005)
-    assert restored == pytest.approx(before, abs=0.002)
-    np.testing.assert_allclose(retriever.store.get_vectors(ids), docs, rtol=0, atol=1e-7)
-    got = store.client.query("nf", ids=ids[:3], output_fields=["text", "row"])
-    assert {r["pk"]: (r["text"], r["row"]) for r in got} == {
-        ids[k]: (ds.doc_texts[k], k) for k in range(3)
-    }
