@@ -95,8 +95,8 @@ class Store:
             or only the process does).
         state_dir_arg: the retriever's ``state_dir`` (a path under ``tmp_path``, or
             ``"memory"``) where the store has no folder of its own.
-        approximate: its search is approximate: nDCG before may fall a little short of exact
-            search (``max_loss``), and after falls short of the arrays by as much.
+        approximate: its search is approximate: nDCG before may fall short of exact search
+            (by under 0.02), and after falls short of the arrays by as much (within 0.01).
         searched: whether every phase searches through the retriever (Milvus Lite answers a
             search in ~0.1 s: the untuned and restored rankings come from the vectors read
             back, exact search as its FLAT index's).
