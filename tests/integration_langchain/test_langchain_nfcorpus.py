@@ -40,7 +40,7 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from stores.harness import Docs, Made, StoreKind  # noqa: E402
+from stores.harness import Made, StoreKind, nfcorpus_docs  # noqa: E402
 from stores.test_chroma import ChromaKind  # noqa: E402
 from stores.test_faiss import FaissKind  # noqa: E402
 from stores.test_lancedb import LanceDBKind  # noqa: E402
@@ -196,19 +196,6 @@ def corpus(nfcorpus):
     }
 
 
-def _docs(ds) -> Docs:
-    """The documents as the kinds take them: unique texts (nfcorpus repeats some), the row in
-    metadata, the stored vectors, and the questions' vectors for the lookup double."""
-    ids = list(ds.doc_ids)
-    return Docs(
-        ids,
-        [f"[{i}] {t}" for i, t in zip(ids, ds.doc_texts)],
-        [{"row": k} for k in range(len(ids))],
-        np.asarray(ds.doc_embeddings, dtype=np.float32),
-        query_vectors(ds),
-    )
-
-
 def _pairs(ds, split_name: str, store_id: dict[str, str]) -> list[tuple[str, str]]:
     """``split_pairs`` naming each document by its id in the store."""
     return [(text, store_id[doc_id]) for text, doc_id in split_pairs(ds, split_name)]
@@ -220,7 +207,7 @@ def test_nfcorpus_end_to_end(name, corpus, tmp_path, request):
     kind = store.kind()
     kind.skip_if_missing()
     ds = corpus["ds"]
-    docs = _docs(ds)
+    docs = nfcorpus_docs(ds)
     arrays = docs.vectors.copy()
     made = kind.make(tmp_path, docs, store.config, request)
     request.addfinalizer(made.close)

@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 from llama_helpers import LookupEmbedding, exact_ndcg, query_vectors, ranked_ndcg, split_pairs
 from llama_index_nudge import NudgeFinetuneEngine
-from stores.harness import Docs, Made, StoreKind
+from stores.harness import Docs, Made, StoreKind, nfcorpus_docs
 from stores.test_faiss import FaissKind
 from stores.test_lancedb import LanceDBKind
 from stores.test_milvus import MilvusKind
 from stores.test_pgvector import PgVectorKind
 
-from nudge_rag import NudgeN, backends
+from nudge_rag import NudgeN
+from nudge_rag.backends import FaissBackend, LanceDBBackend, MilvusBackend, PgVectorBackend
 
 logger = logging.getLogger(__name__)
 K = 10
@@ -99,7 +100,7 @@ class Case:
 
     kind: type[StoreKind]
     modules: tuple[str, ...]
-    backend: str
+    backend: type
     distance: str
     state: str | None
     persist_dir: bool = False
@@ -114,14 +115,14 @@ CASES = {
     "lancedb": Case(
         LanceDBKind,
         ("llama_index.vector_stores.lancedb",),
-        "LanceDBBackend",
+        LanceDBBackend,
         "l2",
         "lance/nudge_state/contract",
     ),
     "milvus": Case(
         MilvusKind,
         ("llama_index.vector_stores.milvus", "milvus_lite"),
-        "MilvusBackend",
+        MilvusBackend,
         "cosine",
         "nudge_state/contract",  # next to the .db file
         exact_untuned=True,
@@ -131,7 +132,7 @@ CASES = {
     "pgvector": Case(
         PgVectorKind,
         ("llama_index.vector_stores.postgres", "psycopg"),
-        "PgVectorBackend",
+        PgVectorBackend,
         "cosine",
         None,  # side tables of the same database
         concurrency=4,
@@ -141,7 +142,7 @@ CASES = {
     "faiss": Case(
         FaissKind,
         ("faiss", "llama_index.vector_stores.faiss"),
-        "FaissBackend",
+        FaissBackend,
         "dot",
         "faiss_llama/nudge_state",
         persist_dir=True,
@@ -177,10 +178,8 @@ def test_nfcorpus_end_to_end(name, nfcorpus, tmp_path, request):
     for module in case.modules:
         pytest.importorskip(module, reason=f"pip install 'nudge-rag[{kind.extra}]'")
     ds = nfcorpus
-    vectors = np.asarray(ds.doc_embeddings, dtype=np.float32)
-    ids = list(ds.doc_ids)
-    metadatas = [{"row": k, "title": f"doc {i}"} for k, i in enumerate(ids)]
-    docs = Docs(ids, list(ds.doc_texts), metadatas, vectors)
+    docs = nfcorpus_docs(ds)
+    vectors, ids = docs.vectors, list(docs.ids)
     tuned = exact_ndcg(
         ds, NudgeN().fit(vectors, ds.train.queryset(), ds.dev.queryset()).embeddings_
     )
@@ -198,7 +197,7 @@ def test_nfcorpus_end_to_end(name, nfcorpus, tmp_path, request):
         **extra,
     )
     backend = engine.store
-    assert isinstance(backend, getattr(backends, case.backend))
+    assert isinstance(backend, case.backend)
     assert backend.distance == case.distance
 
     def stored() -> np.ndarray:
@@ -217,7 +216,7 @@ def test_nfcorpus_end_to_end(name, nfcorpus, tmp_path, request):
     def top_hit_is_kept(query: str) -> None:
         hit = retriever.retrieve(query)[0].node
         row = ids.index(hit.node_id)
-        assert (hit.get_content(), hit.metadata) == (docs.texts[row], metadatas[row])
+        assert (hit.get_content(), hit.metadata) == (docs.texts[row], docs.metadatas[row])
 
     before = ndcg(case.exact_untuned)
     moved = engine.finetune().changed_ids

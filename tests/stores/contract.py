@@ -41,6 +41,7 @@ from .harness import (
     Docs,
     Made,
     StoreKind,
+    nfcorpus_docs,
     toy_docs,
     unit_rows,
 )
@@ -419,7 +420,7 @@ class StoreContract:
     # ------------------------------------------------------------------ nfcorpus
     @pytest.mark.slow
     def test_nfcorpus_before_after_restore(self, kind, config, tmp_path, request, nfcorpus):
-        from nfcorpus_eval import exact_ndcg, query_vectors, ranked_ndcg
+        from nfcorpus_eval import exact_ndcg, ranked_ndcg
 
         from nudge_rag import NudgeN
 
@@ -430,13 +431,7 @@ class StoreContract:
         ds = nfcorpus
         vectors = np.asarray(ds.doc_embeddings, dtype=np.float32)
         ids = list(ds.doc_ids)
-        docs = Docs(
-            list(ids),
-            [f"[{i}] {t}" for i, t in zip(ids, ds.doc_texts)],  # unique texts
-            [{"row": k} for k in range(len(ids))],
-            vectors,
-            query_vectors(ds),
-        )
+        docs = nfcorpus_docs(ds)
         made = kind.make(tmp_path, docs, config, request)
         to_store = dict(zip(ids, docs.ids))  # the store's own ids (rowids) where it gives them
         to_ds = dict(zip(docs.ids, ids))

@@ -77,6 +77,15 @@ class Docs:
         default[0] = 1.0  # wrappers probe the dimension with a text of their own
         return LookupEmbeddings(table, default=default, as_arrays=as_arrays)
 
+    def nodes(self) -> list[Any]:
+        """The documents as LlamaIndex ``TextNode`` objects carrying their vectors."""
+        from llama_index.core.schema import TextNode
+
+        return [
+            TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
+            for i, t, m, v in zip(self.ids, self.texts, self.metadatas, self.vectors, strict=True)
+        ]
+
 
 @dataclass
 class Made:
@@ -297,15 +306,26 @@ def llama_index_over(store: Any, docs: Docs, **kwargs: Any) -> Any:
     of its ``insert_batch_size`` (``kwargs``)."""
     from llama_index.core import StorageContext, VectorStoreIndex
     from llama_index.core.embeddings import MockEmbedding
-    from llama_index.core.schema import TextNode
 
-    nodes = [
-        TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
-        for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors, strict=True)
-    ]
     context = StorageContext.from_defaults(vector_store=store)
     embed = MockEmbedding(embed_dim=docs.vectors.shape[1])
-    return VectorStoreIndex(nodes, storage_context=context, embed_model=embed, **kwargs)
+    return VectorStoreIndex(docs.nodes(), storage_context=context, embed_model=embed, **kwargs)
+
+
+def nfcorpus_docs(ds: Any) -> Docs:
+    """The nfcorpus documents as the kinds take them: unique texts (``"[id] text"``: nfcorpus
+    repeats 40 texts), the row in metadata, the stored MiniLM vectors, and every split's
+    questions' vectors for the lookup "model"."""
+    from nfcorpus_eval import query_vectors
+
+    ids = list(ds.doc_ids)
+    return Docs(
+        ids,
+        [f"[{i}] {t}" for i, t in zip(ids, ds.doc_texts, strict=True)],
+        [{"row": k} for k in range(len(ids))],
+        np.asarray(ds.doc_embeddings, dtype=np.float32),
+        query_vectors(ds),
+    )
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -60,7 +60,6 @@ class DuckDBKind(StoreKind):
         pytest.importorskip(
             "llama_index.vector_stores.duckdb", reason="pip install 'nudge-rag[duckdb]'"
         )
-        from llama_index.core.schema import TextNode
         from llama_index.vector_stores.duckdb import DuckDBVectorStore
 
         from nudge_rag.backends.duckdb import install_extensions_from_wheels
@@ -72,10 +71,7 @@ class DuckDBKind(StoreKind):
             persist_dir=str(tmp_path),
             embed_dim=docs.vectors.shape[1],
         )
-        nodes = [
-            TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
-            for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors)
-        ]
+        nodes = docs.nodes()
         for s in range(0, len(nodes), 2000):
             store.add(nodes[s : s + 2000])
         return Made(store, "llama-index", f"duckdb:{file}", "documents")

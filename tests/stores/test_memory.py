@@ -20,16 +20,10 @@ class MemoryKind(StoreKind):
             store = InMemoryVectorStore(docs.embeddings(as_arrays=True))  # arrays: faster search
             store.add_texts(docs.texts, metadatas=docs.metadatas, ids=docs.ids)
             return Made(store, "langchain", upserts=True)
-        from llama_index.core.schema import TextNode
         from llama_index.core.vector_stores import SimpleVectorStore
 
         store = SimpleVectorStore()
-        store.add(
-            [
-                TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
-                for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors)
-            ]
-        )
+        store.add(docs.nodes())
         return Made(store, "llama-index", upserts=True)
 
     def wrapper(self, made: Made, framework: str) -> Made:

@@ -60,16 +60,10 @@ class QdrantKind(StoreKind):
 
     @staticmethod
     def _made_by_llama_index(client, params, docs) -> Made:
-        from llama_index.core.schema import TextNode
         from llama_index.vector_stores.qdrant import QdrantVectorStore
 
         store = QdrantVectorStore(client=client, collection_name="contract", dense_config=params)
-        store.add(
-            [
-                TextNode(id_=i, text=t, metadata=m, embedding=v.tolist())
-                for i, t, m, v in zip(docs.ids, docs.texts, docs.metadatas, docs.vectors)
-            ]
-        )
+        store.add(docs.nodes())
         lookup = docs.embeddings()  # for a LangChain wrapper of it
         return Made(
             store, "llama-index", None, "contract", client.close, upserts=True, lookup=lookup
