@@ -34,7 +34,7 @@ class FaissKind(StoreKind):
     extra = "faiss"
 
     def make(self, tmp_path, docs, config, request) -> Made:
-        if config == "llama-index":  # the fault suite's and the LlamaIndex nfcorpus test's (not the contract's)
+        if config == "llama-index":  # the fault suite's, the LlamaIndex nfcorpus test's
             return self._persist_llama_index(tmp_path / "faiss_llama", docs)
         import faiss
         from langchain_community.docstore.in_memory import InMemoryDocstore
